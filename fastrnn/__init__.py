@@ -1,0 +1,8 @@
+"""fastrnn: fused CPU/CUDA kernels for Elman RNN, LSTM and GRU, drop-in for torch.nn."""
+__version__ = "0.1.0"
+
+from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: E402,F401
+from .backends import available_backends, set_backend  # noqa: E402,F401
+
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell",
+           "available_backends", "set_backend", "__version__"]

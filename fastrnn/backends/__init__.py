@@ -1,0 +1,182 @@
+"""Recurrence backends and the one place that chooses between them.
+
+THE BACKEND CONTRACT
+====================
+A backend is a module exposing the six functions below. Each runs the recurrent
+loop of ONE layer in ONE direction; everything around it (input projection, the
+weight-gradient GEMMs, layers, directions, dropout, packing) is done once, in
+``fastrnn.ops`` / ``fastrnn.functional``, for every backend alike.
+
+Sizes: ``T`` steps, ``N`` batch, ``H`` hidden, ``R`` recurrent width (``R = proj_size``
+for a projected LSTM, else ``R = H``). Every tensor argument is contiguous, of one
+floating dtype (float32/float64; CUDA also float16/bfloat16) and on one device;
+the op layer has validated shapes, dtypes and devices before calling.
+
+``lengths``: ``None`` (every sequence is ``T`` long) or an int64 tensor ``[N]`` on the
+same device as ``xg``, each value in ``[1, T]``, any order. Step ``t`` of sequence
+``n`` is *valid* when ``t < lengths[n]``. On an invalid step the state is frozen:
+nothing is computed and ``y[t, n]`` (and ``cs[t, n]``) repeat the state carried in.
+Consequences the op layer relies on:
+  * the state before step t is ``y[t-1]`` (forward) / ``y[t+1]`` (reverse), or ``h0``;
+  * the final hidden state is ``y[T-1]`` (forward) or ``y[0]`` (reverse);
+  * in backward, an invalid step passes ``dh`` (and ``dc``) through unchanged and
+    writes ZEROS to its rows of the gate gradients (they feed weight-gradient GEMMs).
+``reverse``: process ``t = T-1, ..., 0`` instead of ``0, ..., T-1``.
+``training``: when False, the saved tensors (``gates``, ``cs``, ``saved``) may be
+returned as empty tensors (numel 0) and need not be computed.
+
+LSTM (gate order i, f, g, o as torch.nn):
+  lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training) -> (y, cn, gates, cs)
+    xg    [T, N, 4H]  x @ W_ih^T + b_ih + b_hh (both biases already added)
+    h0    [N, R]      c0 [N, H]
+    w_hh  [4H, R]     w_hr [R, H] or None (no projection)
+    y     [T, N, R]   h after step t (frozen on invalid steps)
+    cn    [N, H]      c after the last processed step
+    gates [T, N, 4H]  activated gates sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
+    cs    [T, N, H]   c after step t (frozen on invalid steps)
+    math: c' = f*c + i*g ; m = o*tanh(c') ; h' = m (no proj) or m @ w_hr^T
+  lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs)
+      -> (dgates, dh0, dc0, dr)
+    dy     [T, N, R]  gradient w.r.t. y (the caller has folded dhn into it)
+    dcn    [N, H]     gradient w.r.t. cn
+    dgates [T, N, 4H] gradient w.r.t. the gate pre-activations (= w.r.t. xg)
+    dh0    [N, R]     dc0 [N, H]
+    dr     [T, N, R]  total gradient w.r.t. h after step t (only with w_hr, used
+                      for dW_hr = dr^T m); empty tensor when w_hr is None
+GRU (gate order r, z, n as torch.nn):
+  gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training) -> (y, saved)
+    xg    [T, N, 3H]  x @ W_ih^T + b_ih (NOT b_hh)
+    h0    [N, H]      w_hh [3H, H]   b_hh [3H] (zeros when bias=False)
+    y     [T, N, H]
+    saved [T, N, 4H]  r, z, n and hn = (h @ W_hn^T + b_hn) of each step
+    math: hg = h @ w_hh^T + b_hh ; r = sig(xg_r + hg_r) ; z = sig(xg_z + hg_z)
+          n = tanh(xg_n + r * hg_n) ; h' = (1 - z) * n + z * h
+  gru_backward(dy, h0, w_hh, lengths, reverse, y, saved) -> (dxg, dh0)
+    dxg   [T, N, 3H]  gradient w.r.t. xg (pre-activations of r, z and of n's input
+                      part); the gradient w.r.t. hg is dxg with its n block * r
+    dh0   [N, H]
+Elman RNN (nonlinearity tanh or relu):
+  rnn_forward(xg, h0, w_hh, lengths, reverse, relu) -> y
+    xg [T, N, H] = x @ W_ih^T + b_ih + b_hh ; h' = act(xg + h @ w_hh^T)
+  rnn_backward(dy, h0, w_hh, lengths, reverse, relu, y) -> (dxg, dh0)
+
+Threads: CPU backends use ``torch.get_num_threads()`` threads.
+
+CHOOSING A BACKEND
+==================
+Names: ``"cpu"`` (compiled fused C++ kernels, fastrnn._C), ``"cuda"`` (compiled
+CUDA kernels, fastrnn._cuda), ``"numba"``, ``"reference"`` (pure PyTorch loop) and
+``"auto"`` (the fastest available for the tensor's device).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+
+BACKENDS = ("cpu", "cuda", "numba", "reference")
+ENV_VAR = "FASTRNN_BACKEND"
+
+_MODULES = {
+    "cpu": "fastrnn.backends.cpu",
+    "cuda": "fastrnn.backends.cuda",
+    "numba": "fastrnn.backends.numba_backend",
+    "reference": "fastrnn.backends.reference",
+}
+
+_state = threading.local()
+_global_default = None  # set by set_backend(); None -> environment -> "auto"
+
+
+class BackendUnavailableError(RuntimeError):
+    """Raised when a backend was asked for explicitly and cannot be used."""
+
+
+_cache = {}
+
+
+def _load(name):
+    """Import a backend module; return (module, None) or (None, reason). Cached."""
+    if name in _cache:
+        return _cache[name]
+    _cache[name] = result = _load_uncached(name)
+    return result
+
+
+def _load_uncached(name):
+    try:
+        mod = importlib.import_module(_MODULES[name])
+    except Exception as exc:  # the module itself may be absent or broken
+        return None, f"{type(exc).__name__}: {exc}"
+    reason = getattr(mod, "unavailable_reason", lambda: None)()
+    if reason:
+        return None, reason
+    return mod, None
+
+
+def availability():
+    """Map each backend name to ``None`` (available) or the reason it is not."""
+    return {name: _load(name)[1] for name in BACKENDS}
+
+
+def available_backends():
+    return [name for name, why in availability().items() if why is None]
+
+
+def set_backend(name):
+    """Set the process-wide default backend (``None`` or "auto" to go back to auto)."""
+    global _global_default
+    if name is not None and name != "auto" and name not in BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
+    _global_default = None if name == "auto" else name
+
+
+def get_default_backend():
+    if _global_default is not None:
+        return _global_default
+    env = os.environ.get(ENV_VAR, "").strip().lower()
+    if env and env != "auto":
+        if env not in BACKENDS:
+            raise ValueError(
+                f"environment variable {ENV_VAR}={env!r} is not one of {('auto',) + BACKENDS}")
+        return env
+    return "auto"
+
+
+_AUTO_ORDER = {"cpu": ("cpu", "numba", "reference"), "cuda": ("cuda", "reference")}
+
+
+def resolve(name, device_type):
+    """Return the backend *name* that will run for tensors on ``device_type``.
+
+    ``name`` None means the default (set_backend, then $FASTRNN_BACKEND, then auto).
+    """
+    if name is None:
+        name = get_default_backend()
+    if name == "auto":
+        for cand in _AUTO_ORDER.get(device_type, ("reference",)):
+            mod, _ = _load(cand)
+            if mod is not None:
+                return cand
+        return "reference"
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
+    if name in ("cpu", "numba") and device_type != "cpu":
+        raise BackendUnavailableError(
+            f"backend {name!r} runs on CPU tensors only, got tensors on {device_type!r}; "
+            f"use backend='auto' or move the module to the CPU")
+    if name == "cuda" and device_type != "cuda":
+        raise BackendUnavailableError(
+            f"backend 'cuda' needs CUDA tensors, got tensors on {device_type!r}")
+    mod, why = _load(name)
+    if mod is None:
+        raise BackendUnavailableError(f"fastrnn backend {name!r} is unavailable: {why}")
+    return name
+
+
+def get(name):
+    """The backend module for an already-resolved name."""
+    mod, why = _load(name)
+    if mod is None:
+        raise BackendUnavailableError(f"fastrnn backend {name!r} is unavailable: {why}")
+    return mod
