@@ -1,0 +1,291 @@
+"""Multi-layer, bidirectional RNN driver over the ``fastrnn`` ops.
+
+Per layer and direction: the input projection of all steps as ONE ``F.linear``
+(xg = x W_ih^T + b_ih (+ b_hh for LSTM/RNN)), then one recurrence op
+(``torch.ops.fastrnn.*_forward``), whose backend does the step loop. Directions are
+concatenated; dropout is applied between layers in training only. PackedSequence input
+runs as a padded batch with per-sequence lengths (the backends freeze the state past each
+sequence's end) and goes back to a PackedSequence with the same indices.
+
+``weights`` is torch.nn's flat list (``RNNBase._flat_weights`` order): per layer and
+direction ``w_ih, w_hh[, b_ih, b_hh][, w_hr]``.
+"""
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import PackedSequence
+
+from . import _validation as V
+from . import backends
+from . import ops  # noqa: F401  (registers torch.ops.fastrnn.*)
+
+__all__ = ["rnn", "lstm", "gru", "rnn_tanh", "rnn_relu",
+           "lstm_cell", "gru_cell", "rnn_cell", "last_backend", "resolve_backend"]
+
+MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+_last = {"backend": None}
+
+
+def last_backend():
+    """Name of the backend that ran the most recent fastrnn op call (eager mode)."""
+    return _last["backend"]
+
+
+def resolve_backend(backend, x):
+    """Resolve ``backend`` (None, "auto" or a name) for tensors like ``x``; records it."""
+    name = backends.resolve(backend, x.device.type)
+    if name in ("cpu", "numba") and x.dtype not in (torch.float32, torch.float64):
+        if backend in (None, "auto") or backends.get_default_backend() == "auto":
+            name = "reference"  # compiled CPU kernels: float32/float64 only
+        else:
+            raise TypeError(f"backend {name!r} supports float32 and float64 only, got "
+                            f"{x.dtype}; use backend='reference'")
+    if not torch.compiler.is_compiling():
+        _last["backend"] = name
+    return name
+
+
+def _needs_grad(*ts):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
+def _split_weights(weights, num_layers, num_directions, has_biases, proj_size):
+    per = 2 + 2 * bool(has_biases) + (1 if proj_size > 0 else 0)
+    if len(weights) != per * num_layers * num_directions:
+        raise ValueError(f"expected {per * num_layers * num_directions} weight tensors "
+                         f"({per} per layer and direction), got {len(weights)}")
+    groups = []
+    for k in range(num_layers * num_directions):
+        w = list(weights[k * per:(k + 1) * per])
+        w_ih, w_hh = w[0], w[1]
+        b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
+        w_hr = w[-1] if proj_size > 0 else None
+        groups.append((w_ih, w_hh, b_ih, b_hh, w_hr))
+    return groups
+
+
+def _layer_direction(mode, x, h0, c0, w, lengths, reverse, backend):
+    """One layer, one direction. x [T, N, I] -> (y [T, N, R], h_n [N, R], c_n [N, H]|None)."""
+    w_ih, w_hh, b_ih, b_hh, w_hr = w
+    if mode == "GRU":
+        xg = F.linear(x, w_ih, b_ih)  # [T, N, 3H]
+        if b_hh is None:
+            b_hh = w_hh.new_zeros(w_hh.shape[0])
+        training = _needs_grad(xg, h0, w_hh, b_hh)
+        y, _ = torch.ops.fastrnn.gru_forward(xg, h0, w_hh, b_hh, lengths, reverse,
+                                             training, backend)
+        cn = None
+    else:
+        bias = None if b_ih is None else b_ih + b_hh
+        xg = F.linear(x, w_ih, bias)  # [T, N, G*H]
+        if mode == "LSTM":
+            training = _needs_grad(xg, h0, c0, w_hh, w_hr)
+            y, cn, _, _ = torch.ops.fastrnn.lstm_forward(xg, h0, c0, w_hh, w_hr, lengths,
+                                                         reverse, training, backend)
+        else:
+            y = torch.ops.fastrnn.rnn_forward(xg, h0, w_hh, lengths, reverse,
+                                              mode == "RNN_RELU", backend)
+            cn = None
+    hn = y[0] if reverse else y[-1]  # frozen past each sequence's end: final state
+    return y, hn, cn
+
+
+def _run_layers(mode, x, h0, c0, groups, num_layers, bidirectional, dropout, train,
+                lengths, backend):
+    """x [T, N, I]; h0 [L*D, N, R]; c0 [L*D, N, H] or None."""
+    D = 2 if bidirectional else 1
+    hns, cns = [], []
+    for layer in range(num_layers):
+        ys = []
+        for d in range(D):
+            k = layer * D + d
+            y, hn, cn = _layer_direction(mode, x, h0[k], None if c0 is None else c0[k],
+                                         groups[k], lengths, d == 1, backend)
+            ys.append(y)
+            hns.append(hn)
+            cns.append(cn)
+        x = torch.cat(ys, dim=-1) if D == 2 else ys[0]
+        if dropout > 0 and train and layer < num_layers - 1:
+            x = F.dropout(x, p=dropout, training=True)
+    hn = torch.stack(hns, 0)
+    cn = torch.stack(cns, 0) if mode == "LSTM" else None
+    return x, hn, cn
+
+
+def _packed_to_padded(data, batch_sizes):
+    """Packed data [sum(len), I] -> padded [T, N, I] in packed (sorted) order, lengths."""
+    T, N = batch_sizes.numel(), int(batch_sizes[0])
+    mask = torch.arange(N).unsqueeze(0) < batch_sizes.unsqueeze(1)  # [T, N], CPU
+    lengths = mask.sum(0)  # [N] int64, non-increasing
+    mask = mask.to(data.device)
+    padded = data.new_zeros(T, N, data.shape[-1]).index_put((mask,), data)
+    return padded, lengths, mask
+
+
+def rnn(mode, input, hx, weights, has_biases, num_layers, dropout, train, bidirectional,
+        batch_first, proj_size=0, backend=None):
+    """torch.nn-style RNN forward for ``mode`` in LSTM, GRU, RNN_TANH, RNN_RELU.
+
+    Returns ``(output, h_n)``, or ``(output, (h_n, c_n))`` for LSTM, with torch.nn's shapes;
+    ``output`` is a PackedSequence when ``input`` is one.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    is_lstm = mode == "LSTM"
+    name = {"LSTM": "LSTM", "GRU": "GRU"}.get(mode, "RNN")
+    D = 2 if bidirectional else 1
+    groups = _split_weights(weights, num_layers, D, has_biases, proj_size)
+    w0 = groups[0][0]
+    input_size = w0.shape[1]
+    hidden_size = groups[0][1].shape[1] if proj_size == 0 else groups[0][4].shape[1]
+    R = proj_size if proj_size > 0 else hidden_size
+
+    packed = isinstance(input, PackedSequence)
+    lengths = None
+    if packed:
+        V.check_packed(input)
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        V.check_floating("input", data, w0, ValueError)
+        V.check_device("input", data, w0)
+        x, lengths_cpu, pack_mask = _packed_to_padded(data, batch_sizes)
+        if int(lengths_cpu[-1]) < x.shape[0]:  # some sequence shorter than T
+            lengths = lengths_cpu.to(x.device)
+        batched = True
+    else:
+        V.check_rank(name, input)
+        batched = input.dim() == 3
+        x = input if batched else input.unsqueeze(1 if batch_first else 0)
+        if batch_first:
+            x = x.transpose(0, 1)  # [T, N, I]
+        sorted_indices = unsorted_indices = None
+    V.check_sequence_input(name, x, input_size, w0)
+    T, N = x.shape[0], x.shape[1]
+
+    h_shape = (num_layers * D, N, R)
+    c_shape = (num_layers * D, N, hidden_size)
+    if hx is None:
+        h0 = x.new_zeros(h_shape)
+        c0 = x.new_zeros(c_shape) if is_lstm else None
+    else:
+        V.check_hx_structure(name, hx, is_lstm, batched or packed)
+        h0, c0 = (hx[0], hx[1]) if is_lstm else (hx, None)
+        if not batched:
+            h0 = h0.unsqueeze(1)
+            c0 = c0.unsqueeze(1) if is_lstm else None
+        V.check_hidden("hx[0]" if is_lstm else "hx", h0, h_shape, x, w0)
+        if is_lstm:
+            V.check_hidden("hx[1]", c0, c_shape, x, w0)
+        if sorted_indices is not None:  # hx is in the user's order; data in sorted order
+            h0 = h0.index_select(1, sorted_indices)
+            c0 = c0.index_select(1, sorted_indices) if is_lstm else None
+
+    if N == 0:  # nothing to run; keep the graph connected for autograd
+        out = x.new_zeros(T, 0, D * R) + 0 * x.sum()
+        hn, cn = h0 + 0, (c0 + 0 if is_lstm else None)
+    else:
+        name_resolved = resolve_backend(backend, x)
+        out, hn, cn = _run_layers(mode, x, h0, c0, groups, num_layers, bidirectional,
+                                  dropout, train, lengths, name_resolved)
+
+    if packed:
+        out = PackedSequence(out[pack_mask], batch_sizes, sorted_indices, unsorted_indices)
+        if unsorted_indices is not None:
+            hn = hn.index_select(1, unsorted_indices)
+            cn = cn.index_select(1, unsorted_indices) if is_lstm else None
+    else:
+        if batch_first:
+            out = out.transpose(0, 1)
+        if not batched:
+            out = out.squeeze(1 if batch_first else 0)
+            hn = hn.squeeze(1)
+            cn = cn.squeeze(1) if is_lstm else None
+    return (out, (hn, cn)) if is_lstm else (out, hn)
+
+
+def lstm(input, hx, weights, has_biases, num_layers, dropout, train, bidirectional,
+         batch_first, proj_size=0, backend=None):
+    return rnn("LSTM", input, hx, weights, has_biases, num_layers, dropout, train,
+               bidirectional, batch_first, proj_size, backend)
+
+
+def gru(input, hx, weights, has_biases, num_layers, dropout, train, bidirectional,
+        batch_first, backend=None):
+    return rnn("GRU", input, hx, weights, has_biases, num_layers, dropout, train,
+               bidirectional, batch_first, 0, backend)
+
+
+def rnn_tanh(input, hx, weights, has_biases, num_layers, dropout, train, bidirectional,
+             batch_first, backend=None):
+    return rnn("RNN_TANH", input, hx, weights, has_biases, num_layers, dropout, train,
+               bidirectional, batch_first, 0, backend)
+
+
+def rnn_relu(input, hx, weights, has_biases, num_layers, dropout, train, bidirectional,
+             batch_first, backend=None):
+    return rnn("RNN_RELU", input, hx, weights, has_biases, num_layers, dropout, train,
+               bidirectional, batch_first, 0, backend)
+
+
+# ----------------------------------------------------------------------------- cells
+
+def _cell_prepare(kind, input, hx, w_ih, w_hh, n_states):
+    """Validate a cell call; return batched input [N, I], states [N, H] and is_batched."""
+    V.check_cell_input(kind, input, hx, w_ih.shape[1], w_hh.shape[1], w_ih, n_states == 2)
+    batched = input.dim() == 2
+    x = input if batched else input.unsqueeze(0)
+    H = w_hh.shape[1]
+    if hx is None:
+        states = [x.new_zeros(x.shape[0], H) for _ in range(n_states)]
+    else:
+        states = list(hx) if n_states == 2 else [hx]
+        if n_states == 2 and len(states) != 2:
+            raise RuntimeError(f"{kind}: hx must be a tuple (h_0, c_0) of two tensors, got "
+                               f"{len(states)}")
+        names = ["hx[0]", "hx[1]"] if n_states == 2 else ["hx"]
+        for i, (nm, h) in enumerate(zip(names, states)):
+            if not isinstance(h, torch.Tensor):
+                raise TypeError(f"{kind}: {nm} must be a torch.Tensor, got {type(h).__name__}")
+            if h.dim() not in (1, 2):
+                raise ValueError(f"{kind}: Expected {nm} to be 1D or 2D, got {h.dim()}D "
+                                 f"instead")
+            if h.dim() != input.dim():
+                raise RuntimeError(f"{kind}: {nm} must be {input.dim()}-D like the input, "
+                                   f"got {h.dim()}-D")
+            h = h if batched else h.unsqueeze(0)
+            V.check_cell_hidden(kind, nm, h, x.shape[0], H, x, w_ih)
+            states[i] = h
+    return x, states, batched
+
+
+def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
+    x, (h, c), batched = _cell_prepare("LSTMCell", input, hx, w_ih, w_hh, 2)
+    bias = None if b_ih is None else b_ih + b_hh
+    xg = F.linear(x, w_ih, bias).unsqueeze(0)  # [1, N, 4H]
+    name = resolve_backend(backend, x)
+    y, cn, _, _ = torch.ops.fastrnn.lstm_forward(xg, h, c, w_hh, None, None, False,
+                                                 _needs_grad(xg, h, c, w_hh), name)
+    h1 = y[0]
+    return (h1, cn) if batched else (h1.squeeze(0), cn.squeeze(0))
+
+
+def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
+    x, (h,), batched = _cell_prepare("GRUCell", input, hx, w_ih, w_hh, 1)
+    xg = F.linear(x, w_ih, b_ih).unsqueeze(0)  # [1, N, 3H]
+    if b_hh is None:
+        b_hh = w_hh.new_zeros(w_hh.shape[0])
+    name = resolve_backend(backend, x)
+    y, _ = torch.ops.fastrnn.gru_forward(xg, h, w_hh, b_hh, None, False,
+                                         _needs_grad(xg, h, w_hh, b_hh), name)
+    return y[0] if batched else y[0].squeeze(0)
+
+
+def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", backend=None):
+    if nonlinearity not in ("tanh", "relu"):
+        raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
+    x, (h,), batched = _cell_prepare("RNNCell", input, hx, w_ih, w_hh, 1)
+    bias = None if b_ih is None else b_ih + b_hh
+    xg = F.linear(x, w_ih, bias).unsqueeze(0)  # [1, N, H]
+    name = resolve_backend(backend, x)
+    y = torch.ops.fastrnn.rnn_forward(xg, h, w_hh, None, False, nonlinearity == "relu", name)
+    return y[0] if batched else y[0].squeeze(0)

@@ -1,0 +1,159 @@
+"""Drop-in replacements for torch.nn.LSTM, GRU, RNN and their cells.
+
+The sequence modules subclass ``torch.nn.RNNBase`` (not ``nn.LSTM`` etc.: torch.compile
+refuses to trace subclasses of those), so parameter names, shapes, registration order,
+default initialisation, attributes, ``extra_repr`` and (un)pickling are torch.nn's own.
+Only ``forward`` differs: it runs ``fastrnn.functional``, i.e. the fastrnn ops and the
+chosen backend. ``flatten_parameters()`` is a no-op (there is no cuDNN weight buffer).
+
+Extra, keyword-only: ``backend=None`` (None: the global default, see
+``fastrnn.set_backend``; or "auto", "cpu", "cuda", "numba", "reference"). After each
+eager forward, ``module.last_backend`` names the backend that ran.
+"""
+import torch
+from torch import nn
+
+from . import backends as _backends
+from . import functional as F_
+
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
+
+
+def _check_backend(backend):
+    if backend is not None and backend != "auto" and backend not in _backends.BACKENDS:
+        raise ValueError(f"backend must be None or one of {('auto',) + _backends.BACKENDS}, "
+                         f"got {backend!r}")
+    return backend
+
+
+class _BackendMixin:
+    backend = None
+    last_backend = None
+
+    def _record_backend(self):
+        if not torch.compiler.is_compiling():
+            self.last_backend = F_.last_backend()
+
+    def _backend_repr(self):
+        return "" if self.backend is None else f", backend={self.backend!r}"
+
+
+class _RNNBase(_BackendMixin, nn.RNNBase):
+    def flatten_parameters(self):
+        """No-op: fastrnn reads the parameters directly (no cuDNN flat buffer)."""
+
+    def _weights(self):
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    def extra_repr(self):
+        return super().extra_repr() + self._backend_repr()
+
+    def forward(self, input, hx=None):
+        mode = self.mode
+        result = F_.rnn(mode, input, hx, self._weights(), self.bias, self.num_layers,
+                        self.dropout, self.training, self.bidirectional, self.batch_first,
+                        self.proj_size, self.backend)
+        self._record_backend()
+        return result
+
+
+class LSTM(_RNNBase):
+    """Drop-in for ``torch.nn.LSTM`` (same arguments, parameters and outputs)."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
+                 backend=None):
+        _check_backend(backend)
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, proj_size, device, dtype)
+        self.backend = backend
+
+
+class GRU(_RNNBase):
+    """Drop-in for ``torch.nn.GRU`` (same arguments, parameters and outputs)."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend=None):
+        _check_backend(backend)
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, 0, device, dtype)
+        self.backend = backend
+
+
+class RNN(_RNNBase):
+    """Drop-in for ``torch.nn.RNN`` (same arguments, parameters and outputs)."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None,
+                 *, backend=None):
+        _check_backend(backend)
+        if nonlinearity == "tanh":
+            mode = "RNN_TANH"
+        elif nonlinearity == "relu":
+            mode = "RNN_RELU"
+        else:
+            raise ValueError(
+                f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        self.nonlinearity = nonlinearity
+        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, 0, device, dtype)
+        self.backend = backend
+
+
+# ----------------------------------------------------------------------------- cells
+
+class LSTMCell(_BackendMixin, nn.LSTMCell):
+    """Drop-in for ``torch.nn.LSTMCell``."""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 backend=None):
+        _check_backend(backend)
+        super().__init__(input_size, hidden_size, bias, device, dtype)
+        self.backend = backend
+
+    def extra_repr(self):
+        return super().extra_repr() + self._backend_repr()
+
+    def forward(self, input, hx=None):
+        out = F_.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                           self.bias_hh, self.backend)
+        self._record_backend()
+        return out
+
+
+class GRUCell(_BackendMixin, nn.GRUCell):
+    """Drop-in for ``torch.nn.GRUCell``."""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 backend=None):
+        _check_backend(backend)
+        super().__init__(input_size, hidden_size, bias, device, dtype)
+        self.backend = backend
+
+    def extra_repr(self):
+        return super().extra_repr() + self._backend_repr()
+
+    def forward(self, input, hx=None):
+        out = F_.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                          self.bias_hh, self.backend)
+        self._record_backend()
+        return out
+
+
+class RNNCell(_BackendMixin, nn.RNNCell):
+    """Drop-in for ``torch.nn.RNNCell``."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
+                 dtype=None, *, backend=None):
+        _check_backend(backend)
+        super().__init__(input_size, hidden_size, bias, nonlinearity, device, dtype)
+        self.backend = backend
+
+    def extra_repr(self):
+        return super().extra_repr() + self._backend_repr()
+
+    def forward(self, input, hx=None):
+        out = F_.rnn_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                          self.bias_hh, self.nonlinearity, self.backend)
+        self._record_backend()
+        return out

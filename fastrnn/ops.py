@@ -1,0 +1,302 @@
+"""torch.library custom ops (namespace ``fastrnn``) and their autograd.
+
+This is the only caller of the backends. Each op runs the recurrence of one layer in one
+direction by calling ``fastrnn.backends.get(backend).<fn>`` with the backend name already
+resolved by the caller (``fastrnn.backends.resolve``), so the ops stay pure functions of
+their arguments (what torch.compile and opcheck need).
+
+Forward ops (differentiable, autograd registered here):
+  fastrnn::lstm_forward(xg, h0, c0, w_hh, w_hr?, lengths?, reverse, training, backend)
+      -> (y, cn, gates, cs)
+  fastrnn::gru_forward(xg, h0, w_hh, b_hh, lengths?, reverse, training, backend)
+      -> (y, saved)
+  fastrnn::rnn_forward(xg, h0, w_hh, lengths?, reverse, relu, backend) -> y
+Backward ops (the recurrent part of the gradient, called from the forward ops' backward):
+  fastrnn::lstm_backward(dy, dcn, h0, c0, w_hh, w_hr?, lengths?, reverse, y, gates, cs,
+                         backend) -> (dgates, dh0, dc0, dr)
+  fastrnn::gru_backward(dy, h0, w_hh, lengths?, reverse, y, saved, backend) -> (dxg, dh0)
+  fastrnn::rnn_backward(dy, h0, w_hh, lengths?, reverse, relu, y, backend) -> (dxg, dh0)
+
+The weight gradients are computed here, after the backend's backward loop, as one GEMM
+over all steps each: dW_hh = dgates^T @ h_prev (h_prev is y shifted by one step, h0 first),
+dW_hr = dr^T @ m (m = o * tanh(c)), GRU db_hh = sum of dhg (dhg = dxg with its n block * r).
+The saved activations (gates, cs, saved) are outputs marked non-differentiable; with
+``training=False`` they are empty tensors and nothing is saved.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import backends
+
+__all__ = ["lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
+           "rnn_forward", "rnn_backward", "OPS"]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _contig(*ts):
+    return [t.contiguous() if t is not None else None for t in ts]
+
+
+def _fresh(outs: List[Tensor], ins: List[Optional[Tensor]]) -> List[Tensor]:
+    """Custom ops must return new tensors: clone any output that shares memory with an
+    input or an earlier output (a backend may return e.g. ``cs[-1]`` as ``cn``)."""
+    seen = {t.untyped_storage().data_ptr() for t in ins
+            if t is not None and t.numel() > 0}
+    res = []
+    for o in outs:
+        if o.numel() > 0:
+            ptr = o.untyped_storage().data_ptr()
+            if ptr in seen:
+                o = o.clone()
+                ptr = o.untyped_storage().data_ptr()
+            seen.add(ptr)
+        res.append(o)
+    return res
+
+
+def _empty(like: Tensor) -> Tensor:
+    return like.new_empty(0)
+
+
+def _h_prev(y: Tensor, h0: Tensor, reverse: bool) -> Tensor:
+    """[T, N, R]: the state carried into each step (contract: y shifted, h0 first)."""
+    if reverse:
+        return torch.cat([y[1:], h0.unsqueeze(0)], dim=0)
+    return torch.cat([h0.unsqueeze(0), y[:-1]], dim=0)
+
+
+def _valid(lengths: Optional[Tensor], T: int) -> Optional[Tensor]:
+    """[T, N, 1] bool mask of valid steps, or None."""
+    if lengths is None:
+        return None
+    t = torch.arange(T, device=lengths.device)
+    return (t[:, None] < lengths[None, :]).unsqueeze(-1)
+
+
+def _mask(x: Tensor, valid: Optional[Tensor]) -> Tensor:
+    # torch.where, not a product: values on invalid steps are unspecified (may be NaN)
+    if valid is None:
+        return x
+    return torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def _gemm_tn(a: Tensor, b: Tensor) -> Tensor:
+    """sum over steps and batch of a[t,n,:]^T b[t,n,:]: [T,N,P], [T,N,Q] -> [P,Q]."""
+    return a.reshape(-1, a.shape[-1]).t().mm(b.reshape(-1, b.shape[-1]))
+
+
+def _zeros_if_none(g: Optional[Tensor], like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if g is None else g
+
+
+# ----------------------------------------------------------------------------- LSTM
+
+@torch.library.custom_op("fastrnn::lstm_forward", mutates_args=())
+def lstm_forward(xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
+                 lengths: Optional[Tensor], reverse: bool, training: bool,
+                 backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    xg, h0, c0, w_hh, w_hr = _contig(xg, h0, c0, w_hh, w_hr)
+    y, cn, gates, cs = backends.get(backend).lstm_forward(
+        xg, h0, c0, w_hh, w_hr, lengths, reverse, training)
+    if not training:
+        gates, cs = _empty(xg), _empty(xg)
+    return tuple(_fresh([y, cn, gates, cs], [xg, h0, c0, w_hh, w_hr, lengths]))
+
+
+@lstm_forward.register_fake
+def _(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, backend):
+    T, N, G = xg.shape
+    H = G // 4
+    R = h0.shape[-1]
+    y = xg.new_empty(T, N, R)
+    cn = xg.new_empty(N, H)
+    if training:
+        return y, cn, xg.new_empty(T, N, G), xg.new_empty(T, N, H)
+    return y, cn, xg.new_empty(0), xg.new_empty(0)
+
+
+@torch.library.custom_op("fastrnn::lstm_backward", mutates_args=())
+def lstm_backward(dy: Tensor, dcn: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor,
+                  w_hr: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
+                  y: Tensor, gates: Tensor, cs: Tensor,
+                  backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    ins = _contig(dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs)
+    dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs = ins
+    dgates, dh0, dc0, dr = backends.get(backend).lstm_backward(
+        dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs)
+    if w_hr is None:
+        dr = _empty(dy)
+    return tuple(_fresh([dgates, dh0, dc0, dr], ins + [lengths]))
+
+
+@lstm_backward.register_fake
+def _(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs, backend):
+    T, N, R = dy.shape
+    H = c0.shape[-1]
+    dr = dy.new_empty(T, N, R) if w_hr is not None else dy.new_empty(0)
+    return dy.new_empty(T, N, 4 * H), h0.new_empty(h0.shape), c0.new_empty(c0.shape), dr
+
+
+def _lstm_setup(ctx, inputs, output):
+    xg, h0, c0, w_hh, w_hr, lengths, reverse, training, backend = inputs
+    y, cn, gates, cs = output
+    ctx.mark_non_differentiable(gates, cs)
+    ctx.reverse, ctx.training, ctx.backend = reverse, training, backend
+    ctx.save_for_backward(h0, c0, w_hh, w_hr, lengths, y, gates, cs)
+
+
+def _lstm_backward_fn(ctx, dy, dcn, _dgates_unused, _dcs_unused):
+    h0, c0, w_hh, w_hr, lengths, y, gates, cs = ctx.saved_tensors
+    if not ctx.training:
+        raise RuntimeError("fastrnn: lstm_forward ran with training=False, so it saved "
+                           "nothing for backward; run it with gradients enabled")
+    dy = _zeros_if_none(dy, y)
+    dcn = _zeros_if_none(dcn, c0)
+    dgates, dh0, dc0, dr = torch.ops.fastrnn.lstm_backward(
+        dy, dcn, h0, c0, w_hh, w_hr, lengths, ctx.reverse, y, gates, cs, ctx.backend)
+    need = ctx.needs_input_grad
+    dw_hh = dw_hr = None
+    if need[3]:
+        dw_hh = _gemm_tn(dgates, _h_prev(y, h0, ctx.reverse))  # [4H, R]
+    if w_hr is not None and need[4]:
+        H = c0.shape[-1]
+        m = gates[..., 3 * H:] * torch.tanh(cs)  # [T, N, H]
+        dw_hr = _gemm_tn(dr, _mask(m, _valid(lengths, y.shape[0])))  # [R, H]
+    return (dgates if need[0] else None, dh0 if need[1] else None,
+            dc0 if need[2] else None, dw_hh, dw_hr, None, None, None, None)
+
+
+lstm_forward.register_autograd(_lstm_backward_fn, setup_context=_lstm_setup)
+
+
+# ----------------------------------------------------------------------------- GRU
+
+@torch.library.custom_op("fastrnn::gru_forward", mutates_args=())
+def gru_forward(xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor,
+                lengths: Optional[Tensor], reverse: bool, training: bool,
+                backend: str) -> Tuple[Tensor, Tensor]:
+    xg, h0, w_hh, b_hh = _contig(xg, h0, w_hh, b_hh)
+    y, saved = backends.get(backend).gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training)
+    if not training:
+        saved = _empty(xg)
+    return tuple(_fresh([y, saved], [xg, h0, w_hh, b_hh, lengths]))
+
+
+@gru_forward.register_fake
+def _(xg, h0, w_hh, b_hh, lengths, reverse, training, backend):
+    T, N, G = xg.shape
+    H = G // 3
+    saved = xg.new_empty(T, N, 4 * H) if training else xg.new_empty(0)
+    return xg.new_empty(T, N, H), saved
+
+
+@torch.library.custom_op("fastrnn::gru_backward", mutates_args=())
+def gru_backward(dy: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
+                 reverse: bool, y: Tensor, saved: Tensor,
+                 backend: str) -> Tuple[Tensor, Tensor]:
+    ins = _contig(dy, h0, w_hh, y, saved)
+    dy, h0, w_hh, y, saved = ins
+    dxg, dh0 = backends.get(backend).gru_backward(dy, h0, w_hh, lengths, reverse, y, saved)
+    return tuple(_fresh([dxg, dh0], ins + [lengths]))
+
+
+@gru_backward.register_fake
+def _(dy, h0, w_hh, lengths, reverse, y, saved, backend):
+    T, N, H = dy.shape
+    return dy.new_empty(T, N, 3 * H), h0.new_empty(h0.shape)
+
+
+def _gru_setup(ctx, inputs, output):
+    xg, h0, w_hh, b_hh, lengths, reverse, training, backend = inputs
+    y, saved = output
+    ctx.mark_non_differentiable(saved)
+    ctx.reverse, ctx.training, ctx.backend = reverse, training, backend
+    ctx.save_for_backward(h0, w_hh, lengths, y, saved)
+
+
+def _gru_backward_fn(ctx, dy, _dsaved_unused):
+    h0, w_hh, lengths, y, saved = ctx.saved_tensors
+    if not ctx.training:
+        raise RuntimeError("fastrnn: gru_forward ran with training=False, so it saved "
+                           "nothing for backward; run it with gradients enabled")
+    dy = _zeros_if_none(dy, y)
+    dxg, dh0 = torch.ops.fastrnn.gru_backward(
+        dy, h0, w_hh, lengths, ctx.reverse, y, saved, ctx.backend)
+    need = ctx.needs_input_grad
+    dw_hh = db_hh = None
+    if need[2] or need[3]:
+        H = h0.shape[-1]
+        r = _mask(saved[..., :H], _valid(lengths, y.shape[0]))
+        dhg = torch.cat([dxg[..., :2 * H], dxg[..., 2 * H:] * r], dim=-1)  # [T, N, 3H]
+        if need[2]:
+            dw_hh = _gemm_tn(dhg, _h_prev(y, h0, ctx.reverse))  # [3H, H]
+        if need[3]:
+            db_hh = dhg.sum(dim=(0, 1))
+    return (dxg if need[0] else None, dh0 if need[1] else None, dw_hh, db_hh,
+            None, None, None, None)
+
+
+gru_forward.register_autograd(_gru_backward_fn, setup_context=_gru_setup)
+
+
+# ----------------------------------------------------------------------------- Elman RNN
+
+@torch.library.custom_op("fastrnn::rnn_forward", mutates_args=())
+def rnn_forward(xg: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
+                reverse: bool, relu: bool, backend: str) -> Tensor:
+    xg, h0, w_hh = _contig(xg, h0, w_hh)
+    y = backends.get(backend).rnn_forward(xg, h0, w_hh, lengths, reverse, relu)
+    return _fresh([y], [xg, h0, w_hh, lengths])[0]
+
+
+@rnn_forward.register_fake
+def _(xg, h0, w_hh, lengths, reverse, relu, backend):
+    return xg.new_empty(xg.shape)
+
+
+@torch.library.custom_op("fastrnn::rnn_backward", mutates_args=())
+def rnn_backward(dy: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
+                 reverse: bool, relu: bool, y: Tensor,
+                 backend: str) -> Tuple[Tensor, Tensor]:
+    ins = _contig(dy, h0, w_hh, y)
+    dy, h0, w_hh, y = ins
+    dxg, dh0 = backends.get(backend).rnn_backward(dy, h0, w_hh, lengths, reverse, relu, y)
+    return tuple(_fresh([dxg, dh0], ins + [lengths]))
+
+
+@rnn_backward.register_fake
+def _(dy, h0, w_hh, lengths, reverse, relu, y, backend):
+    return dy.new_empty(dy.shape), h0.new_empty(h0.shape)
+
+
+def _rnn_setup(ctx, inputs, output):
+    xg, h0, w_hh, lengths, reverse, relu, backend = inputs
+    ctx.reverse, ctx.relu, ctx.backend = reverse, relu, backend
+    ctx.save_for_backward(h0, w_hh, lengths, output)
+
+
+def _rnn_backward_fn(ctx, dy):
+    h0, w_hh, lengths, y = ctx.saved_tensors
+    dy = _zeros_if_none(dy, y)
+    dxg, dh0 = torch.ops.fastrnn.rnn_backward(
+        dy, h0, w_hh, lengths, ctx.reverse, ctx.relu, y, ctx.backend)
+    need = ctx.needs_input_grad
+    dw_hh = _gemm_tn(dxg, _h_prev(y, h0, ctx.reverse)) if need[2] else None  # [H, H]
+    return (dxg if need[0] else None, dh0 if need[1] else None, dw_hh,
+            None, None, None, None)
+
+
+rnn_forward.register_autograd(_rnn_backward_fn, setup_context=_rnn_setup)
+
+
+OPS = {
+    "lstm_forward": torch.ops.fastrnn.lstm_forward,
+    "lstm_backward": torch.ops.fastrnn.lstm_backward,
+    "gru_forward": torch.ops.fastrnn.gru_forward,
+    "gru_backward": torch.ops.fastrnn.gru_backward,
+    "rnn_forward": torch.ops.fastrnn.rnn_forward,
+    "rnn_backward": torch.ops.fastrnn.rnn_backward,
+}
