@@ -1,0 +1,569 @@
+"""fastrnn-imdb: train six IMDB sentiment models on fastrnn and on torch.nn and compare them.
+
+    fastrnn-imdb [--models lstm,gru,...] [--impl fastrnn,torch] [--epochs 4] [--out DIR] ...
+    python -m fastrnn.imdb --help
+
+For every model (RNN, LSTM, GRU, Bi-RNN, Bi-LSTM, Bi-GRU) both implementations start
+from identical weights (see :mod:`fastrnn.models`), see the same batches in the same
+order, and are trained epoch by epoch in alternation (so machine noise hits both alike).
+Reported per model and implementation: parameters, training seconds per epoch and
+samples/s, inference samples/s, test accuracy; per model the fastrnn/torch speed ratios
+and the accuracy difference. Written to ``--out``: ``results.json``, ``report.md`` and
+two PNG charts; the table is also printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .models import DISPLAY, IMPLS, MODEL_NAMES, build_model, count_parameters, \
+    fastrnn_layers_available
+
+ACCURACY_TOLERANCE_PP = 0.5
+QUICK = {"train_size": 1000, "test_size": 1000, "epochs": 1, "maxlen": 200}
+DEFAULTS = {"train_size": None, "test_size": None, "epochs": 4, "maxlen": 500}
+CHART_SPEED_ACCURACY = "imdb_speed_accuracy.png"
+CHART_SPEEDUP = "imdb_speedup.png"
+
+
+def _csv_choice(allowed):
+    def parse(text):
+        items = [t.strip().lower() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated subset of {','.join(allowed)}, got {text!r}")
+        return list(dict.fromkeys(items))
+    return parse
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="fastrnn-imdb",
+        description="Train RNN/LSTM/GRU (uni- and bidirectional) IMDB sentiment classifiers "
+                    "with fastrnn and with torch.nn; compare speed and accuracy.")
+    p.add_argument("--models", type=_csv_choice(MODEL_NAMES), default=list(MODEL_NAMES),
+                   help="comma-separated subset of %(default)s" % {
+                       "default": ",".join(MODEL_NAMES)})
+    p.add_argument("--impl", type=_csv_choice(IMPLS), default=list(IMPLS),
+                   help="implementations to run: fastrnn,torch (default both)")
+    p.add_argument("--backend", default=None,
+                   help="fastrnn backend (auto, cpu, cuda, numba, reference; default: "
+                        "fastrnn's default, i.e. $FASTRNN_BACKEND or auto)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 4; quick 1)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--eval-batch-size", type=int, default=256)
+    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--embed-dim", type=int, default=100)
+    p.add_argument("--maxlen", type=int, default=None,
+                   help="reviews are pre-padded/pre-truncated to this length (default 500; "
+                        "quick 200)")
+    p.add_argument("--num-words", type=int, default=10000, help="vocabulary size (ids < this)")
+    p.add_argument("--data", default=None,
+                   help="aclImdb_v1.tar.gz, an extracted aclImdb/ folder, Keras's imdb.npz or a "
+                        "folder holding one (default: $FASTRNN_IMDB_PATH, the cache, download)")
+    p.add_argument("--no-download", action="store_true", help="never download the data")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 1000 train/1000 test reviews, 1 epoch, maxlen 200 (each "
+                        "overridable by its own option)")
+    p.add_argument("--train-size", type=int, default=None, help="use the first N training reviews")
+    p.add_argument("--test-size", type=int, default=None, help="use the first N test reviews")
+    p.add_argument("--seed", type=int, default=0, help="weights and batch order")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (0: off)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--out", default="imdb_results", help="output folder (default %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    return p
+
+
+def resolve_config(args):
+    """Fill the quick/default values that depend on --quick."""
+    base = QUICK if args.quick else DEFAULTS
+    for key, value in base.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for key in ("epochs", "batch_size", "eval_batch_size", "hidden_size", "embed_dim",
+                "maxlen", "num_words"):
+        if getattr(args, key) < 1:
+            raise SystemExit(f"fastrnn-imdb: --{key.replace('_', '-')} must be >= 1")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
+
+
+# --------------------------------------------------------------------------- data
+
+def prepare_data(args, progress=True):
+    """Load, pad and tensorise; returns (x_train, y_train, x_test, y_test, info)."""
+    from tqdm.auto import tqdm
+
+    from .datasets import load_data, pad_sequences
+    from .datasets.imdb import load_corpus
+
+    t0 = time.perf_counter()
+    with tqdm(total=4, desc="prepare data", unit="step", disable=not progress) as bar:
+        corpus = load_corpus(args.data, download=not args.no_download, progress=progress)
+        bar.update(1)
+        (xtr, ytr), (xte, yte) = load_data(args.data, num_words=args.num_words, seed=args.seed,
+                                           download=not args.no_download, progress=progress)
+        bar.update(1)
+        xtr, ytr = xtr[:args.train_size], ytr[:args.train_size]
+        xte, yte = xte[:args.test_size], yte[:args.test_size]
+        xtr = pad_sequences(xtr, maxlen=args.maxlen)
+        xte = pad_sequences(xte, maxlen=args.maxlen)
+        bar.update(1)
+        tensors = [torch.from_numpy(xtr).long(), torch.from_numpy(np.asarray(ytr)).float(),
+                   torch.from_numpy(xte).long(), torch.from_numpy(np.asarray(yte)).float()]
+        bar.update(1)
+    info = {
+        "source": corpus.source,
+        "corpus_stats": corpus.stats,
+        "train_reviews": int(len(ytr)),
+        "test_reviews": int(len(yte)),
+        "train_positive_fraction": float(np.mean(ytr)) if len(ytr) else math.nan,
+        "test_positive_fraction": float(np.mean(yte)) if len(yte) else math.nan,
+        "maxlen": args.maxlen,
+        "num_words": args.num_words,
+        "prepare_seconds": time.perf_counter() - t0,
+    }
+    return (*tensors, info)
+
+
+# --------------------------------------------------------------------------- train / eval
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Run:
+    """One (model, implementation) pair being trained."""
+
+    def __init__(self, name, impl, args, device):
+        self.name, self.impl, self.device = name, impl, device
+        self.model = build_model(name, impl, seed=args.seed, vocab_size=args.num_words,
+                                 embed_dim=args.embed_dim, hidden_size=args.hidden_size,
+                                 backend=args.backend if impl == "fastrnn" else None)
+        self.model.to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.clip = args.clip
+        self.epochs = []
+        self.result = {"model": name, "display": DISPLAY[name], "impl": impl,
+                       "parameters": count_parameters(self.model)}
+        if impl == "fastrnn":
+            self.result["backend"] = _fastrnn_backend_name(args.backend, device)
+
+    def step(self, xb, yb):
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.model(xb)
+        loss = self.loss_fn(logits, yb)
+        loss.backward()
+        if self.clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.optimizer.step()
+        return loss.detach(), ((logits.detach() > 0).float() == yb).sum()
+
+    def warmup(self, xb, yb):
+        """One forward+backward (no update) and one inference pass, timed apart: JIT
+        compilation, allocator growth and library initialisation stay out of the timings."""
+        t0 = time.perf_counter()
+        self.model.train()
+        self.loss_fn(self.model(xb), yb).backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.eval()
+        with torch.inference_mode():
+            self.model(xb)
+        _sync(self.device)
+        self.result["warmup_seconds"] = time.perf_counter() - t0
+
+    def train_epoch(self, epoch, x, y, order, batch_size, progress):
+        from tqdm.auto import tqdm
+
+        self.model.train()
+        n = len(order)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        batches = range(0, n, batch_size)
+        bar = tqdm(batches, desc=f"train {DISPLAY[self.name]:7s} {self.impl:7s} "
+                                 f"epoch {epoch}", unit="batch", leave=False,
+                   disable=not progress)
+        _sync(self.device)
+        t0 = time.perf_counter()
+        for start in bar:
+            idx = order[start:start + batch_size]
+            xb, yb = x[idx], y[idx]
+            loss, corr = self.step(xb, yb)
+            loss_sum += loss * len(idx)
+            correct += corr
+        _sync(self.device)
+        seconds = time.perf_counter() - t0
+        rec = {"epoch": epoch, "seconds": seconds, "samples_per_s": n / seconds,
+               "loss": float(loss_sum) / n, "train_accuracy": float(correct) / n}
+        self.epochs.append(rec)
+        return rec
+
+    @torch.inference_mode()
+    def evaluate(self, x, y, batch_size, progress):
+        from tqdm.auto import tqdm
+
+        self.model.eval()
+        n = len(y)
+        correct = torch.zeros((), device=self.device)
+        bar = tqdm(range(0, n, batch_size), desc=f"eval  {DISPLAY[self.name]:7s} "
+                                                 f"{self.impl:7s}", unit="batch",
+                   leave=False, disable=not progress)
+        _sync(self.device)
+        t0 = time.perf_counter()
+        for start in bar:
+            logits = self.model(x[start:start + batch_size])
+            correct += ((logits > 0).float() == y[start:start + batch_size]).sum()
+        _sync(self.device)
+        seconds = time.perf_counter() - t0
+        return float(correct) / n, seconds
+
+    def finish(self, accuracy, infer_seconds, n_train, n_test):
+        secs = [e["seconds"] for e in self.epochs]
+        self.result.update({
+            "epochs": self.epochs,
+            "train_seconds_per_epoch": float(np.mean(secs)),
+            "train_seconds_per_epoch_min": float(np.min(secs)),
+            "train_samples_per_s": float(n_train / np.mean(secs)),
+            "inference_seconds": infer_seconds,
+            "inference_samples_per_s": n_test / infer_seconds,
+            "test_accuracy": accuracy,
+            "final_train_loss": self.epochs[-1]["loss"],
+        })
+        return self.result
+
+
+def _fastrnn_backend_name(backend, device):
+    try:
+        from .backends import resolve
+        return resolve(backend, device.type)
+    except Exception as exc:  # report, don't fail: the layer itself will say more
+        return f"unresolved ({exc})"
+
+
+def _initial_agreement(name, args, device, xb):
+    """Max |logit difference| of the two implementations before training (same weights)."""
+    models = {impl: build_model(name, impl, seed=args.seed, vocab_size=args.num_words,
+                                embed_dim=args.embed_dim, hidden_size=args.hidden_size,
+                                backend=args.backend if impl == "fastrnn" else None).to(device)
+              for impl in IMPLS}
+    sd_t, sd_f = models["torch"].state_dict(), models["fastrnn"].state_dict()
+    same_weights = sd_t.keys() == sd_f.keys() and all(torch.equal(sd_t[k], sd_f[k]) for k in sd_t)
+    with torch.inference_mode():
+        out = {impl: m.eval()(xb) for impl, m in models.items()}
+    return same_weights, float((out["torch"] - out["fastrnn"]).abs().max())
+
+
+def run(args, progress=True):
+    """Run the comparison; returns the results dict (also what results.json holds)."""
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if "fastrnn" in args.impl:
+        why = fastrnn_layers_available()
+        if why:
+            raise SystemExit(f"fastrnn-imdb: --impl fastrnn needs fastrnn's layers: {why}\n"
+                             f"(run with --impl torch to measure torch.nn alone)")
+    x_train, y_train, x_test, y_test, data_info = prepare_data(args, progress)
+    x_train, y_train = x_train.to(device), y_train.to(device)
+    x_test, y_test = x_test.to(device), y_test.to(device)
+    n_train, n_test = len(y_train), len(y_test)
+    if n_train == 0 or n_test == 0:
+        raise SystemExit("fastrnn-imdb: no training or no test reviews to use")
+
+    results, comparisons = [], []
+    t_start = time.perf_counter()
+    for name in args.models:
+        runs = [Run(name, impl, args, device) for impl in args.impl]
+        warm = slice(0, min(args.batch_size, n_train))
+        for r in runs:
+            r.warmup(x_train[warm], y_train[warm])
+        for epoch in range(1, args.epochs + 1):
+            # the same batch order for every implementation
+            g = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+            order = torch.randperm(n_train, generator=g).to(device)
+            for r in runs:
+                rec = r.train_epoch(epoch, x_train, y_train, order, args.batch_size, progress)
+                if not progress:
+                    continue
+                print(f"  {DISPLAY[name]:7s} {r.impl:7s} epoch {epoch}/{args.epochs}: "
+                      f"loss {rec['loss']:.4f}  train acc {rec['train_accuracy']:.4f}  "
+                      f"{rec['seconds']:.1f} s ({rec['samples_per_s']:.0f} samples/s)",
+                      file=sys.stderr)
+        by_impl = {}
+        for r in runs:
+            acc, secs = r.evaluate(x_test, y_test, args.eval_batch_size, progress)
+            by_impl[r.impl] = r.finish(acc, secs, n_train, n_test)
+            results.append(by_impl[r.impl])
+        if len(by_impl) == 2:
+            same, diff = _initial_agreement(name, args, device, x_train[warm])
+            f, t = by_impl["fastrnn"], by_impl["torch"]
+            acc_diff = 100.0 * (f["test_accuracy"] - t["test_accuracy"])
+            comparisons.append({
+                "model": name, "display": DISPLAY[name],
+                "train_speedup": f["train_samples_per_s"] / t["train_samples_per_s"],
+                "inference_speedup": f["inference_samples_per_s"] / t["inference_samples_per_s"],
+                "accuracy_diff_pp": acc_diff,
+                "accuracy_within_tolerance": abs(acc_diff) <= ACCURACY_TOLERANCE_PP,
+                "identical_initial_weights": same,
+                "initial_logit_max_abs_diff": diff,
+                "final_train_loss_diff": f["final_train_loss"] - t["final_train_loss"],
+            })
+    return {
+        "config": {k: v for k, v in vars(args).items()},
+        "environment": _environment(device, args),
+        "data": data_info,
+        "results": results,
+        "comparisons": comparisons,
+        "accuracy_tolerance_pp": ACCURACY_TOLERANCE_PP,
+        "total_seconds": time.perf_counter() - t_start,
+    }
+
+
+def _environment(device, args):
+    env = {"python": platform.python_version(), "torch": torch.__version__,
+           "platform": platform.platform(), "device": str(device),
+           "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    try:
+        import fastrnn
+        env["fastrnn"] = getattr(fastrnn, "__version__", "?")
+        if "fastrnn" in args.impl:
+            from .backends import available_backends
+            env["fastrnn_backends_available"] = available_backends()
+    except Exception as exc:
+        env["fastrnn"] = f"unavailable ({exc})"
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+# --------------------------------------------------------------------------- reporting
+
+def _fmt_ratio(x):
+    return "" if x is None else f"{x:.2f}x"
+
+
+def table_rows(summary):
+    """Rows (list of str lists) of the main table, with a header row first."""
+    comp = {c["model"]: c for c in summary["comparisons"]}
+    head = ["model", "impl", "backend", "params", "train s/epoch", "train samples/s",
+            "infer samples/s", "test acc %", "train speedup", "infer speedup"]
+    rows = [head]
+    for r in summary["results"]:
+        c = comp.get(r["model"]) if r["impl"] == "fastrnn" else None
+        rows.append([r["display"], r["impl"], r.get("backend", "torch.nn"),
+                     f"{r['parameters']:,}", f"{r['train_seconds_per_epoch']:.1f}",
+                     f"{r['train_samples_per_s']:.0f}", f"{r['inference_samples_per_s']:.0f}",
+                     f"{100 * r['test_accuracy']:.2f}",
+                     _fmt_ratio(c and c["train_speedup"]),
+                     _fmt_ratio(c and c["inference_speedup"])])
+    return rows
+
+
+def format_table(summary):
+    rows = table_rows(summary)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) if i >= 3 else cell.ljust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(rows):
+    out = ["| " + " | ".join(rows[0]) + " |",
+           "|" + "|".join("---" if i < 3 else "---:" for i in range(len(rows[0]))) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(out)
+
+
+def accuracy_notes(summary):
+    notes = []
+    cfg = summary["config"]
+    if cfg.get("quick") or (summary["data"]["train_reviews"] < 25000):
+        notes.append(
+            f"This run used {summary['data']['train_reviews']} training and "
+            f"{summary['data']['test_reviews']} test reviews, {cfg['epochs']} epoch(s), maxlen "
+            f"{cfg['maxlen']}: accuracies are not comparable with full-data results.")
+    for c in summary["comparisons"]:
+        if not c["identical_initial_weights"]:
+            notes.append(f"{c['display']}: the two implementations did NOT start from identical "
+                         "weights (state_dict copy failed): the comparison is invalid.")
+        if not c["accuracy_within_tolerance"]:
+            notes.append(
+                f"{c['display']}: fastrnn and torch.nn test accuracy differ by "
+                f"{c['accuracy_diff_pp']:+.2f} pp (more than {ACCURACY_TOLERANCE_PP} pp). They "
+                f"started from identical weights (initial logits differ by at most "
+                f"{c['initial_logit_max_abs_diff']:.2e}) and saw the same batches; the kernels "
+                f"sum in a different order, and training amplifies such rounding differences "
+                f"(final training loss differs by {c['final_train_loss_diff']:+.4f}). A "
+                f"difference this size points to a training run near an unstable point (e.g. "
+                f"a model still close to chance) rather than a wrong gradient; rerun with "
+                f"another --seed to check.")
+    for r in summary["results"]:
+        if r["model"] in ("rnn", "birnn") and r["test_accuracy"] < 0.75 and \
+                summary["data"]["maxlen"] >= 200:
+            notes.append(f"{r['display']} ({r['impl']}): {100 * r['test_accuracy']:.1f}%: a "
+                         "plain tanh RNN over this many steps suffers from vanishing gradients "
+                         "(the reason LSTM and GRU exist).")
+    return list(dict.fromkeys(notes))
+
+
+def write_charts(summary, out):
+    """Two PNGs: speed and accuracy side by side; fastrnn/torch speed ratios."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg output
+
+    results = summary["results"]
+    models = list(dict.fromkeys(r["model"] for r in results))
+    impls = list(dict.fromkeys(r["impl"] for r in results))
+    labels = [DISPLAY[m] for m in models]
+    get = {(r["model"], r["impl"]): r for r in results}
+    colors = {"fastrnn": "#1f77b4", "torch": "#ff7f0e"}
+    x = np.arange(len(models))
+    width = 0.8 / max(len(impls), 1)
+    paths = {}
+
+    fig = Figure(figsize=(15, 4.8), dpi=100)
+    panels = [("train_samples_per_s", "training samples/s"),
+              ("inference_samples_per_s", "inference samples/s"),
+              ("test_accuracy", "test accuracy (%)")]
+    for k, (key, title) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, k + 1)
+        for j, impl in enumerate(impls):
+            vals = [get[(m, impl)][key] * (100 if key == "test_accuracy" else 1)
+                    if (m, impl) in get else 0 for m in models]
+            bars = ax.bar(x + (j - (len(impls) - 1) / 2) * width, vals, width, label=impl,
+                          color=colors.get(impl))
+            ax.bar_label(bars, fmt="%.1f" if key == "test_accuracy" else "%.0f", fontsize=7)
+        ax.set_xticks(x, labels, rotation=20)
+        ax.set_title(title)
+        if key == "test_accuracy":
+            ax.axhline(87, color="gray", lw=0.8, ls="--", label="87%")
+            ax.set_ylim(0, 105)
+        ax.legend(fontsize=8)
+    dev = summary["environment"]["device"]
+    fig.suptitle(f"IMDB: fastrnn vs torch.nn on {dev} "
+                 f"({summary['data']['train_reviews']} train / "
+                 f"{summary['data']['test_reviews']} test reviews, maxlen "
+                 f"{summary['data']['maxlen']})")
+    fig.tight_layout()
+    paths["speed_accuracy"] = out / CHART_SPEED_ACCURACY
+    fig.savefig(paths["speed_accuracy"], format="png")
+
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    comp = {c["model"]: c for c in summary["comparisons"]}
+    cm = [m for m in models if m in comp]
+    xc = np.arange(len(cm))
+    for j, (key, title) in enumerate([("train_speedup", "training"),
+                                      ("inference_speedup", "inference")]):
+        bars = ax.bar(xc + (j - 0.5) * 0.4, [comp[m][key] for m in cm], 0.4, label=title)
+        ax.bar_label(bars, fmt="%.2fx", fontsize=8)
+    ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+    ax.set_xticks(xc, [DISPLAY[m] for m in cm])
+    ax.set_ylabel("fastrnn / torch.nn speed")
+    ax.set_title("fastrnn speed relative to torch.nn (> 1: fastrnn faster)")
+    ax.legend()
+    fig.tight_layout()
+    paths["speedup"] = out / CHART_SPEEDUP
+    fig.savefig(paths["speedup"], format="png")
+    return paths
+
+
+def write_report(summary, out, charts):
+    cfg, env, data = summary["config"], summary["environment"], summary["data"]
+    lines = [
+        "# IMDB sentiment: fastrnn vs torch.nn", "",
+        f"Device: **{env['device']}**" + (f" ({env['gpu']})" if "gpu" in env else "") +
+        f", torch {env['torch']}, {env['torch_threads']} CPU threads, fastrnn "
+        f"{env.get('fastrnn', '?')}.", "",
+        f"Data: {data['train_reviews']} training / {data['test_reviews']} test reviews from "
+        f"`{data['source']}`, vocabulary {cfg['num_words']}, pre-padded/truncated to "
+        f"{cfg['maxlen']} steps.", "",
+        f"Training: {cfg['epochs']} epoch(s), Adam lr {cfg['lr']}, batch {cfg['batch_size']}, "
+        f"gradient clipping {cfg['clip'] or 'off'}, hidden {cfg['hidden_size']}, embedding "
+        f"{cfg['embed_dim']}, seed {cfg['seed']}. Inference batch {cfg['eval_batch_size']}. "
+        f"Both implementations of a model start from identical weights and see the same "
+        f"batches; their epochs alternate.", "",
+        "## Results", "",
+        markdown_table(table_rows(summary)), "",
+        "Speedup = fastrnn samples/s / torch.nn samples/s (> 1: fastrnn faster). Training "
+        "time excludes a warm-up step (JIT compilation, first allocations).", "",
+    ]
+    if summary["comparisons"]:
+        lines += ["## Agreement", "",
+                  "| model | accuracy diff (pp) | within 0.5 pp | identical initial weights | "
+                  "initial max abs logit diff |", "|---|---:|---|---|---:|"]
+        for c in summary["comparisons"]:
+            lines.append(f"| {c['display']} | {c['accuracy_diff_pp']:+.2f} | "
+                         f"{'yes' if c['accuracy_within_tolerance'] else 'NO'} | "
+                         f"{'yes' if c['identical_initial_weights'] else 'NO'} | "
+                         f"{c['initial_logit_max_abs_diff']:.2e} |")
+        lines.append("")
+    notes = accuracy_notes(summary)
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    lines += ["## Charts", "", f"![speed and accuracy]({charts['speed_accuracy'].name})", "",
+              f"![speedup]({charts['speedup'].name})", "",
+              f"Total run time {summary['total_seconds']:.0f} s; data preparation "
+              f"{data['prepare_seconds']:.1f} s. Raw numbers: `results.json`.", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def write_outputs(summary, out):
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    charts = write_charts(summary, out)
+    summary["files"] = {"json": "results.json", "report": "report.md",
+                        **{k: p.name for k, p in charts.items()}}
+    (out / "results.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n",
+                                      encoding="utf-8")
+    write_report(summary, out, charts)
+    return out
+
+
+def main(argv=None):
+    args = resolve_config(build_parser().parse_args(argv))
+    progress = not args.no_progress
+    summary = run(args, progress=progress)
+    out = write_outputs(summary, args.out)
+    print(format_table(summary))
+    for note in accuracy_notes(summary):
+        print(f"note: {note}")
+    print(f"wrote {out / 'results.json'}, {out / 'report.md'} and charts in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

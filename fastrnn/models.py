@@ -1,0 +1,120 @@
+"""The six IMDB sentiment models: Embedding -> RNN/LSTM/GRU (uni- or bidirectional) -> Linear.
+
+``build_model(name, impl)`` builds the same network on torch.nn or on fastrnn layers.
+Both are created from the same seed with identical initial weights: the torch.nn model is
+built first and its ``state_dict`` is loaded into the fastrnn one (fastrnn's layers are
+drop-ins with torch.nn's parameter names and shapes).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["MODEL_NAMES", "IMPLS", "SentimentRNN", "build_model", "build_pair",
+           "fastrnn_layers_available", "count_parameters"]
+
+#: name -> (recurrent layer kind, bidirectional)
+MODELS = {
+    "rnn": ("RNN", False),
+    "lstm": ("LSTM", False),
+    "gru": ("GRU", False),
+    "birnn": ("RNN", True),
+    "bilstm": ("LSTM", True),
+    "bigru": ("GRU", True),
+}
+MODEL_NAMES = tuple(MODELS)
+IMPLS = ("fastrnn", "torch")
+DISPLAY = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU",
+           "birnn": "Bi-RNN", "bilstm": "Bi-LSTM", "bigru": "Bi-GRU"}
+
+
+def _fastrnn_layer(kind):
+    """fastrnn.RNN / LSTM / GRU; ImportError with the reason when the package lacks them."""
+    try:
+        from fastrnn import nn as fnn
+    except ImportError as exc:
+        raise ImportError(f"fastrnn's recurrent layers could not be imported: {exc}") from exc
+    return getattr(fnn, kind)
+
+
+def fastrnn_layers_available():
+    """``None`` when fastrnn.LSTM/GRU/RNN import, else the reason they don't."""
+    try:
+        for kind in ("RNN", "LSTM", "GRU"):
+            _fastrnn_layer(kind)
+    except (ImportError, AttributeError) as exc:
+        return str(exc)
+    return None
+
+
+class SentimentRNN(nn.Module):
+    """``[N, T]`` word ids -> ``[N]`` logits of "positive".
+
+    The recurrent layer runs time-major (``batch_first=False``): the ids are transposed
+    (a free view) before the embedding, so no activation is ever transposed or copied.
+    The classifier reads the final hidden state (both directions concatenated, forward
+    first, for the bidirectional models); with Keras-style pre-padding that state has seen
+    every word of the review last.
+    """
+
+    def __init__(self, kind, bidirectional, layer_cls, vocab_size=10000, embed_dim=100,
+                 hidden_size=128, layer_kwargs=None):
+        super().__init__()
+        self.kind = kind
+        self.bidirectional = bidirectional
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        self.rnn = layer_cls(embed_dim, hidden_size, num_layers=1, bidirectional=bidirectional,
+                             **(layer_kwargs or {}))
+        self.classifier = nn.Linear(hidden_size * (2 if bidirectional else 1), 1)
+
+    def forward(self, ids):  # ids [N, T] int64
+        x = self.embedding(ids.t())  # [T, N, E]
+        _, h = self.rnn(x)
+        if isinstance(h, tuple):  # LSTM: (h_n, c_n)
+            h = h[0]
+        # h [layers * dirs, N, H]; the last layer's directions are the last rows
+        feat = torch.cat([h[-2], h[-1]], dim=1) if self.bidirectional else h[-1]
+        return self.classifier(feat).squeeze(1)
+
+
+def _make(name, layer_cls, layer_kwargs, **sizes):
+    try:
+        kind, bidirectional = MODELS[name]
+    except KeyError:
+        raise ValueError(f"model must be one of {MODEL_NAMES}, got {name!r}") from None
+    return SentimentRNN(kind, bidirectional, layer_cls, layer_kwargs=layer_kwargs, **sizes)
+
+
+def build_model(name, impl="torch", *, seed=0, vocab_size=10000, embed_dim=100, hidden_size=128,
+                backend=None):
+    """Build model ``name`` on ``impl`` ("torch" | "fastrnn"), initialised from ``seed``.
+
+    The weights depend only on ``name``, the sizes and ``seed``, never on ``impl``: the
+    torch.nn model is always built first under ``torch.manual_seed(seed)`` (the global RNG
+    state is restored afterwards) and the fastrnn model receives its ``state_dict``.
+    ``backend`` is passed to the fastrnn layer (None = fastrnn's default, "auto").
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    sizes = dict(vocab_size=vocab_size, embed_dim=embed_dim, hidden_size=hidden_size)
+    kind = MODELS[name][0] if name in MODELS else None
+    # fork_rng: building a model never moves the caller's global RNG stream, so whatever
+    # the caller seeds next (batch order, ...) is the same for both implementations.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        reference = _make(name, getattr(nn, kind) if kind else None, None, **sizes)
+        if impl == "torch":
+            return reference
+        kwargs = {} if backend is None else {"backend": backend}
+        model = _make(name, _fastrnn_layer(kind), kwargs, **sizes)
+    model.load_state_dict(reference.state_dict(), strict=True)
+    return model
+
+
+def build_pair(name, **kwargs):
+    """``{"torch": model, "fastrnn": model}`` with identical initial weights."""
+    return {impl: build_model(name, impl, **kwargs) for impl in ("torch", "fastrnn")}
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
