@@ -32,15 +32,23 @@ def last_backend():
     return _last["backend"]
 
 
+@torch.compiler.assume_constant_result
+def _resolve(backend, device_type, low_precision):
+    # Evaluated eagerly even under torch.compile (it imports modules, reads the
+    # environment); the compiled graph keeps the resulting name as a constant.
+    name = backends.resolve(backend, device_type)
+    if name in ("cpu", "numba") and low_precision:
+        requested = backends.get_default_backend() if backend is None else backend
+        if requested == "auto":
+            return "reference"  # compiled CPU kernels: float32/float64 only
+        raise TypeError(f"backend {name!r} supports float32 and float64 only; use "
+                        f"backend='reference' for other dtypes")
+    return name
+
+
 def resolve_backend(backend, x):
     """Resolve ``backend`` (None, "auto" or a name) for tensors like ``x``; records it."""
-    name = backends.resolve(backend, x.device.type)
-    if name in ("cpu", "numba") and x.dtype not in (torch.float32, torch.float64):
-        if backend in (None, "auto") or backends.get_default_backend() == "auto":
-            name = "reference"  # compiled CPU kernels: float32/float64 only
-        else:
-            raise TypeError(f"backend {name!r} supports float32 and float64 only, got "
-                            f"{x.dtype}; use backend='reference'")
+    name = _resolve(backend, x.device.type, x.dtype not in (torch.float32, torch.float64))
     if not torch.compiler.is_compiling():
         _last["backend"] = name
     return name
