@@ -1,0 +1,195 @@
+// fastrnn._C: the CPU kernels for Python. Thin: it takes sizes and raw data
+// pointers (tensor.data_ptr()) from fastrnn/backends/cpu.py, which has already
+// validated shapes, dtypes, contiguity and allocated every output, checks the
+// few invariants a kernel would otherwise read out of bounds on, and runs the
+// kernel with the GIL released. No torch headers: one build serves every torch.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "cpu/dispatch.h"
+
+namespace py = pybind11;
+using fastrnn::GruBackwardParams;
+using fastrnn::GruForwardParams;
+using fastrnn::LstmBackwardParams;
+using fastrnn::LstmForwardParams;
+using fastrnn::RnnBackwardParams;
+using fastrnn::RnnForwardParams;
+
+namespace {
+
+template <typename T>
+T* ptr(std::uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+void check_sizes(int64_t T, int64_t N, int64_t H, int64_t R, int num_threads) {
+  if (T < 1 || N < 1 || H < 1 || R < 1)
+    throw std::invalid_argument("fastrnn._C: T, N, H and R must all be >= 1, got T=" + std::to_string(T) +
+                                " N=" + std::to_string(N) + " H=" + std::to_string(H) +
+                                " R=" + std::to_string(R));
+  if (num_threads < 1) throw std::invalid_argument("fastrnn._C: num_threads must be >= 1");
+}
+
+void check_lengths(std::uintptr_t lengths, int64_t T, int64_t N) {
+  if (!lengths) return;
+  const int64_t* l = ptr<const int64_t>(lengths);
+  for (int64_t n = 0; n < N; ++n)
+    if (l[n] < 1 || l[n] > T)
+      throw std::invalid_argument("fastrnn._C: lengths[" + std::to_string(n) + "] = " + std::to_string(l[n]) +
+                                  " is outside [1, T=" + std::to_string(T) + "]");
+}
+
+// Calls fn<float> or fn<double> by element size.
+template <template <typename> class Params, typename F32, typename F64, typename Fill>
+void run(int itemsize, F32 f32, F64 f64, Fill fill) {
+  if (itemsize == 4) {
+    Params<float> p{};
+    fill(p);
+    py::gil_scoped_release release;
+    f32(p);
+  } else if (itemsize == 8) {
+    Params<double> p{};
+    fill(p);
+    py::gil_scoped_release release;
+    f64(p);
+  } else {
+    throw std::invalid_argument("fastrnn._C: only float32 and float64 are supported on the CPU");
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastrnn fused CPU kernels (see csrc/common/rnn_params.h for the pointer shapes)";
+  m.attr("__version__") = FASTRNN_VERSION;
+  m.def("isa", &fastrnn::cpu::isa, "the instruction set build in use");
+  m.def("set_isa", &fastrnn::cpu::set_isa, py::arg("name"));
+  m.def("supported_isas", &fastrnn::cpu::supported_isas);
+
+  m.def(
+      "lstm_forward",
+      [](int itemsize, int64_t T, int64_t N, int64_t H, int64_t R, std::uintptr_t xg, std::uintptr_t h0,
+         std::uintptr_t c0, std::uintptr_t w_hh, std::uintptr_t w_hr, std::uintptr_t lengths, bool reverse,
+         std::uintptr_t y, std::uintptr_t cn, std::uintptr_t gates, std::uintptr_t cs, int num_threads) {
+        check_sizes(T, N, H, R, num_threads);
+        check_lengths(lengths, T, N);
+        if ((gates == 0) != (cs == 0)) throw std::invalid_argument("lstm_forward: gates and cs go together");
+        if (!w_hr && R != H) throw std::invalid_argument("lstm_forward: R != H needs w_hr");
+        auto fill = [&](auto& p) {
+          using T_ = std::remove_pointer_t<decltype(p.y)>;
+          p = {T, N, H, R, ptr<const T_>(xg), ptr<const T_>(h0), ptr<const T_>(c0), ptr<const T_>(w_hh),
+               ptr<const T_>(w_hr), ptr<const int64_t>(lengths), reverse, ptr<T_>(y), ptr<T_>(cn),
+               ptr<T_>(gates), ptr<T_>(cs), num_threads};
+        };
+        run<LstmForwardParams>(itemsize, fastrnn::cpu::lstm_forward<float>, fastrnn::cpu::lstm_forward<double>,
+                               fill);
+      },
+      py::arg("itemsize"), py::arg("T"), py::arg("N"), py::arg("H"), py::arg("R"), py::arg("xg"), py::arg("h0"),
+      py::arg("c0"), py::arg("w_hh"), py::arg("w_hr"), py::arg("lengths"), py::arg("reverse"), py::arg("y"),
+      py::arg("cn"), py::arg("gates"), py::arg("cs"), py::arg("num_threads"));
+
+  m.def(
+      "lstm_backward",
+      [](int itemsize, int64_t T, int64_t N, int64_t H, int64_t R, std::uintptr_t dy, std::uintptr_t dcn,
+         std::uintptr_t h0, std::uintptr_t c0, std::uintptr_t w_hh, std::uintptr_t w_hr, std::uintptr_t lengths,
+         bool reverse, std::uintptr_t y, std::uintptr_t gates, std::uintptr_t cs, std::uintptr_t dgates,
+         std::uintptr_t dh0, std::uintptr_t dc0, std::uintptr_t dr, int num_threads) {
+        check_sizes(T, N, H, R, num_threads);
+        check_lengths(lengths, T, N);
+        if (!gates || !cs) throw std::invalid_argument("lstm_backward: needs the saved gates and cs");
+        if (w_hr && !dr) throw std::invalid_argument("lstm_backward: a projection needs dr");
+        if (!w_hr && R != H) throw std::invalid_argument("lstm_backward: R != H needs w_hr");
+        auto fill = [&](auto& p) {
+          using T_ = std::remove_pointer_t<decltype(p.dgates)>;
+          p = {T, N, H, R, ptr<const T_>(dy), ptr<const T_>(dcn), ptr<const T_>(h0), ptr<const T_>(c0),
+               ptr<const T_>(w_hh), ptr<const T_>(w_hr), ptr<const int64_t>(lengths), reverse, ptr<const T_>(y),
+               ptr<const T_>(gates), ptr<const T_>(cs), ptr<T_>(dgates), ptr<T_>(dh0), ptr<T_>(dc0),
+               w_hr ? ptr<T_>(dr) : nullptr, num_threads};
+        };
+        run<LstmBackwardParams>(itemsize, fastrnn::cpu::lstm_backward<float>,
+                                fastrnn::cpu::lstm_backward<double>, fill);
+      },
+      py::arg("itemsize"), py::arg("T"), py::arg("N"), py::arg("H"), py::arg("R"), py::arg("dy"), py::arg("dcn"),
+      py::arg("h0"), py::arg("c0"), py::arg("w_hh"), py::arg("w_hr"), py::arg("lengths"), py::arg("reverse"),
+      py::arg("y"), py::arg("gates"), py::arg("cs"), py::arg("dgates"), py::arg("dh0"), py::arg("dc0"),
+      py::arg("dr"), py::arg("num_threads"));
+
+  m.def(
+      "gru_forward",
+      [](int itemsize, int64_t T, int64_t N, int64_t H, std::uintptr_t xg, std::uintptr_t h0, std::uintptr_t w_hh,
+         std::uintptr_t b_hh, std::uintptr_t lengths, bool reverse, std::uintptr_t y, std::uintptr_t saved,
+         int num_threads) {
+        check_sizes(T, N, H, H, num_threads);
+        check_lengths(lengths, T, N);
+        if (!b_hh) throw std::invalid_argument("gru_forward: b_hh is required (zeros when bias=False)");
+        auto fill = [&](auto& p) {
+          using T_ = std::remove_pointer_t<decltype(p.y)>;
+          p = {T, N, H, ptr<const T_>(xg), ptr<const T_>(h0), ptr<const T_>(w_hh), ptr<const T_>(b_hh),
+               ptr<const int64_t>(lengths), reverse, ptr<T_>(y), ptr<T_>(saved), num_threads};
+        };
+        run<GruForwardParams>(itemsize, fastrnn::cpu::gru_forward<float>, fastrnn::cpu::gru_forward<double>, fill);
+      },
+      py::arg("itemsize"), py::arg("T"), py::arg("N"), py::arg("H"), py::arg("xg"), py::arg("h0"), py::arg("w_hh"),
+      py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("y"), py::arg("saved"),
+      py::arg("num_threads"));
+
+  m.def(
+      "gru_backward",
+      [](int itemsize, int64_t T, int64_t N, int64_t H, std::uintptr_t dy, std::uintptr_t h0, std::uintptr_t w_hh,
+         std::uintptr_t lengths, bool reverse, std::uintptr_t y, std::uintptr_t saved, std::uintptr_t dxg,
+         std::uintptr_t dh0, int num_threads) {
+        check_sizes(T, N, H, H, num_threads);
+        check_lengths(lengths, T, N);
+        if (!saved) throw std::invalid_argument("gru_backward: needs the saved activations");
+        auto fill = [&](auto& p) {
+          using T_ = std::remove_pointer_t<decltype(p.dxg)>;
+          p = {T, N, H, ptr<const T_>(dy), ptr<const T_>(h0), ptr<const T_>(w_hh), ptr<const int64_t>(lengths),
+               reverse, ptr<const T_>(y), ptr<const T_>(saved), ptr<T_>(dxg), ptr<T_>(dh0), num_threads};
+        };
+        run<GruBackwardParams>(itemsize, fastrnn::cpu::gru_backward<float>, fastrnn::cpu::gru_backward<double>,
+                               fill);
+      },
+      py::arg("itemsize"), py::arg("T"), py::arg("N"), py::arg("H"), py::arg("dy"), py::arg("h0"), py::arg("w_hh"),
+      py::arg("lengths"), py::arg("reverse"), py::arg("y"), py::arg("saved"), py::arg("dxg"), py::arg("dh0"),
+      py::arg("num_threads"));
+
+  m.def(
+      "rnn_forward",
+      [](int itemsize, int64_t T, int64_t N, int64_t H, std::uintptr_t xg, std::uintptr_t h0, std::uintptr_t w_hh,
+         std::uintptr_t lengths, bool reverse, bool relu, std::uintptr_t y, int num_threads) {
+        check_sizes(T, N, H, H, num_threads);
+        check_lengths(lengths, T, N);
+        auto fill = [&](auto& p) {
+          using T_ = std::remove_pointer_t<decltype(p.y)>;
+          p = {T, N, H, ptr<const T_>(xg), ptr<const T_>(h0), ptr<const T_>(w_hh), ptr<const int64_t>(lengths),
+               reverse, relu, ptr<T_>(y), num_threads};
+        };
+        run<RnnForwardParams>(itemsize, fastrnn::cpu::rnn_forward<float>, fastrnn::cpu::rnn_forward<double>, fill);
+      },
+      py::arg("itemsize"), py::arg("T"), py::arg("N"), py::arg("H"), py::arg("xg"), py::arg("h0"), py::arg("w_hh"),
+      py::arg("lengths"), py::arg("reverse"), py::arg("relu"), py::arg("y"), py::arg("num_threads"));
+
+  m.def(
+      "rnn_backward",
+      [](int itemsize, int64_t T, int64_t N, int64_t H, std::uintptr_t dy, std::uintptr_t h0, std::uintptr_t w_hh,
+         std::uintptr_t lengths, bool reverse, bool relu, std::uintptr_t y, std::uintptr_t dxg, std::uintptr_t dh0,
+         int num_threads) {
+        check_sizes(T, N, H, H, num_threads);
+        check_lengths(lengths, T, N);
+        auto fill = [&](auto& p) {
+          using T_ = std::remove_pointer_t<decltype(p.dxg)>;
+          p = {T, N, H, ptr<const T_>(dy), ptr<const T_>(h0), ptr<const T_>(w_hh), ptr<const int64_t>(lengths),
+               reverse, relu, ptr<const T_>(y), ptr<T_>(dxg), ptr<T_>(dh0), num_threads};
+        };
+        run<RnnBackwardParams>(itemsize, fastrnn::cpu::rnn_backward<float>, fastrnn::cpu::rnn_backward<double>,
+                               fill);
+      },
+      py::arg("itemsize"), py::arg("T"), py::arg("N"), py::arg("H"), py::arg("dy"), py::arg("h0"), py::arg("w_hh"),
+      py::arg("lengths"), py::arg("reverse"), py::arg("relu"), py::arg("y"), py::arg("dxg"), py::arg("dh0"),
+      py::arg("num_threads"));
+}

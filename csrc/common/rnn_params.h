@@ -1,0 +1,108 @@
+// Framework-free descriptions of one recurrent layer-direction pass.
+//
+// Sizes: T steps, N batch, H hidden, R recurrent width (R = proj_size for a
+// projected LSTM, else R = H). Every pointer is dense row-major with the shape in
+// its comment. `lengths` (nullable) gives each sequence's length in [1, T]; step t
+// of sequence n is valid when t < lengths[n]; on invalid steps the state is frozen
+// (outputs repeat the state carried in) and gradients pass through unchanged.
+// `reverse` processes t = T-1 .. 0. These structs are shared by the CPU and CUDA
+// kernels and know nothing of torch.
+#pragma once
+#include <cstdint>
+
+namespace fastrnn {
+
+template <typename T>
+struct LstmForwardParams {
+  int64_t T_, N, H, R;
+  const T* xg;              // [T, N, 4H]  x W_ih^T + b_ih + b_hh, gates i,f,g,o
+  const T* h0;              // [N, R]
+  const T* c0;              // [N, H]
+  const T* w_hh;            // [4H, R]
+  const T* w_hr;            // [R, H] or nullptr (no projection)
+  const int64_t* lengths;   // [N] or nullptr
+  bool reverse;
+  T* y;                     // [T, N, R]  h after each step
+  T* cn;                    // [N, H]     final cell state
+  T* gates;                 // [T, N, 4H] activated gates, nullptr in inference
+  T* cs;                    // [T, N, H]  cell state after each step, nullptr in inference
+  int num_threads;
+};
+
+template <typename T>
+struct LstmBackwardParams {
+  int64_t T_, N, H, R;
+  const T* dy;              // [T, N, R]  gradient of y (dhn already folded in)
+  const T* dcn;             // [N, H]
+  const T* h0;              // [N, R]
+  const T* c0;              // [N, H]
+  const T* w_hh;            // [4H, R]
+  const T* w_hr;            // [R, H] or nullptr
+  const int64_t* lengths;   // [N] or nullptr
+  bool reverse;
+  const T* y;               // [T, N, R]
+  const T* gates;           // [T, N, 4H]
+  const T* cs;              // [T, N, H]
+  T* dgates;                // [T, N, 4H] gradient of the gate pre-activations
+  T* dh0;                   // [N, R]
+  T* dc0;                   // [N, H]
+  T* dr;                    // [T, N, R]  total gradient of h_t (projection only), else nullptr
+  int num_threads;
+};
+
+template <typename T>
+struct GruForwardParams {
+  int64_t T_, N, H;
+  const T* xg;              // [T, N, 3H]  x W_ih^T + b_ih, gates r,z,n
+  const T* h0;              // [N, H]
+  const T* w_hh;            // [3H, H]
+  const T* b_hh;            // [3H]
+  const int64_t* lengths;   // [N] or nullptr
+  bool reverse;
+  T* y;                     // [T, N, H]
+  T* saved;                 // [T, N, 4H]  r, z, n, W_hn h + b_hn; nullptr in inference
+  int num_threads;
+};
+
+template <typename T>
+struct GruBackwardParams {
+  int64_t T_, N, H;
+  const T* dy;              // [T, N, H]
+  const T* h0;              // [N, H]
+  const T* w_hh;            // [3H, H]
+  const int64_t* lengths;   // [N] or nullptr
+  bool reverse;
+  const T* y;               // [T, N, H]
+  const T* saved;           // [T, N, 4H]
+  T* dxg;                   // [T, N, 3H]
+  T* dh0;                   // [N, H]
+  int num_threads;
+};
+
+template <typename T>
+struct RnnForwardParams {
+  int64_t T_, N, H;
+  const T* xg;              // [T, N, H]  x W_ih^T + b_ih + b_hh
+  const T* h0;              // [N, H]
+  const T* w_hh;            // [H, H]
+  const int64_t* lengths;   // [N] or nullptr
+  bool reverse, relu;
+  T* y;                     // [T, N, H]
+  int num_threads;
+};
+
+template <typename T>
+struct RnnBackwardParams {
+  int64_t T_, N, H;
+  const T* dy;              // [T, N, H]
+  const T* h0;              // [N, H]
+  const T* w_hh;            // [H, H]
+  const int64_t* lengths;   // [N] or nullptr
+  bool reverse, relu;
+  const T* y;               // [T, N, H]
+  T* dxg;                   // [T, N, H]
+  T* dh0;                   // [N, H]
+  int num_threads;
+};
+
+}  // namespace fastrnn

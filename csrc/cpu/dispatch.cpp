@@ -1,0 +1,97 @@
+// Run-time choice of the CPU kernel build: the widest instruction set both
+// compiled in and supported by this processor, unless set_isa() says otherwise.
+#include "cpu/dispatch.h"
+
+#include <stdexcept>
+#include <string>
+
+#include "cpu/kernels.h"
+
+namespace fastrnn {
+namespace cpu {
+namespace {
+
+bool cpu_has(const std::string& isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  if (isa == "avx512")
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("fma");
+  if (isa == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+  return isa == "generic";
+}
+
+bool compiled_in(const std::string& isa) {
+#if defined(FASTRNN_HAVE_avx512)
+  if (isa == "avx512") return true;
+#endif
+#if defined(FASTRNN_HAVE_avx2)
+  if (isa == "avx2") return true;
+#endif
+  return isa == "generic";
+}
+
+std::string best_isa() {
+  for (const char* isa : {"avx512", "avx2"})
+    if (compiled_in(isa) && cpu_has(isa)) return isa;
+  return "generic";
+}
+
+std::string& current() {
+  static std::string isa = best_isa();
+  return isa;
+}
+
+}  // namespace
+
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> out;
+  for (const char* isa : {"avx512", "avx2", "generic"})
+    if (compiled_in(isa) && cpu_has(isa)) out.push_back(isa);
+  return out;
+}
+
+std::string isa() { return current(); }
+
+void set_isa(const std::string& name) {
+  const std::string isa = name.empty() || name == "auto" ? best_isa() : name;
+  if (isa != "avx512" && isa != "avx2" && isa != "generic")
+    throw std::invalid_argument("isa must be 'auto', 'avx512', 'avx2' or 'generic', got '" + name + "'");
+  if (!compiled_in(isa)) throw std::invalid_argument("isa '" + isa + "' is not compiled into this build");
+  if (!cpu_has(isa)) throw std::invalid_argument("this processor does not support isa '" + isa + "'");
+  current() = isa;
+}
+
+#define FASTRNN_DISPATCH(fn, Params)                                       \
+  template <typename T>                                                     \
+  void fn(const Params<T>& p) {                                             \
+    const std::string& isa = current();                                     \
+    if (isa == "avx512") return avx512_call(fn, p);                         \
+    if (isa == "avx2") return avx2_call(fn, p);                             \
+    return generic::fn<T>(p);                                               \
+  }                                                                         \
+  template void fn<float>(const Params<float>&);                            \
+  template void fn<double>(const Params<double>&);
+
+#if defined(FASTRNN_HAVE_avx512)
+#define avx512_call(fn, p) avx512::fn<T>(p)
+#else
+#define avx512_call(fn, p) generic::fn<T>(p)
+#endif
+#if defined(FASTRNN_HAVE_avx2)
+#define avx2_call(fn, p) avx2::fn<T>(p)
+#else
+#define avx2_call(fn, p) generic::fn<T>(p)
+#endif
+
+FASTRNN_DISPATCH(lstm_forward, LstmForwardParams)
+FASTRNN_DISPATCH(lstm_backward, LstmBackwardParams)
+FASTRNN_DISPATCH(gru_forward, GruForwardParams)
+FASTRNN_DISPATCH(gru_backward, GruBackwardParams)
+FASTRNN_DISPATCH(rnn_forward, RnnForwardParams)
+FASTRNN_DISPATCH(rnn_backward, RnnBackwardParams)
+
+}  // namespace cpu
+}  // namespace fastrnn

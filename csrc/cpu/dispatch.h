@@ -1,0 +1,24 @@
+// The CPU kernels as the bindings see them: one entry per kernel, forwarded to
+// the instruction-set build chosen at run time.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "common/rnn_params.h"
+
+namespace fastrnn {
+namespace cpu {
+
+std::string isa();                            // the build in use: avx512, avx2 or generic
+void set_isa(const std::string& name);        // "auto" or one of supported_isas()
+std::vector<std::string> supported_isas();    // compiled in and supported by this CPU
+
+template <typename T> void lstm_forward(const LstmForwardParams<T>& p);
+template <typename T> void lstm_backward(const LstmBackwardParams<T>& p);
+template <typename T> void gru_forward(const GruForwardParams<T>& p);
+template <typename T> void gru_backward(const GruBackwardParams<T>& p);
+template <typename T> void rnn_forward(const RnnForwardParams<T>& p);
+template <typename T> void rnn_backward(const RnnBackwardParams<T>& p);
+
+}  // namespace cpu
+}  // namespace fastrnn

@@ -1,0 +1,166 @@
+// The one building block of every CPU kernel: a register-blocked GEMM over a
+// packed weight panel whose accumulator tile is handed, still hot, to a fused
+// epilogue (bias, gate nonlinearities, state update, stores).
+//
+//   C[N, cols] = A[N, K] @ B[K, cols]     (A row-major with leading dim lda)
+//
+// B is packed once per call into panels of NB vectors (NB*W columns) so that one
+// tile of the output holds what the epilogue needs together: for the forward
+// LSTM a panel is the i, f, g, o rows of the same W hidden units ("gate-major"),
+// elsewhere NB consecutive column blocks ("unit" packing). Each thread owns a fixed
+// set of (panel, row range) items for the whole sequence, so its weight panels
+// stay in its own L2 across steps; threads meet at one barrier per phase.
+#pragma once
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <new>
+
+#include "cpu/vec.h"
+
+namespace fastrnn {
+namespace cpu {
+
+// Rows per micro-tile: as many accumulators as the register file holds next to
+// the NB weight vectors and one broadcast.
+template <int NB>
+constexpr int rows_per_tile() {
+  return std::max(1, std::min(8, (kVecRegs - NB - 2) / NB));
+}
+
+struct AlignedFree {
+  void operator()(void* p) const { std::free(p); }
+};
+template <typename T>
+using Buffer = std::unique_ptr<T[], AlignedFree>;
+
+template <typename T>
+Buffer<T> make_buffer(int64_t n) {
+  size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T) + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, bytes);
+  if (!p) throw std::bad_alloc();
+  std::memset(p, 0, bytes);
+  return Buffer<T>(static_cast<T*>(p));
+}
+
+// Gate-major packing of W [G*H, K] (rows g*H + u) used as B = W^T:
+// panel p holds units p*W .. p*W+W-1, layout [K][G][W]. Units >= H are zero.
+template <typename T, int G>
+Buffer<T> pack_gate_major(const T* w, int64_t H, int64_t K, int64_t* panels_out) {
+  constexpr int W = Vec<T>::W;
+  const int64_t P = (H + W - 1) / W;
+  Buffer<T> buf = make_buffer<T>(P * K * G * W);
+  T* out = buf.get();
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t k = 0; k < K; ++k)
+      for (int g = 0; g < G; ++g)
+        for (int l = 0; l < W; ++l) {
+          const int64_t u = p * W + l;
+          out[((p * K + k) * G + g) * W + l] = u < H ? w[(g * H + u) * K + k] : T(0);
+        }
+  *panels_out = P;
+  return buf;
+}
+
+// Unit packing of B [K, cols] with NB vectors per panel. `transposed` means the
+// source holds B^T, i.e. w is [cols, K] (B[k][c] = w[c*K + k]); otherwise w is
+// [K, cols]. Layout per panel: [K][NB*W]; columns >= cols are zero.
+template <typename T, int NB>
+Buffer<T> pack_units(const T* w, int64_t K, int64_t cols, bool transposed, int64_t* panels_out) {
+  constexpr int W = Vec<T>::W;
+  constexpr int PW = NB * W;
+  const int64_t P = (cols + PW - 1) / PW;
+  Buffer<T> buf = make_buffer<T>(P * K * PW);
+  T* out = buf.get();
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t k = 0; k < K; ++k)
+      for (int c = 0; c < PW; ++c) {
+        const int64_t col = p * PW + c;
+        T v = T(0);
+        if (col < cols) v = transposed ? w[col * K + k] : w[k * cols + col];
+        out[(p * K + k) * PW + c] = v;
+      }
+  *panels_out = P;
+  return buf;
+}
+
+// acc[MR][NB] = A[MR rows, K] @ Bp[K][NB*W]; A == nullptr means A is zero.
+template <typename T, int MR, int NB>
+static inline void micro_tile(const T* __restrict A, int64_t lda, int64_t K,
+                              const T* __restrict Bp, vec_t<T>* __restrict acc_out) {
+  constexpr int W = Vec<T>::W;
+  using V = vec_t<T>;
+  V acc[MR][NB];
+  for (int r = 0; r < MR; ++r)
+    for (int b = 0; b < NB; ++b) acc[r][b] = vzero<T>();
+  if (A != nullptr) {
+    for (int64_t k = 0; k < K; ++k) {
+      const T* bk = Bp + k * (NB * W);
+      V bv[NB];
+      for (int b = 0; b < NB; ++b) bv[b] = vload<T>(bk + b * W);
+      for (int r = 0; r < MR; ++r) {
+        const V a = vset<T>(A[r * lda + k]);
+        for (int b = 0; b < NB; ++b) acc[r][b] += a * bv[b];
+      }
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int b = 0; b < NB; ++b) acc_out[r * NB + b] = acc[r][b];
+}
+
+template <typename T, int NB, int M = rows_per_tile<NB>()>
+static inline void micro_tile_rows(int mr, const T* A, int64_t lda, int64_t K, const T* Bp,
+                                   vec_t<T>* acc) {
+  if constexpr (M >= 1) {
+    if (mr == M) {
+      micro_tile<T, M, NB>(A, lda, K, Bp, acc);
+      return;
+    }
+    micro_tile_rows<T, NB, M - 1>(mr, A, lda, K, Bp, acc);
+  }
+}
+
+// A thread's share of the (panel, row-chunk) work items: fixed for the whole
+// sequence so each thread keeps touching the same weights.
+struct WorkSplit {
+  int64_t panels, rows, row_chunks, item_begin, item_end;
+  WorkSplit(int64_t panels_, int64_t rows_, int tid, int nthr, int mr)
+      : panels(panels_), rows(rows_) {
+    const int64_t max_chunks = std::max<int64_t>(1, (rows + mr - 1) / mr);
+    const int64_t wanted = panels > 0 ? (nthr + panels - 1) / panels : 1;
+    row_chunks = std::min<int64_t>(max_chunks, std::max<int64_t>(1, wanted));
+    const int64_t items = panels * row_chunks;
+    item_begin = items * tid / nthr;
+    item_end = items * (tid + 1) / nthr;
+  }
+};
+
+// Runs this thread's items: for each, the tiles of C over its rows, and
+// epi(panel, row, const vec_t<T>* acc_row /*NB vectors*/) for every row.
+template <typename T, int NB, typename Epi>
+static inline void fused_gemm(const WorkSplit& ws, const T* A, int64_t lda, int64_t K,
+                              const T* packed, Epi&& epi) {
+  constexpr int W = Vec<T>::W;
+  constexpr int MR = rows_per_tile<NB>();
+  alignas(64) vec_t<T> acc[MR * NB];
+  for (int64_t it = ws.item_begin; it < ws.item_end; ++it) {
+    const int64_t p = it / ws.row_chunks, chunk = it % ws.row_chunks;
+    const int64_t r0 = ws.rows * chunk / ws.row_chunks, r1 = ws.rows * (chunk + 1) / ws.row_chunks;
+    const T* Bp = packed + p * K * NB * W;
+    for (int64_t n = r0; n < r1; n += MR) {
+      const int mr = static_cast<int>(std::min<int64_t>(MR, r1 - n));
+      micro_tile_rows<T, NB>(mr, A ? A + n * lda : nullptr, lda, K, Bp, acc);
+      for (int r = 0; r < mr; ++r) epi(p, n + r, acc + r * NB);
+    }
+  }
+}
+
+static inline bool step_valid(const int64_t* lengths, int64_t n, int64_t t) {
+  return lengths == nullptr || t < lengths[n];
+}
+
+}  // namespace cpu
+}  // namespace fastrnn

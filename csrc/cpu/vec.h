@@ -1,0 +1,179 @@
+// Portable SIMD vectors (GCC/Clang vector extensions) and the activations the
+// kernels need. The width follows the instruction set this translation unit is
+// compiled for (FASTRNN_ISA_avx512: 64 bytes, avx2: 32, generic: 16 = SSE2), so
+// one source gives every ISA; dispatch.cpp picks the build at run time.
+//
+// exp is range-reduced (x = n ln2 + r, |r| <= ln2/2) with a Taylor polynomial
+// long enough for each type: degree 7 for float (error < 1e-8 relative),
+// degree 12 for double (about 2e-16), so results match torch's to rounding.
+// NaN propagates through every function, as in torch.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+namespace fastrnn {
+namespace cpu {
+
+#if defined(FASTRNN_ISA_avx512)
+constexpr int kVecBytes = 64;
+constexpr int kVecRegs = 32;
+#elif defined(FASTRNN_ISA_avx2)
+constexpr int kVecBytes = 32;
+constexpr int kVecRegs = 16;
+#else
+constexpr int kVecBytes = 16;
+constexpr int kVecRegs = 16;
+#endif
+
+template <typename T>
+struct Vec;
+
+template <>
+struct Vec<float> {
+  typedef float V __attribute__((vector_size(kVecBytes)));
+  typedef int32_t I __attribute__((vector_size(kVecBytes)));
+  static constexpr int W = kVecBytes / 4;
+};
+
+template <>
+struct Vec<double> {
+  typedef double V __attribute__((vector_size(kVecBytes)));
+  typedef int64_t I __attribute__((vector_size(kVecBytes)));
+  static constexpr int W = kVecBytes / 8;
+};
+
+template <typename T>
+using vec_t = typename Vec<T>::V;
+
+template <typename T>
+static inline vec_t<T> vzero() {
+  return vec_t<T>{};
+}
+template <typename T>
+static inline vec_t<T> vset(T s) {
+  return vec_t<T>{} + s;
+}
+template <typename T>
+static inline vec_t<T> vload(const T* p) {
+  vec_t<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+static inline void vstore(T* p, vec_t<T> v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+// Partial vectors (the last block of hidden units when H % W != 0): lanes past
+// `cnt` read as zero and are never written.
+template <typename T>
+static inline vec_t<T> vload_n(const T* p, int cnt) {
+  constexpr int W = Vec<T>::W;
+  if (cnt == W) return vload(p);
+  T tmp[W] = {};
+  for (int i = 0; i < cnt; ++i) tmp[i] = p[i];
+  return vload(tmp);
+}
+template <typename T>
+static inline void vstore_n(T* p, vec_t<T> v, int cnt) {
+  constexpr int W = Vec<T>::W;
+  if (cnt == W) {
+    vstore(p, v);
+    return;
+  }
+  T tmp[W];
+  vstore(tmp, v);
+  for (int i = 0; i < cnt; ++i) p[i] = tmp[i];
+}
+
+template <typename T>
+struct ExpConsts;
+template <>
+struct ExpConsts<float> {
+  static constexpr float lo = -87.3f, hi = 88.3f;
+  static constexpr float log2e = 1.44269504088896341f;
+  static constexpr float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+  static constexpr float magic = 12582912.0f;  // 1.5 * 2^23: round-to-int trick
+  static constexpr int mant = 23, bias = 127;
+};
+template <>
+struct ExpConsts<double> {
+  static constexpr double lo = -708.0, hi = 709.0;
+  static constexpr double log2e = 1.4426950408889634074;
+  static constexpr double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
+  static constexpr double magic = 6755399441055744.0;  // 1.5 * 2^52
+  static constexpr int mant = 52, bias = 1023;
+};
+
+template <typename T>
+static inline vec_t<T> exp_poly(vec_t<T> r);
+template <>
+inline vec_t<float> exp_poly<float>(vec_t<float> r) {
+  vec_t<float> p = vset(1.0f / 5040);
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  return p;
+}
+template <>
+inline vec_t<double> exp_poly<double>(vec_t<double> r) {
+  vec_t<double> p = vset(1.0 / 479001600.0);  // 1/12!
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  return p;
+}
+
+template <typename T>
+static inline vec_t<T> vexp(vec_t<T> x) {
+  using C = ExpConsts<T>;
+  using V = vec_t<T>;
+  using I = typename Vec<T>::I;
+  const V lo = vset<T>(C::lo), hi = vset<T>(C::hi), magic = vset<T>(C::magic);
+  x = x < lo ? lo : x;  // comparisons are false for NaN: NaN passes through
+  x = x > hi ? hi : x;
+  V t = x * C::log2e + magic;  // low mantissa bits of t hold n = round(x log2e)
+  V n = t - magic;
+  V r = x - n * C::ln2_hi;
+  r = r - n * C::ln2_lo;
+  V p = exp_poly<T>(r);
+  I ni = (I)t - (I)magic;
+  I scale = (ni + C::bias) << C::mant;
+  return p * (V)scale;
+}
+
+template <typename T>
+static inline vec_t<T> vsigmoid(vec_t<T> x) {
+  return (T)1 / ((T)1 + vexp<T>(-x));
+}
+
+template <typename T>
+static inline vec_t<T> vtanh(vec_t<T> x) {
+  using V = vec_t<T>;
+  using I = typename Vec<T>::I;
+  const I sign = (I)vset<T>((T)-0.0);
+  V a = (V)((I)x & ~sign);
+  V e = vexp<T>(a * (T)-2);
+  V t = ((T)1 - e) / ((T)1 + e);
+  return (V)((I)t | ((I)x & sign));
+}
+
+template <typename T>
+static inline vec_t<T> vrelu(vec_t<T> x) {
+  return x < vzero<T>() ? vzero<T>() : x;  // keeps NaN, like torch.relu
+}
+
+}  // namespace cpu
+}  // namespace fastrnn

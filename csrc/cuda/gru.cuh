@@ -1,0 +1,154 @@
+// GRU (gates r, z, n) step epilogues and time-loop drivers. See api.h for shapes.
+//
+// Forward, per step: one tile launch with G = 3, A = h_{t-1}, W = unit-major W_hh
+// [H, 3, H]; the epilogue adds b_hh and xg, applies the gates and writes h and the
+// saved r, z, n, hn (hn = h W_hn^T + b_hn, needed because r multiplies it).
+// Backward, per step: one launch over (n, j)
+//     dh_t = dy_t + carry + dhg_{t+1} W_hh
+// where carry = dh_{t+1} z_{t+1} (or dh_{t+1} itself when step t+1 was frozen) and
+// dhg = (dr_pre, dz_pre, dn_pre * r) is the gradient of h W_hh^T + b_hh, kept in a
+// two-slot workspace so a step reads one slot while writing the other.
+#pragma once
+#include "steps.cuh"
+
+namespace fastrnn {
+namespace cuda {
+
+template <typename T>
+struct GruFwdEpi {
+  using A = acc_t<T>;
+  const T* xg;             // [N, 3H] this step
+  const T* hprev;          // [N, H]
+  const T* b_hh;           // [3H]
+  T* y;                    // [N, H] this step
+  T* saved;                // [N, 4H] this step, or nullptr
+  const int64_t* lengths;
+  int t, H;
+
+  FASTRNN_HD void operator()(int n, int j, const A (&acc)[3]) const {
+    const size_t nh = static_cast<size_t>(n) * H + j;
+    T* sv = saved == nullptr ? nullptr : saved + static_cast<size_t>(n) * 4 * H;
+    if (!step_valid(lengths, n, t)) {
+      y[nh] = hprev[nh];
+      if (sv != nullptr)
+        for (int g = 0; g < 4; ++g) sv[g * H + j] = from_acc<T>(A(0));
+      return;
+    }
+    const T* x = xg + static_cast<size_t>(n) * 3 * H;
+    const A hn = acc[2] + to_acc(b_hh[2 * H + j]);
+    const A r = act_sigmoid(to_acc(x[j]) + acc[0] + to_acc(b_hh[j]));
+    const A z = act_sigmoid(to_acc(x[H + j]) + acc[1] + to_acc(b_hh[H + j]));
+    const A nn = act_tanh(to_acc(x[2 * H + j]) + r * hn);
+    y[nh] = from_acc<T>((A(1) - z) * nn + z * to_acc(hprev[nh]));
+    if (sv != nullptr) {
+      sv[j] = from_acc<T>(r);
+      sv[H + j] = from_acc<T>(z);
+      sv[2 * H + j] = from_acc<T>(nn);
+      sv[3 * H + j] = from_acc<T>(hn);
+    }
+  }
+};
+
+template <typename T>
+struct GruBwdEpi {
+  using A = acc_t<T>;
+  const T* dy;             // [N, H] this step, or nullptr (final launch)
+  A* carry;                // [N, H]
+  const T* saved;          // [N, 4H] this step
+  const T* hprev;          // [N, H]
+  T* dxg;                  // [N, 3H] this step
+  T* dhg;                  // [N, 3H] workspace slot written by this step
+  T* dh0;                  // [N, H] final launch only
+  const int64_t* lengths;
+  int t, H;
+
+  FASTRNN_HD void operator()(int n, int j, const A (&acc)[1]) const {
+    const size_t nh = static_cast<size_t>(n) * H + j;
+    A dh = acc[0] + carry[nh];
+    if (dy != nullptr) dh += to_acc(dy[nh]);
+    if (dh0 != nullptr) {
+      dh0[nh] = from_acc<T>(dh);
+      return;
+    }
+    T* dx = dxg + static_cast<size_t>(n) * 3 * H;
+    T* dhh = dhg + static_cast<size_t>(n) * 3 * H;
+    if (!step_valid(lengths, n, t)) {
+      carry[nh] = dh;
+      for (int g = 0; g < 3; ++g) {
+        dx[g * H + j] = from_acc<T>(A(0));
+        dhh[g * H + j] = from_acc<T>(A(0));
+      }
+      return;
+    }
+    const T* sv = saved + static_cast<size_t>(n) * 4 * H;
+    const A r = to_acc(sv[j]), z = to_acc(sv[H + j]), nn = to_acc(sv[2 * H + j]),
+            hn = to_acc(sv[3 * H + j]);
+    const A dn_pre = dh * (A(1) - z) * d_tanh(nn);
+    const A dz_pre = dh * (to_acc(hprev[nh]) - nn) * d_sigmoid(z);
+    const A dr_pre = dn_pre * hn * d_sigmoid(r);
+    dx[j] = from_acc<T>(dr_pre);
+    dx[H + j] = from_acc<T>(dz_pre);
+    dx[2 * H + j] = from_acc<T>(dn_pre);
+    dhh[j] = from_acc<T>(dr_pre);
+    dhh[H + j] = from_acc<T>(dz_pre);
+    dhh[2 * H + j] = from_acc<T>(dn_pre * r);
+    carry[nh] = dh * z;
+  }
+};
+
+template <typename T, class Launcher>
+void gru_forward_steps(const GruForwardArgs& a, Launcher& l) {
+  const int T_ = a.T, N = a.N, H = a.H;
+  const T* xg = static_cast<const T*>(a.xg);
+  const T* h0 = static_cast<const T*>(a.h0);
+  const T* w_hh = static_cast<const T*>(a.w_hh);
+  const T* b_hh = static_cast<const T*>(a.b_hh);
+  T* y = static_cast<T*>(a.y);
+  T* saved = static_cast<T*>(a.saved);
+  for (int s = 0; s < T_; ++s) {
+    const int t = time_of(s, T_, a.reverse);
+    const T* hprev = s == 0 ? h0 : offset(y, time_of(s - 1, T_, a.reverse), size_t(N) * H);
+    GruFwdEpi<T> e{offset(xg, t, size_t(N) * 3 * H), hprev, b_hh, offset(y, t, size_t(N) * H),
+                   offset(saved, t, size_t(N) * 4 * H), a.lengths, t, H};
+    launch_tile<3>(l, a.tile, mat(hprev, H, w_hh, N, H, H), e);
+  }
+}
+
+template <typename T, class Launcher>
+void gru_backward_steps(const GruBackwardArgs& a, Launcher& l) {
+  using A = acc_t<T>;
+  const int T_ = a.T, N = a.N, H = a.H;
+  const size_t sh = size_t(N) * H, s3 = size_t(N) * 3 * H;
+  const T* dy = static_cast<const T*>(a.dy);
+  const T* h0 = static_cast<const T*>(a.h0);
+  const T* w_hh_t = static_cast<const T*>(a.w_hh_t);
+  const T* y = static_cast<const T*>(a.y);
+  const T* saved = static_cast<const T*>(a.saved);
+  T* dxg = static_cast<T*>(a.dxg);
+  T* dhg = static_cast<T*>(a.dhg);
+  A* carry = static_cast<A*>(a.dh_carry);
+  // s = T-1 .. 0: steps in reverse processing order; s = -1: final launch for dh0.
+  for (int s = T_ - 1; s >= -1; --s) {
+    const T* dhg_next = s + 1 < T_ ? dhg + ((s + 1) & 1) * s3 : nullptr;
+    GruBwdEpi<T> e{};
+    e.carry = carry;
+    e.H = H;
+    e.lengths = a.lengths;
+    if (s < 0) {
+      e.t = -1;
+      e.dh0 = static_cast<T*>(a.dh0);
+    } else {
+      const int t = time_of(s, T_, a.reverse);
+      e.t = t;
+      e.dy = offset(dy, t, sh);
+      e.saved = offset(saved, t, size_t(N) * 4 * H);
+      e.hprev = s == 0 ? h0 : offset(y, time_of(s - 1, T_, a.reverse), sh);
+      e.dxg = offset(dxg, t, s3);
+      e.dhg = dhg + (s & 1) * s3;
+    }
+    launch_tile<1>(l, a.tile, mat(dhg_next, 3 * H, w_hh_t, N, H, 3 * H), e);
+  }
+}
+
+}  // namespace cuda
+}  // namespace fastrnn

@@ -1,0 +1,234 @@
+// LSTM (gates i, f, g, o) step epilogues and time-loop drivers. See api.h for shapes.
+//
+// Forward, per step: one tile launch over (n, unit j) with G = 4, A = h_{t-1} [N, R],
+// W = unit-major W_hh [H, 4, R]; the epilogue adds xg, applies the gate nonlinearities
+// and updates c (kept in the acc type) and h. A projected LSTM adds a second launch
+// h = m W_hr^T (G = 1).
+// Backward, per step (in reverse processing order): one launch over (n, j) computing
+//     dh_t = dy_t + carry + dgates_{t+1} W_hh      (A = dgates of the step after)
+// fused with the gate derivatives of step t, so step t's launch both finishes the
+// recurrent gradient of step t+1 and starts step t. `carry` is what passes through
+// without the matmul: dh_t itself when step t is invalid (frozen), else 0. A final
+// launch with no step writes dh0. With a projection the dh_t launch is over R and a
+// second launch computes dm = dr_t W_hr fused with the gate derivatives.
+#pragma once
+#include "steps.cuh"
+
+namespace fastrnn {
+namespace cuda {
+
+template <typename T>
+struct LstmFwdEpi {
+  using A = acc_t<T>;
+  const T* xg;             // [N, 4H] this step
+  const T* hprev;          // [N, R]
+  T* y;                    // [N, R] this step (no projection)
+  A* c;                    // [N, H]
+  T* gates;                // [N, 4H] or nullptr
+  T* cs;                   // [N, H] or nullptr
+  T* m;                    // [N, H] projection workspace or nullptr
+  const int64_t* lengths;
+  int t, H, R;
+
+  FASTRNN_HD void operator()(int n, int j, const A (&acc)[4]) const {
+    const size_t nh = static_cast<size_t>(n) * H + j;
+    T* gt = gates == nullptr ? nullptr : gates + static_cast<size_t>(n) * 4 * H;
+    if (!step_valid(lengths, n, t)) {
+      if (m == nullptr) y[static_cast<size_t>(n) * R + j] = hprev[static_cast<size_t>(n) * R + j];
+      if (cs != nullptr) cs[nh] = from_acc<T>(c[nh]);
+      if (gt != nullptr)
+        for (int g = 0; g < 4; ++g) gt[g * H + j] = from_acc<T>(A(0));
+      return;
+    }
+    const T* x = xg + static_cast<size_t>(n) * 4 * H;
+    const A i = act_sigmoid(to_acc(x[j]) + acc[0]);
+    const A f = act_sigmoid(to_acc(x[H + j]) + acc[1]);
+    const A g = act_tanh(to_acc(x[2 * H + j]) + acc[2]);
+    const A o = act_sigmoid(to_acc(x[3 * H + j]) + acc[3]);
+    const A cn = f * c[nh] + i * g;
+    c[nh] = cn;
+    const A h = o * act_tanh(cn);
+    if (m != nullptr)
+      m[nh] = from_acc<T>(h);
+    else
+      y[static_cast<size_t>(n) * R + j] = from_acc<T>(h);
+    if (cs != nullptr) cs[nh] = from_acc<T>(cn);
+    if (gt != nullptr) {
+      gt[j] = from_acc<T>(i);
+      gt[H + j] = from_acc<T>(f);
+      gt[2 * H + j] = from_acc<T>(g);
+      gt[3 * H + j] = from_acc<T>(o);
+    }
+  }
+};
+
+// h = m W_hr^T (over r < R), frozen rows repeat h_{t-1}.
+template <typename T>
+struct LstmProjFwdEpi {
+  using A = acc_t<T>;
+  const T* hprev;          // [N, R]
+  T* y;                    // [N, R] this step
+  const int64_t* lengths;
+  int t, R;
+
+  FASTRNN_HD void operator()(int n, int r, const A (&acc)[1]) const {
+    const size_t i = static_cast<size_t>(n) * R + r;
+    y[i] = step_valid(lengths, n, t) ? from_acc<T>(acc[0]) : hprev[i];
+  }
+};
+
+// Gate derivatives of step t given dh_t (no projection: dh_t = acc + carry + dy_t;
+// projection: dh_t is dm = acc, carry handled by LstmProjBwdEpi). With dh0 set this
+// is the final launch: it only writes dh0.
+template <typename T>
+struct LstmBwdEpi {
+  using A = acc_t<T>;
+  const T* dy;             // [N, R] this step, or nullptr
+  A* dh_carry;             // [N, R], or nullptr (projection)
+  A* dc;                   // [N, H]
+  const T* gates;          // [N, 4H] this step
+  const T* cs;             // [N, H] this step
+  const T* cprev;          // [N, H] c before this step
+  T* dgates;               // [N, 4H] this step
+  T* dh0;                  // [N, R] final launch only
+  const int64_t* lengths;
+  int t, H, R;
+
+  FASTRNN_HD void operator()(int n, int j, const A (&acc)[1]) const {
+    const size_t nr = static_cast<size_t>(n) * R + j;
+    A dh = acc[0];
+    if (dh_carry != nullptr) {
+      dh += dh_carry[nr];
+      if (dy != nullptr) dh += to_acc(dy[nr]);
+    }
+    if (dh0 != nullptr) {
+      dh0[nr] = from_acc<T>(dh);
+      return;
+    }
+    const size_t nh = static_cast<size_t>(n) * H + j;
+    T* dg = dgates + static_cast<size_t>(n) * 4 * H;
+    if (!step_valid(lengths, n, t)) {
+      if (dh_carry != nullptr) dh_carry[nr] = dh;
+      for (int g = 0; g < 4; ++g) dg[g * H + j] = from_acc<T>(A(0));
+      return;
+    }
+    if (dh_carry != nullptr) dh_carry[nr] = A(0);
+    const T* gt = gates + static_cast<size_t>(n) * 4 * H;
+    const A i = to_acc(gt[j]), f = to_acc(gt[H + j]), g = to_acc(gt[2 * H + j]),
+            o = to_acc(gt[3 * H + j]);
+    const A tc = act_tanh(to_acc(cs[nh]));
+    const A dct = dc[nh] + dh * o * d_tanh(tc);
+    dg[j] = from_acc<T>(dct * g * d_sigmoid(i));
+    dg[H + j] = from_acc<T>(dct * to_acc(cprev[nh]) * d_sigmoid(f));
+    dg[2 * H + j] = from_acc<T>(dct * i * d_tanh(g));
+    dg[3 * H + j] = from_acc<T>(dh * tc * d_sigmoid(o));
+    dc[nh] = dct * f;
+  }
+};
+
+// Projection: dr_t = dy_t + carry + dgates_{t+1} W_hh over r < R (dr is zero on
+// invalid steps, the carry holds the passed-through gradient). Final launch: dh0.
+template <typename T>
+struct LstmProjBwdEpi {
+  using A = acc_t<T>;
+  const T* dy;             // [N, R] this step, or nullptr (final launch)
+  A* carry;                // [N, R]
+  T* dr;                   // [N, R] this step (nullptr in the final launch)
+  T* dh0;                  // [N, R] final launch only
+  const int64_t* lengths;
+  int t, R;
+
+  FASTRNN_HD void operator()(int n, int r, const A (&acc)[1]) const {
+    const size_t i = static_cast<size_t>(n) * R + r;
+    A d = acc[0] + carry[i];
+    if (dy != nullptr) d += to_acc(dy[i]);
+    if (dh0 != nullptr) {
+      dh0[i] = from_acc<T>(d);
+      return;
+    }
+    const bool valid = step_valid(lengths, n, t);
+    carry[i] = valid ? A(0) : d;
+    dr[i] = from_acc<T>(valid ? d : A(0));
+  }
+};
+
+template <typename T, class Launcher>
+void lstm_forward_steps(const LstmForwardArgs& a, Launcher& l) {
+  using A = acc_t<T>;
+  const int T_ = a.T, N = a.N, H = a.H, R = a.R;
+  const T* xg = static_cast<const T*>(a.xg);
+  const T* h0 = static_cast<const T*>(a.h0);
+  const T* w_hh = static_cast<const T*>(a.w_hh);
+  const T* w_hr = static_cast<const T*>(a.w_hr);
+  T* y = static_cast<T*>(a.y);
+  T* gates = static_cast<T*>(a.gates);
+  T* cs = static_cast<T*>(a.cs);
+  T* m = static_cast<T*>(a.m);
+  const bool proj = w_hr != nullptr;
+  for (int s = 0; s < T_; ++s) {
+    const int t = time_of(s, T_, a.reverse);
+    const T* hprev = s == 0 ? h0 : offset(y, time_of(s - 1, T_, a.reverse), size_t(N) * R);
+    T* yt = offset(y, t, size_t(N) * R);
+    LstmFwdEpi<T> e{offset(xg, t, size_t(N) * 4 * H), hprev, yt, static_cast<A*>(a.c),
+                    offset(gates, t, size_t(N) * 4 * H), offset(cs, t, size_t(N) * H),
+                    proj ? m : nullptr, a.lengths, t, H, R};
+    launch_tile<4>(l, a.tile, mat(hprev, R, w_hh, N, H, R), e);
+    if (proj) {
+      LstmProjFwdEpi<T> pe{hprev, yt, a.lengths, t, R};
+      launch_tile<1>(l, a.tile, mat(static_cast<const T*>(m), H, w_hr, N, R, H), pe);
+    }
+  }
+}
+
+template <typename T, class Launcher>
+void lstm_backward_steps(const LstmBackwardArgs& a, Launcher& l) {
+  using A = acc_t<T>;
+  const int T_ = a.T, N = a.N, H = a.H, R = a.R;
+  const size_t sg = size_t(N) * 4 * H, sh = size_t(N) * H, sr = size_t(N) * R;
+  const T* dy = static_cast<const T*>(a.dy);
+  const T* c0 = static_cast<const T*>(a.c0);
+  const T* w_hh_t = static_cast<const T*>(a.w_hh_t);
+  const T* w_hr_t = static_cast<const T*>(a.w_hr_t);
+  const T* gates = static_cast<const T*>(a.gates);
+  const T* cs = static_cast<const T*>(a.cs);
+  T* dgates = static_cast<T*>(a.dgates);
+  T* dh0 = static_cast<T*>(a.dh0);
+  T* dr = static_cast<T*>(a.dr);
+  A* carry = static_cast<A*>(a.dh_carry);
+  A* dc = static_cast<A*>(a.dc);
+  const bool proj = w_hr_t != nullptr;
+  // s = T-1 .. 0 are the steps in reverse processing order; s = -1 is the final
+  // launch that only completes dh0 from the first step's gate gradients.
+  for (int s = T_ - 1; s >= -1; --s) {
+    const bool final_launch = s < 0;
+    const int t = final_launch ? -1 : time_of(s, T_, a.reverse);
+    // dgates of the step processed after this one: the A operand of the matmul.
+    const T* dg_next = s + 1 < T_ ? offset(dgates, time_of(s + 1, T_, a.reverse), sg) : nullptr;
+    const T* dy_t = final_launch ? nullptr : offset(dy, t, sr);
+    LstmBwdEpi<T> e{};
+    if (!final_launch) {
+      const T* cprev = s == 0 ? c0 : offset(cs, time_of(s - 1, T_, a.reverse), sh);
+      e = LstmBwdEpi<T>{nullptr, nullptr, dc, offset(gates, t, sg), offset(cs, t, sh), cprev,
+                        offset(dgates, t, sg), nullptr, a.lengths, t, H, R};
+    }
+    if (!proj) {
+      if (final_launch) {
+        e = LstmBwdEpi<T>{nullptr, carry, dc, nullptr, nullptr, nullptr, nullptr, dh0,
+                          a.lengths, t, H, R};
+      } else {
+        e.dy = dy_t;
+        e.dh_carry = carry;
+      }
+      launch_tile<1>(l, a.tile, mat(dg_next, 4 * H, w_hh_t, N, H, 4 * H), e);
+    } else {
+      T* dr_t = final_launch ? nullptr : offset(dr, t, sr);
+      LstmProjBwdEpi<T> pe{dy_t, carry, dr_t, final_launch ? dh0 : nullptr, a.lengths, t, R};
+      launch_tile<1>(l, a.tile, mat(dg_next, 4 * H, w_hh_t, N, R, 4 * H), pe);
+      if (!final_launch)
+        launch_tile<1>(l, a.tile, mat(static_cast<const T*>(dr_t), R, w_hr_t, N, H, R), e);
+    }
+  }
+}
+
+}  // namespace cuda
+}  // namespace fastrnn

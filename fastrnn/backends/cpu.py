@@ -1,0 +1,177 @@
+"""The compiled CPU backend: fastrnn._C's fused kernels behind the backend contract.
+
+The kernels take raw pointers; this module allocates every output with torch,
+makes sure each input is a dense tensor of the dtype the kernel reads, and passes
+``tensor.data_ptr()``. See ``fastrnn.backends`` for the contract and
+``csrc/common/rnn_params.h`` for the kernels' view of the same shapes.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+_C = None
+_IMPORT_ERROR = None
+DISABLE_ENV = "FASTRNN_DISABLE_EXTENSION"
+ISA_ENV = "FASTRNN_CPU_ISA"
+
+try:
+    from .. import _C  # noqa: F811
+except Exception as exc:  # not built, or built for another platform
+    _IMPORT_ERROR = exc
+else:
+    _isa = os.environ.get(ISA_ENV, "").strip().lower()
+    if _isa and _isa != "auto":
+        _C.set_isa(_isa)
+
+
+def _disabled():
+    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def unavailable_reason():
+    if _disabled():
+        return f"disabled by the environment variable {DISABLE_ENV}"
+    if _C is None:
+        return ("the compiled extension fastrnn._C is not built or failed to import "
+                f"({_IMPORT_ERROR}); reinstall with `pip install .` from the fastrnn source tree "
+                "(needs a C++17 compiler; CMake and pybind11 come from the build requirements)")
+    return None
+
+
+def isa():
+    """The instruction-set build of the kernels in use: 'avx512', 'avx2' or 'generic'."""
+    return _C.isa() if _C is not None else None
+
+
+def supported_isas():
+    return list(_C.supported_isas()) if _C is not None else []
+
+
+def set_isa(name):
+    """Force one instruction-set build ('auto' restores the best)."""
+    _C.set_isa(name)
+
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def _check(*tensors):
+    dtype = tensors[0].dtype
+    for t in tensors:
+        if t is None:
+            continue
+        if t.dtype != dtype:
+            raise TypeError(f"the cpu backend needs one dtype for all tensors, got {dtype} and {t.dtype}")
+        if t.device.type != "cpu":
+            raise ValueError(f"the cpu backend needs CPU tensors, got one on {t.device}")
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"the cpu backend supports float32 and float64, got {t.dtype}")
+
+
+def _dense(t):
+    return None if t is None else t.contiguous()
+
+
+def _ptr(t):
+    return 0 if t is None or t.numel() == 0 else t.data_ptr()
+
+
+def _lengths(lengths, T, N):
+    if lengths is None:
+        return None
+    lengths = lengths.to(device="cpu", dtype=torch.int64).contiguous()
+    if lengths.shape != (N,):
+        raise ValueError(f"lengths must have shape ({N},), got {tuple(lengths.shape)}")
+    return lengths
+
+
+def _threads():
+    return max(1, torch.get_num_threads())
+
+
+def _empty(*shape, like):
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+
+def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training):
+    xg, h0, c0, w_hh, w_hr = map(_dense, (xg, h0, c0, w_hh, w_hr))
+    _check(xg, h0, c0, w_hh, w_hr)
+    T, N, G = xg.shape
+    H = G // 4
+    R = w_hh.shape[1]
+    lengths = _lengths(lengths, T, N)
+    y = _empty(T, N, R, like=xg)
+    cn = _empty(N, H, like=xg)
+    gates = _empty(T, N, 4 * H, like=xg) if training else xg.new_empty(0)
+    cs = _empty(T, N, H, like=xg) if training else xg.new_empty(0)
+    _C.lstm_forward(xg.element_size(), T, N, H, R, _ptr(xg), _ptr(h0), _ptr(c0), _ptr(w_hh),
+                    _ptr(w_hr), _ptr(lengths), bool(reverse), _ptr(y), _ptr(cn), _ptr(gates),
+                    _ptr(cs), _threads())
+    return y, cn, gates, cs
+
+
+def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs):
+    dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs = map(
+        _dense, (dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs))
+    _check(dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs)
+    T, N, R = dy.shape
+    H = c0.shape[1]
+    lengths = _lengths(lengths, T, N)
+    dgates = _empty(T, N, 4 * H, like=dy)
+    dh0 = _empty(N, R, like=dy)
+    dc0 = _empty(N, H, like=dy)
+    dr = _empty(T, N, R, like=dy) if w_hr is not None else dy.new_empty(0)
+    _C.lstm_backward(dy.element_size(), T, N, H, R, _ptr(dy), _ptr(dcn), _ptr(h0), _ptr(c0),
+                     _ptr(w_hh), _ptr(w_hr), _ptr(lengths), bool(reverse), _ptr(y), _ptr(gates),
+                     _ptr(cs), _ptr(dgates), _ptr(dh0), _ptr(dc0), _ptr(dr), _threads())
+    return dgates, dh0, dc0, dr
+
+
+def gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training):
+    xg, h0, w_hh, b_hh = map(_dense, (xg, h0, w_hh, b_hh))
+    _check(xg, h0, w_hh, b_hh)
+    T, N, G = xg.shape
+    H = G // 3
+    lengths = _lengths(lengths, T, N)
+    y = _empty(T, N, H, like=xg)
+    saved = _empty(T, N, 4 * H, like=xg) if training else xg.new_empty(0)
+    _C.gru_forward(xg.element_size(), T, N, H, _ptr(xg), _ptr(h0), _ptr(w_hh), _ptr(b_hh),
+                   _ptr(lengths), bool(reverse), _ptr(y), _ptr(saved), _threads())
+    return y, saved
+
+
+def gru_backward(dy, h0, w_hh, lengths, reverse, y, saved):
+    dy, h0, w_hh, y, saved = map(_dense, (dy, h0, w_hh, y, saved))
+    _check(dy, h0, w_hh, y, saved)
+    T, N, H = dy.shape
+    lengths = _lengths(lengths, T, N)
+    dxg = _empty(T, N, 3 * H, like=dy)
+    dh0 = _empty(N, H, like=dy)
+    _C.gru_backward(dy.element_size(), T, N, H, _ptr(dy), _ptr(h0), _ptr(w_hh), _ptr(lengths),
+                    bool(reverse), _ptr(y), _ptr(saved), _ptr(dxg), _ptr(dh0), _threads())
+    return dxg, dh0
+
+
+def rnn_forward(xg, h0, w_hh, lengths, reverse, relu):
+    xg, h0, w_hh = map(_dense, (xg, h0, w_hh))
+    _check(xg, h0, w_hh)
+    T, N, H = xg.shape
+    lengths = _lengths(lengths, T, N)
+    y = _empty(T, N, H, like=xg)
+    _C.rnn_forward(xg.element_size(), T, N, H, _ptr(xg), _ptr(h0), _ptr(w_hh), _ptr(lengths),
+                   bool(reverse), bool(relu), _ptr(y), _threads())
+    return y
+
+
+def rnn_backward(dy, h0, w_hh, lengths, reverse, relu, y):
+    dy, h0, w_hh, y = map(_dense, (dy, h0, w_hh, y))
+    _check(dy, h0, w_hh, y)
+    T, N, H = dy.shape
+    lengths = _lengths(lengths, T, N)
+    dxg = _empty(T, N, H, like=dy)
+    dh0 = _empty(N, H, like=dy)
+    _C.rnn_backward(dy.element_size(), T, N, H, _ptr(dy), _ptr(h0), _ptr(w_hh), _ptr(lengths),
+                    bool(reverse), bool(relu), _ptr(y), _ptr(dxg), _ptr(dh0), _threads())
+    return dxg, dh0
