@@ -188,6 +188,9 @@ class Run:
             self.model(xb)
         _sync(self.device)
         self.result["warmup_seconds"] = time.perf_counter() - t0
+        ran = getattr(self.model.rnn, "last_backend", None)  # fastrnn layers record it
+        if ran:
+            self.result["backend"] = ran
 
     def train_epoch(self, epoch, x, y, order, batch_size, progress):
         from tqdm.auto import tqdm
@@ -554,9 +557,14 @@ def write_outputs(summary, out):
 
 
 def main(argv=None):
+    from .datasets import ImdbFormatError, ImdbNotFoundError
+
     args = resolve_config(build_parser().parse_args(argv))
     progress = not args.no_progress
-    summary = run(args, progress=progress)
+    try:
+        summary = run(args, progress=progress)
+    except (ImdbNotFoundError, ImdbFormatError) as exc:
+        raise SystemExit(f"fastrnn-imdb: {exc}") from exc
     out = write_outputs(summary, args.out)
     print(format_table(summary))
     for note in accuracy_notes(summary):

@@ -402,9 +402,11 @@ def load_data(path=None, num_words=10000, skip_top=0, maxlen=None, seed=113, sta
     ``start_char`` (when not None); with ``maxlen``, reviews whose length (start mark
     included) is ``>= maxlen`` are dropped (``ValueError`` if a split ends up empty); then
     every id ``w`` outside ``skip_top <= w < num_words`` becomes ``oov_char`` (or is dropped
-    when ``oov_char`` is None) - ``num_words=None`` keeps all. As in Keras, this test applies
-    to the shifted ids, so ``num_words=10000`` keeps ids below 10000 (ranks up to 9996 with
-    ``index_from=3``) and also applies to ``start_char``.
+    when ``oov_char`` is None). As in Keras, this test applies to the shifted ids, so
+    ``num_words=10000`` keeps ids below 10000 (ranks up to 9996 with ``index_from=3``), and
+    it applies to ``start_char`` too. ``num_words=None`` keeps every word, as Keras
+    documents (Keras's code uses the largest id as an exclusive bound and so turns the
+    rarest word(s) into ``oov_char``; we don't).
 
     Unlike Keras, ``num_words`` defaults to 10000. ``path`` is the data source (see the
     module docstring), not a cache file name. ``cache``/``download``/``progress`` control
@@ -437,10 +439,10 @@ def load_data(path=None, num_words=10000, skip_top=0, maxlen=None, seed=113, sta
     if maxlen and (len(parts["train"][2]) == 0 or len(parts["test"][2]) == 0):
         raise ValueError(f"After filtering for sequences shorter than maxlen={maxlen}, "
                          "no sequence was kept. Increase maxlen.")
-    if not num_words:
-        num_words = max((int(p[0].max()) for p in parts.values() if len(p[0])), default=0)
     for split, (flat, off, labels) in parts.items():
-        out_of_range = (flat < skip_top) | (flat >= num_words)
+        out_of_range = flat < skip_top
+        if num_words:
+            out_of_range |= flat >= num_words
         if oov_char is not None:
             flat = np.where(out_of_range, oov_char, flat)
         elif out_of_range.any():

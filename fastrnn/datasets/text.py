@@ -3,7 +3,7 @@
 Tokenisation (``TOKENIZER_VERSION`` is part of every cache key; bump it on any change):
 
 1. HTML line breaks (``<br />``, ``<br/>``, ``<br>``, any case) and any other HTML tag
-   (``<`` + optional ``/`` + a letter ... ``>``) become a space; HTML character references
+   (``<`` + optional ``/`` + a letter, up to the next ``>``) become a space; HTML character references
    (``&amp;``, ``&#39;``, ...) are unescaped.
 2. The text is lower-cased (``str.lower``, Unicode aware).
 3. Words are maximal runs of Unicode letters and digits, optionally joined by single
@@ -29,7 +29,7 @@ __all__ = ["TOKENIZER_VERSION", "tokenize", "rank_words", "encode"]
 
 TOKENIZER_VERSION = 1
 
-_TAG = re.compile(r"<\s*/?\s*[A-Za-z][^<>]{0,200}>")
+_TAG = re.compile(r"</?[A-Za-z][^<>]{0,200}>")
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 
 
