@@ -1,0 +1,189 @@
+"""The six models and the fastrnn-imdb job, end to end in quick mode on a tiny fixture (CPU)."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastrnn import imdb as job
+from fastrnn.datasets import download as dl
+from fastrnn.datasets import imdb as imdb_data
+from fastrnn.models import MODEL_NAMES, build_model, build_pair, count_parameters, \
+    fastrnn_layers_available
+
+from fixtures.imdb_fixture import make_reviews, write_tar
+
+NO_FASTRNN = fastrnn_layers_available()
+needs_fastrnn = pytest.mark.skipif(NO_FASTRNN is not None, reason=f"fastrnn layers: {NO_FASTRNN}")
+# The pure-PyTorch reference backend: always present, no JIT warm-up; the job's speed on
+# the fast backends is measured by running the job, not by this test.
+BACKEND = "reference"
+SMALL = dict(vocab_size=50, embed_dim=6, hidden_size=5)
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTRNN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FASTRNN_IMDB_PATH", raising=False)
+    monkeypatch.setattr(imdb_data, "_memo", {})
+
+    def no_network(url, timeout):
+        raise AssertionError(f"a test tried to download {url}")
+    monkeypatch.setattr(dl, "_urlopen", no_network)
+
+
+@pytest.fixture
+def archive(tmp_path):
+    return write_tar(tmp_path / "aclImdb_v1.tar.gz", make_reviews(per_class=16, seed=2))
+
+
+# ----------------------------------------------------------------------------- models
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_torch_model_shapes(name):
+    model = build_model(name, "torch", **SMALL)
+    bi = name.startswith("bi")
+    assert model.classifier.in_features == 5 * (2 if bi else 1)
+    assert model.rnn.bidirectional == bi
+    assert model.embedding.num_embeddings == 50 and model.embedding.embedding_dim == 6
+    out = model(torch.randint(0, 50, (4, 9)))
+    assert out.shape == (4,)
+
+
+def test_same_seed_same_weights_and_rng_untouched():
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    a = build_model("bilstm", "torch", seed=5, **SMALL)
+    after = torch.rand(3)
+    assert torch.equal(before, after)  # building never consumed the caller's RNG
+    b = build_model("bilstm", "torch", seed=5, **SMALL)
+    c = build_model("bilstm", "torch", seed=6, **SMALL)
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    assert not torch.equal(a.rnn.weight_hh_l0, c.rnn.weight_hh_l0)
+
+
+def test_bad_names():
+    with pytest.raises(ValueError, match="model must be one of"):
+        build_model("transformer", "torch")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        build_model("lstm", "keras")
+
+
+@needs_fastrnn
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_fastrnn_model_matches_torch(name):
+    pair = build_pair(name, seed=3, backend=BACKEND, **SMALL)
+    sd_t, sd_f = pair["torch"].state_dict(), pair["fastrnn"].state_dict()
+    assert sd_t.keys() == sd_f.keys()
+    assert all(torch.equal(sd_t[k], sd_f[k]) for k in sd_t)
+    assert type(pair["fastrnn"].rnn).__module__.startswith("fastrnn")
+    assert count_parameters(pair["torch"]) == count_parameters(pair["fastrnn"])
+    x = torch.randint(0, 50, (3, 11))
+    x[:, :4] = 0  # pre-padding
+    outs = {}
+    for impl, m in pair.items():
+        out = m(x)
+        out.sum().backward()
+        outs[impl] = (out, m.rnn.weight_hh_l0.grad, m.embedding.weight.grad)
+    for a, b in zip(outs["torch"], outs["fastrnn"]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def test_parser_defaults_and_quick():
+    args = job.resolve_config(job.build_parser().parse_args([]))
+    assert args.models == list(MODEL_NAMES) and args.impl == ["fastrnn", "torch"]
+    assert (args.epochs, args.batch_size, args.hidden_size, args.maxlen, args.num_words,
+            args.lr) == (4, 64, 128, 500, 10000, 1e-3)
+    assert args.device in ("cpu", "cuda")
+    quick = job.resolve_config(job.build_parser().parse_args(["--quick", "--epochs", "2"]))
+    assert (quick.epochs, quick.train_size, quick.maxlen) == (2, 1000, 200)
+
+
+def test_parser_rejects_unknown_models(capsys):
+    with pytest.raises(SystemExit):
+        job.build_parser().parse_args(["--models", "lstm,cnn"])
+    assert "subset of" in capsys.readouterr().err
+    args = job.build_parser().parse_args(["--models", "GRU, lstm,gru", "--impl", "torch"])
+    assert args.models == ["gru", "lstm"] and args.impl == ["torch"]
+
+
+def test_missing_data_is_a_clean_exit(tmp_path):
+    with pytest.raises(SystemExit) as err:
+        job.main(["--data", str(tmp_path / "nope.tar.gz"), "--impl", "torch", "--no-progress",
+                  "--out", str(tmp_path / "out")])
+    assert "IMDB data not found" in str(err.value.code)
+    with pytest.raises(SystemExit) as err:
+        job.main(["--no-download", "--impl", "torch", "--no-progress",
+                  "--out", str(tmp_path / "out")])
+    assert "FASTRNN_IMDB_PATH" in str(err.value.code)
+
+
+def test_module_help_runs():
+    res = subprocess.run([sys.executable, "-m", "fastrnn.imdb", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0 and "--models" in res.stdout and "--quick" in res.stdout
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def _run_quick(archive, out, impls, models=",".join(MODEL_NAMES)):
+    return job.main(["--quick", "--data", str(archive), "--models", models, "--impl", impls,
+                     "--device", "cpu", "--backend", BACKEND, "--hidden-size", "8",
+                     "--maxlen", "40", "--batch-size", "8", "--eval-batch-size", "16",
+                     "--epochs", "2", "--out", str(out), "--no-progress", "--seed", "1"])
+
+
+def _check_outputs(out, models, impls):
+    summary = json.loads((out / "results.json").read_text())
+    for key in ("config", "environment", "data", "results", "comparisons",
+                "accuracy_tolerance_pp", "total_seconds", "files"):
+        assert key in summary, key
+    assert summary["data"]["train_reviews"] == 32 and summary["data"]["test_reviews"] == 32
+    assert [(r["model"], r["impl"]) for r in summary["results"]] == \
+        [(m, i) for m in models for i in impls]
+    for r in summary["results"]:
+        for key in ("parameters", "train_seconds_per_epoch", "train_samples_per_s",
+                    "inference_samples_per_s", "test_accuracy", "epochs", "warmup_seconds"):
+            assert key in r, key
+        assert len(r["epochs"]) == 2 and 0.0 <= r["test_accuracy"] <= 1.0
+        assert r["train_samples_per_s"] > 0 and r["inference_samples_per_s"] > 0
+    for name in (summary["files"]["speed_accuracy"], summary["files"]["speedup"]):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "| model | impl | backend | params |" in report
+    assert "|---|---|---|---:|" in report
+    for m in models:
+        assert f"| {job.DISPLAY[m]} |" in report
+    assert "![speed and accuracy](imdb_speed_accuracy.png)" in report
+    return summary
+
+
+@needs_fastrnn
+def test_job_end_to_end_quick(tmp_path, archive, capsys):
+    out = tmp_path / "out"
+    assert _run_quick(archive, out, "fastrnn,torch") == 0
+    summary = _check_outputs(out, list(MODEL_NAMES), ["fastrnn", "torch"])
+    assert len(summary["comparisons"]) == 6
+    for c in summary["comparisons"]:
+        assert c["identical_initial_weights"]
+        assert c["initial_logit_max_abs_diff"] < 1e-5
+        assert c["accuracy_within_tolerance"], c
+        assert abs(c["final_train_loss_diff"]) < 1e-3
+        assert c["train_speedup"] > 0 and c["inference_speedup"] > 0
+    assert all(r.get("backend") == BACKEND for r in summary["results"] if r["impl"] == "fastrnn")
+    printed = capsys.readouterr().out
+    assert "train speedup" in printed and "Bi-GRU" in printed and "results.json" in printed
+    # the synthetic task is easy: the gated models learn it
+    best = max(r["test_accuracy"] for r in summary["results"])
+    assert best > 0.6
+
+
+def test_job_torch_only(tmp_path, archive):
+    out = tmp_path / "torch-only"
+    assert _run_quick(archive, out, "torch", models="gru,birnn") == 0
+    summary = _check_outputs(out, ["gru", "birnn"], ["torch"])
+    assert summary["comparisons"] == []
