@@ -1,0 +1,447 @@
+#!/usr/bin/env python
+"""Turn a saved pytest-benchmark run into a Markdown speedup table.
+
+    python benchmarks/speedup_table.py .benchmarks/<machine>/0001_<name>.json
+    python benchmarks/speedup_table.py run.json --gemm-gflops 180 --targets -o table.md
+
+One row per case (a pytest-benchmark *group*, e.g. ``lstm-bi-train-cpu-T500-N64-I100-H128``):
+the fastrnn median and IQR, the torch.nn median, the onnxruntime median when the run has
+one, the speedup torch.nn / fastrnn (>1 means fastrnn is faster), the speedup over the
+best peer, and the fraction of the GEMM limit that fastrnn reached:
+
+    GEMM limit (ms) = FLOPs of the case's matrix products / GEMM rate
+    fraction        = GEMM limit / fastrnn median
+
+The FLOPs come from the shape (see :func:`case_flops`); the GEMM rate is, in order of
+preference, ``--gemm-gflops`` / ``--gemm-gflops-cuda``, a fresh 1024^3 ``torch.mm``
+measurement (``--measure-gemm``), or the rate the benchmark session itself measured and
+stored in each benchmark's ``extra_info`` (``gemm_gflops``, a 1024^3 ``torch.mm`` timed once
+per session). Without any, those columns are left out.
+
+The tool only reads the JSON (and imports torch only for ``--measure-gemm``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from collections import OrderedDict
+
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+IMPLS = ("fastrnn", "torch", "onnxruntime")
+SHAPE_RE = re.compile(r"T(\d+)-N(\d+)-I(\d+)-H(\d+)")
+
+# Speed targets of issues 6 and 7 (CPU, fp32, 2 threads). Keyed by (mode, shape-without-T
+# check); each entry: minimum speedup over torch.nn, and whether fastrnn must also beat
+# onnxruntime (issue 7: faster than the best of torch.nn and onnxruntime).
+_TARGETS = {
+    # (mode, N): {cell: min speedup over torch.nn}
+    ("train", 64): {"rnn": 2.5, "lstm": 1.8, "gru": 2.5},
+    ("infer", 64): {"rnn": 3.0, "lstm": 1.1, "gru": 2.5},
+    ("infer", 1): {"rnn": 2.0, "lstm": 2.0, "gru": 2.0},
+}
+
+
+def parse_shape(shape):
+    """``"T500-N64-I100-H128"`` -> (500, 64, 100, 128); None when it does not parse."""
+    m = SHAPE_RE.search(shape or "")
+    return tuple(int(g) for g in m.groups()) if m else None
+
+
+def case_flops(cell, T, N, I, H, bidirectional=False, mode="infer", layers=1):
+    """FLOPs of the matrix products of one recurrent layer stack (pointwise work ignored).
+
+    Forward, per layer and direction: the input projection ``2*T*N*I*G*H`` plus the
+    recurrent products ``2*T*N*H*G*H`` (G = 1, 4, 3 gate blocks for RNN, LSTM, GRU).
+    A training step (forward + backward with the input requiring grad) is three times the
+    forward: the gradients w.r.t. the inputs and the hidden state, and w.r.t. the weights,
+    are each a product of the forward's size. Layers above the first take ``D*H`` inputs.
+    """
+    g = GATES[cell]
+    dirs = 2 if bidirectional else 1
+    total = 0
+    for layer in range(layers):
+        in_size = I if layer == 0 else dirs * H
+        total += dirs * 2 * T * N * (in_size + H) * g * H
+    return total * (3 if mode == "train" else 1)
+
+
+def weight_stream_bytes(cell, T, H, bidirectional=False, dtype_bytes=4):
+    """Bytes of W_hh read by a forward pass at batch 1: every step reads all of
+    ``W_hh [G*H, H]`` once per direction (the issue-7 cache-bandwidth limit's numerator)."""
+    return (2 if bidirectional else 1) * T * GATES[cell] * H * H * dtype_bytes
+
+
+def measure_cache_gbps(threads=None, cols=512, rows=(768, 1536), calls=400, repeats=5):
+    """GB/s at which ``torch.mv`` streams a cache-resident fp32 matrix (imports torch).
+
+    Two matrices of 1.5 and 3 MB (each thread's share stays in its core's L2 on the machines
+    this was written for); the bandwidth is the slope bytes/time between them, which cancels
+    the fixed per-call cost. Best of ``repeats`` batches of ``calls`` calls.
+    """
+    import time
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    per_call = []
+    for m in rows:
+        a = torch.randn(m, cols)
+        v = torch.randn(cols)
+        out = torch.empty(m)
+        for _ in range(50):
+            torch.mv(a, v, out=out)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                torch.mv(a, v, out=out)
+            best = min(best, (time.perf_counter() - t0) / calls)
+        per_call.append(best)
+    dbytes = (rows[1] - rows[0]) * cols * 4
+    dt = per_call[1] - per_call[0]
+    if dt <= 0:  # noise swamped the slope: fall back to the big matrix's plain rate
+        return rows[1] * cols * 4 / per_call[1] / 1e9
+    return dbytes / dt / 1e9
+
+
+def _impl_of(bench):
+    info = bench.get("extra_info") or {}
+    impl = info.get("impl") or (bench.get("params") or {}).get("impl")
+    if impl:
+        return impl
+    name = bench.get("name", "")
+    for cand in IMPLS:
+        if name.rstrip("]").endswith(cand):
+            return cand
+    return None
+
+
+def _case_of(bench):
+    if bench.get("group"):
+        return bench["group"]
+    name = bench.get("name", "")
+    impl = _impl_of(bench)
+    if impl and name.rstrip("]").endswith("-" + impl):
+        return name.rstrip("]")[: -len(impl) - 1] + ("]" if name.endswith("]") else "")
+    return name
+
+
+def load_runs(paths):
+    """Read pytest-benchmark JSON files; return (cases, machine_info).
+
+    ``cases`` maps case name -> {"info": extra_info of its first benchmark, "impls":
+    {impl: stats}} in the order of first appearance. A later file's figures replace an
+    earlier one's for the same case and impl.
+    """
+    cases = OrderedDict()
+    machine_info = {}
+    for path in paths:
+        with open(path) as fh:
+            data = json.load(fh)
+        machine_info.update(data.get("machine_info") or {})
+        for bench in data.get("benchmarks", []):
+            impl = _impl_of(bench)
+            if impl is None:
+                continue
+            key = _case_of(bench)
+            entry = cases.setdefault(key, {"info": {}, "impls": {}})
+            info = dict(bench.get("extra_info") or {})
+            for k, v in info.items():
+                if k not in ("impl", "backend") or not entry["info"].get(k):
+                    entry["info"].setdefault(k, v)
+            if impl == "fastrnn" and info.get("backend"):
+                entry["info"]["fastrnn_backend"] = info["backend"]
+            entry["impls"][impl] = bench.get("stats") or {}
+    return cases, machine_info
+
+
+def _flops_of(info):
+    if info.get("flops"):
+        return float(info["flops"])
+    shape = parse_shape(info.get("shape", ""))
+    cell = info.get("cell")
+    if shape is None or cell not in GATES:
+        return None
+    return float(case_flops(cell, *shape, bidirectional=info.get("direction") == "bi",
+                            mode=info.get("mode", "infer"), layers=int(info.get("layers", 1))))
+
+
+def target_for(info):
+    """The issue-6/7 target for a case: (min speedup over torch.nn, must beat onnxruntime)
+    or None when the case has no target."""
+    if info.get("device") != "cpu" or info.get("dtype", "float32") != "float32":
+        return None
+    if info.get("kind", "layer") != "layer":
+        return None
+    shape = parse_shape(info.get("shape", ""))
+    if shape is None or shape[0] != 500 or shape[2] != 100 or shape[3] != 128:
+        return None
+    per_cell = _TARGETS.get((info.get("mode"), shape[1]))
+    if not per_cell or info.get("cell") not in per_cell:
+        return None
+    return per_cell[info["cell"]], info.get("mode") == "infer"
+
+
+def measure_gemm_gflops(device="cpu", size=1024, repeats=20, threads=None):
+    """Best GFLOP/s of ``repeats`` ``size``^3 fp32 torch.mm calls (imports torch)."""
+    import time
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(3):
+        torch.mm(a, b)
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        sync()
+        times.append(time.perf_counter() - t0)
+    # The fastest repeat: a limit is the rate the machine reaches, not its typical one
+    # (medians on a shared machine drift with the neighbours' load).
+    return 2.0 * size ** 3 / min(times) / 1e9
+
+
+def _ms(seconds):
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return ""
+    ms = seconds * 1e3
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    if ms >= 1:
+        return f"{ms:.2f}"
+    return f"{ms:.3f}"
+
+
+def _spread(stats, spread):
+    if spread == "none":
+        return ""
+    val = stats.get(spread)
+    return f" ± {_ms(val)}" if val is not None else ""
+
+
+def build_rows(cases, gemm_rates=None, spread="iqr", targets=False, cache_gbps=None):
+    """One dict per case with the table's cells already formatted."""
+    gemm_rates = gemm_rates or {}
+    rows = []
+    for key, entry in cases.items():
+        info, impls = entry["info"], entry["impls"]
+        med = {impl: impls[impl].get("median") for impl in impls}
+        fast = med.get("fastrnn")
+        torch_t = med.get("torch")
+        ort_t = med.get("onnxruntime")
+        row = OrderedDict()
+        row["case"] = key
+        row["backend"] = info.get("fastrnn_backend", "")
+        row["fastrnn ms"] = (_ms(fast) + _spread(impls["fastrnn"], spread)) if fast else ""
+        row["torch.nn ms"] = _ms(torch_t) if torch_t else ""
+        row["onnxruntime ms"] = _ms(ort_t) if ort_t else ""
+        row["speedup vs torch.nn"] = f"{torch_t / fast:.2f}x" if fast and torch_t else ""
+        peers = [t for t in (torch_t, ort_t) if t]
+        row["speedup vs best peer"] = (
+            f"{min(peers) / fast:.2f}x" if fast and ort_t and peers else "")
+        rate = gemm_rates.get(info.get("device", "cpu")) or info.get("gemm_gflops")
+        flops = _flops_of(info)
+        if rate and flops:
+            limit = flops / (rate * 1e9)
+            row["GEMM limit ms"] = _ms(limit)
+            row["fastrnn % of GEMM limit"] = f"{100 * limit / fast:.0f}%" if fast else ""
+        else:
+            row["GEMM limit ms"] = row["fastrnn % of GEMM limit"] = ""
+        cache = cache_gbps or info.get("cache_gbps")
+        shape = parse_shape(info.get("shape", ""))
+        if (cache and shape and shape[1] == 1 and info.get("mode") == "infer"
+                and info.get("cell") in GATES and info.get("device", "cpu") == "cpu"):
+            limit = weight_stream_bytes(info["cell"], shape[0], shape[3],
+                                        info.get("direction") == "bi") / (cache * 1e9)
+            row["W_hh stream limit ms"] = _ms(limit)
+            row["fastrnn / stream limit"] = f"{fast / limit:.1f}x" if fast else ""
+        else:
+            row["W_hh stream limit ms"] = row["fastrnn / stream limit"] = ""
+        if targets:
+            tgt = target_for(info)
+            text = ""
+            if tgt is not None:
+                need, vs_ort = tgt
+                parts = []
+                if fast and torch_t:
+                    ok = torch_t / fast >= need
+                    parts.append(f"≥{need:g}x torch.nn: {'met' if ok else 'MISSED'}")
+                else:
+                    parts.append(f"≥{need:g}x torch.nn")
+                if vs_ort:
+                    if fast and ort_t:
+                        parts.append(f"< ort: {'met' if fast < ort_t else 'MISSED'}")
+                    else:
+                        parts.append("< ort: n/a")
+                text = "; ".join(parts)
+            row["target"] = text
+        rows.append(row)
+    return rows
+
+
+def to_markdown(rows):
+    """Render rows as a Markdown table, dropping columns that are empty in every row."""
+    if not rows:
+        return "_no benchmark cases found_\n"
+    cols = [c for c in rows[0] if c == "case" or any(r.get(c) for r in rows)]
+    out = ["| " + " | ".join(cols) + " |",
+           "|" + "|".join("---" if c in ("case", "backend", "target") else "---:"
+                          for c in cols) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(out) + "\n"
+
+
+def gemm_rates_from(args):
+    """GEMM rates that override the ones each benchmark recorded (extra_info gemm_gflops)."""
+    rates = {}
+    if args.measure_gemm:
+        rates["cpu"] = measure_gemm_gflops("cpu", threads=args.threads)
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                rates["cuda"] = measure_gemm_gflops("cuda")
+        except ImportError:
+            pass
+    if args.gemm_gflops:
+        rates["cpu"] = args.gemm_gflops
+    if args.gemm_gflops_cuda:
+        rates["cuda"] = args.gemm_gflops_cuda
+    return rates
+
+
+_CELL_ORDER = {c: i for i, c in enumerate(("rnn", "lstm", "gru"))}
+_SHAPE_ORDER = {  # the suites' shapes (any T, for quick runs), in the order they are listed
+    (N, I, H): i for i, (N, I, H) in enumerate(
+        ((64, 100, 128), (1, 100, 128), (256, 100, 128), (64, 100, 64), (64, 100, 256),
+         (64, 100, 512), (64, 512, 512)))}
+
+
+def _sort_key(item):
+    key, entry = item
+    info = entry["info"]
+    shape = parse_shape(info.get("shape", "")) or (0, 0, 0, 0)
+    return (info.get("kind", "layer") != "layer", info.get("device", "cpu") != "cpu",
+            info.get("device", ""), info.get("mode", "") != "infer",
+            _SHAPE_ORDER.get(shape[1:], len(_SHAPE_ORDER)), shape,
+            _CELL_ORDER.get(info.get("cell"), 9), info.get("direction", "") != "uni", key)
+
+
+def section_title(info):
+    kind = "IMDB models" if info.get("kind") == "imdb-model" else "Layers"
+    mode = {"infer": "inference", "train": "training step (forward + backward)"}.get(
+        info.get("mode"), info.get("mode", "?"))
+    return f"{kind}, {info.get('device', '?').upper()}, {mode}"
+
+
+def render(cases, gemm_rates=None, spread="iqr", targets=False, sections=True,
+           cache_gbps=None):
+    """The Markdown for ``cases``: sorted, one table per (kind, device, mode) section."""
+    ordered = sorted(cases.items(), key=_sort_key)
+    if not sections:
+        return to_markdown(build_rows(OrderedDict(ordered), gemm_rates, spread, targets, cache_gbps))
+    out, current, bucket = [], None, OrderedDict()
+
+    def flush():
+        if bucket:
+            out.append(f"### {current}\n\n"
+                       + to_markdown(build_rows(bucket, gemm_rates, spread, targets, cache_gbps)))
+
+    for key, entry in ordered:
+        title = section_title(entry["info"])
+        if title != current:
+            flush()
+            current, bucket = title, OrderedDict()
+        bucket[key] = entry
+    flush()
+    return "\n".join(out) if out else to_markdown([])
+
+
+def header(machine_info, rates, files, cases, spread="iqr", cache_gbps=None):
+    lines = []
+    cpu = (machine_info.get("cpu") or {}).get("brand_raw") or machine_info.get("processor")
+    bits = []
+    if cpu:
+        bits.append(f"CPU: {cpu}")
+    if machine_info.get("fastrnn_cuda_device"):
+        bits.append(f"GPU: {machine_info['fastrnn_cuda_device']}")
+    for key, label in (("fastrnn_threads", "threads"), ("fastrnn_torch", "torch"),
+                       ("fastrnn_onnxruntime", "onnxruntime"), ("fastrnn_quick", "quick mode")):
+        if machine_info.get(key) not in (None, ""):
+            bits.append(f"{label}: {machine_info[key]}")
+    shown = dict(rates)
+    for entry in cases.values():
+        dev, rate = entry["info"].get("device"), entry["info"].get("gemm_gflops")
+        if dev and rate and dev not in shown:
+            shown[dev] = float(rate)
+    if shown:
+        bits.append("GEMM rate (1024^3 fp32 torch.mm): "
+                    + ", ".join(f"{d} {r:.0f} GFLOP/s" for d, r in shown.items()))
+    if bits:
+        lines.append("_" + "; ".join(bits) + "_")
+    if not cache_gbps:
+        cache_gbps = next((e["info"]["cache_gbps"] for e in cases.values()
+                           if e["info"].get("cache_gbps")), None)
+    if cache_gbps:
+        bits.append(f"cache bandwidth (torch.mv, L2-resident): {cache_gbps:.0f} GB/s")
+    spread_txt = {"iqr": " (± IQR)", "stddev": " (± stddev)"}.get(spread, "")
+    lines.append(f"_Medians in ms{spread_txt}; speedup = peer median / fastrnn median "
+                 "(>1: fastrnn faster); GEMM limit = matrix-product FLOPs of the case / GEMM "
+                 "rate; W_hh stream limit (batch 1) = bytes of W_hh read over all steps / "
+                 f"cache bandwidth; source: {', '.join(files)}_")
+    return "\n\n".join(lines) + "\n\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("json", nargs="+", help="pytest-benchmark JSON file(s) "
+                    "(--benchmark-autosave / --benchmark-json); later files override")
+    ap.add_argument("--gemm-gflops", type=float, help="CPU fp32 GEMM rate in GFLOP/s")
+    ap.add_argument("--gemm-gflops-cuda", type=float, help="CUDA fp32 GEMM rate in GFLOP/s")
+    ap.add_argument("--measure-gemm", action="store_true",
+                    help="measure the GEMM rate now with a 1024^3 torch.mm")
+    ap.add_argument("--threads", type=int, help="torch threads for --measure-gemm/-cache")
+    ap.add_argument("--cache-gbps", type=float,
+                    help="cache bandwidth (GB/s) for the batch-1 W_hh stream limit")
+    ap.add_argument("--measure-cache", action="store_true",
+                    help="measure that bandwidth now (torch.mv on an L2-resident matrix)")
+    ap.add_argument("--spread", choices=("iqr", "stddev", "none"), default="iqr")
+    ap.add_argument("--targets", action="store_true",
+                    help="add a column checking the issue-6/7 speed targets")
+    ap.add_argument("--single", action="store_true", help="one table instead of sections")
+    ap.add_argument("-k", "--filter", help="only cases whose name matches this regex")
+    ap.add_argument("-o", "--output", help="write the Markdown here instead of stdout")
+    args = ap.parse_args(argv)
+
+    cases, machine_info = load_runs(args.json)
+    if args.filter:
+        rx = re.compile(args.filter)
+        cases = OrderedDict((k, v) for k, v in cases.items() if rx.search(k))
+    rates = gemm_rates_from(args)
+    cache = args.cache_gbps or (measure_cache_gbps(args.threads) if args.measure_cache else None)
+    text = (header(machine_info, rates, args.json, cases, args.spread, cache)
+            + render(cases, rates, args.spread, args.targets, sections=not args.single,
+                     cache_gbps=cache))
+    if args.output:
+        with open(args.output, "w") as fh:
+            fh.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

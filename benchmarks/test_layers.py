@@ -1,0 +1,77 @@
+"""Layer benchmarks: fastrnn vs torch.nn (and onnxruntime for CPU inference).
+
+One pytest-benchmark group per case, e.g. ``lstm-bi-train-cpu-T500-N64-I100-H128``, holding
+``...-fastrnn``, ``...-torch`` and (inference on CPU) ``...-onnxruntime``. Every
+implementation of a case uses the same weights (seeded torch.nn layer; fastrnn loads its
+state_dict; onnxruntime runs its ONNX export) and the same input tensor.
+
+* infer: ``module(x)`` under ``torch.inference_mode()``.
+* train: one forward + backward of ``output.sum()`` with ``x.requires_grad`` (as for a
+  layer above an embedding or another layer); gradients set to None before each step.
+* CUDA cases (when available) synchronise inside the timed function.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import benchutil
+
+BENCH_KIND = "layer"
+
+
+def _inputs(case):
+    T, N, I, H = case.shape
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(T, N, I, generator=gen).to(case.device)
+    return x
+
+
+def _reference_output(ref, x):
+    with torch.inference_mode():
+        return benchutil.unwrap_output(ref(x)).float().cpu()
+
+
+def test_layer(benchmark, case, case_setup, fastrnn_backend):
+    T, N, I, H = case.shape
+    ref = benchutil.torch_layer(case.cell, I, H, case.bidirectional).to(case.device)
+    x = _inputs(case)
+    sync = benchutil.sync_fn(case.device)
+
+    if case.impl == "onnxruntime":
+        run, version = benchutil.ort_session(ref.eval(), x)
+        torch.testing.assert_close(torch.from_numpy(run()), _reference_output(ref, x),
+                                   atol=1e-4, rtol=1e-3)
+        benchutil.run_benchmark(benchmark, run, case_setup, f"onnxruntime-{version}")
+        return
+
+    if case.impl == "fastrnn":
+        mod, resolved = benchutil.fastrnn_layer_from(ref, case.cell, fastrnn_backend)
+        backend = benchutil.fastrnn_last_backend(mod, resolved)
+    else:
+        mod, backend = ref, benchutil.torch_backend_name(case.cell, case.device)
+
+    if case.mode == "infer":
+        mod.eval()
+        if case.impl == "fastrnn":  # never time a wrong answer
+            torch.testing.assert_close(_reference_output(mod, x), _reference_output(ref, x),
+                                       atol=1e-4, rtol=1e-3)
+
+        def step():
+            with torch.inference_mode():
+                mod(x)
+            sync()
+    else:
+        mod.train()
+        xg = x.clone().requires_grad_(True)
+        params = [p for p in mod.parameters() if p.requires_grad]
+
+        def step():
+            for p in params:
+                p.grad = None
+            xg.grad = None
+            benchutil.unwrap_output(mod(xg)).sum().backward()
+            sync()
+
+    benchutil.run_benchmark(benchmark, step, case_setup, backend,
+                            warmup=2 if case.device == "cuda" else 1)
