@@ -66,7 +66,15 @@ CHOOSING A BACKEND
 ==================
 Names: ``"cpu"`` (compiled fused C++ kernels, fastrnn._C), ``"cuda"`` (compiled
 CUDA kernels, fastrnn._cuda), ``"numba"``, ``"reference"`` (pure PyTorch loop) and
-``"auto"`` (the fastest available for the tensor's device).
+``"auto"`` (the fastest available for the tensor's device: cuda for CUDA tensors;
+cpu, then numba for CPU tensors; reference otherwise).
+
+Precedence: the ``backend=`` argument of a module/call, then ``set_backend()``, then
+``$FASTRNN_BACKEND``, then ``"auto"``. Asking for an unavailable backend raises
+``BackendUnavailableError`` saying why and what to do; ``auto`` never raises.
+
+``$FASTRNN_DISABLE_EXTENSION=1`` makes the compiled extensions (``cpu`` and
+``cuda``) count as unavailable, so that the whole test suite runs on numba (CI does).
 """
 from __future__ import annotations
 
@@ -92,22 +100,65 @@ class BackendUnavailableError(RuntimeError):
     """Raised when a backend was asked for explicitly and cannot be used."""
 
 
-_cache = {}
+_cache = {}  # name -> (module, None) or (None, reason); tests may monkeypatch entries
+
+DISABLE_ENV = "FASTRNN_DISABLE_EXTENSION"
+_EXTENSIONS = ("cpu", "cuda")
+
+# What to do when a backend module cannot even be imported (its own
+# unavailable_reason() says it otherwise).
+_FIX = {
+    "cpu": "reinstall fastrnn with `pip install .` from its source tree (needs a C++17 "
+           "compiler and CMake) to build the compiled extension fastrnn._C",
+    "cuda": "reinstall fastrnn with `pip install --no-build-isolation .` on a machine with "
+            "the CUDA toolkit (nvcc) to build fastrnn._cuda",
+    "numba": "install numba (`pip install numba`)",
+    "reference": "reinstall fastrnn",
+}
+
+
+def extension_disabled():
+    """True when $FASTRNN_DISABLE_EXTENSION asks to ignore the compiled extensions."""
+    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _disabled_reason():
+    return (f"disabled by the environment variable {DISABLE_ENV}="
+            f"{os.environ.get(DISABLE_ENV)!r}; unset it to use the compiled kernels")
 
 
 def _load(name):
-    """Import a backend module; return (module, None) or (None, reason). Cached."""
-    if name in _cache:
-        return _cache[name]
-    _cache[name] = result = _load_uncached(name)
-    return result
+    """Import a backend module; return (module, None) or (None, reason).
+
+    Cached, except that the disable switch is read on every call: with it on, an
+    extension backend reports its own reason when it has one (not built, no GPU),
+    else that it is disabled.
+    """
+    if name in _EXTENSIONS and extension_disabled():
+        if name in _cache:
+            mod, why = _cache[name]
+        else:
+            mod, why = _import(name)
+            if mod is not None:
+                why = getattr(mod, "unavailable_reason", lambda: None)()
+        return None, (why or _disabled_reason())
+    if name not in _cache:
+        _cache[name] = _load_uncached(name)
+    return _cache[name]
+
+
+def _import(name):
+    try:
+        return importlib.import_module(_MODULES[name]), None
+    except Exception as exc:  # the module itself may be absent or broken
+        return None, (f"{_MODULES[name]} failed to import ({type(exc).__name__}: {exc}); "
+                      f"{_FIX[name]}")
 
 
 def _load_uncached(name):
-    try:
-        mod = importlib.import_module(_MODULES[name])
-    except Exception as exc:  # the module itself may be absent or broken
-        return None, f"{type(exc).__name__}: {exc}"
+    mod, why = _import(name)
+    if mod is None:
+        return None, why
     reason = getattr(mod, "unavailable_reason", lambda: None)()
     if reason:
         return None, reason
@@ -123,24 +174,44 @@ def available_backends():
     return [name for name, why in availability().items() if why is None]
 
 
+def _normalise(name):
+    return name.strip().lower() if isinstance(name, str) else name
+
+
 def set_backend(name):
-    """Set the process-wide default backend (``None`` or "auto" to go back to auto)."""
+    """Set the process-wide default backend (``None`` or "auto" to go back to auto).
+
+    Raises ``BackendUnavailableError`` (saying why and what to do) when the backend
+    cannot run on this machine at all.
+    """
     global _global_default
+    name = _normalise(name)
     if name is not None and name != "auto" and name not in BACKENDS:
         raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
+    if name not in (None, "auto"):
+        mod, why = _load(name)
+        if mod is None:
+            raise BackendUnavailableError(f"cannot set the default fastrnn backend to {name!r}: "
+                                          f"it is unavailable: {why}")
     _global_default = None if name == "auto" else name
 
 
 def get_default_backend():
+    """The default backend name: set_backend(), else $FASTRNN_BACKEND, else "auto"."""
+    return _default_and_source()[0]
+
+
+def _default_and_source():
     if _global_default is not None:
-        return _global_default
-    env = os.environ.get(ENV_VAR, "").strip().lower()
+        return _global_default, "fastrnn.set_backend()"
+    env = _normalise(os.environ.get(ENV_VAR, ""))
     if env and env != "auto":
         if env not in BACKENDS:
             raise ValueError(
-                f"environment variable {ENV_VAR}={env!r} is not one of {('auto',) + BACKENDS}")
-        return env
-    return "auto"
+                f"environment variable {ENV_VAR}={env!r} is not one of {('auto',) + BACKENDS}; "
+                f"fix or unset it")
+        return env, f"${ENV_VAR}"
+    return "auto", "auto"
 
 
 _AUTO_ORDER = {"cpu": ("cpu", "numba", "reference"), "cuda": ("cuda", "reference")}
@@ -152,7 +223,9 @@ def resolve(name, device_type):
     ``name`` None means the default (set_backend, then $FASTRNN_BACKEND, then auto).
     """
     if name is None:
-        name = get_default_backend()
+        name, source = _default_and_source()
+    else:
+        name, source = _normalise(name), "backend= argument"
     if name == "auto":
         for cand in _AUTO_ORDER.get(device_type, ("reference",)):
             mod, _ = _load(cand)
@@ -163,14 +236,17 @@ def resolve(name, device_type):
         raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
     if name in ("cpu", "numba") and device_type != "cpu":
         raise BackendUnavailableError(
-            f"backend {name!r} runs on CPU tensors only, got tensors on {device_type!r}; "
-            f"use backend='auto' or move the module to the CPU")
+            f"backend {name!r} (from {source}) runs on CPU tensors only, got tensors on "
+            f"{device_type!r}; use backend='auto' or move the module to the CPU")
     if name == "cuda" and device_type != "cuda":
         raise BackendUnavailableError(
-            f"backend 'cuda' needs CUDA tensors, got tensors on {device_type!r}")
+            f"backend 'cuda' (from {source}) needs CUDA tensors, got tensors on "
+            f"{device_type!r}; move the module and inputs to a GPU or use backend='auto'")
     mod, why = _load(name)
     if mod is None:
-        raise BackendUnavailableError(f"fastrnn backend {name!r} is unavailable: {why}")
+        raise BackendUnavailableError(
+            f"fastrnn backend {name!r} (from {source}) is unavailable: {why}. "
+            f"Use backend='auto' to fall back to the fastest available one.")
     return name
 
 
