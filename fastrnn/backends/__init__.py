@@ -141,7 +141,9 @@ def _load(name):
             mod, why = _import(name)
             if mod is not None:
                 why = getattr(mod, "unavailable_reason", lambda: None)()
-        return None, (why or _disabled_reason())
+        if why is None or DISABLE_ENV in why:  # the module may know the switch too
+            why = _disabled_reason()
+        return None, why
     if name not in _cache:
         _cache[name] = _load_uncached(name)
     return _cache[name]
