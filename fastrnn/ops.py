@@ -21,7 +21,9 @@ The weight gradients are computed here, after the backend's backward loop, as on
 over all steps each: dW_hh = dgates^T @ h_prev (h_prev is y shifted by one step, h0 first),
 dW_hr = dr^T @ m (m = o * tanh(c)), GRU db_hh = sum of dhg (dhg = dxg with its n block * r).
 The saved activations (gates, cs, saved) are outputs marked non-differentiable; with
-``training=False`` they are empty tensors and nothing is saved.
+``training=False`` they are empty tensors and nothing is saved (fastrnn.functional passes
+training=False when no gradient can be needed; if one is asked for anyway, backward
+recomputes the activations from the saved inputs).
 """
 from typing import List, Optional, Tuple
 
@@ -145,14 +147,16 @@ def _lstm_setup(ctx, inputs, output):
     y, cn, gates, cs = output
     ctx.mark_non_differentiable(gates, cs)
     ctx.reverse, ctx.training, ctx.backend = reverse, training, backend
-    ctx.save_for_backward(h0, c0, w_hh, w_hr, lengths, y, gates, cs)
+    # training=False saved no activations: keep xg instead to recompute them if asked
+    ctx.save_for_backward(h0, c0, w_hh, w_hr, lengths, y, gates, cs,
+                          None if training else xg)
 
 
 def _lstm_backward_fn(ctx, dy, dcn, _dgates_unused, _dcs_unused):
-    h0, c0, w_hh, w_hr, lengths, y, gates, cs = ctx.saved_tensors
+    h0, c0, w_hh, w_hr, lengths, y, gates, cs, xg = ctx.saved_tensors
     if not ctx.training:
-        raise RuntimeError("fastrnn: lstm_forward ran with training=False, so it saved "
-                           "nothing for backward; run it with gradients enabled")
+        y, _, gates, cs = torch.ops.fastrnn.lstm_forward(
+            xg, h0, c0, w_hh, w_hr, lengths, ctx.reverse, True, ctx.backend)
     dy = _zeros_if_none(dy, y)
     dcn = _zeros_if_none(dcn, c0)
     dgates, dh0, dc0, dr = torch.ops.fastrnn.lstm_backward(
@@ -214,14 +218,15 @@ def _gru_setup(ctx, inputs, output):
     y, saved = output
     ctx.mark_non_differentiable(saved)
     ctx.reverse, ctx.training, ctx.backend = reverse, training, backend
-    ctx.save_for_backward(h0, w_hh, lengths, y, saved)
+    ctx.save_for_backward(h0, w_hh, lengths, y, saved, None if training else xg,
+                          None if training else b_hh)
 
 
 def _gru_backward_fn(ctx, dy, _dsaved_unused):
-    h0, w_hh, lengths, y, saved = ctx.saved_tensors
-    if not ctx.training:
-        raise RuntimeError("fastrnn: gru_forward ran with training=False, so it saved "
-                           "nothing for backward; run it with gradients enabled")
+    h0, w_hh, lengths, y, saved, xg, b_hh = ctx.saved_tensors
+    if not ctx.training:  # nothing saved: recompute the activations
+        y, saved = torch.ops.fastrnn.gru_forward(
+            xg, h0, w_hh, b_hh, lengths, ctx.reverse, True, ctx.backend)
     dy = _zeros_if_none(dy, y)
     dxg, dh0 = torch.ops.fastrnn.gru_backward(
         dy, h0, w_hh, lengths, ctx.reverse, y, saved, ctx.backend)
