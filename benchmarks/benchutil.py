@@ -288,6 +288,45 @@ def run_benchmark(benchmark, fn, record, backend, warmup=1):
     return benchmark(fn)
 
 
+def run_paired(benchmark, fn, peers, record, backend, warmup=1):
+    """Time ``fn`` (fastrnn) with its ``peers`` ({impl: fn}) run between its rounds.
+
+    Each round first runs every peer once, timed here (pytest-benchmark's untimed
+    ``setup``), then ``fn``, timed by pytest-benchmark. The per-round times go into
+    ``extra_info["paired"]`` so the speedup can be the median of per-round ratios, which
+    load drift on a shared machine hardly moves (it shifts both sides of a round alike).
+    Rounds: ``--benchmark-min-rounds`` at least, more while ``--benchmark-max-time``
+    allows, from the warm-up's time of one round.
+    """
+    import time
+
+    if getattr(benchmark, "disabled", False):
+        record(backend() if callable(backend) else backend)
+        return benchmark(fn)
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        for peer in peers.values():
+            peer()
+        fn()
+    per_round = (time.perf_counter() - t0) / max(warmup, 1)
+    record(backend() if callable(backend) else backend)
+    min_rounds = int(getattr(benchmark, "_min_rounds", 5))  # pytest-benchmark's settings
+    max_time = float(getattr(benchmark, "_max_time", 1.0))
+    rounds = max(min_rounds, min(200, int(max_time / max(per_round, 1e-9))))
+    peer_times = {name: [] for name in peers}
+
+    def setup():
+        for name, peer in peers.items():
+            t = time.perf_counter()
+            peer()
+            peer_times[name].append(time.perf_counter() - t)
+
+    result = benchmark.pedantic(fn, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
+    fast = list(benchmark.stats.stats.data) if getattr(benchmark, "stats", None) else []
+    benchmark.extra_info["paired"] = {"fastrnn": fast, **peer_times}
+    return result
+
+
 def fastrnn_last_backend(mod, fallback):
     """A callable naming the backend the fastrnn module ran last (``module.last_backend``)."""
     def get():

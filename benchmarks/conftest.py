@@ -4,6 +4,7 @@ Options (also see ``pytest benchmarks/ --help``):
   --quick / FASTRNN_BENCH_QUICK=1   small T, 2 shapes, few rounds: what CI runs
   --bench-shapes imdb,n1,...        shapes to run (default: all; quick: imdb,n1)
   --bench-threads N / FASTRNN_BENCH_THREADS=N   torch (and onnxruntime) threads
+  --no-bench-paired                 time fastrnn without its peers between rounds
   --fastrnn-backend NAME            backend= for the fastrnn modules (default: auto,
                                     or $FASTRNN_BACKEND)
 """
@@ -50,6 +51,9 @@ def pytest_addoption(parser):
     group.addoption("--bench-threads", type=int, default=None,
                     help="torch.set_num_threads (and onnxruntime intra-op threads); "
                          "also $FASTRNN_BENCH_THREADS")
+    group.addoption("--no-bench-paired", action="store_true", default=False,
+                    help="time fastrnn alone; by default each fastrnn case also times its "
+                         "peers between its rounds (paired per-round speedups)")
     group.addoption("--fastrnn-backend", default=None,
                     help="backend= for the fastrnn modules (cpu, cuda, numba, reference, auto)")
 
@@ -73,7 +77,13 @@ def pytest_configure(config):
 
 
 def pytest_report_header(config):
-    fr = benchutil.FASTRNN_MISSING or "ok"
+    fr = benchutil.FASTRNN_MISSING
+    if fr is None:
+        fr = os.path.dirname(benchutil.FASTRNN.__file__)
+        try:
+            fr += " backends=" + ",".join(benchutil.FASTRNN.available_backends())
+        except Exception:
+            pass
     return [f"fastrnn benchmarks: quick={benchutil.is_quick(config)} "
             f"threads={torch.get_num_threads()} shapes="
             + ",".join(f"{k}={benchutil.shape_id(*v)}"
@@ -101,11 +111,24 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         machine_info["fastrnn_onnxruntime"] = None
     if torch.cuda.is_available():
         machine_info["fastrnn_cuda_device"] = torch.cuda.get_device_name()
+    fr = benchutil.FASTRNN
+    if fr is not None:
+        # Which fastrnn ran (an installed build or the checkout) and what it could use.
+        machine_info["fastrnn_path"] = os.path.dirname(fr.__file__)
+        try:
+            machine_info["fastrnn_backends"] = list(fr.available_backends())
+        except Exception as exc:
+            machine_info["fastrnn_backends"] = f"? ({type(exc).__name__})"
 
 
 @pytest.fixture(scope="session")
 def fastrnn_backend(request):
     return request.config.getoption("--fastrnn-backend")
+
+
+@pytest.fixture(scope="session")
+def paired(request):
+    return not request.config.getoption("--no-bench-paired")
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,9 @@ single-layer unidirectional module with the same weights, synchronised, median o
 is faster); "target" is the issue's goal for that case (fwd+bwd: 1.5x LSTM/GRU, 2x RNN;
 inference: 2x, at the IMDB shape T=500 N=64 I=100 H=128 and at N=1).
 
-Variants (--variants): ``auto`` (the default tile choice), ``small`` / ``large``
-(FASTRNN_CUDA_TILE). Every fastrnn result is checked against cuDNN's before it is timed.
+Variants (--variants): ``auto`` (the defaults), ``small`` / ``large``
+(FASTRNN_CUDA_TILE), ``persistent`` (FASTRNN_CUDA_PERSISTENT=1: one cooperative launch per
+layer-direction). Every fastrnn result is checked against cuDNN's before it is timed.
 """
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ SHAPES = {  # name -> (T, N, I, H)
     "fastrnns": (100, 64, 512, 512),
 }
 CELLS = ("lstm", "gru", "rnn")
+VARIANTS = {
+    "auto": {},
+    "small": {"FASTRNN_CUDA_TILE": "small"},
+    "large": {"FASTRNN_CUDA_TILE": "large"},
+    "persistent": {"FASTRNN_CUDA_PERSISTENT": "1"},
+}
 TARGETS = {("train", "lstm"): 1.5, ("train", "gru"): 1.5, ("train", "rnn"): 2.0,
            ("infer", "lstm"): 2.0, ("infer", "gru"): 2.0, ("infer", "rnn"): 2.0}
 
@@ -46,12 +53,12 @@ def _import_fastrnn():
     return fastrnn
 
 
-def make_modules(fastrnn, cell, I, H, dtype):
+def make_modules(fastrnn, cell, I, H, dtype, device, backend):
     torch.manual_seed(0)
     tcls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
     fcls = {"lstm": fastrnn.LSTM, "gru": fastrnn.GRU, "rnn": fastrnn.RNN}[cell]
-    ref = tcls(I, H, device="cuda", dtype=dtype)
-    fast = fcls(I, H, device="cuda", dtype=dtype, backend="cuda")
+    ref = tcls(I, H, device=device, dtype=dtype)
+    fast = fcls(I, H, device=device, dtype=dtype, backend=backend)
     fast.load_state_dict(ref.state_dict(), strict=True)
     return ref, fast
 
@@ -77,6 +84,14 @@ def step_fn(mod, x, mode):
 def time_ms(fn, warmup, reps):
     for _ in range(warmup):
         fn()
+    if not torch.cuda.is_available():  # --device cpu (a dry run of this script)
+        import time
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
     torch.cuda.synchronize()
     times = []
     for _ in range(reps):
@@ -102,7 +117,7 @@ def run(args):
     fastrnn = _import_fastrnn()
     from fastrnn.backends import cuda as cb
     reason = cb.unavailable_reason()
-    if reason:
+    if reason and args.backend == "cuda":
         sys.exit(f"fastrnn CUDA backend unavailable: {reason}")
     torch.backends.cudnn.allow_tf32 = False  # compare true float32 with true float32
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -114,13 +129,15 @@ def run(args):
         T, N, I, H = SHAPES[shape]
         if args.quick:
             T = min(T, 50)
+        if args.T:
+            T = args.T
         for dname in args.dtypes.split(","):
             dtype = dtypes[dname]
             if dname != "fp32" and shape not in ("imdb", "n1") and not args.all_dtypes:
                 continue  # other dtypes at the IMDB shapes only, unless asked
             for cell in CELLS:
-                ref, fast = make_modules(fastrnn, cell, I, H, dtype)
-                x = torch.randn(T, N, I, device="cuda", dtype=dtype)
+                ref, fast = make_modules(fastrnn, cell, I, H, dtype, args.device, args.backend)
+                x = torch.randn(T, N, I, device=args.device, dtype=dtype)
                 for mode in ("infer", "train"):
                     t_ref = time_ms(step_fn(ref, x, mode), args.warmup, args.reps)
                     with torch.no_grad():
@@ -128,12 +145,19 @@ def run(args):
                     row = dict(shape=shape, T=T, N=N, I=I, H=H, dtype=dname, cell=cell,
                                mode=mode, cudnn_ms=t_ref, target=TARGETS[(mode, cell)])
                     for var in args.variants.split(","):
-                        os.environ[cb.TILE_ENV] = var
-                        with torch.no_grad():
-                            check_close(fast(x)[0], want, dtype, f"{shape} {cell} {var}")
-                        t = time_ms(step_fn(fast, x, mode), args.warmup, args.reps)
-                        row[f"{var}_ms"] = t
-                    os.environ.pop(cb.TILE_ENV, None)
+                        saved = {k: os.environ.get(k) for k in VARIANTS[var]}
+                        os.environ.update(VARIANTS[var])
+                        try:
+                            with torch.no_grad():
+                                check_close(fast(x)[0], want, dtype, f"{shape} {cell} {var}")
+                            row[f"{var}_ms"] = time_ms(step_fn(fast, x, mode), args.warmup,
+                                                       args.reps)
+                        finally:
+                            for k, v in saved.items():
+                                if v is None:
+                                    os.environ.pop(k, None)
+                                else:
+                                    os.environ[k] = v
                     best = min(row[f"{v}_ms"] for v in args.variants.split(","))
                     row["speedup"] = t_ref / best
                     rows.append(row)
@@ -161,18 +185,22 @@ def main(argv=None):
     p.add_argument("--shapes", default=",".join(SHAPES))
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--all-dtypes", action="store_true", help="non-fp32 dtypes at every shape")
-    p.add_argument("--variants", default="auto,small,large")
+    p.add_argument("--variants", default="auto,small,large,persistent",
+                   help=f"comma-separated, from {list(VARIANTS)}")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--quick", action="store_true", help="T <= 50, imdb and n1 shapes")
     p.add_argument("--json", help="write the rows here")
+    p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: dry run
+    p.add_argument("--backend", default="cuda", help=argparse.SUPPRESS)
+    p.add_argument("--T", type=int, help="override every shape's T")
     p.add_argument("--markdown", help="write the table here")
     args = p.parse_args(argv)
     if args.quick and args.shapes == ",".join(SHAPES):
         args.shapes = "imdb,n1"
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA GPU (torch.cuda.is_available() is False)")
-    gpu = torch.cuda.get_device_name()
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else f"none ({args.device} dry run)"
     rows = run(args)
     md = table(rows, args.variants, gpu)
     print()

@@ -150,6 +150,9 @@ def load_runs(paths):
             key = _case_of(bench)
             entry = cases.setdefault(key, {"info": {}, "impls": {}})
             info = dict(bench.get("extra_info") or {})
+            paired = info.pop("paired", None)
+            if impl == "fastrnn":
+                entry["paired"] = paired if _valid_pairs(paired) else None
             for k, v in info.items():
                 if k not in ("impl", "backend") or not entry["info"].get(k):
                     entry["info"].setdefault(k, v)
@@ -157,6 +160,33 @@ def load_runs(paths):
                 entry["info"]["fastrnn_backend"] = info["backend"]
             entry["impls"][impl] = bench.get("stats") or {}
     return cases, machine_info
+
+
+def _valid_pairs(paired):
+    if not isinstance(paired, dict) or not paired.get("fastrnn"):
+        return False
+    n = len(paired["fastrnn"])
+    return all(isinstance(v, list) and len(v) == n for v in paired.values())
+
+
+def _median(values):
+    values = sorted(values)
+    n = len(values)
+    if n == 0:
+        return None
+    return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
+
+
+def paired_speedups(paired):
+    """From a fastrnn case's per-round times ``{"fastrnn": [...], peer: [...]}``: the
+    median over rounds of peer/fastrnn for each peer, and of best-peer/fastrnn."""
+    fast = paired["fastrnn"]
+    peers = [k for k in paired if k != "fastrnn"]
+    out = {p: _median([b / a for a, b in zip(fast, paired[p]) if a > 0]) for p in peers}
+    if len(peers) > 1:
+        out["best"] = _median([min(paired[p][i] for p in peers) / a
+                               for i, a in enumerate(fast) if a > 0])
+    return out
 
 
 def _flops_of(info):
@@ -231,26 +261,39 @@ def _spread(stats, spread):
     return f" ± {_ms(val)}" if val is not None else ""
 
 
-def build_rows(cases, gemm_rates=None, spread="iqr", targets=False, cache_gbps=None):
+def build_rows(cases, gemm_rates=None, spread="iqr", targets=False, cache_gbps=None,
+               use_pairs=True):
     """One dict per case with the table's cells already formatted."""
     gemm_rates = gemm_rates or {}
     rows = []
     for key, entry in cases.items():
         info, impls = entry["info"], entry["impls"]
         med = {impl: impls[impl].get("median") for impl in impls}
+        paired = entry.get("paired") if use_pairs else None
+        if paired:  # the peers' times from the same rounds as fastrnn's, for consistency
+            for peer in paired:
+                if peer != "fastrnn":
+                    med[peer] = _median(paired[peer])
         fast = med.get("fastrnn")
         torch_t = med.get("torch")
         ort_t = med.get("onnxruntime")
+        ratio = paired_speedups(paired) if paired else {}
+        if torch_t and fast and "torch" not in ratio:
+            ratio["torch"] = torch_t / fast
+        if ort_t and fast and "onnxruntime" not in ratio:
+            ratio["onnxruntime"] = ort_t / fast
+        if ort_t and fast and "best" not in ratio:
+            ratio["best"] = min(t for t in (torch_t, ort_t) if t) / fast
         row = OrderedDict()
         row["case"] = key
         row["backend"] = info.get("fastrnn_backend", "")
         row["fastrnn ms"] = (_ms(fast) + _spread(impls["fastrnn"], spread)) if fast else ""
         row["torch.nn ms"] = _ms(torch_t) if torch_t else ""
         row["onnxruntime ms"] = _ms(ort_t) if ort_t else ""
-        row["speedup vs torch.nn"] = f"{torch_t / fast:.2f}x" if fast and torch_t else ""
-        peers = [t for t in (torch_t, ort_t) if t]
-        row["speedup vs best peer"] = (
-            f"{min(peers) / fast:.2f}x" if fast and ort_t and peers else "")
+        row["speedup vs torch.nn"] = f"{ratio['torch']:.2f}x" if ratio.get("torch") else ""
+        row["speedup vs best peer"] = (f"{ratio['best']:.2f}x"
+                                       if ratio.get("best") and ort_t else "")
+        row["rounds"] = str(len(paired["fastrnn"])) if paired else ""
         rate = gemm_rates.get(info.get("device", "cpu")) or info.get("gemm_gflops")
         flops = _flops_of(info)
         if rate and flops:
@@ -275,14 +318,15 @@ def build_rows(cases, gemm_rates=None, spread="iqr", targets=False, cache_gbps=N
             if tgt is not None:
                 need, vs_ort = tgt
                 parts = []
-                if fast and torch_t:
-                    ok = torch_t / fast >= need
+                if ratio.get("torch"):
+                    ok = ratio["torch"] >= need
                     parts.append(f"≥{need:g}x torch.nn: {'met' if ok else 'MISSED'}")
                 else:
                     parts.append(f"≥{need:g}x torch.nn")
                 if vs_ort:
-                    if fast and ort_t:
-                        parts.append(f"< ort: {'met' if fast < ort_t else 'MISSED'}")
+                    if ratio.get("onnxruntime") or (fast and ort_t):
+                        vs = ratio.get("onnxruntime") or ort_t / fast
+                        parts.append(f"< ort: {'met' if vs > 1 else 'MISSED'}")
                     else:
                         parts.append("< ort: n/a")
                 text = "; ".join(parts)
@@ -348,17 +392,19 @@ def section_title(info):
 
 
 def render(cases, gemm_rates=None, spread="iqr", targets=False, sections=True,
-           cache_gbps=None):
+           cache_gbps=None, use_pairs=True):
     """The Markdown for ``cases``: sorted, one table per (kind, device, mode) section."""
     ordered = sorted(cases.items(), key=_sort_key)
     if not sections:
-        return to_markdown(build_rows(OrderedDict(ordered), gemm_rates, spread, targets, cache_gbps))
+        return to_markdown(build_rows(OrderedDict(ordered), gemm_rates, spread, targets,
+                                           cache_gbps, use_pairs))
     out, current, bucket = [], None, OrderedDict()
 
     def flush():
         if bucket:
             out.append(f"### {current}\n\n"
-                       + to_markdown(build_rows(bucket, gemm_rates, spread, targets, cache_gbps)))
+                       + to_markdown(build_rows(bucket, gemm_rates, spread, targets,
+                                                    cache_gbps, use_pairs)))
 
     for key, entry in ordered:
         title = section_title(entry["info"])
@@ -398,8 +444,9 @@ def header(machine_info, rates, files, cases, spread="iqr", cache_gbps=None):
     if cache_gbps:
         bits.append(f"cache bandwidth (torch.mv, L2-resident): {cache_gbps:.0f} GB/s")
     spread_txt = {"iqr": " (± IQR)", "stddev": " (± stddev)"}.get(spread, "")
-    lines.append(f"_Medians in ms{spread_txt}; speedup = peer median / fastrnn median "
-                 "(>1: fastrnn faster); GEMM limit = matrix-product FLOPs of the case / GEMM "
+    lines.append(f"_Medians in ms{spread_txt}; speedup = peer time / fastrnn time (>1: "
+                 "fastrnn faster), the median of per-round ratios where the peers ran between "
+                 "fastrnn's rounds (`rounds` column), else the ratio of medians; GEMM limit = matrix-product FLOPs of the case / GEMM "
                  "rate; W_hh stream limit (batch 1) = bytes of W_hh read over all steps / "
                  f"cache bandwidth; source: {', '.join(files)}_")
     return "\n\n".join(lines) + "\n\n"
@@ -422,6 +469,8 @@ def main(argv=None):
     ap.add_argument("--targets", action="store_true",
                     help="add a column checking the issue-6/7 speed targets")
     ap.add_argument("--single", action="store_true", help="one table instead of sections")
+    ap.add_argument("--unpaired", action="store_true",
+                    help="speedups as ratios of the separate medians, ignoring per-round pairs")
     ap.add_argument("-k", "--filter", help="only cases whose name matches this regex")
     ap.add_argument("-o", "--output", help="write the Markdown here instead of stdout")
     args = ap.parse_args(argv)
@@ -434,7 +483,7 @@ def main(argv=None):
     cache = args.cache_gbps or (measure_cache_gbps(args.threads) if args.measure_cache else None)
     text = (header(machine_info, rates, args.json, cases, args.spread, cache)
             + render(cases, rates, args.spread, args.targets, sections=not args.single,
-                     cache_gbps=cache))
+                     cache_gbps=cache, use_pairs=not args.unpaired))
     if args.output:
         with open(args.output, "w") as fh:
             fh.write(text)

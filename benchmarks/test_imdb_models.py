@@ -71,30 +71,38 @@ def _model(case, backend):
         model.rnn, benchutil.resolved_backend(model.rnn, case.device))
 
 
-def test_imdb_model(benchmark, case, case_setup, fastrnn_backend):
-    T, N, I, H = case.shape
-    model, backend = _model(case, fastrnn_backend)
-    gen = torch.Generator().manual_seed(3)
-    ids = torch.randint(1, VOCAB, (N, T), generator=gen).to(case.device)
-    labels = torch.randint(0, 2, (N,), generator=gen).float().to(case.device)
-    sync = benchutil.sync_fn(case.device)
-
-    if case.mode == "infer":
+def _model_step(model, ids, labels, mode, sync):
+    if mode == "infer":
         model.eval()
 
         def step():
             with torch.inference_mode():
                 model(ids)
             sync()
+        return step
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.binary_cross_entropy_with_logits(model(ids), labels).backward()
+        opt.step()
+        sync()
+    return step
+
+
+def test_imdb_model(benchmark, case, case_setup, fastrnn_backend, paired):
+    T, N, I, H = case.shape
+    model, backend = _model(case, fastrnn_backend)
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, VOCAB, (N, T), generator=gen).to(case.device)
+    labels = torch.randint(0, 2, (N,), generator=gen).float().to(case.device)
+    sync = benchutil.sync_fn(case.device)
+    warmup = 2 if case.device == "cuda" else 1
+    step = _model_step(model, ids, labels, case.mode, sync)
+    if case.impl == "fastrnn" and paired:
+        peer, _ = _model(benchutil.Case(**{**case.__dict__, "impl": "torch"}), None)
+        peers = {"torch": _model_step(peer, ids, labels, case.mode, sync)}
+        benchutil.run_paired(benchmark, step, peers, case_setup, backend, warmup)
     else:
-        model.train()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            F.binary_cross_entropy_with_logits(model(ids), labels).backward()
-            opt.step()
-            sync()
-
-    benchutil.run_benchmark(benchmark, step, case_setup, backend,
-                            warmup=2 if case.device == "cuda" else 1)
+        benchutil.run_benchmark(benchmark, step, case_setup, backend, warmup)

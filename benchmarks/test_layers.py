@@ -37,46 +37,65 @@ def _reference_output(ref, x):
         return benchutil.unwrap_output(ref(x)).float().cpu()
 
 
-def test_layer(benchmark, case, case_setup, fastrnn_backend):
-    T, N, I, H = case.shape
-    ref = benchutil.torch_layer(case.cell, I, H, case.bidirectional).to(case.device)
-    x = _inputs(case)
-    sync = benchutil.sync_fn(case.device)
-
-    if case.impl == "onnxruntime":
-        run, version = benchutil.ort_session(ref.eval(), x)
-        torch.testing.assert_close(torch.from_numpy(run()), _reference_output(ref, x),
-                                   **_tolerances("cpu"))
-        benchutil.run_benchmark(benchmark, run, case_setup, f"onnxruntime-{version}")
-        return
-
-    if case.impl == "fastrnn":
-        mod, resolved = benchutil.fastrnn_layer_from(ref, case.cell, fastrnn_backend)
-        backend = benchutil.fastrnn_last_backend(mod, resolved)
-    else:
-        mod, backend = ref, benchutil.torch_backend_name(case.cell, case.device)
-
-    if case.mode == "infer":
+def _layer_step(mod, x, mode, sync):
+    """The timed function of one implementation: an inference forward or a training step."""
+    if mode == "infer":
         mod.eval()
-        if case.impl == "fastrnn":  # never time a wrong answer
-            torch.testing.assert_close(_reference_output(mod, x), _reference_output(ref, x),
-                                       **_tolerances(case.device))
 
         def step():
             with torch.inference_mode():
                 mod(x)
             sync()
-    else:
-        mod.train()
-        xg = x.clone().requires_grad_(True)
-        params = [p for p in mod.parameters() if p.requires_grad]
+        return step
+    mod.train()
+    xg = x.clone().requires_grad_(True)
+    params = [p for p in mod.parameters() if p.requires_grad]
 
-        def step():
-            for p in params:
-                p.grad = None
-            xg.grad = None
-            benchutil.unwrap_output(mod(xg)).sum().backward()
-            sync()
+    def step():
+        for p in params:
+            p.grad = None
+        xg.grad = None
+        benchutil.unwrap_output(mod(xg)).sum().backward()
+        sync()
+    return step
 
-    benchutil.run_benchmark(benchmark, step, case_setup, backend,
-                            warmup=2 if case.device == "cuda" else 1)
+
+def _ort_run(ref, x):
+    run, version = benchutil.ort_session(ref.eval(), x)
+    torch.testing.assert_close(torch.from_numpy(run()), _reference_output(ref, x),
+                               **_tolerances("cpu"))
+    return run, f"onnxruntime-{version}"
+
+
+def test_layer(benchmark, case, case_setup, fastrnn_backend, paired):
+    T, N, I, H = case.shape
+    ref = benchutil.torch_layer(case.cell, I, H, case.bidirectional).to(case.device)
+    x = _inputs(case)
+    sync = benchutil.sync_fn(case.device)
+    warmup = 2 if case.device == "cuda" else 1
+
+    if case.impl == "onnxruntime":
+        run, name = _ort_run(ref, x)
+        benchutil.run_benchmark(benchmark, run, case_setup, name)
+        return
+    if case.impl == "torch":
+        step = _layer_step(ref, x, case.mode, sync)
+        benchutil.run_benchmark(benchmark, step, case_setup,
+                                benchutil.torch_backend_name(case.cell, case.device), warmup)
+        return
+
+    mod, resolved = benchutil.fastrnn_layer_from(ref, case.cell, fastrnn_backend)
+    backend = benchutil.fastrnn_last_backend(mod, resolved)
+    if case.mode == "infer":  # never time a wrong answer
+        mod.eval()
+        torch.testing.assert_close(_reference_output(mod, x), _reference_output(ref, x),
+                                   **_tolerances(case.device))
+    step = _layer_step(mod, x, case.mode, sync)
+    if not paired:
+        benchutil.run_benchmark(benchmark, step, case_setup, backend, warmup)
+        return
+    # Paired: the peers run (and are timed) between fastrnn's rounds, same inputs/weights.
+    peers = {"torch": _layer_step(ref, x, case.mode, sync)}
+    if case.mode == "infer" and case.device == "cpu" and benchutil.onnx_missing() is None:
+        peers["onnxruntime"] = _ort_run(ref, x)[0]
+    benchutil.run_paired(benchmark, step, peers, case_setup, backend, warmup)

@@ -168,3 +168,33 @@ def test_case_key_without_group():
                                           (0.001234, "1.23"), (0.0001234, "0.123")])
 def test_ms_format(seconds, text):
     assert st._ms(seconds) == text
+
+
+def test_paired_rounds_give_median_of_ratios(tmp_path):
+    case = f"gru-uni-infer-cpu-{IMDB}"
+    fast = _bench(case, "fastrnn", 0.030)
+    # five rounds; the machine slowed down in rounds 3-5 for both sides alike
+    fast["extra_info"]["paired"] = {
+        "fastrnn": [0.010, 0.010, 0.030, 0.030, 0.030],
+        "torch": [0.030, 0.030, 0.090, 0.090, 0.090],
+        "onnxruntime": [0.020, 0.020, 0.060, 0.060, 0.060],
+    }
+    # the peers' own (unpaired) runs happened later, on a quieter machine
+    path = _write(tmp_path, [fast, _bench(case, "torch", 0.030),
+                             _bench(case, "onnxruntime", 0.020)])
+    cases, _ = st.load_runs([path])
+    assert "paired" not in cases[case]["info"]
+    (row,) = st.build_rows(cases)
+    assert row["speedup vs torch.nn"] == "3.00x"
+    assert row["speedup vs best peer"] == "2.00x"
+    assert row["rounds"] == "5"
+    assert row["torch.nn ms"] == "90.0"  # median of the paired torch rounds
+    (row,) = st.build_rows(cases, use_pairs=False)
+    assert row["speedup vs torch.nn"] == "1.00x"  # 30 ms / 30 ms, the separate medians
+    assert row["rounds"] == ""
+    # malformed pairs (lengths differ) are ignored
+    fast["extra_info"]["paired"]["torch"] = [0.1]
+    cases, _ = st.load_runs([_write(tmp_path, [fast, _bench(case, "torch", 0.06)], "c.json")])
+    (row,) = st.build_rows(cases)
+    assert row["speedup vs torch.nn"] == "2.00x"
+    assert st.paired_speedups({"fastrnn": [1.0, 2.0], "torch": [3.0, 2.0]}) == {"torch": 2.0}
