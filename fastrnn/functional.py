@@ -163,7 +163,7 @@ def rnn(mode, input, hx, weights, has_biases, num_layers, dropout, train, bidire
     else:
         V.check_rank(name, input)
         batched = input.dim() == 3
-        x = input if batched else input.unsqueeze(1 if batch_first else 0)
+        x = input if batched else input.unsqueeze(0 if batch_first else 1)
         if batch_first:
             x = x.transpose(0, 1)  # [T, N, I]
         sorted_indices = unsorted_indices = None
@@ -205,7 +205,7 @@ def rnn(mode, input, hx, weights, has_biases, num_layers, dropout, train, bidire
         if batch_first:
             out = out.transpose(0, 1)
         if not batched:
-            out = out.squeeze(1 if batch_first else 0)
+            out = out.squeeze(0 if batch_first else 1)
             hn = hn.squeeze(1)
             cn = cn.squeeze(1) if is_lstm else None
     return (out, (hn, cn)) if is_lstm else (out, hn)
