@@ -302,16 +302,22 @@ def assert_outputs_close(got, want, rtol, atol, scaled=False):
 EMU_SIZES = [(5, 3, 6), (3, 20, 70)]
 
 
+# Paths: the per-step kernels with either tile, and the persistent (one-launch) kernel.
+PATHS = {"small": dict(tile=cb.TILE_SMALL, persistent=False),
+         "large": dict(tile=cb.TILE_LARGE, persistent=False),
+         "persistent": dict(tile=cb.TILE_SMALL, persistent=True)}
+
+
 @needs_emu
-@pytest.mark.parametrize("tile", [cb.TILE_SMALL, cb.TILE_LARGE], ids=["small", "large"])
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("size", EMU_SIZES, ids=lambda s: "T%d-N%d-H%d" % s)
 @pytest.mark.parametrize("packed", [False, True], ids=["full", "packed"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_emulated_kernels_match_reference(cell, reverse, packed, size, tile):
+def test_emulated_kernels_match_reference(cell, reverse, packed, size, path):
     T, N, H = size
     c = make_case(cell, T, N, H, torch.float64, "cpu", packed, seed=T * 7 + N)
-    emu = cb.emulator(tile=tile)
+    emu = cb.emulator(**PATHS[path])
     got = run_contract(emu, cell, c, reverse)
     want = run_contract(ref, cell, c, reverse)
     assert_outputs_close(got, want, rtol=1e-10, atol=1e-12)
@@ -320,10 +326,12 @@ def test_emulated_kernels_match_reference(cell, reverse, packed, size, tile):
 
 
 @needs_emu
+@pytest.mark.parametrize("persistent", [False, True], ids=["per_step", "persistent"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_emulated_kernels_float32(cell):
+def test_emulated_kernels_float32(cell, persistent):
     c = make_case(cell, 6, 5, 33, torch.float32, "cpu", packed=True, seed=1)
-    assert_outputs_close(run_contract(EMU, cell, c, False), run_contract(ref, cell, c, False),
+    emu = cb.emulator(persistent=persistent)
+    assert_outputs_close(run_contract(emu, cell, c, False), run_contract(ref, cell, c, False),
                          rtol=1e-5, atol=2e-5)
 
 
@@ -340,6 +348,43 @@ def test_one_launch_per_step(cell, per_step):
     assert _cuda_emu.last_launch_count() == per_step * T
     run_contract(EMU, cell, c, False)  # the last call is the backward
     assert _cuda_emu.last_launch_count() == per_step * T + 1
+
+
+@needs_emu
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_persistent_is_one_launch(cell):
+    from fastrnn import _cuda_emu
+    emu = cb.emulator(persistent=True)
+    c = make_case(cell, 4, 2, 8, torch.float64, "cpu", packed=False)
+    run_inference(emu, cell, c, False)
+    assert _cuda_emu.last_launch_count() == 1
+    run_contract(emu, cell, c, False)
+    assert _cuda_emu.last_launch_count() == 1
+
+
+@needs_emu
+def test_persistent_falls_back_per_step_with_projection():
+    from fastrnn import _cuda_emu
+    c = make_case("lstm_proj", 4, 2, 8, torch.float64, "cpu", packed=False)
+    run_contract(cb.emulator(persistent=True), "lstm_proj", c, False)
+    assert _cuda_emu.last_launch_count() == 2 * 4 + 1
+
+
+def test_persistent_env(monkeypatch):
+    monkeypatch.delenv(cb.PERSISTENT_ENV, raising=False)
+    assert cb.persistent_enabled() is False
+    monkeypatch.setenv(cb.PERSISTENT_ENV, "1")
+    assert cb.persistent_enabled() is True
+    lib = RecordingLib()
+    xg, h0, c0, w_hh, w_hr, _ = _lstm_args()
+    cb.KernelRunner(lib, "cpu").lstm_forward(xg, h0, c0, w_hh, w_hr, None, False, True)
+    assert lib.calls[-1][1]["persistent"] == 1
+    cb.KernelRunner(lib, "cpu", persistent=False).lstm_forward(xg, h0, c0, w_hh, w_hr, None,
+                                                               False, True)
+    assert lib.calls[-1][1]["persistent"] == 0
+    monkeypatch.setenv(cb.PERSISTENT_ENV, "maybe")
+    with pytest.raises(ValueError, match="FASTRNN_CUDA_PERSISTENT"):
+        cb.persistent_enabled()
 
 
 @needs_emu
@@ -430,10 +475,12 @@ def compare_modules(case, dtype, device, backend, tol, ref_dtype=None):
 
 
 @needs_emu
+@pytest.mark.parametrize("persistent", [False, True], ids=["per_step", "persistent"])
 @pytest.mark.parametrize("case", MODULE_GRID, ids=lambda c: "-".join(
     f"{k}{v}" for k, v in c.items()))
-def test_emulated_modules_match_torch_nn(case, monkeypatch):
-    monkeypatch.setitem(backends._cache, "reference", (cb.emulator(), None))
+def test_emulated_modules_match_torch_nn(case, persistent, monkeypatch):
+    monkeypatch.setitem(backends._cache, "reference",
+                        (cb.emulator(persistent=persistent), None))
     compare_modules(case, torch.float64, "cpu", "reference", dict(rtol=1e-9, atol=1e-10))
 
 
@@ -459,15 +506,15 @@ def no_tf32():
 
 
 @needs_gpu
-@pytest.mark.parametrize("tile", [cb.TILE_SMALL, cb.TILE_LARGE], ids=["small", "large"])
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("packed", [False, True], ids=["full", "packed"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_gpu_kernels_match_reference(dtype, cell, reverse, packed, tile, no_tf32):
+def test_gpu_kernels_match_reference(dtype, cell, reverse, packed, path, no_tf32):
     T, N, H = 7, 5, 37
     c = make_case(cell, T, N, H, dtype, "cuda", packed, seed=3)
-    runner = cb.KernelRunner(cb._lib, "cuda", tile=tile)
+    runner = cb.KernelRunner(cb._lib, "cuda", **PATHS[path])
     got = run_contract(runner, cell, c, reverse)
     # The reference in float64 (float32/float64 inputs) is the oracle for every dtype.
     c64 = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v)
@@ -484,8 +531,8 @@ def test_gpu_kernels_match_reference(dtype, cell, reverse, packed, tile, no_tf32
 @pytest.mark.parametrize("H", [128, 256, 512])
 def test_gpu_kernels_large_shapes(cell, H, no_tf32):
     c = make_case(cell, 20, 64, H, torch.float32, "cuda", packed=True, seed=4)
-    for tile in (cb.TILE_SMALL, cb.TILE_LARGE):
-        got = run_contract(cb.KernelRunner(cb._lib, "cuda", tile=tile), cell, c, False)
+    for path in PATHS.values():
+        got = run_contract(cb.KernelRunner(cb._lib, "cuda", **path), cell, c, False)
         want = run_contract(ref, cell, c, False)
         assert_outputs_close(got, want, rtol=1e-3, atol=1e-4, scaled=True)
 
@@ -499,10 +546,12 @@ GPU_MODULE_GRID = [
 
 
 @needs_gpu
+@pytest.mark.parametrize("persistent", ["0", "1"], ids=["per_step", "persistent"])
 @pytest.mark.parametrize("case", GPU_MODULE_GRID, ids=lambda c: "-".join(
     f"{k}{v}" for k, v in c.items()))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_gpu_modules_match_cudnn(dtype, case, no_tf32):
+def test_gpu_modules_match_cudnn(dtype, case, persistent, no_tf32, monkeypatch):
+    monkeypatch.setenv(cb.PERSISTENT_ENV, persistent)
     # torch.nn runs cuDNN on CUDA for float32/float64; half types are compared against
     # the float32 cuDNN result.
     ref_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32

@@ -36,6 +36,7 @@ struct LstmForwardArgs {
   void* cs;                // [T, N, H]   c after each step, or nullptr (inference)
   void* m;                 // [N, H]      workspace o*tanh(c) (projection only), else nullptr
   int tile;                // TileKind
+  int persistent;          // 1: one cooperative launch for the sequence when possible
 };
 
 struct LstmBackwardArgs {
@@ -54,6 +55,7 @@ struct LstmBackwardArgs {
   void* dc;                // [N, H] acc  dcn on entry, dc0 on exit
   void* dr;                // [T, N, R]   total gradient of h_t (projection only), else nullptr
   int tile;
+  int persistent;          // ignored with a projection (always per-step)
 };
 
 struct GruForwardArgs {
@@ -67,6 +69,7 @@ struct GruForwardArgs {
   void* y;                 // [T, N, H]
   void* saved;             // [T, N, 4H]  r, z, n, h W_hn^T + b_hn; or nullptr (inference)
   int tile;
+  int persistent;
 };
 
 struct GruBackwardArgs {
@@ -83,6 +86,7 @@ struct GruBackwardArgs {
   void* dh_carry;          // [N, H] acc  zeros on entry (workspace)
   void* dhg;               // [2, N, 3H]  workspace: gradient of h W_hh^T, ping-pong by step
   int tile;
+  int persistent;
 };
 
 struct RnnForwardArgs {
@@ -94,6 +98,7 @@ struct RnnForwardArgs {
   bool reverse, relu;
   void* y;                 // [T, N, H]
   int tile;
+  int persistent;
 };
 
 struct RnnBackwardArgs {
@@ -107,6 +112,7 @@ struct RnnBackwardArgs {
   void* dh0;               // [N, H]
   void* dh_carry;          // [N, H] acc  zeros on entry (workspace)
   int tile;
+  int persistent;
 };
 
 // Implemented by the CUDA translation units (lstm.cu, gru.cu, rnn.cu); `stream` is a

@@ -42,7 +42,7 @@ void def_rnn_api(py::module_& m) {
       "lstm_forward",
       [](int dtype, int T, int N, int H, int R, ptr_t xg, ptr_t h0, ptr_t w_hh, ptr_t w_hr,
          ptr_t lengths, bool reverse, ptr_t y, ptr_t c, ptr_t gates, ptr_t cs, ptr_t m_ws,
-         int tile, ptr_t stream) {
+         int tile, ptr_t stream, int persistent) {
         const char* fn = "lstm_forward";
         check_common(fn, dtype, T, N, H, tile);
         require(R >= 1, fn, "R must be >= 1");
@@ -51,18 +51,18 @@ void def_rnn_api(py::module_& m) {
         require((w_hr == 0) == (m_ws == 0), fn, "w_hr and m must both be given (projection) or neither");
         require(w_hr != 0 || R == H, fn, "R must equal H without a projection");
         LstmForwardArgs a{T, N, H, R, cp(xg), cp(h0), cp(w_hh), cp(w_hr), lp(lengths), reverse,
-                          mp(y), mp(c), mp(gates), mp(cs), mp(m_ws), tile};
+                          mp(y), mp(c), mp(gates), mp(cs), mp(m_ws), tile, persistent};
         py::gil_scoped_release nogil;
         B::lstm_forward(dtype, a, mp(stream));
       },
       arg("dtype"), arg("T"), arg("N"), arg("H"), arg("R"), arg("xg"), arg("h0"), arg("w_hh"),
       arg("w_hr"), arg("lengths"), arg("reverse"), arg("y"), arg("c"), arg("gates"), arg("cs"),
-      arg("m"), arg("tile"), arg("stream"));
+      arg("m"), arg("tile"), arg("stream"), arg("persistent") = 0);
   m.def(
       "lstm_backward",
       [](int dtype, int T, int N, int H, int R, ptr_t dy, ptr_t c0, ptr_t w_hh_t, ptr_t w_hr_t,
          ptr_t lengths, bool reverse, ptr_t gates, ptr_t cs, ptr_t dgates, ptr_t dh0,
-         ptr_t dh_carry, ptr_t dc, ptr_t dr, int tile, ptr_t stream) {
+         ptr_t dh_carry, ptr_t dc, ptr_t dr, int tile, ptr_t stream, int persistent) {
         const char* fn = "lstm_backward";
         check_common(fn, dtype, T, N, H, tile);
         require(R >= 1, fn, "R must be >= 1");
@@ -72,73 +72,73 @@ void def_rnn_api(py::module_& m) {
         require(w_hr_t != 0 || R == H, fn, "R must equal H without a projection");
         LstmBackwardArgs a{T, N, H, R, cp(dy), cp(c0), cp(w_hh_t), cp(w_hr_t), lp(lengths),
                            reverse, cp(gates), cp(cs), mp(dgates), mp(dh0), mp(dh_carry), mp(dc),
-                           mp(dr), tile};
+                           mp(dr), tile, persistent};
         py::gil_scoped_release nogil;
         B::lstm_backward(dtype, a, mp(stream));
       },
       arg("dtype"), arg("T"), arg("N"), arg("H"), arg("R"), arg("dy"), arg("c0"), arg("w_hh_t"),
       arg("w_hr_t"), arg("lengths"), arg("reverse"), arg("gates"), arg("cs"), arg("dgates"),
-      arg("dh0"), arg("dh_carry"), arg("dc"), arg("dr"), arg("tile"), arg("stream"));
+      arg("dh0"), arg("dh_carry"), arg("dc"), arg("dr"), arg("tile"), arg("stream"), arg("persistent") = 0);
   m.def(
       "gru_forward",
       [](int dtype, int T, int N, int H, ptr_t xg, ptr_t h0, ptr_t w_hh, ptr_t b_hh,
-         ptr_t lengths, bool reverse, ptr_t y, ptr_t saved, int tile, ptr_t stream) {
+         ptr_t lengths, bool reverse, ptr_t y, ptr_t saved, int tile, ptr_t stream, int persistent) {
         const char* fn = "gru_forward";
         check_common(fn, dtype, T, N, H, tile);
         require_ptrs(fn, {{"xg", xg}, {"h0", h0}, {"w_hh", w_hh}, {"b_hh", b_hh}, {"y", y}});
         GruForwardArgs a{T, N, H, cp(xg), cp(h0), cp(w_hh), cp(b_hh), lp(lengths), reverse,
-                         mp(y), mp(saved), tile};
+                         mp(y), mp(saved), tile, persistent};
         py::gil_scoped_release nogil;
         B::gru_forward(dtype, a, mp(stream));
       },
       arg("dtype"), arg("T"), arg("N"), arg("H"), arg("xg"), arg("h0"), arg("w_hh"), arg("b_hh"),
-      arg("lengths"), arg("reverse"), arg("y"), arg("saved"), arg("tile"), arg("stream"));
+      arg("lengths"), arg("reverse"), arg("y"), arg("saved"), arg("tile"), arg("stream"), arg("persistent") = 0);
   m.def(
       "gru_backward",
       [](int dtype, int T, int N, int H, ptr_t dy, ptr_t h0, ptr_t w_hh_t, ptr_t lengths,
          bool reverse, ptr_t y, ptr_t saved, ptr_t dxg, ptr_t dh0, ptr_t dh_carry, ptr_t dhg,
-         int tile, ptr_t stream) {
+         int tile, ptr_t stream, int persistent) {
         const char* fn = "gru_backward";
         check_common(fn, dtype, T, N, H, tile);
         require_ptrs(fn, {{"dy", dy}, {"h0", h0}, {"w_hh_t", w_hh_t}, {"y", y}, {"saved", saved},
                           {"dxg", dxg}, {"dh0", dh0}, {"dh_carry", dh_carry}, {"dhg", dhg}});
         GruBackwardArgs a{T, N, H, cp(dy), cp(h0), cp(w_hh_t), lp(lengths), reverse, cp(y),
-                          cp(saved), mp(dxg), mp(dh0), mp(dh_carry), mp(dhg), tile};
+                          cp(saved), mp(dxg), mp(dh0), mp(dh_carry), mp(dhg), tile, persistent};
         py::gil_scoped_release nogil;
         B::gru_backward(dtype, a, mp(stream));
       },
       arg("dtype"), arg("T"), arg("N"), arg("H"), arg("dy"), arg("h0"), arg("w_hh_t"),
       arg("lengths"), arg("reverse"), arg("y"), arg("saved"), arg("dxg"), arg("dh0"),
-      arg("dh_carry"), arg("dhg"), arg("tile"), arg("stream"));
+      arg("dh_carry"), arg("dhg"), arg("tile"), arg("stream"), arg("persistent") = 0);
   m.def(
       "rnn_forward",
       [](int dtype, int T, int N, int H, ptr_t xg, ptr_t h0, ptr_t w_hh, ptr_t lengths,
-         bool reverse, bool relu, ptr_t y, int tile, ptr_t stream) {
+         bool reverse, bool relu, ptr_t y, int tile, ptr_t stream, int persistent) {
         const char* fn = "rnn_forward";
         check_common(fn, dtype, T, N, H, tile);
         require_ptrs(fn, {{"xg", xg}, {"h0", h0}, {"w_hh", w_hh}, {"y", y}});
-        RnnForwardArgs a{T, N, H, cp(xg), cp(h0), cp(w_hh), lp(lengths), reverse, relu, mp(y), tile};
+        RnnForwardArgs a{T, N, H, cp(xg), cp(h0), cp(w_hh), lp(lengths), reverse, relu, mp(y), tile, persistent};
         py::gil_scoped_release nogil;
         B::rnn_forward(dtype, a, mp(stream));
       },
       arg("dtype"), arg("T"), arg("N"), arg("H"), arg("xg"), arg("h0"), arg("w_hh"),
-      arg("lengths"), arg("reverse"), arg("relu"), arg("y"), arg("tile"), arg("stream"));
+      arg("lengths"), arg("reverse"), arg("relu"), arg("y"), arg("tile"), arg("stream"), arg("persistent") = 0);
   m.def(
       "rnn_backward",
       [](int dtype, int T, int N, int H, ptr_t dy, ptr_t w_hh_t, ptr_t lengths, bool reverse,
-         bool relu, ptr_t y, ptr_t dxg, ptr_t dh0, ptr_t dh_carry, int tile, ptr_t stream) {
+         bool relu, ptr_t y, ptr_t dxg, ptr_t dh0, ptr_t dh_carry, int tile, ptr_t stream, int persistent) {
         const char* fn = "rnn_backward";
         check_common(fn, dtype, T, N, H, tile);
         require_ptrs(fn, {{"dy", dy}, {"w_hh_t", w_hh_t}, {"y", y}, {"dxg", dxg}, {"dh0", dh0},
                           {"dh_carry", dh_carry}});
         RnnBackwardArgs a{T, N, H, cp(dy), cp(w_hh_t), lp(lengths), reverse, relu, cp(y),
-                          mp(dxg), mp(dh0), mp(dh_carry), tile};
+                          mp(dxg), mp(dh0), mp(dh_carry), tile, persistent};
         py::gil_scoped_release nogil;
         B::rnn_backward(dtype, a, mp(stream));
       },
       arg("dtype"), arg("T"), arg("N"), arg("H"), arg("dy"), arg("w_hh_t"), arg("lengths"),
       arg("reverse"), arg("relu"), arg("y"), arg("dxg"), arg("dh0"), arg("dh_carry"), arg("tile"),
-      arg("stream"));
+      arg("stream"), arg("persistent") = 0);
 }
 
 }  // namespace cuda

@@ -5,6 +5,7 @@
 // would be barriers, thread by thread, on host pointers. This checks the indexing,
 // tiling, padding, step order, frozen-state and gradient logic of the kernels; it
 // cannot check anything GPU-specific (memory model, launch limits, half types).
+// The persistent (one-launch) path is emulated too: see run_persistent.
 // Float32 and float64 only. Shared memory is filled with NaN before each block so a
 // read of a slot no thread staged shows up in the results.
 #include <limits>
@@ -39,20 +40,72 @@ struct EmuLauncher {
         A* raw = reinterpret_cast<A*>(s.get());
         for (size_t i = 0; i < sizeof(typename Tl::Smem) / sizeof(A); ++i)
           raw[i] = std::numeric_limits<A>::quiet_NaN();
+        const auto v = Tl::view(*s);
         const int n0 = by * Cfg::BN, j0 = bx * Cfg::BJ;
         for (auto& a : acc)
           for (auto& v : a.v) v = A(0);
         if (p.A != nullptr) {
           for (int k0 = 0; k0 < p.K; k0 += Cfg::KC) {
-            for (int tid = 0; tid < Cfg::THREADS; ++tid) Tl::load(*s, p, n0, j0, k0, tid);
-            for (int tid = 0; tid < Cfg::THREADS; ++tid) Tl::compute(*s, tid, acc[tid].v);
+            for (int tid = 0; tid < Cfg::THREADS; ++tid) {
+              Tl::template load_a<false>(v, p, n0, k0, tid);
+              Tl::load_w(v, p, j0, k0, Cfg::KC, tid);
+            }
+            for (int tid = 0; tid < Cfg::THREADS; ++tid) Tl::compute(v, 0, tid, acc[tid].v);
           }
         }
         if (Cfg::KS > 1)
-          for (int tid = 0; tid < Cfg::THREADS; ++tid) Tl::stash(*s, tid, acc[tid].v);
-        for (int tid = 0; tid < Cfg::THREADS; ++tid) Tl::finish(*s, p, epi, n0, j0, tid, acc[tid].v);
+          for (int tid = 0; tid < Cfg::THREADS; ++tid) Tl::stash(v, tid, acc[tid].v);
+        for (int tid = 0; tid < Cfg::THREADS; ++tid) Tl::finish(v, p, epi, n0, j0, tid, acc[tid].v);
       }
     }
+  }
+
+  // persistent_kernel, emulated: one shared-memory image per block, kept across steps;
+  // the grid is given half the row tiles it needs so each block walks several (as on
+  // a GPU whose capacity is short), and the grid barrier is the end of each step.
+  template <class Cfg, typename T, class Steps>
+  bool run_persistent(const Steps& st) {
+    using Tl = fc::Tile<Cfg, T>;
+    using A = typename Tl::A;
+    struct Acc {
+      A v[Cfg::G];
+    };
+    ++launches;
+    const fc::MatParams<T> p0 = st.mat(0);
+    const int gx = Tl::grid_x(p0), gy_all = Tl::grid_y(p0), gy = (gy_all + 1) / 2;
+    const size_t elems = Tl::resident_elems(p0.K);
+    std::vector<std::vector<A>> smem(size_t(gx) * gy,
+                                     std::vector<A>(elems, std::numeric_limits<A>::quiet_NaN()));
+    auto view = [&](int bx, int by) { return Tl::resident_view(smem[size_t(by) * gx + bx].data(), p0.K); };
+    for (int by = 0; by < gy; ++by)
+      for (int bx = 0; bx < gx; ++bx)
+        for (int tid = 0; tid < Cfg::THREADS; ++tid)
+          Tl::load_w(view(bx, by), p0, bx * Cfg::BJ, 0, Tl::kpad(p0.K), tid);
+    std::vector<Acc> acc(Cfg::THREADS);
+    for (int i = 0; i < st.count(); ++i) {
+      const fc::MatParams<T> p = st.mat(i);
+      const auto epi = st.epi(i);
+      for (int bgy = 0; bgy < gy; ++bgy) {
+        for (int bx = 0; bx < gx; ++bx) {
+          const auto v = view(bx, bgy);
+          const int j0 = bx * Cfg::BJ;
+          for (int by = bgy; by < Tl::grid_y(p); by += gy) {
+            const int n0 = by * Cfg::BN;
+            for (auto& a : acc) Tl::zero(a.v);
+            if (p.A != nullptr) {
+              for (int k0 = 0; k0 < p.K; k0 += Cfg::KC) {
+                for (int tid = 0; tid < Cfg::THREADS; ++tid) Tl::template load_a<true>(v, p, n0, k0, tid);
+                for (int tid = 0; tid < Cfg::THREADS; ++tid) Tl::compute(v, k0, tid, acc[tid].v);
+              }
+            }
+            if (Cfg::KS > 1)
+              for (int tid = 0; tid < Cfg::THREADS; ++tid) Tl::stash(v, tid, acc[tid].v);
+            for (int tid = 0; tid < Cfg::THREADS; ++tid) Tl::finish(v, p, epi, n0, j0, tid, acc[tid].v);
+          }
+        }
+      }
+    }
+    return true;
   }
 };
 

@@ -29,7 +29,7 @@ struct GruFwdEpi {
     const size_t nh = static_cast<size_t>(n) * H + j;
     T* sv = saved == nullptr ? nullptr : saved + static_cast<size_t>(n) * 4 * H;
     if (!step_valid(lengths, n, t)) {
-      y[nh] = hprev[nh];
+      y[nh] = load_cg(hprev + nh);
       if (sv != nullptr)
         for (int g = 0; g < 4; ++g) sv[g * H + j] = from_acc<T>(A(0));
       return;
@@ -39,7 +39,7 @@ struct GruFwdEpi {
     const A r = act_sigmoid(to_acc(x[j]) + acc[0] + to_acc(b_hh[j]));
     const A z = act_sigmoid(to_acc(x[H + j]) + acc[1] + to_acc(b_hh[H + j]));
     const A nn = act_tanh(to_acc(x[2 * H + j]) + r * hn);
-    y[nh] = from_acc<T>((A(1) - z) * nn + z * to_acc(hprev[nh]));
+    y[nh] = from_acc<T>((A(1) - z) * nn + z * to_acc(load_cg(hprev + nh)));
     if (sv != nullptr) {
       sv[j] = from_acc<T>(r);
       sv[H + j] = from_acc<T>(z);
@@ -96,58 +96,99 @@ struct GruBwdEpi {
   }
 };
 
+template <typename T>
+struct GruFwdSteps {
+  using value_type = T;
+  using Epi = GruFwdEpi<T>;
+  static constexpr int G = 3;
+  int T_, N, H;
+  bool reverse;
+  const T* xg;
+  const T* h0;
+  const T* w_hh;           // [H, 3, H]
+  const T* b_hh;
+  T* y;
+  T* saved;
+  const int64_t* lengths;
+
+  FASTRNN_HD int count() const { return T_; }
+  FASTRNN_HD const T* hprev(int s) const {
+    return s == 0 ? h0 : offset(y, time_of(s - 1, T_, reverse), size_t(N) * H);
+  }
+  FASTRNN_HD MatParams<T> mat(int s) const { return cuda::mat(hprev(s), H, w_hh, N, H, H); }
+  FASTRNN_HD Epi epi(int s) const {
+    const int t = time_of(s, T_, reverse);
+    return Epi{offset(xg, t, size_t(N) * 3 * H), hprev(s), b_hh, offset(y, t, size_t(N) * H),
+               offset(saved, t, size_t(N) * 4 * H), lengths, t, H};
+  }
+};
+
+// Backward launch i: i < T is step s = T-1-i (processing order); i == T completes dh0.
+template <typename T>
+struct GruBwdSteps {
+  using value_type = T;
+  using Epi = GruBwdEpi<T>;
+  static constexpr int G = 1;
+  int T_, N, H;
+  bool reverse;
+  const T* dy;
+  const T* h0;
+  const T* w_hh_t;         // [H, 3H]
+  const T* y;
+  const T* saved;
+  T* dxg;
+  T* dh0;
+  acc_t<T>* carry;
+  T* dhg;                  // [2, N, 3H]: step s writes slot s & 1
+  const int64_t* lengths;
+
+  FASTRNN_HD int count() const { return T_ + 1; }
+  FASTRNN_HD int step(int i) const { return T_ - 1 - i; }
+  FASTRNN_HD MatParams<T> mat(int i) const {
+    const int s = step(i);
+    const T* next = s + 1 < T_ ? dhg + ((s + 1) & 1) * size_t(N) * 3 * H : nullptr;
+    return cuda::mat(next, 3 * H, w_hh_t, N, H, 3 * H);
+  }
+  FASTRNN_HD Epi epi(int i) const {
+    const int s = step(i);
+    Epi e{};
+    e.carry = carry;
+    e.H = H;
+    e.lengths = lengths;
+    if (s < 0) {
+      e.t = -1;
+      e.dh0 = dh0;
+      return e;
+    }
+    const int t = time_of(s, T_, reverse);
+    const size_t sh = size_t(N) * H, s3 = size_t(N) * 3 * H;
+    e.t = t;
+    e.dy = offset(dy, t, sh);
+    e.saved = offset(saved, t, size_t(N) * 4 * H);
+    e.hprev = s == 0 ? h0 : offset(y, time_of(s - 1, T_, reverse), sh);
+    e.dxg = offset(dxg, t, s3);
+    e.dhg = dhg + (s & 1) * s3;
+    return e;
+  }
+};
+
 template <typename T, class Launcher>
 void gru_forward_steps(const GruForwardArgs& a, Launcher& l) {
-  const int T_ = a.T, N = a.N, H = a.H;
-  const T* xg = static_cast<const T*>(a.xg);
-  const T* h0 = static_cast<const T*>(a.h0);
-  const T* w_hh = static_cast<const T*>(a.w_hh);
-  const T* b_hh = static_cast<const T*>(a.b_hh);
-  T* y = static_cast<T*>(a.y);
-  T* saved = static_cast<T*>(a.saved);
-  for (int s = 0; s < T_; ++s) {
-    const int t = time_of(s, T_, a.reverse);
-    const T* hprev = s == 0 ? h0 : offset(y, time_of(s - 1, T_, a.reverse), size_t(N) * H);
-    GruFwdEpi<T> e{offset(xg, t, size_t(N) * 3 * H), hprev, b_hh, offset(y, t, size_t(N) * H),
-                   offset(saved, t, size_t(N) * 4 * H), a.lengths, t, H};
-    launch_tile<3>(l, a.tile, mat(hprev, H, w_hh, N, H, H), e);
-  }
+  GruFwdSteps<T> st{a.T, a.N, a.H, a.reverse, static_cast<const T*>(a.xg),
+                    static_cast<const T*>(a.h0), static_cast<const T*>(a.w_hh),
+                    static_cast<const T*>(a.b_hh), static_cast<T*>(a.y),
+                    static_cast<T*>(a.saved), a.lengths};
+  run_steps(l, st, a.tile, a.persistent != 0);
 }
 
 template <typename T, class Launcher>
 void gru_backward_steps(const GruBackwardArgs& a, Launcher& l) {
-  using A = acc_t<T>;
-  const int T_ = a.T, N = a.N, H = a.H;
-  const size_t sh = size_t(N) * H, s3 = size_t(N) * 3 * H;
-  const T* dy = static_cast<const T*>(a.dy);
-  const T* h0 = static_cast<const T*>(a.h0);
-  const T* w_hh_t = static_cast<const T*>(a.w_hh_t);
-  const T* y = static_cast<const T*>(a.y);
-  const T* saved = static_cast<const T*>(a.saved);
-  T* dxg = static_cast<T*>(a.dxg);
-  T* dhg = static_cast<T*>(a.dhg);
-  A* carry = static_cast<A*>(a.dh_carry);
-  // s = T-1 .. 0: steps in reverse processing order; s = -1: final launch for dh0.
-  for (int s = T_ - 1; s >= -1; --s) {
-    const T* dhg_next = s + 1 < T_ ? dhg + ((s + 1) & 1) * s3 : nullptr;
-    GruBwdEpi<T> e{};
-    e.carry = carry;
-    e.H = H;
-    e.lengths = a.lengths;
-    if (s < 0) {
-      e.t = -1;
-      e.dh0 = static_cast<T*>(a.dh0);
-    } else {
-      const int t = time_of(s, T_, a.reverse);
-      e.t = t;
-      e.dy = offset(dy, t, sh);
-      e.saved = offset(saved, t, size_t(N) * 4 * H);
-      e.hprev = s == 0 ? h0 : offset(y, time_of(s - 1, T_, a.reverse), sh);
-      e.dxg = offset(dxg, t, s3);
-      e.dhg = dhg + (s & 1) * s3;
-    }
-    launch_tile<1>(l, a.tile, mat(dhg_next, 3 * H, w_hh_t, N, H, 3 * H), e);
-  }
+  GruBwdSteps<T> st{a.T, a.N, a.H, a.reverse, static_cast<const T*>(a.dy),
+                    static_cast<const T*>(a.h0), static_cast<const T*>(a.w_hh_t),
+                    static_cast<const T*>(a.y), static_cast<const T*>(a.saved),
+                    static_cast<T*>(a.dxg), static_cast<T*>(a.dh0),
+                    static_cast<acc_t<T>*>(a.dh_carry), static_cast<T*>(a.dhg), a.lengths};
+  run_steps(l, st, a.tile, a.persistent != 0);
 }
 
 }  // namespace cuda

@@ -27,6 +27,41 @@ struct CudaLauncher {
     tile_kernel<Cfg, T, Epi><<<grid, Cfg::THREADS, 0, stream>>>(p, epi);
     check_cuda(cudaGetLastError(), "tile_kernel launch");
   }
+
+  // The whole sequence as one cooperative launch, W resident in shared memory. Returns
+  // false (nothing launched) when this device cannot hold one block per unit tile at
+  // once, or the block's weights exceed its shared memory: the caller then runs the
+  // per-step kernels.
+  template <class Cfg, typename T, class Steps>
+  bool run_persistent(const Steps& st) {
+    using Tl = Tile<Cfg, T>;
+    const MatParams<T> p0 = st.mat(0);
+    const size_t smem = Tl::resident_elems(p0.K) * sizeof(typename Tl::A);
+    int dev = 0, coop = 0, optin = 0, sms = 0;
+    check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+    check_cuda(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev), "cudaDeviceGetAttribute");
+    check_cuda(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+               "cudaDeviceGetAttribute");
+    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+    if (!coop || smem > static_cast<size_t>(optin)) return false;
+    auto kernel = persistent_kernel<Cfg, T, Steps>;
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(smem)),
+               "cudaFuncSetAttribute");
+    int per_sm = 0;
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, Cfg::THREADS, smem),
+               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    const long capacity = static_cast<long>(per_sm) * sms;
+    const int gx = Tl::grid_x(p0), gy_all = Tl::grid_y(p0);
+    if (gx == 0 || gy_all == 0 || capacity < gx) return false;
+    const int gy = static_cast<int>(capacity / gx < gy_all ? capacity / gx : gy_all);
+    Steps arg = st;
+    void* args[] = {&arg};
+    check_cuda(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(gx, gy),
+                                           dim3(Cfg::THREADS), args, smem, stream),
+               "persistent_kernel cooperative launch");
+    return true;
+  }
 };
 
 // Calls F::template run<T>(args, launcher) for the runtime dtype.

@@ -34,7 +34,7 @@ struct LstmFwdEpi {
     const size_t nh = static_cast<size_t>(n) * H + j;
     T* gt = gates == nullptr ? nullptr : gates + static_cast<size_t>(n) * 4 * H;
     if (!step_valid(lengths, n, t)) {
-      if (m == nullptr) y[static_cast<size_t>(n) * R + j] = hprev[static_cast<size_t>(n) * R + j];
+      if (m == nullptr) y[static_cast<size_t>(n) * R + j] = load_cg(hprev + static_cast<size_t>(n) * R + j);
       if (cs != nullptr) cs[nh] = from_acc<T>(c[nh]);
       if (gt != nullptr)
         for (int g = 0; g < 4; ++g) gt[g * H + j] = from_acc<T>(A(0));
@@ -73,7 +73,7 @@ struct LstmProjFwdEpi {
 
   FASTRNN_HD void operator()(int n, int r, const A (&acc)[1]) const {
     const size_t i = static_cast<size_t>(n) * R + r;
-    y[i] = step_valid(lengths, n, t) ? from_acc<T>(acc[0]) : hprev[i];
+    y[i] = step_valid(lengths, n, t) ? from_acc<T>(acc[0]) : load_cg(hprev + i);
   }
 };
 
@@ -152,81 +152,144 @@ struct LstmProjBwdEpi {
   }
 };
 
+// Forward launch s (processing order): gates + state update of step time_of(s).
+template <typename T>
+struct LstmFwdSteps {
+  using value_type = T;
+  using Epi = LstmFwdEpi<T>;
+  static constexpr int G = 4;
+  int T_, N, H, R;
+  bool reverse;
+  const T* xg;
+  const T* h0;
+  const T* w_hh;           // [H, 4, R]
+  T* y;
+  acc_t<T>* c;
+  T* gates;
+  T* cs;
+  T* m;                    // projection workspace or nullptr
+  const int64_t* lengths;
+
+  FASTRNN_HD int count() const { return T_; }
+  FASTRNN_HD const T* hprev(int s) const {
+    return s == 0 ? h0 : offset(y, time_of(s - 1, T_, reverse), size_t(N) * R);
+  }
+  FASTRNN_HD MatParams<T> mat(int s) const { return cuda::mat(hprev(s), R, w_hh, N, H, R); }
+  FASTRNN_HD Epi epi(int s) const {
+    const int t = time_of(s, T_, reverse);
+    return Epi{offset(xg, t, size_t(N) * 4 * H), hprev(s), offset(y, t, size_t(N) * R), c,
+               offset(gates, t, size_t(N) * 4 * H), offset(cs, t, size_t(N) * H), m, lengths,
+               t, H, R};
+  }
+};
+
+// Backward launch i: i < T is step s = T-1-i in processing order (reverse time), whose
+// matmul finishes dh of step s from the gate gradients of step s+1; i == T completes dh0.
+template <typename T>
+struct LstmBwdSteps {
+  using value_type = T;
+  using Epi = LstmBwdEpi<T>;
+  static constexpr int G = 1;
+  int T_, N, H, R;
+  bool reverse;
+  const T* dy;
+  const T* c0;
+  const T* w_hh_t;         // [R, 4H]
+  const T* gates;
+  const T* cs;
+  T* dgates;
+  T* dh0;
+  acc_t<T>* carry;         // nullptr with a projection (LstmProjBwdEpi owns it)
+  acc_t<T>* dc;
+  const int64_t* lengths;
+
+  FASTRNN_HD int count() const { return T_ + 1; }
+  FASTRNN_HD int step(int i) const { return T_ - 1 - i; }
+  FASTRNN_HD const T* dg_next(int s) const {
+    return s + 1 < T_ ? offset(dgates, time_of(s + 1, T_, reverse), size_t(N) * 4 * H)
+                      : nullptr;
+  }
+  FASTRNN_HD MatParams<T> mat(int i) const {
+    return cuda::mat(dg_next(step(i)), 4 * H, w_hh_t, N, H, 4 * H);
+  }
+  FASTRNN_HD Epi epi(int i) const {
+    const int s = step(i);
+    Epi e{};
+    e.dh_carry = carry;
+    e.dc = dc;
+    e.lengths = lengths;
+    e.H = H;
+    e.R = R;
+    if (s < 0) {
+      e.t = -1;
+      e.dh0 = dh0;
+      return e;
+    }
+    const int t = time_of(s, T_, reverse);
+    const size_t sh = size_t(N) * H, sg = size_t(N) * 4 * H;
+    e.t = t;
+    e.dy = carry == nullptr ? nullptr : offset(dy, t, size_t(N) * R);
+    e.gates = offset(gates, t, sg);
+    e.cs = offset(cs, t, sh);
+    e.cprev = s == 0 ? c0 : offset(cs, time_of(s - 1, T_, reverse), sh);
+    e.dgates = offset(dgates, t, sg);
+    return e;
+  }
+};
+
 template <typename T, class Launcher>
 void lstm_forward_steps(const LstmForwardArgs& a, Launcher& l) {
   using A = acc_t<T>;
-  const int T_ = a.T, N = a.N, H = a.H, R = a.R;
-  const T* xg = static_cast<const T*>(a.xg);
-  const T* h0 = static_cast<const T*>(a.h0);
-  const T* w_hh = static_cast<const T*>(a.w_hh);
+  const bool proj = a.w_hr != nullptr;
+  LstmFwdSteps<T> st{a.T, a.N, a.H, a.R, a.reverse, static_cast<const T*>(a.xg),
+                     static_cast<const T*>(a.h0), static_cast<const T*>(a.w_hh),
+                     static_cast<T*>(a.y), static_cast<A*>(a.c), static_cast<T*>(a.gates),
+                     static_cast<T*>(a.cs), proj ? static_cast<T*>(a.m) : nullptr, a.lengths};
+  if (!proj) {
+    run_steps(l, st, a.tile, a.persistent != 0);
+    return;
+  }
+  // Projection: per step the gates launch writes m, then h = m W_hr^T.
   const T* w_hr = static_cast<const T*>(a.w_hr);
-  T* y = static_cast<T*>(a.y);
-  T* gates = static_cast<T*>(a.gates);
-  T* cs = static_cast<T*>(a.cs);
-  T* m = static_cast<T*>(a.m);
-  const bool proj = w_hr != nullptr;
-  for (int s = 0; s < T_; ++s) {
-    const int t = time_of(s, T_, a.reverse);
-    const T* hprev = s == 0 ? h0 : offset(y, time_of(s - 1, T_, a.reverse), size_t(N) * R);
-    T* yt = offset(y, t, size_t(N) * R);
-    LstmFwdEpi<T> e{offset(xg, t, size_t(N) * 4 * H), hprev, yt, static_cast<A*>(a.c),
-                    offset(gates, t, size_t(N) * 4 * H), offset(cs, t, size_t(N) * H),
-                    proj ? m : nullptr, a.lengths, t, H, R};
-    launch_tile<4>(l, a.tile, mat(hprev, R, w_hh, N, H, R), e);
-    if (proj) {
-      LstmProjFwdEpi<T> pe{hprev, yt, a.lengths, t, R};
-      launch_tile<1>(l, a.tile, mat(static_cast<const T*>(m), H, w_hr, N, R, H), pe);
-    }
+  for (int s = 0; s < a.T; ++s) {
+    const LstmFwdEpi<T> e = st.epi(s);
+    launch_tile<4>(l, a.tile, st.mat(s), e);
+    LstmProjFwdEpi<T> pe{e.hprev, e.y, a.lengths, e.t, a.R};
+    launch_tile<1>(l, a.tile, mat(static_cast<const T*>(st.m), a.H, w_hr, a.N, a.R, a.H), pe);
   }
 }
 
 template <typename T, class Launcher>
 void lstm_backward_steps(const LstmBackwardArgs& a, Launcher& l) {
   using A = acc_t<T>;
-  const int T_ = a.T, N = a.N, H = a.H, R = a.R;
-  const size_t sg = size_t(N) * 4 * H, sh = size_t(N) * H, sr = size_t(N) * R;
+  const bool proj = a.w_hr_t != nullptr;
+  LstmBwdSteps<T> st{a.T, a.N, a.H, a.R, a.reverse, static_cast<const T*>(a.dy),
+                     static_cast<const T*>(a.c0), static_cast<const T*>(a.w_hh_t),
+                     static_cast<const T*>(a.gates), static_cast<const T*>(a.cs),
+                     static_cast<T*>(a.dgates), static_cast<T*>(a.dh0),
+                     proj ? nullptr : static_cast<A*>(a.dh_carry), static_cast<A*>(a.dc),
+                     a.lengths};
+  if (!proj) {
+    run_steps(l, st, a.tile, a.persistent != 0);
+    return;
+  }
+  // Projection, per step: dr_t = dy_t + carry + dgates_{t+1} W_hh (over R), then
+  // dm = dr_t W_hr fused with the gate derivatives (LstmBwdEpi with dh = dm).
+  const int N = a.N, H = a.H, R = a.R;
   const T* dy = static_cast<const T*>(a.dy);
-  const T* c0 = static_cast<const T*>(a.c0);
-  const T* w_hh_t = static_cast<const T*>(a.w_hh_t);
   const T* w_hr_t = static_cast<const T*>(a.w_hr_t);
-  const T* gates = static_cast<const T*>(a.gates);
-  const T* cs = static_cast<const T*>(a.cs);
-  T* dgates = static_cast<T*>(a.dgates);
-  T* dh0 = static_cast<T*>(a.dh0);
   T* dr = static_cast<T*>(a.dr);
-  A* carry = static_cast<A*>(a.dh_carry);
-  A* dc = static_cast<A*>(a.dc);
-  const bool proj = w_hr_t != nullptr;
-  // s = T-1 .. 0 are the steps in reverse processing order; s = -1 is the final
-  // launch that only completes dh0 from the first step's gate gradients.
-  for (int s = T_ - 1; s >= -1; --s) {
+  for (int i = 0; i < st.count(); ++i) {
+    const int s = st.step(i);
     const bool final_launch = s < 0;
-    const int t = final_launch ? -1 : time_of(s, T_, a.reverse);
-    // dgates of the step processed after this one: the A operand of the matmul.
-    const T* dg_next = s + 1 < T_ ? offset(dgates, time_of(s + 1, T_, a.reverse), sg) : nullptr;
-    const T* dy_t = final_launch ? nullptr : offset(dy, t, sr);
-    LstmBwdEpi<T> e{};
-    if (!final_launch) {
-      const T* cprev = s == 0 ? c0 : offset(cs, time_of(s - 1, T_, a.reverse), sh);
-      e = LstmBwdEpi<T>{nullptr, nullptr, dc, offset(gates, t, sg), offset(cs, t, sh), cprev,
-                        offset(dgates, t, sg), nullptr, a.lengths, t, H, R};
-    }
-    if (!proj) {
-      if (final_launch) {
-        e = LstmBwdEpi<T>{nullptr, carry, dc, nullptr, nullptr, nullptr, nullptr, dh0,
-                          a.lengths, t, H, R};
-      } else {
-        e.dy = dy_t;
-        e.dh_carry = carry;
-      }
-      launch_tile<1>(l, a.tile, mat(dg_next, 4 * H, w_hh_t, N, H, 4 * H), e);
-    } else {
-      T* dr_t = final_launch ? nullptr : offset(dr, t, sr);
-      LstmProjBwdEpi<T> pe{dy_t, carry, dr_t, final_launch ? dh0 : nullptr, a.lengths, t, R};
-      launch_tile<1>(l, a.tile, mat(dg_next, 4 * H, w_hh_t, N, R, 4 * H), pe);
-      if (!final_launch)
-        launch_tile<1>(l, a.tile, mat(static_cast<const T*>(dr_t), R, w_hr_t, N, H, R), e);
-    }
+    const int t = final_launch ? -1 : time_of(s, a.T, a.reverse);
+    T* dr_t = final_launch ? nullptr : offset(dr, t, size_t(N) * R);
+    LstmProjBwdEpi<T> pe{final_launch ? nullptr : offset(dy, t, size_t(N) * R),
+                         static_cast<A*>(a.dh_carry), dr_t,
+                         final_launch ? static_cast<T*>(a.dh0) : nullptr, a.lengths, t, R};
+    launch_tile<1>(l, a.tile, mat(st.dg_next(s), 4 * H, st.w_hh_t, N, R, 4 * H), pe);
+    if (!final_launch)
+      launch_tile<1>(l, a.tile, mat(static_cast<const T*>(dr_t), R, w_hr_t, N, H, R), st.epi(i));
   }
 }
 

@@ -23,7 +23,7 @@ struct RnnFwdEpi {
   FASTRNN_HD void operator()(int n, int j, const A (&acc)[1]) const {
     const size_t nh = static_cast<size_t>(n) * H + j;
     if (!step_valid(lengths, n, t)) {
-      y[nh] = hprev[nh];
+      y[nh] = load_cg(hprev + nh);
       return;
     }
     const A pre = to_acc(xg[nh]) + acc[0];
@@ -62,52 +62,93 @@ struct RnnBwdEpi {
   }
 };
 
+template <typename T>
+struct RnnFwdSteps {
+  using value_type = T;
+  using Epi = RnnFwdEpi<T>;
+  static constexpr int G = 1;
+  int T_, N, H;
+  bool reverse, relu;
+  const T* xg;
+  const T* h0;
+  const T* w_hh;           // [H, H]
+  T* y;
+  const int64_t* lengths;
+
+  FASTRNN_HD int count() const { return T_; }
+  FASTRNN_HD const T* hprev(int s) const {
+    return s == 0 ? h0 : offset(y, time_of(s - 1, T_, reverse), size_t(N) * H);
+  }
+  FASTRNN_HD MatParams<T> mat(int s) const { return cuda::mat(hprev(s), H, w_hh, N, H, H); }
+  FASTRNN_HD Epi epi(int s) const {
+    const int t = time_of(s, T_, reverse);
+    const size_t sh = size_t(N) * H;
+    return Epi{offset(xg, t, sh), hprev(s), offset(y, t, sh), lengths, t, H, relu};
+  }
+};
+
+// Backward launch i: i < T is step s = T-1-i (processing order); i == T completes dh0.
+template <typename T>
+struct RnnBwdSteps {
+  using value_type = T;
+  using Epi = RnnBwdEpi<T>;
+  static constexpr int G = 1;
+  int T_, N, H;
+  bool reverse, relu;
+  const T* dy;
+  const T* w_hh_t;         // [H, H]
+  const T* y;
+  T* dxg;
+  T* dh0;
+  acc_t<T>* carry;
+  const int64_t* lengths;
+
+  FASTRNN_HD int count() const { return T_ + 1; }
+  FASTRNN_HD int step(int i) const { return T_ - 1 - i; }
+  FASTRNN_HD MatParams<T> mat(int i) const {
+    const int s = step(i);
+    const T* next =
+        s + 1 < T_ ? offset(static_cast<const T*>(dxg), time_of(s + 1, T_, reverse), size_t(N) * H)
+                   : nullptr;
+    return cuda::mat(next, H, w_hh_t, N, H, H);
+  }
+  FASTRNN_HD Epi epi(int i) const {
+    const int s = step(i);
+    Epi e{};
+    e.carry = carry;
+    e.lengths = lengths;
+    e.H = H;
+    e.relu = relu;
+    if (s < 0) {
+      e.t = -1;
+      e.dh0 = dh0;
+      return e;
+    }
+    const int t = time_of(s, T_, reverse);
+    const size_t sh = size_t(N) * H;
+    e.t = t;
+    e.dy = offset(dy, t, sh);
+    e.y = offset(y, t, sh);
+    e.dxg = offset(dxg, t, sh);
+    return e;
+  }
+};
+
 template <typename T, class Launcher>
 void rnn_forward_steps(const RnnForwardArgs& a, Launcher& l) {
-  const int T_ = a.T, N = a.N, H = a.H;
-  const size_t sh = size_t(N) * H;
-  const T* xg = static_cast<const T*>(a.xg);
-  const T* h0 = static_cast<const T*>(a.h0);
-  const T* w_hh = static_cast<const T*>(a.w_hh);
-  T* y = static_cast<T*>(a.y);
-  for (int s = 0; s < T_; ++s) {
-    const int t = time_of(s, T_, a.reverse);
-    const T* hprev = s == 0 ? h0 : offset(y, time_of(s - 1, T_, a.reverse), sh);
-    RnnFwdEpi<T> e{offset(xg, t, sh), hprev, offset(y, t, sh), a.lengths, t, H, a.relu};
-    launch_tile<1>(l, a.tile, mat(hprev, H, w_hh, N, H, H), e);
-  }
+  RnnFwdSteps<T> st{a.T, a.N, a.H, a.reverse, a.relu, static_cast<const T*>(a.xg),
+                    static_cast<const T*>(a.h0), static_cast<const T*>(a.w_hh),
+                    static_cast<T*>(a.y), a.lengths};
+  run_steps(l, st, a.tile, a.persistent != 0);
 }
 
 template <typename T, class Launcher>
 void rnn_backward_steps(const RnnBackwardArgs& a, Launcher& l) {
-  using A = acc_t<T>;
-  const int T_ = a.T, N = a.N, H = a.H;
-  const size_t sh = size_t(N) * H;
-  const T* dy = static_cast<const T*>(a.dy);
-  const T* w_hh_t = static_cast<const T*>(a.w_hh_t);
-  const T* y = static_cast<const T*>(a.y);
-  T* dxg = static_cast<T*>(a.dxg);
-  A* carry = static_cast<A*>(a.dh_carry);
-  // s = T-1 .. 0: steps in reverse processing order; s = -1: final launch for dh0.
-  for (int s = T_ - 1; s >= -1; --s) {
-    const T* dpre_next = s + 1 < T_ ? offset(dxg, time_of(s + 1, T_, a.reverse), sh) : nullptr;
-    RnnBwdEpi<T> e{};
-    e.carry = carry;
-    e.lengths = a.lengths;
-    e.H = H;
-    e.relu = a.relu;
-    if (s < 0) {
-      e.t = -1;
-      e.dh0 = static_cast<T*>(a.dh0);
-    } else {
-      const int t = time_of(s, T_, a.reverse);
-      e.t = t;
-      e.dy = offset(dy, t, sh);
-      e.y = offset(y, t, sh);
-      e.dxg = offset(dxg, t, sh);
-    }
-    launch_tile<1>(l, a.tile, mat(static_cast<const T*>(dpre_next), H, w_hh_t, N, H, H), e);
-  }
+  RnnBwdSteps<T> st{a.T, a.N, a.H, a.reverse, a.relu, static_cast<const T*>(a.dy),
+                    static_cast<const T*>(a.w_hh_t), static_cast<const T*>(a.y),
+                    static_cast<T*>(a.dxg), static_cast<T*>(a.dh0),
+                    static_cast<acc_t<T>*>(a.dh_carry), a.lengths};
+  run_steps(l, st, a.tile, a.persistent != 0);
 }
 
 }  // namespace cuda

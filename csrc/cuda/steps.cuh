@@ -1,9 +1,15 @@
 // Shared pieces of the per-cell time-loop drivers (lstm.cuh, gru.cuh, rnn.cuh).
 //
-// A driver is templated on a Launcher: something with
+// Each cell and direction of a pass is described by a "Steps" struct: count() launches,
+// and for launch i the matmul operands mat(i) (W and K the same for every i) and the
+// epilogue epi(i). run_steps() either issues one tile launch per step or, when asked
+// and possible, the whole sequence as one persistent launch.
+//
+// A driver is templated on a Launcher with
 //   template <class Cfg, typename T, class Epi> void run(const MatParams<T>&, const Epi&);
-// The CUDA launcher (launch_cuda.cuh) starts tile_kernel on a stream; the host
-// emulator (emu.cpp) runs the same tile phases on the CPU.
+//   template <class Cfg, typename T, class Steps> bool run_persistent(const Steps&);
+// The CUDA launcher (launch_cuda.cuh) starts kernels on a stream; the host emulator
+// (emu.cpp) runs the same phases on the CPU.
 #pragma once
 #include <cstddef>
 
@@ -14,18 +20,15 @@ namespace fastrnn {
 namespace cuda {
 
 // Time index of processing step s (s = 0 is the first step processed).
-inline int time_of(int s, int T, bool reverse) { return reverse ? T - 1 - s : s; }
+FASTRNN_HD int time_of(int s, int T, bool reverse) { return reverse ? T - 1 - s : s; }
 
-template <int G, class Launcher, typename T, class Epi>
-void launch_tile(Launcher& l, int tile, const MatParams<T>& p, const Epi& epi) {
-  if (tile == kTileLarge)
-    l.template run<TileLarge<G>, T>(p, epi);
-  else
-    l.template run<TileSmall<G>, T>(p, epi);
+template <typename P>
+FASTRNN_HD P* offset(P* base, int t, size_t stride) {
+  return base == nullptr ? nullptr : base + static_cast<size_t>(t) * stride;
 }
 
 template <typename T>
-MatParams<T> mat(const T* A, int lda, const T* W, int N, int J, int K) {
+FASTRNN_HD MatParams<T> mat(const T* A, int lda, const T* W, int N, int J, int K) {
   MatParams<T> p;
   p.A = A;
   p.lda = lda;
@@ -36,9 +39,20 @@ MatParams<T> mat(const T* A, int lda, const T* W, int N, int J, int K) {
   return p;
 }
 
-template <typename P>
-inline P* offset(P* base, int t, size_t stride) {
-  return base == nullptr ? nullptr : base + static_cast<size_t>(t) * stride;
+template <int G, class Launcher, typename T, class Epi>
+void launch_tile(Launcher& l, int tile, const MatParams<T>& p, const Epi& epi) {
+  if (tile == kTileLarge)
+    l.template run<TileLarge<G>, T>(p, epi);
+  else
+    l.template run<TileSmall<G>, T>(p, epi);
+}
+
+template <class Steps, class Launcher>
+void run_steps(Launcher& l, const Steps& st, int tile, bool persistent) {
+  using T = typename Steps::value_type;
+  if (persistent && l.template run_persistent<TileSmall<Steps::G>, T>(st)) return;
+  const int n = st.count();
+  for (int i = 0; i < n; ++i) launch_tile<Steps::G>(l, tile, st.mat(i), st.epi(i));
 }
 
 }  // namespace cuda

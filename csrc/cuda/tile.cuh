@@ -11,12 +11,21 @@
 //   W : [J, G, K] contiguous
 //
 // A block covers BN rows x BJ units; KS threads split each dot product along K and
-// are reduced through shared memory. K is walked in chunks of KC staged in shared
-// memory. The body is split into phases separated by barriers so that the host
-// emulator can run it thread by thread (see emu.cpp); the CUDA kernel is at the end.
+// are reduced through shared memory. A is staged in shared memory KC columns at a time.
+// W is staged either chunk by chunk with A (tile_kernel, one launch per step) or all of
+// the block's W rows once for the whole sequence (persistent_kernel).
+//
+// The bodies are split into phases separated by barriers so that the host emulator
+// (emu.cpp) can run them thread by thread; the kernels are at the end.
 #pragma once
+#include <cstring>
+
 #include "api.h"
 #include "cuda_compat.h"
+
+#ifdef __CUDACC__
+#include <cooperative_groups.h>
+#endif
 
 namespace fastrnn {
 namespace cuda {
@@ -41,101 +50,204 @@ struct MatParams {
   int N, J, K;
 };
 
+// Loads of data written by other blocks of the same persistent kernel go around L1
+// (ld.global.cg): L1 is not coherent across SMs.
+template <typename T>
+FASTRNN_HD T load_cg(const T* p) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(T) == 2) {
+    const unsigned short bits = __ldcg(reinterpret_cast<const unsigned short*>(p));
+    T out;
+    memcpy(&out, &bits, 2);
+    return out;
+  } else {
+    return __ldcg(p);
+  }
+#else
+  return *p;
+#endif
+}
+
 template <class Cfg, typename T>
 struct Tile {
   using A = acc_t<T>;
   static constexpr int G = Cfg::G, BN = Cfg::BN, BJ = Cfg::BJ, KS = Cfg::KS, KC = Cfg::KC;
   static constexpr int THREADS = Cfg::THREADS;
+  static constexpr int RED = KS > 1 ? THREADS * G : 0;
 
-  struct Smem {
-    A as[BN][KC + 1];        // +1: rows start in different banks
-    A ws[BJ * G][KC + 1];
-    A red[KS > 1 ? THREADS : 1][G];
+  // Shared memory, as pointers: as [BN][KC+1], red [THREADS][G], ws [BJ*G][wst].
+  // (+1 columns: consecutive rows start in different banks.)
+  struct View {
+    A* as;
+    A* red;
+    A* ws;
+    int wst;  // row stride of ws
   };
+
+  // Per-step kernel: W staged KC columns at a time.
+  struct Smem {
+    A as[BN * (KC + 1)];
+    A red[RED > 0 ? RED : 1];
+    A ws[BJ * G * (KC + 1)];
+  };
+  FASTRNN_HD static View view(Smem& s) { return View{s.as, s.red, s.ws, KC + 1}; }
+
+  // Persistent kernel: all K columns of the block's W rows, K padded to whole chunks.
+  FASTRNN_HD static int kpad(int K) { return (K + KC - 1) / KC * KC; }
+  FASTRNN_HD static size_t resident_elems(int K) {
+    return size_t(BN) * (KC + 1) + RED + size_t(BJ) * G * (kpad(K) + 1);
+  }
+  FASTRNN_HD static View resident_view(A* base, int K) {
+    return View{base, base + BN * (KC + 1), base + BN * (KC + 1) + RED, kpad(K) + 1};
+  }
 
   // Where thread `tid` works: dot-product slice ks, row nl, unit jl within the tile.
   FASTRNN_HD static int ks_of(int tid) { return tid % KS; }
   FASTRNN_HD static int nl_of(int tid) { return (tid / KS) / BJ; }
   FASTRNN_HD static int jl_of(int tid) { return (tid / KS) % BJ; }
 
-  // Phase 1: stage A[n0:n0+BN, k0:k0+KC] and W[j0:j0+BJ, :, k0:k0+KC] (zero-padded).
-  FASTRNN_HD static void load(Smem& s, const MatParams<T>& p, int n0, int j0, int k0, int tid) {
+  // Stage A[n0:n0+BN, k0:k0+KC] (zero-padded).
+  template <bool kCoherent>
+  FASTRNN_HD static void load_a(View v, const MatParams<T>& p, int n0, int k0, int tid) {
     for (int e = tid; e < BN * KC; e += THREADS) {
       const int r = e / KC, c = e % KC, n = n0 + r, k = k0 + c;
-      s.as[r][c] = (n < p.N && k < p.K) ? to_acc(p.A[static_cast<size_t>(n) * p.lda + k]) : A(0);
-    }
-    for (int e = tid; e < BJ * G * KC; e += THREADS) {
-      const int r = e / KC, c = e % KC, k = k0 + c;
-      const int j = j0 + r / G;  // rows j*G+g of W are consecutive: coalesced loads
-      s.ws[r][c] = (j < p.J && k < p.K)
-                       ? to_acc(p.W[(static_cast<size_t>(j0) * G + r) * p.K + k])
-                       : A(0);
+      A x = A(0);
+      if (n < p.N && k < p.K) {
+        const T* src = p.A + static_cast<size_t>(n) * p.lda + k;
+        x = to_acc(kCoherent ? load_cg(src) : *src);
+      }
+      v.as[r * (KC + 1) + c] = x;
     }
   }
 
-  // Phase 2: accumulate this thread's slice of the staged chunk.
-  FASTRNN_HD static void compute(const Smem& s, int tid, A (&acc)[G]) {
+  // Stage W[j0:j0+BJ, :, k0:k0+ncols] into ws columns 0..ncols-1 (zero-padded).
+  // Rows j*G+g of W are consecutive, so the loads are coalesced.
+  FASTRNN_HD static void load_w(View v, const MatParams<T>& p, int j0, int k0, int ncols, int tid) {
+    for (int e = tid; e < BJ * G * ncols; e += THREADS) {
+      const int r = e / ncols, c = e % ncols, k = k0 + c;
+      const int j = j0 + r / G;
+      v.ws[r * v.wst + c] = (j < p.J && k < p.K)
+                                ? to_acc(p.W[(static_cast<size_t>(j0) * G + r) * p.K + k])
+                                : A(0);
+    }
+  }
+
+  // Accumulate this thread's slice of the staged A chunk against ws columns wc0.. .
+  FASTRNN_HD static void compute(View v, int wc0, int tid, A (&acc)[G]) {
     const int ks = ks_of(tid), nl = nl_of(tid), jl = jl_of(tid);
-FASTRNN_UNROLL
+    const A* arow = v.as + nl * (KC + 1);
+    const A* wrow = v.ws + jl * G * v.wst + wc0;
+    FASTRNN_UNROLL
     for (int c = ks; c < KC; c += KS) {
-      const A a = s.as[nl][c];
-FASTRNN_UNROLL
-      for (int g = 0; g < G; ++g) acc[g] += a * s.ws[jl * G + g][c];
+      const A a = arow[c];
+      FASTRNN_UNROLL
+      for (int g = 0; g < G; ++g) acc[g] += a * wrow[g * v.wst + c];
     }
   }
 
-  // Phase 3 (KS > 1 only): publish partial sums for the reduction.
-  FASTRNN_HD static void stash(Smem& s, int tid, const A (&acc)[G]) {
+  // (KS > 1 only) publish partial sums for the reduction.
+  FASTRNN_HD static void stash(View v, int tid, const A (&acc)[G]) {
     if (KS > 1)
-      for (int g = 0; g < G; ++g) s.red[tid][g] = acc[g];
+      for (int g = 0; g < G; ++g) v.red[tid * G + g] = acc[g];
   }
 
-  // Phase 4: the ks == 0 thread of each (n, j) reduces and runs the epilogue.
+  // The ks == 0 thread of each (n, j) reduces and runs the epilogue.
   template <class Epi>
-  FASTRNN_HD static void finish(const Smem& s, const MatParams<T>& p, const Epi& epi, int n0,
-                                int j0, int tid, A (&acc)[G]) {
+  FASTRNN_HD static void finish(View v, const MatParams<T>& p, const Epi& epi, int n0, int j0,
+                                int tid, A (&acc)[G]) {
     if (ks_of(tid) != 0) return;
     const int n = n0 + nl_of(tid), j = j0 + jl_of(tid);
     if (n >= p.N || j >= p.J) return;
     if (KS > 1) {
       for (int g = 0; g < G; ++g) {
         A sum = A(0);
-        for (int q = 0; q < KS; ++q) sum += s.red[tid + q][g];
+        for (int q = 0; q < KS; ++q) sum += v.red[(tid + q) * G + g];
         acc[g] = sum;
       }
     }
     epi(n, j, acc);
   }
 
+  FASTRNN_HD static void zero(A (&acc)[G]) {
+    for (int g = 0; g < G; ++g) acc[g] = A(0);
+  }
+
   // Grid: x over units (ceil(J / BJ)), y over batch rows (ceil(N / BN)).
-  static int grid_x(const MatParams<T>& p) { return (p.J + BJ - 1) / BJ; }
-  static int grid_y(const MatParams<T>& p) { return (p.N + BN - 1) / BN; }
+  FASTRNN_HD static int grid_x(const MatParams<T>& p) { return (p.J + BJ - 1) / BJ; }
+  FASTRNN_HD static int grid_y(const MatParams<T>& p) { return (p.N + BN - 1) / BN; }
 };
 
 #ifdef __CUDACC__
+// One step: one launch over the (unit tile, row tile) grid.
 template <class Cfg, typename T, class Epi>
 __global__ void __launch_bounds__(Cfg::THREADS) tile_kernel(MatParams<T> p, Epi epi) {
   using Tl = Tile<Cfg, T>;
   using A = typename Tl::A;
   __shared__ typename Tl::Smem s;
+  const typename Tl::View v = Tl::view(s);
   const int tid = threadIdx.x;
   const int n0 = blockIdx.y * Cfg::BN, j0 = blockIdx.x * Cfg::BJ;
   A acc[Cfg::G];
-#pragma unroll
-  for (int g = 0; g < Cfg::G; ++g) acc[g] = A(0);
+  Tl::zero(acc);
   if (p.A != nullptr) {
     for (int k0 = 0; k0 < p.K; k0 += Cfg::KC) {
-      Tl::load(s, p, n0, j0, k0, tid);
+      Tl::template load_a<false>(v, p, n0, k0, tid);
+      Tl::load_w(v, p, j0, k0, Cfg::KC, tid);
       __syncthreads();
-      Tl::compute(s, tid, acc);
+      Tl::compute(v, 0, tid, acc);
       __syncthreads();
     }
   }
   if (Cfg::KS > 1) {
-    Tl::stash(s, tid, acc);
+    Tl::stash(v, tid, acc);
     __syncthreads();
   }
-  Tl::finish(s, p, epi, n0, j0, tid, acc);
+  Tl::finish(v, p, epi, n0, j0, tid, acc);
+}
+
+// The whole sequence in one cooperative launch. `Steps` describes launch i of the
+// per-step path: count(), mat(i) (same W and K for every i) and epi(i). Block x owns
+// units [x*BJ, x*BJ+BJ) for the whole sequence with their W rows resident in shared
+// memory; it walks row tiles y = blockIdx.y, y + gridDim.y, ... . Steps are separated
+// by a grid-wide barrier (which also orders the global writes of one step before the
+// reads of the next).
+template <class Cfg, typename T, class Steps>
+__global__ void __launch_bounds__(Cfg::THREADS) persistent_kernel(Steps steps) {
+  using Tl = Tile<Cfg, T>;
+  using A = typename Tl::A;
+  extern __shared__ unsigned char smem_raw[];
+  const int tid = threadIdx.x;
+  const int j0 = blockIdx.x * Cfg::BJ;
+  const MatParams<T> p0 = steps.mat(0);
+  const typename Tl::View v = Tl::resident_view(reinterpret_cast<A*>(smem_raw), p0.K);
+  Tl::load_w(v, p0, j0, 0, Tl::kpad(p0.K), tid);
+  __syncthreads();
+  cooperative_groups::grid_group grid = cooperative_groups::this_grid();
+  const int count = steps.count();
+  for (int i = 0; i < count; ++i) {
+    const MatParams<T> p = steps.mat(i);
+    const auto epi = steps.epi(i);
+    for (int by = blockIdx.y; by < Tl::grid_y(p); by += gridDim.y) {
+      const int n0 = by * Cfg::BN;
+      A acc[Cfg::G];
+      Tl::zero(acc);
+      if (p.A != nullptr) {
+        for (int k0 = 0; k0 < p.K; k0 += Cfg::KC) {
+          Tl::template load_a<true>(v, p, n0, k0, tid);
+          __syncthreads();
+          Tl::compute(v, k0, tid, acc);
+          __syncthreads();
+        }
+      }
+      if (Cfg::KS > 1) {
+        Tl::stash(v, tid, acc);
+        __syncthreads();
+      }
+      Tl::finish(v, p, epi, n0, j0, tid, acc);
+      __syncthreads();  // red is reused by the next row tile
+    }
+    grid.sync();
+  }
 }
 #endif
 

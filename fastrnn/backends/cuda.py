@@ -16,7 +16,11 @@ This module prepares what the kernels take and nothing else:
   * raw pointers and the caller's current stream.
 
 Tile shape: ``$FASTRNN_CUDA_TILE`` = ``small`` | ``large`` | ``auto`` (default; see
-``choose_tile``).
+``choose_tile``). ``$FASTRNN_CUDA_PERSISTENT=1`` runs each layer-direction (except a
+projected LSTM) as ONE cooperative launch with the block's recurrent weights resident in
+shared memory and a grid-wide barrier between steps, falling back to the per-step
+kernels where the weights or the grid do not fit; it is off by default until it has
+been verified on a GPU (see ``persistent_enabled``).
 
 ``KernelRunner(lib, device_type)`` holds the logic; the module-level functions use
 ``fastrnn._cuda`` on CUDA tensors. ``emulator()`` returns a runner over
@@ -40,6 +44,7 @@ except Exception as exc:  # built without nvcc, or a broken build
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 TILE_ENV = "FASTRNN_CUDA_TILE"
 TILE_SMALL, TILE_LARGE = 0, 1
+PERSISTENT_ENV = "FASTRNN_CUDA_PERSISTENT"
 
 
 def unavailable_reason():
@@ -93,6 +98,16 @@ def choose_tile(N, J):
     return TILE_LARGE if N >= 64 and N * J >= 65536 else TILE_SMALL
 
 
+def persistent_enabled():
+    """Whether ``$FASTRNN_CUDA_PERSISTENT`` asks for the one-launch persistent kernels."""
+    env = os.environ.get(PERSISTENT_ENV, "0").strip().lower()
+    if env in ("", "0", "false", "no", "off"):
+        return False
+    if env in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{PERSISTENT_ENV}={env!r}: expected 0 or 1")
+
+
 # ----------------------------------------------------------------------------- runner
 
 def _ptr(t):
@@ -102,10 +117,11 @@ def _ptr(t):
 class KernelRunner:
     """The backend functions over one kernel library (``_cuda`` or ``_cuda_emu``)."""
 
-    def __init__(self, lib, device_type, tile=None):
+    def __init__(self, lib, device_type, tile=None, persistent=None):
         self.lib = lib
         self.device_type = device_type
         self.tile = tile  # None: choose_tile()
+        self.persistent = persistent  # None: persistent_enabled()
 
     # -- checks (cheap, no device sync): the kernels trust every pointer they get
     def _check(self, fn, shapes, ref, lengths=None, N=None):
@@ -141,7 +157,9 @@ class KernelRunner:
         else:
             ctx, stream = contextlib.nullcontext(), 0
         tile = choose_tile(N, J) if self.tile is None else self.tile
-        return ctx, dict(dtype=DTYPE_CODES[ref.dtype], tile=tile, stream=stream)
+        persistent = persistent_enabled() if self.persistent is None else self.persistent
+        return ctx, dict(dtype=DTYPE_CODES[ref.dtype], tile=tile, stream=stream,
+                         persistent=int(bool(persistent)))
 
     # -- LSTM
     def lstm_forward(self, xg, h0, c0, w_hh, w_hr, lengths, reverse, training):
@@ -269,14 +287,14 @@ class KernelRunner:
         return dxg, dh0
 
 
-def emulator(tile=None):
+def emulator(tile=None, persistent=False):
     """A KernelRunner executing the CUDA kernel code on the CPU (CPU float32/float64
     tensors), or None when fastrnn._cuda_emu was not built."""
     try:
         from fastrnn import _cuda_emu
     except ImportError:
         return None
-    return KernelRunner(_cuda_emu, "cpu", tile=tile)
+    return KernelRunner(_cuda_emu, "cpu", tile=tile, persistent=persistent)
 
 
 _runner = KernelRunner(_lib, "cuda")
