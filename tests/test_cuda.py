@@ -64,6 +64,32 @@ def test_extension_imports_without_gpu():
     assert cb._lib.runtime_version() >= 12000
 
 
+def test_extension_links_cudart_statically():
+    import shutil
+    import subprocess
+    if cb._lib is None:
+        pytest.skip("fastrnn._cuda not built")
+    if shutil.which("ldd") is None:
+        pytest.skip("no ldd")
+    deps = subprocess.run(["ldd", cb._lib.__file__], capture_output=True, text=True).stdout
+    assert "libcudart" not in deps and "libcuda." not in deps, deps
+
+
+def test_reason_when_the_runtime_sees_no_device(monkeypatch):
+    class NoDevice:
+        def device_count(self):
+            return 0, "CUDA driver version is insufficient for CUDA runtime version"
+
+        def runtime_version(self):
+            return 13000
+
+    monkeypatch.setattr(cb, "_lib", NoDevice())
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    reason = cb.unavailable_reason()
+    assert "13.0" in reason and "driver" in reason
+
+
 def test_extension_rejects_bad_arguments_before_touching_the_gpu():
     if cb._lib is None:
         pytest.skip("fastrnn._cuda not built")

@@ -57,6 +57,11 @@ def unavailable_reason():
         return f"this torch build ({torch.__version__}) has no CUDA support"
     if not torch.cuda.is_available():
         return "no CUDA GPU available (torch.cuda.is_available() is False)"
+    count, err = _lib.device_count()  # our own (static) CUDA runtime, not torch's
+    if count == 0:
+        v = _lib.runtime_version()
+        return (f"fastrnn._cuda (CUDA runtime {v // 1000}.{v % 1000 // 10}) sees no GPU: "
+                f"{err or 'no devices'}; a driver supporting that CUDA version is needed")
     return None
 
 
