@@ -122,6 +122,10 @@ def check_packed(packed):
     if (sorted_indices is None) != (unsorted_indices is None):
         raise ValueError("PackedSequence: sorted_indices and unsorted_indices must both be "
                          "given or both be None")
+    if sorted_indices is not None and not torch.equal(
+            unsorted_indices[sorted_indices].cpu(), torch.arange(n)):
+        raise ValueError("PackedSequence.unsorted_indices must be the inverse permutation "
+                         "of sorted_indices")
 
 
 def check_cell_input(kind, input_, hx, input_size, hidden_size, weight, is_lstm):
@@ -146,3 +150,33 @@ def check_cell_hidden(kind, name, h, batch, hidden_size, input_, weight):
         raise RuntimeError(f"{kind}: {name} dtype ({h.dtype}) does not match input dtype "
                            f"({input_.dtype})")
     check_device(name, h, weight)
+
+
+def check_op_args(op, ref, specs, lengths=None):
+    """Shape/dtype/device checks at the op boundary (the ops are public too, and a
+    compiled kernel trusts its sizes). ``specs``: (name, tensor or None, expected shape)."""
+    if ref.dim() != 3:
+        raise RuntimeError(f"fastrnn::{op}: expected a 3-D [T, N, G] first argument, got "
+                           f"shape {list(ref.shape)}")
+    if not ref.is_floating_point():
+        raise RuntimeError(f"fastrnn::{op}: expected floating-point tensors, got {ref.dtype}")
+    for name, t, shape in specs:
+        if t is None:
+            continue
+        if tuple(t.shape) != tuple(shape):
+            raise RuntimeError(f"fastrnn::{op}: {name} must have shape {list(shape)}, got "
+                               f"{list(t.shape)}")
+        if t.dtype != ref.dtype or t.device != ref.device:
+            raise RuntimeError(f"fastrnn::{op}: {name} must be {ref.dtype} on {ref.device} "
+                               f"like the other arguments, got {t.dtype} on {t.device}")
+    if lengths is not None:
+        T, N = ref.shape[0], ref.shape[1]
+        if lengths.dtype != torch.int64 or tuple(lengths.shape) != (N,):
+            raise RuntimeError(f"fastrnn::{op}: lengths must be an int64 tensor of shape "
+                               f"[{N}], got {lengths.dtype} of shape {list(lengths.shape)}")
+        if lengths.device != ref.device:
+            raise RuntimeError(f"fastrnn::{op}: lengths must be on {ref.device}, got "
+                               f"{lengths.device}")
+        if N > 0 and (bool((lengths < 1).any()) or bool((lengths > T).any())):
+            raise RuntimeError(f"fastrnn::{op}: every length must be in [1, {T}], got "
+                               f"{lengths.tolist()}")

@@ -30,6 +30,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import _validation as V
 from . import backends
 
 __all__ = ["lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
@@ -100,6 +101,14 @@ def _zeros_if_none(g: Optional[Tensor], like: Tensor) -> Tensor:
 def lstm_forward(xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
                  lengths: Optional[Tensor], reverse: bool, training: bool,
                  backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    T, N, G = xg.shape if xg.dim() == 3 else (0, 0, 0)
+    H, R = G // 4, h0.shape[-1]
+    V.check_op_args("lstm_forward", xg, [
+        ("xg", xg, (T, N, 4 * H)), ("h0", h0, (N, R)), ("c0", c0, (N, H)),
+        ("w_hh", w_hh, (4 * H, R)), ("w_hr", w_hr, (R, H))], lengths)
+    if w_hr is None and R != H:
+        raise RuntimeError(f"fastrnn::lstm_forward: h0 must have shape {[N, H]} without "
+                           f"w_hr, got {list(h0.shape)}")
     xg, h0, c0, w_hh, w_hr = _contig(xg, h0, c0, w_hh, w_hr)
     y, cn, gates, cs = backends.get(backend).lstm_forward(
         xg, h0, c0, w_hh, w_hr, lengths, reverse, training)
@@ -125,6 +134,12 @@ def lstm_backward(dy: Tensor, dcn: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor,
                   w_hr: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
                   y: Tensor, gates: Tensor, cs: Tensor,
                   backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    T, N, R = dy.shape if dy.dim() == 3 else (0, 0, 0)
+    H = c0.shape[-1]
+    V.check_op_args("lstm_backward", dy, [
+        ("dcn", dcn, (N, H)), ("h0", h0, (N, R)), ("c0", c0, (N, H)),
+        ("w_hh", w_hh, (4 * H, R)), ("w_hr", w_hr, (R, H)), ("y", y, (T, N, R)),
+        ("gates", gates, (T, N, 4 * H)), ("cs", cs, (T, N, H))], lengths)
     ins = _contig(dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs)
     dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs = ins
     dgates, dh0, dc0, dr = backends.get(backend).lstm_backward(
@@ -182,6 +197,11 @@ lstm_forward.register_autograd(_lstm_backward_fn, setup_context=_lstm_setup)
 def gru_forward(xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor,
                 lengths: Optional[Tensor], reverse: bool, training: bool,
                 backend: str) -> Tuple[Tensor, Tensor]:
+    T, N, G = xg.shape if xg.dim() == 3 else (0, 0, 0)
+    H = G // 3
+    V.check_op_args("gru_forward", xg, [
+        ("xg", xg, (T, N, 3 * H)), ("h0", h0, (N, H)), ("w_hh", w_hh, (3 * H, H)),
+        ("b_hh", b_hh, (3 * H,))], lengths)
     xg, h0, w_hh, b_hh = _contig(xg, h0, w_hh, b_hh)
     y, saved = backends.get(backend).gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training)
     if not training:
@@ -201,6 +221,10 @@ def _(xg, h0, w_hh, b_hh, lengths, reverse, training, backend):
 def gru_backward(dy: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
                  reverse: bool, y: Tensor, saved: Tensor,
                  backend: str) -> Tuple[Tensor, Tensor]:
+    T, N, H = dy.shape if dy.dim() == 3 else (0, 0, 0)
+    V.check_op_args("gru_backward", dy, [
+        ("h0", h0, (N, H)), ("w_hh", w_hh, (3 * H, H)), ("y", y, (T, N, H)),
+        ("saved", saved, (T, N, 4 * H))], lengths)
     ins = _contig(dy, h0, w_hh, y, saved)
     dy, h0, w_hh, y, saved = ins
     dxg, dh0 = backends.get(backend).gru_backward(dy, h0, w_hh, lengths, reverse, y, saved)
@@ -252,6 +276,9 @@ gru_forward.register_autograd(_gru_backward_fn, setup_context=_gru_setup)
 @torch.library.custom_op("fastrnn::rnn_forward", mutates_args=())
 def rnn_forward(xg: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
                 reverse: bool, relu: bool, backend: str) -> Tensor:
+    T, N, H = xg.shape if xg.dim() == 3 else (0, 0, 0)
+    V.check_op_args("rnn_forward", xg, [("h0", h0, (N, H)), ("w_hh", w_hh, (H, H))],
+                    lengths)
     xg, h0, w_hh = _contig(xg, h0, w_hh)
     y = backends.get(backend).rnn_forward(xg, h0, w_hh, lengths, reverse, relu)
     return _fresh([y], [xg, h0, w_hh, lengths])[0]
@@ -266,6 +293,9 @@ def _(xg, h0, w_hh, lengths, reverse, relu, backend):
 def rnn_backward(dy: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
                  reverse: bool, relu: bool, y: Tensor,
                  backend: str) -> Tuple[Tensor, Tensor]:
+    T, N, H = dy.shape if dy.dim() == 3 else (0, 0, 0)
+    V.check_op_args("rnn_backward", dy, [
+        ("h0", h0, (N, H)), ("w_hh", w_hh, (H, H)), ("y", y, (T, N, H))], lengths)
     ins = _contig(dy, h0, w_hh, y)
     dy, h0, w_hh, y = ins
     dxg, dh0 = backends.get(backend).rnn_backward(dy, h0, w_hh, lengths, reverse, relu, y)
