@@ -4,6 +4,7 @@ for every available CPU backend (the test asserts that backend is the one that r
 import pytest
 import torch
 
+import fastrnn
 from conftest import KINDS, assert_close, case_id, make_pair, pairwise
 
 INPUT_SIZE, HIDDEN_SIZE, PROJ_SIZE = 3, 5, 2
@@ -93,3 +94,45 @@ def test_matches_torch_nn(case, cpu_backend):
         [n for n, _ in fast.named_parameters()]
     for name, a, b in zip(names, g_fast, g_ref):
         assert_close(a, b, dtype, f"grad of {name}")
+
+
+CUDA_BACKENDS = [b for b in ("cuda", "reference")
+                 if torch.cuda.is_available() and b in fastrnn.available_backends()]
+CUDA_GRID = [c for c in GRID if c["layers"] == 2 and c["bidir"] and c["T"] == 5]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", CUDA_BACKENDS or ["cuda"])
+@pytest.mark.parametrize("case", CUDA_GRID, ids=[case_id(c) for c in CUDA_GRID])
+def test_matches_torch_nn_cuda(case, backend):
+    """The same comparison on the GPU (torch.nn there is cuDNN; TF32 off)."""
+    gen = torch.Generator().manual_seed(1234)
+    torch.manual_seed(0)
+    ref, fast = make_pair(
+        case["kind"], INPUT_SIZE, HIDDEN_SIZE, backend=backend, dtype=case["dtype"],
+        num_layers=case["layers"], bidirectional=case["bidir"],
+        batch_first=case["batch_first"], bias=case["bias"],
+        **({"proj_size": PROJ_SIZE} if case["proj"] else {}))
+    ref, fast = ref.cuda(), fast.cuda()
+    x, hx = _inputs(case, gen)
+    x = x.detach().cuda().requires_grad_()
+    if hx is not None:
+        hx = tuple(h.detach().cuda().requires_grad_() for h in _hx_leaves(hx))
+        hx = hx if case["kind"] == "LSTM" else hx[0]
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        out_ref, h_ref = ref(x, hx)
+    out_fast, h_fast = fast(x, hx)
+    assert fast.last_backend == backend
+    outs_ref = [out_ref] + (list(h_ref) if isinstance(h_ref, tuple) else [h_ref])
+    outs_fast = [out_fast] + (list(h_fast) if isinstance(h_fast, tuple) else [h_fast])
+    dtype = case["dtype"]
+    for a, b in zip(outs_fast, outs_ref):
+        assert_close(a, b, dtype, "cuda output")
+    cots = [torch.randn(o.shape, dtype=dtype, generator=gen).cuda() for o in outs_ref]
+    leaves_ref = [x] + _hx_leaves(hx) + list(ref.parameters())
+    leaves_fast = [x] + _hx_leaves(hx) + list(fast.parameters())
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        g_ref = torch.autograd.grad(outs_ref, leaves_ref, cots)
+    g_fast = torch.autograd.grad(outs_fast, leaves_fast, cots)
+    for a, b in zip(g_fast, g_ref):
+        assert_close(a, b, dtype, "cuda grad")
