@@ -89,7 +89,7 @@ Buffer<T> pack_units(const T* w, int64_t K, int64_t cols, bool transposed, int64
 
 // acc[MR][NB] = A[MR rows, K] @ Bp[K][NB*W]; A == nullptr means A is zero.
 template <typename T, int MR, int NB>
-static inline void micro_tile(const T* __restrict A, int64_t lda, int64_t K,
+FASTRNN_INLINE void micro_tile(const T* __restrict A, int64_t lda, int64_t K,
                               const T* __restrict Bp, vec_t<T>* __restrict acc_out) {
   constexpr int W = Vec<T>::W;
   using V = vec_t<T>;

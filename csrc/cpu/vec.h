@@ -10,6 +10,11 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#define FASTRNN_INLINE static inline __attribute__((always_inline))
 
 namespace fastrnn {
 namespace cpu {
@@ -46,27 +51,38 @@ template <typename T>
 using vec_t = typename Vec<T>::V;
 
 template <typename T>
-static inline vec_t<T> vzero() {
+FASTRNN_INLINE vec_t<T> vzero() {
   return vec_t<T>{};
 }
 template <typename T>
-static inline vec_t<T> vset(T s) {
-  return vec_t<T>{} + s;
+FASTRNN_INLINE vec_t<T> vset(T s) {
+  // One broadcast instruction (`vec_t<T>{} + s` would add 0.0 first: -0.0 forbids folding it).
+#if defined(__x86_64__) && defined(FASTRNN_ISA_avx512)
+  if constexpr (sizeof(T) == 4) return (vec_t<T>)_mm512_set1_ps(s); else return (vec_t<T>)_mm512_set1_pd(s);
+#elif defined(__x86_64__) && defined(FASTRNN_ISA_avx2)
+  if constexpr (sizeof(T) == 4) return (vec_t<T>)_mm256_set1_ps(s); else return (vec_t<T>)_mm256_set1_pd(s);
+#elif defined(__x86_64__)
+  if constexpr (sizeof(T) == 4) return (vec_t<T>)_mm_set1_ps(s); else return (vec_t<T>)_mm_set1_pd(s);
+#else
+  vec_t<T> v;
+  for (int i = 0; i < Vec<T>::W; ++i) v[i] = s;
+  return v;
+#endif
 }
 template <typename T>
-static inline vec_t<T> vload(const T* p) {
+FASTRNN_INLINE vec_t<T> vload(const T* p) {
   vec_t<T> v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 template <typename T>
-static inline void vstore(T* p, vec_t<T> v) {
+FASTRNN_INLINE void vstore(T* p, vec_t<T> v) {
   std::memcpy(p, &v, sizeof(v));
 }
 // Partial vectors (the last block of hidden units when H % W != 0): lanes past
 // `cnt` read as zero and are never written.
 template <typename T>
-static inline vec_t<T> vload_n(const T* p, int cnt) {
+FASTRNN_INLINE vec_t<T> vload_n(const T* p, int cnt) {
   constexpr int W = Vec<T>::W;
   if (cnt == W) return vload(p);
   T tmp[W] = {};
@@ -74,7 +90,7 @@ static inline vec_t<T> vload_n(const T* p, int cnt) {
   return vload(tmp);
 }
 template <typename T>
-static inline void vstore_n(T* p, vec_t<T> v, int cnt) {
+FASTRNN_INLINE void vstore_n(T* p, vec_t<T> v, int cnt) {
   constexpr int W = Vec<T>::W;
   if (cnt == W) {
     vstore(p, v);
@@ -105,39 +121,37 @@ struct ExpConsts<double> {
 };
 
 template <typename T>
-static inline vec_t<T> exp_poly(vec_t<T> r);
-template <>
-inline vec_t<float> exp_poly<float>(vec_t<float> r) {
-  vec_t<float> p = vset(1.0f / 5040);
-  p = p * r + 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  return p;
-}
-template <>
-inline vec_t<double> exp_poly<double>(vec_t<double> r) {
-  vec_t<double> p = vset(1.0 / 479001600.0);  // 1/12!
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  return p;
+FASTRNN_INLINE vec_t<T> exp_poly(vec_t<T> r) {
+  if constexpr (sizeof(T) == 4) {
+    vec_t<T> p = vset<T>(1.0f / 5040);
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    return p;
+  } else {
+    vec_t<T> p = vset<T>(1.0 / 479001600.0);  // 1/12!
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    return p;
+  }
 }
 
 template <typename T>
-static inline vec_t<T> vexp(vec_t<T> x) {
+FASTRNN_INLINE vec_t<T> vexp(vec_t<T> x) {
   using C = ExpConsts<T>;
   using V = vec_t<T>;
   using I = typename Vec<T>::I;
@@ -155,12 +169,12 @@ static inline vec_t<T> vexp(vec_t<T> x) {
 }
 
 template <typename T>
-static inline vec_t<T> vsigmoid(vec_t<T> x) {
+FASTRNN_INLINE vec_t<T> vsigmoid(vec_t<T> x) {
   return (T)1 / ((T)1 + vexp<T>(-x));
 }
 
 template <typename T>
-static inline vec_t<T> vtanh(vec_t<T> x) {
+FASTRNN_INLINE vec_t<T> vtanh(vec_t<T> x) {
   using V = vec_t<T>;
   using I = typename Vec<T>::I;
   const I sign = (I)vset<T>((T)-0.0);
@@ -171,7 +185,7 @@ static inline vec_t<T> vtanh(vec_t<T> x) {
 }
 
 template <typename T>
-static inline vec_t<T> vrelu(vec_t<T> x) {
+FASTRNN_INLINE vec_t<T> vrelu(vec_t<T> x) {
   return x < vzero<T>() ? vzero<T>() : x;  // keeps NaN, like torch.relu
 }
 
