@@ -334,3 +334,26 @@ def test_torch_compile_fullgraph_lstm():
     gx_c, = torch.autograd.grad(out_c.sum() + c_c.sum(), [x])
     gx_r, = torch.autograd.grad(out_r.sum() + c_r.sum(), [x])
     assert_close(gx_c, gx_r, torch.float32, "compiled grad")
+
+
+def test_low_precision_falls_back_to_reference_under_auto():
+    torch.manual_seed(0)
+    ref, fast = make_pair("GRU", 3, 4, backend="auto", dtype=torch.bfloat16)
+    x = torch.randn(4, 2, 3, dtype=torch.bfloat16)
+    out_f, h_f = fast(x)
+    assert fast.last_backend == "reference"
+    torch.testing.assert_close(out_f, ref(x)[0], rtol=2e-2, atol=2e-2)
+    compiled_cpu = [b for b in ("cpu", "numba") if b in backends.available_backends()]
+    for name in compiled_cpu:
+        fast.backend = name
+        with pytest.raises(TypeError, match="float32 and float64 only"):
+            fast(x)
+
+
+def test_torch_compile_cell_and_gru_eval():
+    torch._dynamo.reset()
+    cell = fastrnn.GRUCell(3, 4, backend="reference")
+    x = torch.randn(2, 3)
+    expected = cell(x)
+    got = torch.compile(cell, fullgraph=True)(x)
+    torch.testing.assert_close(got, expected)
