@@ -215,7 +215,7 @@ template <class Cfg, typename T, class Steps>
 __global__ void __launch_bounds__(Cfg::THREADS) persistent_kernel(Steps steps) {
   using Tl = Tile<Cfg, T>;
   using A = typename Tl::A;
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   const int tid = threadIdx.x;
   const int j0 = blockIdx.x * Cfg::BJ;
   const MatParams<T> p0 = steps.mat(0);
