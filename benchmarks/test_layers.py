@@ -12,7 +12,6 @@ state_dict; onnxruntime runs its ONNX export) and the same input tensor.
 """
 from __future__ import annotations
 
-import pytest
 import torch
 
 import benchutil
