@@ -260,3 +260,37 @@ def test_backend_resolution_outside_op():
     m(torch.randn(2, 1, 2))
     assert m.last_backend in backends.available_backends()
     assert m.last_backend == backends.resolve("auto", "cpu")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_opcheck_each_backend(cpu_backend, cell):
+    """Every backend's outputs must satisfy the op schema (fresh, contiguous tensors of the
+    fake's shapes/dtypes); one variant per backend keeps this quick."""
+    if cpu_backend == "reference":
+        pytest.skip("the reference backend is covered by the test_opcheck_* grid above")
+    lengths, reverse = LENGTHS, True
+    if cell == "lstm":
+        args = _leafify(lstm_args(torch.float32, True, lengths, reverse, grad=True,
+                                  backend=cpu_backend))
+        opcheck(torch.ops.fastrnn.lstm_forward.default, args)
+        y, cn, gates, cs = torch.ops.fastrnn.lstm_forward(*args)
+        d = [a.detach() for a in args[1:5]]
+        opcheck(torch.ops.fastrnn.lstm_backward.default,
+                (torch.randn_like(y), torch.randn_like(cn), *d, lengths, reverse,
+                 y.detach(), gates, cs, cpu_backend))
+    elif cell == "gru":
+        args = _leafify(gru_args(torch.float32, lengths, reverse, grad=True,
+                                 backend=cpu_backend))
+        opcheck(torch.ops.fastrnn.gru_forward.default, args)
+        y, saved = torch.ops.fastrnn.gru_forward(*args)
+        opcheck(torch.ops.fastrnn.gru_backward.default,
+                (torch.randn_like(y), args[1].detach(), args[2].detach(), lengths, reverse,
+                 y.detach(), saved, cpu_backend))
+    else:
+        args = _leafify(rnn_args(torch.float32, lengths, reverse, True, grad=True,
+                                 backend=cpu_backend))
+        opcheck(torch.ops.fastrnn.rnn_forward.default, args)
+        y = torch.ops.fastrnn.rnn_forward(*args)
+        opcheck(torch.ops.fastrnn.rnn_backward.default,
+                (torch.randn_like(y), args[1].detach(), args[2].detach(), lengths, reverse,
+                 True, y.detach(), cpu_backend))
