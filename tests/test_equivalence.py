@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastrnn
-from conftest import KINDS, assert_close, case_id, make_pair, pairwise
+from rnn_cases import KINDS, assert_close, case_id, make_pair, pairwise
 
 INPUT_SIZE, HIDDEN_SIZE, PROJ_SIZE = 3, 5, 2
 

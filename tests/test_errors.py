@@ -5,7 +5,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 import fastrnn
-from conftest import module_classes
+from rnn_cases import module_classes
 
 I, H, N, T = 3, 4, 2, 5
 

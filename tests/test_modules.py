@@ -11,7 +11,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastrnn
 from fastrnn import backends
-from conftest import KINDS, assert_close, flat, make_pair, module_classes
+from rnn_cases import KINDS, assert_close, flat, make_pair, module_classes
 
 F64 = torch.float64
 

@@ -8,7 +8,7 @@ from torch.library import opcheck
 import fastrnn
 import fastrnn.ops  # noqa: F401
 from fastrnn import backends
-from conftest import TOL, assert_close
+from rnn_cases import TOL, assert_close
 
 T, N, H, R = 4, 3, 4, 3
 LENGTHS = torch.tensor([4, 1, 3])  # unsorted, one full, one of length 1
