@@ -414,6 +414,26 @@ def test_persistent_env(monkeypatch):
 
 
 @needs_emu
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("cell", CELLS)
+def test_emulated_kernels_have_no_order_dependence(cell, path):
+    """Blocks of a launch and threads between barriers run in any order on a GPU: the
+    emulator shuffles both, and the results must stay bit-identical (else: a race)."""
+    from fastrnn import _cuda_emu
+    c = make_case(cell, 4, 20, 70, torch.float64, "cpu", packed=True, seed=2)
+    emu = cb.emulator(**PATHS[path])
+    want = run_contract(emu, cell, c, True)
+    try:
+        for seed in (1, 2):
+            _cuda_emu.set_shuffle(seed)
+            got = run_contract(emu, cell, c, True)
+            for k in want:
+                assert torch.equal(got[k], want[k]), (k, seed)
+    finally:
+        _cuda_emu.set_shuffle(0)
+
+
+@needs_emu
 def test_emulator_rejects_half():
     c = make_case("rnn_tanh", 2, 2, 4, torch.float16, "cpu", packed=False)
     with pytest.raises(ValueError, match="float32 and float64"):

@@ -8,8 +8,18 @@
 // The persistent (one-launch) path is emulated too: see run_persistent.
 // Float32 and float64 only. Shared memory is filled with NaN before each block so a
 // read of a slot no thread staged shows up in the results.
+//
+// set_shuffle(seed) runs the blocks of each launch, and the threads of each phase, in a
+// random order: correct kernels give bit-identical results in any order, so a
+// difference exposes a race (a block reading what another block of the same launch
+// writes, or a thread depending on another within a barrier interval).
+#include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <memory>
+#include <numeric>
+#include <random>
+#include <utility>
 #include <vector>
 
 #include "bind_common.h"
@@ -20,6 +30,24 @@
 namespace fc = fastrnn::cuda;
 
 namespace {
+
+uint64_t g_seed = 0;  // 0: in order
+std::mt19937_64 g_rng;
+
+// 0 .. n-1, shuffled when a seed is set.
+std::vector<int> order(int n) {
+  std::vector<int> v(n);
+  std::iota(v.begin(), v.end(), 0);
+  if (g_seed != 0) std::shuffle(v.begin(), v.end(), g_rng);
+  return v;
+}
+
+// Every (bx, by) of a gx x gy grid, shuffled when a seed is set.
+std::vector<std::pair<int, int>> blocks(int gx, int gy) {
+  std::vector<std::pair<int, int>> out;
+  for (int i : order(gx * gy)) out.emplace_back(i % gx, i / gx);
+  return out;
+}
 
 struct EmuLauncher {
   int64_t launches = 0;
@@ -35,8 +63,9 @@ struct EmuLauncher {
     auto s = std::make_unique<typename Tl::Smem>();
     std::vector<Acc> acc(Cfg::THREADS);
     const int gx = Tl::grid_x(p), gy = Tl::grid_y(p);
-    for (int by = 0; by < gy; ++by) {
-      for (int bx = 0; bx < gx; ++bx) {
+    for (const auto& b : blocks(gx, gy)) {
+      const int bx = b.first, by = b.second;
+      {
         A* raw = reinterpret_cast<A*>(s.get());
         for (size_t i = 0; i < sizeof(typename Tl::Smem) / sizeof(A); ++i)
           raw[i] = std::numeric_limits<A>::quiet_NaN();
@@ -46,16 +75,16 @@ struct EmuLauncher {
           for (auto& v : a.v) v = A(0);
         if (p.A != nullptr) {
           for (int k0 = 0; k0 < p.K; k0 += Cfg::KC) {
-            for (int tid = 0; tid < Cfg::THREADS; ++tid) {
+            for (int tid : order(Cfg::THREADS)) {
               Tl::template load_a<false>(v, p, n0, k0, tid);
               Tl::load_w(v, p, j0, k0, Cfg::KC, tid);
             }
-            for (int tid = 0; tid < Cfg::THREADS; ++tid) Tl::compute(v, 0, tid, acc[tid].v);
+            for (int tid : order(Cfg::THREADS)) Tl::compute(v, 0, tid, acc[tid].v);
           }
         }
         if (Cfg::KS > 1)
-          for (int tid = 0; tid < Cfg::THREADS; ++tid) Tl::stash(v, tid, acc[tid].v);
-        for (int tid = 0; tid < Cfg::THREADS; ++tid) Tl::finish(v, p, epi, n0, j0, tid, acc[tid].v);
+          for (int tid : order(Cfg::THREADS)) Tl::stash(v, tid, acc[tid].v);
+        for (int tid : order(Cfg::THREADS)) Tl::finish(v, p, epi, n0, j0, tid, acc[tid].v);
       }
     }
   }
@@ -77,16 +106,16 @@ struct EmuLauncher {
     std::vector<std::vector<A>> smem(size_t(gx) * gy,
                                      std::vector<A>(elems, std::numeric_limits<A>::quiet_NaN()));
     auto view = [&](int bx, int by) { return Tl::resident_view(smem[size_t(by) * gx + bx].data(), p0.K); };
-    for (int by = 0; by < gy; ++by)
-      for (int bx = 0; bx < gx; ++bx)
-        for (int tid = 0; tid < Cfg::THREADS; ++tid)
-          Tl::load_w(view(bx, by), p0, bx * Cfg::BJ, 0, Tl::kpad(p0.K), tid);
+    for (const auto& b : blocks(gx, gy))
+      for (int tid : order(Cfg::THREADS))
+        Tl::load_w(view(b.first, b.second), p0, b.first * Cfg::BJ, 0, Tl::kpad(p0.K), tid);
     std::vector<Acc> acc(Cfg::THREADS);
     for (int i = 0; i < st.count(); ++i) {
       const fc::MatParams<T> p = st.mat(i);
       const auto epi = st.epi(i);
-      for (int bgy = 0; bgy < gy; ++bgy) {
-        for (int bx = 0; bx < gx; ++bx) {
+      for (const auto& b : blocks(gx, gy)) {
+        const int bx = b.first, bgy = b.second;
+        {
           const auto v = view(bx, bgy);
           const int j0 = bx * Cfg::BJ;
           for (int by = bgy; by < Tl::grid_y(p); by += gy) {
@@ -94,13 +123,13 @@ struct EmuLauncher {
             for (auto& a : acc) Tl::zero(a.v);
             if (p.A != nullptr) {
               for (int k0 = 0; k0 < p.K; k0 += Cfg::KC) {
-                for (int tid = 0; tid < Cfg::THREADS; ++tid) Tl::template load_a<true>(v, p, n0, k0, tid);
-                for (int tid = 0; tid < Cfg::THREADS; ++tid) Tl::compute(v, k0, tid, acc[tid].v);
+                for (int tid : order(Cfg::THREADS)) Tl::template load_a<true>(v, p, n0, k0, tid);
+                for (int tid : order(Cfg::THREADS)) Tl::compute(v, k0, tid, acc[tid].v);
               }
             }
             if (Cfg::KS > 1)
-              for (int tid = 0; tid < Cfg::THREADS; ++tid) Tl::stash(v, tid, acc[tid].v);
-            for (int tid = 0; tid < Cfg::THREADS; ++tid) Tl::finish(v, p, epi, n0, j0, tid, acc[tid].v);
+              for (int tid : order(Cfg::THREADS)) Tl::stash(v, tid, acc[tid].v);
+            for (int tid : order(Cfg::THREADS)) Tl::finish(v, p, epi, n0, j0, tid, acc[tid].v);
           }
         }
       }
@@ -151,4 +180,12 @@ PYBIND11_MODULE(_cuda_emu, m) {
   fc::def_rnn_api<EmuBackend>(m);
   m.def("last_launch_count", []() { return g_launches; },
         "kernel launches the last call would have made on a GPU");
+  m.def(
+      "set_shuffle",
+      [](uint64_t seed) {
+        g_seed = seed;
+        g_rng.seed(seed);
+      },
+      pybind11::arg("seed"),
+      "run blocks and threads in a random order from this seed (0: in order)");
 }
