@@ -30,7 +30,7 @@ from .models import DISPLAY, IMPLS, MODEL_NAMES, build_model, count_parameters, 
     fastrnn_layers_available
 
 ACCURACY_TOLERANCE_PP = 0.5
-QUICK = {"train_size": 1000, "test_size": 1000, "epochs": 1, "maxlen": 200}
+QUICK = {"train_size": 512, "test_size": 512, "epochs": 1, "maxlen": 100}
 DEFAULTS = {"train_size": None, "test_size": None, "epochs": 4, "maxlen": 500}
 CHART_SPEED_ACCURACY = "imdb_speed_accuracy.png"
 CHART_SPEEDUP = "imdb_speedup.png"
@@ -68,14 +68,14 @@ def build_parser():
     p.add_argument("--embed-dim", type=int, default=100)
     p.add_argument("--maxlen", type=int, default=None,
                    help="reviews are pre-padded/pre-truncated to this length (default 500; "
-                        "quick 200)")
+                        "quick 100)")
     p.add_argument("--num-words", type=int, default=10000, help="vocabulary size (ids < this)")
     p.add_argument("--data", default=None,
                    help="aclImdb_v1.tar.gz, an extracted aclImdb/ folder, Keras's imdb.npz or a "
                         "folder holding one (default: $FASTRNN_IMDB_PATH, the cache, download)")
     p.add_argument("--no-download", action="store_true", help="never download the data")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 1000 train/1000 test reviews, 1 epoch, maxlen 200 (each "
+                   help="smoke run: 512 train/512 test reviews, 1 epoch, maxlen 100 (each "
                         "overridable by its own option)")
     p.add_argument("--train-size", type=int, default=None, help="use the first N training reviews")
     p.add_argument("--test-size", type=int, default=None, help="use the first N test reviews")
@@ -275,9 +275,17 @@ def _initial_agreement(name, args, device, xb):
 
 def run(args, progress=True):
     """Run the comparison; returns the results dict (also what results.json holds)."""
-    device = torch.device(args.device)
+    threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        return _run(args, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args, progress):
+    device = torch.device(args.device)
     if "fastrnn" in args.impl:
         why = fastrnn_layers_available()
         if why:
@@ -303,8 +311,6 @@ def run(args, progress=True):
             order = torch.randperm(n_train, generator=g).to(device)
             for r in runs:
                 rec = r.train_epoch(epoch, x_train, y_train, order, args.batch_size, progress)
-                if not progress:
-                    continue
                 print(f"  {DISPLAY[name]:7s} {r.impl:7s} epoch {epoch}/{args.epochs}: "
                       f"loss {rec['loss']:.4f}  train acc {rec['train_accuracy']:.4f}  "
                       f"{rec['seconds']:.1f} s ({rec['samples_per_s']:.0f} samples/s)",

@@ -23,6 +23,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.delenv("FASTRNN_IMDB_PATH", raising=False)
     monkeypatch.delenv("FASTRNN_OFFLINE", raising=False)
     monkeypatch.setattr(imdb, "_memo", {})
+    monkeypatch.setattr(imdb, "_key_memo", {})
 
     def no_network(url, timeout):
         raise AssertionError(f"a test tried to download {url}")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fastrnn import imdb as job
+from fastrnn.backends import available_backends
 from fastrnn.datasets import download as dl
 from fastrnn.datasets import imdb as imdb_data
 from fastrnn.models import MODEL_NAMES, build_model, build_pair, count_parameters, \
@@ -16,9 +17,9 @@ from fixtures.imdb_fixture import make_reviews, write_tar
 
 NO_FASTRNN = fastrnn_layers_available()
 needs_fastrnn = pytest.mark.skipif(NO_FASTRNN is not None, reason=f"fastrnn layers: {NO_FASTRNN}")
-# The pure-PyTorch reference backend: always present, no JIT warm-up; the job's speed on
-# the fast backends is measured by running the job, not by this test.
-BACKEND = "reference"
+# The compiled CPU backend when built, else the pure-PyTorch reference (always present, no
+# JIT warm-up, unlike numba); the job's speed is measured by running the job, not here.
+BACKEND = "cpu" if "cpu" in available_backends() else "reference"
 SMALL = dict(vocab_size=50, embed_dim=6, hidden_size=5)
 
 
@@ -27,6 +28,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTRNN_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("FASTRNN_IMDB_PATH", raising=False)
     monkeypatch.setattr(imdb_data, "_memo", {})
+    monkeypatch.setattr(imdb_data, "_key_memo", {})
 
     def no_network(url, timeout):
         raise AssertionError(f"a test tried to download {url}")
@@ -100,7 +102,7 @@ def test_parser_defaults_and_quick():
             args.lr) == (4, 64, 128, 500, 10000, 1e-3)
     assert args.device in ("cpu", "cuda")
     quick = job.resolve_config(job.build_parser().parse_args(["--quick", "--epochs", "2"]))
-    assert (quick.epochs, quick.train_size, quick.maxlen) == (2, 1000, 200)
+    assert (quick.epochs, quick.train_size, quick.maxlen) == (2, 512, 100)
 
 
 def test_parser_rejects_unknown_models(capsys):
@@ -133,8 +135,17 @@ def test_module_help_runs():
 def _run_quick(archive, out, impls, models=",".join(MODEL_NAMES)):
     return job.main(["--quick", "--data", str(archive), "--models", models, "--impl", impls,
                      "--device", "cpu", "--backend", BACKEND, "--hidden-size", "8",
-                     "--maxlen", "40", "--batch-size", "8", "--eval-batch-size", "16",
-                     "--epochs", "2", "--out", str(out), "--no-progress", "--seed", "1"])
+                     "--maxlen", "32", "--batch-size", "8", "--eval-batch-size", "16",
+                     "--epochs", "2", "--out", str(out), "--no-progress", "--seed", "1",
+                     # one thread: on a busy machine, two spinning threads per process cost
+                     # this tiny job 4-5x in wall time
+                     "--threads", "1"])
+
+
+def test_threads_restored(tmp_path, archive):
+    before = torch.get_num_threads()
+    _run_quick(archive, tmp_path / "o", "torch", models="rnn")
+    assert torch.get_num_threads() == before
 
 
 def _check_outputs(out, models, impls):

@@ -314,7 +314,21 @@ def _read_keras_npz(path: Path) -> ImdbCorpus:
 
 # --------------------------------------------------------------------------- caching
 
+_key_memo = {}
+
+
 def _source_key(source: Path) -> str:
+    """Content key of a source; a file is hashed once per process per (path, size, mtime)."""
+    if source.is_dir():  # its own mtime misses edits below it: list it every time
+        return _compute_source_key(source)
+    st = source.stat()
+    memo_key = (str(source.resolve()), st.st_size, st.st_mtime_ns)
+    if memo_key not in _key_memo:
+        _key_memo[memo_key] = _compute_source_key(source)
+    return _key_memo[memo_key]
+
+
+def _compute_source_key(source: Path) -> str:
     import hashlib
 
     if source.is_dir():
