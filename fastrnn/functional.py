@@ -10,7 +10,6 @@ sequence's end) and goes back to a PackedSequence with the same indices.
 ``weights`` is torch.nn's flat list (``RNNBase._flat_weights`` order): per layer and
 direction ``w_ih, w_hh[, b_ih, b_hh][, w_hr]``.
 """
-from typing import List, Optional
 
 import torch
 import torch.nn.functional as F

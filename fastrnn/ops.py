@@ -109,7 +109,7 @@ def lstm_forward(xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optiona
     if w_hr is None and R != H:
         raise RuntimeError(f"fastrnn::lstm_forward: h0 must have shape {[N, H]} without "
                            f"w_hr, got {list(h0.shape)}")
-    xg, h0, c0, w_hh, w_hr = _contig(xg, h0, c0, w_hh, w_hr)
+    xg, h0, c0, w_hh, w_hr, lengths = _contig(xg, h0, c0, w_hh, w_hr, lengths)
     y, cn, gates, cs = backends.get(backend).lstm_forward(
         xg, h0, c0, w_hh, w_hr, lengths, reverse, training)
     if not training:
@@ -141,6 +141,7 @@ def lstm_backward(dy: Tensor, dcn: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor,
         ("w_hh", w_hh, (4 * H, R)), ("w_hr", w_hr, (R, H)), ("y", y, (T, N, R)),
         ("gates", gates, (T, N, 4 * H)), ("cs", cs, (T, N, H))], lengths)
     ins = _contig(dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs)
+    lengths = None if lengths is None else lengths.contiguous()
     dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs = ins
     dgates, dh0, dc0, dr = backends.get(backend).lstm_backward(
         dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs)
@@ -202,7 +203,7 @@ def gru_forward(xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor,
     V.check_op_args("gru_forward", xg, [
         ("xg", xg, (T, N, 3 * H)), ("h0", h0, (N, H)), ("w_hh", w_hh, (3 * H, H)),
         ("b_hh", b_hh, (3 * H,))], lengths)
-    xg, h0, w_hh, b_hh = _contig(xg, h0, w_hh, b_hh)
+    xg, h0, w_hh, b_hh, lengths = _contig(xg, h0, w_hh, b_hh, lengths)
     y, saved = backends.get(backend).gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training)
     if not training:
         saved = _empty(xg)
@@ -226,6 +227,7 @@ def gru_backward(dy: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor]
         ("h0", h0, (N, H)), ("w_hh", w_hh, (3 * H, H)), ("y", y, (T, N, H)),
         ("saved", saved, (T, N, 4 * H))], lengths)
     ins = _contig(dy, h0, w_hh, y, saved)
+    lengths = None if lengths is None else lengths.contiguous()
     dy, h0, w_hh, y, saved = ins
     dxg, dh0 = backends.get(backend).gru_backward(dy, h0, w_hh, lengths, reverse, y, saved)
     return tuple(_fresh([dxg, dh0], ins + [lengths]))
@@ -279,7 +281,7 @@ def rnn_forward(xg: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
     T, N, H = xg.shape if xg.dim() == 3 else (0, 0, 0)
     V.check_op_args("rnn_forward", xg, [("h0", h0, (N, H)), ("w_hh", w_hh, (H, H))],
                     lengths)
-    xg, h0, w_hh = _contig(xg, h0, w_hh)
+    xg, h0, w_hh, lengths = _contig(xg, h0, w_hh, lengths)
     y = backends.get(backend).rnn_forward(xg, h0, w_hh, lengths, reverse, relu)
     return _fresh([y], [xg, h0, w_hh, lengths])[0]
 
@@ -297,6 +299,7 @@ def rnn_backward(dy: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor]
     V.check_op_args("rnn_backward", dy, [
         ("h0", h0, (N, H)), ("w_hh", w_hh, (H, H)), ("y", y, (T, N, H))], lengths)
     ins = _contig(dy, h0, w_hh, y)
+    lengths = None if lengths is None else lengths.contiguous()
     dy, h0, w_hh, y = ins
     dxg, dh0 = backends.get(backend).rnn_backward(dy, h0, w_hh, lengths, reverse, relu, y)
     return tuple(_fresh([dxg, dh0], ins + [lengths]))

@@ -2,7 +2,6 @@
 pairwise grids. Fixtures live in conftest.py."""
 import itertools
 
-import pytest
 import torch
 
 import fastrnn
@@ -12,8 +11,6 @@ from fastrnn import backends
 # join automatically once they import).
 CPU_BACKENDS = [b for b in backends.available_backends() if b != "cuda"]
 HAS_CUDA = torch.cuda.is_available()
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not HAS_CUDA, reason="needs a CUDA device"))]
 
 TOL = {
     torch.float32: dict(rtol=1e-5, atol=1e-5),
