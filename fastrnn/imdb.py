@@ -201,7 +201,7 @@ class Run:
         correct = torch.zeros((), device=self.device)
         batches = range(0, n, batch_size)
         bar = tqdm(batches, desc=f"train {DISPLAY[self.name]:7s} {self.impl:7s} "
-                                 f"epoch {epoch}", unit="batch", leave=False,
+                                 f"epoch {epoch}", unit="batch", leave=False, mininterval=1.0,
                    disable=not progress)
         _sync(self.device)
         t0 = time.perf_counter()
@@ -227,7 +227,7 @@ class Run:
         correct = torch.zeros((), device=self.device)
         bar = tqdm(range(0, n, batch_size), desc=f"eval  {DISPLAY[self.name]:7s} "
                                                  f"{self.impl:7s}", unit="batch",
-                   leave=False, disable=not progress)
+                   leave=False, mininterval=1.0, disable=not progress)
         _sync(self.device)
         t0 = time.perf_counter()
         for start in bar:
