@@ -530,6 +530,27 @@ def test_emulated_modules_match_torch_nn(case, persistent, monkeypatch):
     compare_modules(case, torch.float64, "cpu", "reference", dict(rtol=1e-9, atol=1e-10))
 
 
+@needs_emu
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=str)
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
+def test_emulated_nan_inf_propagate_like_torch(kind, bad, monkeypatch):
+    monkeypatch.setitem(backends._cache, "reference", (cb.emulator(), None))
+    nan_inf_like_torch(kind, bad, "cpu", "reference")
+
+
+def nan_inf_like_torch(kind, bad, device, backend):
+    tmod, fmod = _module_pair(kind, 3, 4, 2, True, 0, torch.float64, device, backend)
+    x = torch.randn(6, 2, 3, dtype=torch.float64, device=device)
+    x[2, 0, 1] = bad
+    outs = []
+    for mod in (fmod, tmod):
+        out, hn = mod(x)
+        outs.append([out] + (list(hn) if isinstance(hn, tuple) else [hn]))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9, equal_nan=True)
+        assert torch.equal(torch.isnan(a), torch.isnan(b))
+
+
 # ======================================================================= 3. on a GPU
 
 TOL = {  # fastrnn(dtype) vs the float32/float64 result, atol scaled by the magnitude
@@ -603,6 +624,13 @@ def test_gpu_modules_match_cudnn(dtype, case, persistent, no_tf32, monkeypatch):
     ref_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
     fmod = compare_modules(case, dtype, "cuda", "cuda", TOL[dtype], ref_dtype=ref_dtype)
     assert fmod.last_backend == "cuda"
+
+
+@needs_gpu
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=str)
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
+def test_gpu_nan_inf_propagate_like_torch(kind, bad):
+    nan_inf_like_torch(kind, bad, "cuda", "cuda")
 
 
 @needs_gpu

@@ -51,7 +51,8 @@ FASTRNN_HD double act_exp(double x) { return exp(x); }
 FASTRNN_HD float act_tanh(float x) { return tanhf(x); }
 FASTRNN_HD double act_tanh(double x) { return tanh(x); }
 template <typename A> FASTRNN_HD A act_sigmoid(A x) { return A(1) / (A(1) + act_exp(-x)); }
-template <typename A> FASTRNN_HD A act_relu(A x) { return x > A(0) ? x : A(0); }
+// relu keeps NaN (as torch.relu does): NaN < 0 is false.
+template <typename A> FASTRNN_HD A act_relu(A x) { return x < A(0) ? A(0) : x; }
 template <typename A> FASTRNN_HD A d_sigmoid(A s) { return s * (A(1) - s); }
 template <typename A> FASTRNN_HD A d_tanh(A t) { return A(1) - t * t; }
 
