@@ -657,8 +657,10 @@ def test_gpu_runs_on_the_current_stream(no_tf32):
 
 
 @needs_gpu
-def test_gpu_cuda_graph_capture(no_tf32):
+@pytest.mark.parametrize("persistent", ["0", "1"], ids=["per_step", "persistent"])
+def test_gpu_cuda_graph_capture(persistent, no_tf32, monkeypatch):
     """No allocation or sync inside the kernels: the recurrence captures into a graph."""
+    monkeypatch.setenv(cb.PERSISTENT_ENV, persistent)
     c = make_case("gru", 10, 4, 32, torch.float32, "cuda", packed=False, seed=6)
     want = cb.gru_forward(c["xg"], c["h0"], c["w_hh"], c["b_hh"], None, False, False)[0]
     s = torch.cuda.Stream()
