@@ -243,3 +243,32 @@ def test_import_fastrnn_without_numba():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.skipif("numba" not in backends.available_backends(), reason="numba unavailable")
+def test_numba_threading_layer_and_concurrent_calls():
+    """numba's pool is 'workqueue' unless the user picked one (its 'omp' layer slowed
+    torch's own ops down after running), and launches from several Python threads
+    are serialised (workqueue would abort the process). In a subprocess: an abort
+    must not take pytest down."""
+    code = (
+        "import os, threading, torch, numba\n"
+        "os.environ.pop('NUMBA_THREADING_LAYER', None)\n"
+        "from fastrnn.backends import numba_backend as nb\n"
+        "xg = torch.randn(20, 8, 4 * 16); h0 = torch.zeros(8, 16); c0 = torch.zeros(8, 16)\n"
+        "w = torch.randn(4 * 16, 16) * 0.1\n"
+        "ref = nb.lstm_forward(xg, h0, c0, w, None, None, False, True)[0]\n"
+        "errors = []\n"
+        "def work():\n"
+        "    for _ in range(30):\n"
+        "        y = nb.lstm_forward(xg, h0, c0, w, None, None, False, True)[0]\n"
+        "        if not torch.equal(y, ref): errors.append('mismatch')\n"
+        "ts = [threading.Thread(target=work) for _ in range(4)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "assert not errors, errors\n"
+        "print(numba.threading_layer())\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "NUMBA_THREADING_LAYER"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "workqueue"

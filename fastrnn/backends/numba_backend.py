@@ -5,16 +5,25 @@ tensors of float32/float64. The kernels live in ``_numba_kernels`` (imported laz
 so ``import fastrnn`` never needs numba); this module only converts torch tensors to
 numpy views, allocates the outputs with ``torch.empty`` and sets the thread count.
 
+Threads: numba's parallel kernels run on numba's thread pool, sized to
+``torch.get_num_threads()``. Unless ``$NUMBA_THREADING_LAYER`` says otherwise, the
+pool is numba's ``workqueue`` layer: its ``omp`` layer shares torch's bundled
+libgomp, and measured here, once it had run, torch's own CPU ops got 2-60x slower
+(its worker threads compete with torch's). ``workqueue`` is not re-entrant, so kernel
+launches are serialised with a lock (each launch uses every thread anyway).
+
 Compilation: every kernel is ``@njit(cache=True)``: the first call on a machine
 compiles it (about 1-3 s per kernel and dtype), later processes load it from
 numba's cache in ``__pycache__`` (or ``$NUMBA_CACHE_DIR``).
 """
+import os
 import threading
 
 import torch
 
 _kernels = None
 _lock = threading.Lock()
+_launch_lock = threading.Lock()  # workqueue: one parallel launch at a time
 _import_error = None
 
 
@@ -44,9 +53,22 @@ def _k():
                 reason = _import_numba_reason()
                 if reason:
                     raise RuntimeError(reason)
+                _choose_threading_layer()
                 from . import _numba_kernels
                 _kernels = _numba_kernels
     return _kernels
+
+
+def _choose_threading_layer():
+    import numba
+    if "NUMBA_THREADING_LAYER" in os.environ or numba.config.THREADING_LAYER != "default":
+        return  # the user chose
+    try:
+        numba.threading_layer()
+        return  # already started by someone else's parallel code: too late to choose
+    except ValueError:
+        pass
+    numba.config.THREADING_LAYER = "workqueue"
 
 
 def _set_threads():
@@ -54,6 +76,12 @@ def _set_threads():
     n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != n:
         numba.set_num_threads(n)
+
+
+def _run(kernel, *args):
+    with _launch_lock:
+        _set_threads()
+        kernel(*args)
 
 
 def _np(t):
@@ -98,11 +126,10 @@ def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training):
         cs = xg.new_empty(0)
         gates_np, cs_np = _dummy3(xg), _dummy3(xg)
     use_proj = w_hr is not None
-    _set_threads()
-    k.lstm_forward(_np(xg), _np(h0), _np(c0), _np(w_hh),
-                   _np(w_hr) if use_proj else _dummy2(xg), use_proj,
-                   _lens(lengths, T, N), bool(reverse), bool(training),
-                   y.numpy(), cn.numpy(), gates_np, cs_np)
+    _run(k.lstm_forward, _np(xg), _np(h0), _np(c0), _np(w_hh),
+         _np(w_hr) if use_proj else _dummy2(xg), use_proj,
+         _lens(lengths, T, N), bool(reverse), bool(training),
+         y.numpy(), cn.numpy(), gates_np, cs_np)
     return y, cn, gates, cs
 
 
@@ -115,12 +142,11 @@ def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs):
     dc0 = dy.new_empty(N, H)
     use_proj = w_hr is not None
     dr = dy.new_empty(T, N, R) if use_proj else dy.new_empty(0)
-    _set_threads()
-    k.lstm_backward(_np(dy), _np(dcn), _np(c0), _transposed(w_hh),
-                    _transposed(w_hr) if use_proj else _dummy2(dy), use_proj,
-                    _lens(lengths, T, N), bool(reverse), _np(gates), _np(cs),
-                    dgates.numpy(), dh0.numpy(), dc0.numpy(),
-                    dr.numpy() if use_proj else _dummy3(dy))
+    _run(k.lstm_backward, _np(dy), _np(dcn), _np(c0), _transposed(w_hh),
+         _transposed(w_hr) if use_proj else _dummy2(dy), use_proj,
+         _lens(lengths, T, N), bool(reverse), _np(gates), _np(cs),
+         dgates.numpy(), dh0.numpy(), dc0.numpy(),
+         dr.numpy() if use_proj else _dummy3(dy))
     return dgates, dh0, dc0, dr
 
 
@@ -132,10 +158,9 @@ def gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training):
     H = G // 3
     y = xg.new_empty(T, N, H)
     saved = xg.new_empty(T, N, 4 * H) if training else xg.new_empty(0)
-    _set_threads()
-    k.gru_forward(_np(xg), _np(h0), _np(w_hh), _np(b_hh), _lens(lengths, T, N),
-                  bool(reverse), bool(training), y.numpy(),
-                  saved.numpy() if training else _dummy3(xg))
+    _run(k.gru_forward, _np(xg), _np(h0), _np(w_hh), _np(b_hh), _lens(lengths, T, N),
+         bool(reverse), bool(training), y.numpy(),
+         saved.numpy() if training else _dummy3(xg))
     return y, saved
 
 
@@ -144,9 +169,8 @@ def gru_backward(dy, h0, w_hh, lengths, reverse, y, saved):
     T, N, H = dy.shape
     dxg = dy.new_empty(T, N, 3 * H)
     dh0 = dy.new_empty(N, H)
-    _set_threads()
-    k.gru_backward(_np(dy), _np(h0), _transposed(w_hh), _lens(lengths, T, N),
-                   bool(reverse), _np(y), _np(saved), dxg.numpy(), dh0.numpy())
+    _run(k.gru_backward, _np(dy), _np(h0), _transposed(w_hh), _lens(lengths, T, N),
+         bool(reverse), _np(y), _np(saved), dxg.numpy(), dh0.numpy())
     return dxg, dh0
 
 
@@ -156,9 +180,8 @@ def rnn_forward(xg, h0, w_hh, lengths, reverse, relu):
     k = _k()
     T, N, H = xg.shape
     y = xg.new_empty(T, N, H)
-    _set_threads()
-    k.rnn_forward(_np(xg), _np(h0), _np(w_hh), _lens(lengths, T, N), bool(reverse),
-                  bool(relu), y.numpy())
+    _run(k.rnn_forward, _np(xg), _np(h0), _np(w_hh), _lens(lengths, T, N), bool(reverse),
+         bool(relu), y.numpy())
     return y
 
 
@@ -167,7 +190,6 @@ def rnn_backward(dy, h0, w_hh, lengths, reverse, relu, y):
     T, N, H = dy.shape
     dxg = dy.new_empty(T, N, H)
     dh0 = dy.new_empty(N, H)
-    _set_threads()
-    k.rnn_backward(_np(dy), _transposed(w_hh), _lens(lengths, T, N), bool(reverse),
-                   bool(relu), _np(y), dxg.numpy(), dh0.numpy())
+    _run(k.rnn_backward, _np(dy), _transposed(w_hh), _lens(lengths, T, N), bool(reverse),
+         bool(relu), _np(y), dxg.numpy(), dh0.numpy())
     return dxg, dh0
