@@ -64,11 +64,18 @@ def _empty(like: Tensor) -> Tensor:
     return like.new_empty(0)
 
 
-def _h_prev(y: Tensor, h0: Tensor, reverse: bool) -> Tensor:
-    """[T, N, R]: the state carried into each step (contract: y shifted, h0 first)."""
+def _grad_w_hh(dg: Tensor, y: Tensor, h0: Tensor, reverse: bool) -> Tensor:
+    """sum over steps of dg[t]^T h_prev[t], h_prev being the state carried into step t
+    (contract: y shifted by one step, h0 first). Two GEMMs over views, no [T, N, R] copy."""
+    dg2 = dg.reshape(dg.shape[0], -1, dg.shape[-1])
     if reverse:
-        return torch.cat([y[1:], h0.unsqueeze(0)], dim=0)
-    return torch.cat([h0.unsqueeze(0), y[:-1]], dim=0)
+        body, first, inner = dg2[:-1], dg2[-1], y[1:]
+    else:
+        body, first, inner = dg2[1:], dg2[0], y[:-1]
+    out = first.t().mm(h0)
+    if body.shape[0] > 0:
+        out = out.addmm_(body.reshape(-1, dg.shape[-1]).t(), inner.reshape(-1, y.shape[-1]))
+    return out
 
 
 def _valid(lengths: Optional[Tensor], T: int) -> Optional[Tensor]:
@@ -180,7 +187,7 @@ def _lstm_backward_fn(ctx, dy, dcn, _dgates_unused, _dcs_unused):
     need = ctx.needs_input_grad
     dw_hh = dw_hr = None
     if need[3]:
-        dw_hh = _gemm_tn(dgates, _h_prev(y, h0, ctx.reverse))  # [4H, R]
+        dw_hh = _grad_w_hh(dgates, y, h0, ctx.reverse)  # [4H, R]
     if w_hr is not None and need[4]:
         H = c0.shape[-1]
         m = gates[..., 3 * H:] * torch.tanh(cs)  # [T, N, H]
@@ -263,7 +270,7 @@ def _gru_backward_fn(ctx, dy, _dsaved_unused):
         r = _mask(saved[..., :H], _valid(lengths, y.shape[0]))
         dhg = torch.cat([dxg[..., :2 * H], dxg[..., 2 * H:] * r], dim=-1)  # [T, N, 3H]
         if need[2]:
-            dw_hh = _gemm_tn(dhg, _h_prev(y, h0, ctx.reverse))  # [3H, H]
+            dw_hh = _grad_w_hh(dhg, y, h0, ctx.reverse)  # [3H, H]
         if need[3]:
             db_hh = dhg.sum(dim=(0, 1))
     return (dxg if need[0] else None, dh0 if need[1] else None, dw_hh, db_hh,
@@ -322,7 +329,7 @@ def _rnn_backward_fn(ctx, dy):
     dxg, dh0 = torch.ops.fastrnn.rnn_backward(
         dy, h0, w_hh, lengths, ctx.reverse, ctx.relu, y, ctx.backend)
     need = ctx.needs_input_grad
-    dw_hh = _gemm_tn(dxg, _h_prev(y, h0, ctx.reverse)) if need[2] else None  # [H, H]
+    dw_hh = _grad_w_hh(dxg, y, h0, ctx.reverse) if need[2] else None  # [H, H]
     return (dxg if need[0] else None, dh0 if need[1] else None, dw_hh,
             None, None, None, None)
 
