@@ -76,12 +76,12 @@ def _set_threads():
     n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != n:
         numba.set_num_threads(n)
+    return n
 
 
 def _run(kernel, *args):
     with _launch_lock:
-        _set_threads()
-        kernel(*args)
+        kernel(*args, _set_threads())
 
 
 def _np(t):
