@@ -72,6 +72,8 @@ def _numba_info():
         # without compiling anything (an internal function: tolerate its absence)
         try:
             from numba.np.ufunc.parallel import _launch_threads
+            from .backends.numba_backend import _choose_threading_layer
+            _choose_threading_layer()  # the layer fastrnn's kernels would pick
             _launch_threads()
             out["threading_layer"] = numba.threading_layer()
         except Exception as exc:
