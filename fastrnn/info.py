@@ -60,6 +60,11 @@ def _numba_info():
         import numba
     except Exception as exc:
         return {"version": None, "error": f"{type(exc).__name__}: {exc}"}
+    try:  # before anything starts numba's pool (get_num_threads does): the layer
+        from .backends.numba_backend import _choose_threading_layer  # fastrnn would pick
+        _choose_threading_layer()
+    except Exception:
+        pass
     out = {"version": numba.__version__,
            "threading_layer": None,
            "configured_threading_layer": numba.config.THREADING_LAYER,
@@ -72,8 +77,6 @@ def _numba_info():
         # without compiling anything (an internal function: tolerate its absence)
         try:
             from numba.np.ufunc.parallel import _launch_threads
-            from .backends.numba_backend import _choose_threading_layer
-            _choose_threading_layer()  # the layer fastrnn's kernels would pick
             _launch_threads()
             out["threading_layer"] = numba.threading_layer()
         except Exception as exc:
