@@ -548,7 +548,7 @@ def rnn_forward(xg, h0, w_hh, lens, reverse, relu, y, nthreads):
                             if relu:
                                 for u in range(H):
                                     p = pre[r, u]
-                                    hb[r, u] = p if p > zero else zero
+                                    hb[r, u] = zero if p < zero else p  # NaN passes, as torch.relu
                             else:
                                 for u in range(H):
                                     hb[r, u] = tanh(pre[r, u])
@@ -589,7 +589,8 @@ def rnn_backward(dy, w_hhT, lens, reverse, relu, y, dxg, dh0, nthreads):
                         dx = dxg[t, n]
                         if relu:
                             for u in range(H):
-                                d = (dyt[u] + dh[r, u]) if yt[u] > zero else zero
+                                # as torch's threshold_backward: zero where y <= 0 (NaN y passes)
+                                d = zero if yt[u] <= zero else (dyt[u] + dh[r, u])
                                 dx[u] = d
                                 dp[r, u] = d
                         else:
