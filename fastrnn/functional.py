@@ -72,30 +72,84 @@ def _split_weights(weights, num_layers, num_directions, has_biases, proj_size):
     return groups
 
 
-def _layer_direction(mode, x, h0, c0, w, lengths, reverse, backend):
-    """One layer, one direction. x [T, N, I] -> (y [T, N, R], h_n [N, R], c_n [N, H]|None)."""
+def _project(mode, x, w):
+    """The input projection of all steps as ONE GEMM: xg [T, N, G*H] (and GRU's b_hh)."""
     w_ih, w_hh, b_ih, b_hh, w_hr = w
     if mode == "GRU":
-        xg = F.linear(x, w_ih, b_ih)  # [T, N, 3H]
         if b_hh is None:
             b_hh = w_hh.new_zeros(w_hh.shape[0])
+        return F.linear(x, w_ih, b_ih), b_hh  # b_hh stays inside the reset gate's product
+    bias = None if b_ih is None else b_ih + b_hh
+    return F.linear(x, w_ih, bias), None
+
+
+def _recur(mode, xg, b_hh, h0, c0, w, lengths, reverse, backend):
+    """The recurrence of one layer and direction -> (y [T, N, R], h_n [N, R], c_n|None)."""
+    w_hh, w_hr = w[1], w[4]
+    cn = None
+    if mode == "GRU":
         training = _needs_grad(xg, h0, w_hh, b_hh)
         y, _ = torch.ops.fastrnn.gru_forward(xg, h0, w_hh, b_hh, lengths, reverse,
                                              training, backend)
-        cn = None
+    elif mode == "LSTM":
+        training = _needs_grad(xg, h0, c0, w_hh, w_hr)
+        y, cn, _, _ = torch.ops.fastrnn.lstm_forward(xg, h0, c0, w_hh, w_hr, lengths,
+                                                     reverse, training, backend)
     else:
-        bias = None if b_ih is None else b_ih + b_hh
-        xg = F.linear(x, w_ih, bias)  # [T, N, G*H]
-        if mode == "LSTM":
-            training = _needs_grad(xg, h0, c0, w_hh, w_hr)
-            y, cn, _, _ = torch.ops.fastrnn.lstm_forward(xg, h0, c0, w_hh, w_hr, lengths,
-                                                         reverse, training, backend)
-        else:
-            y = torch.ops.fastrnn.rnn_forward(xg, h0, w_hh, lengths, reverse,
-                                              mode == "RNN_RELU", backend)
-            cn = None
+        y = torch.ops.fastrnn.rnn_forward(xg, h0, w_hh, lengths, reverse,
+                                          mode == "RNN_RELU", backend)
     hn = y[0] if reverse else y[-1]  # frozen past each sequence's end: final state
     return y, hn, cn
+
+
+def _layer_direction(mode, x, h0, c0, w, lengths, reverse, backend):
+    """One layer, one direction. x [T, N, I] -> (y [T, N, R], h_n [N, R], c_n [N, H]|None)."""
+    xg, b_hh = _project(mode, x, w)
+    return _recur(mode, xg, b_hh, h0, c0, w, lengths, reverse, backend)
+
+
+_side = {"pool": None}
+
+
+def _side_thread():
+    """One long-lived worker that runs a bidirectional layer's reverse direction."""
+    if _side["pool"] is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _side["pool"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastrnn-reverse")
+    return _side["pool"]
+
+
+def _concurrent_directions(backend, *tensors):
+    """Run the two directions of a layer at once (each on half the threads)? Only for the
+    compiled CPU kernels, in eager inference (autograd runs the backward passes one after
+    the other anyway), with at least two threads."""
+    return (backend == "cpu" and torch.get_num_threads() >= 2
+            and not torch.compiler.is_compiling() and not _needs_grad(*tensors))
+
+
+def _both_directions(mode, x, h0, c0, ws, lengths, backend):
+    """Both directions of one layer: the projections one after the other (each GEMM uses
+    every thread), then the two recurrences concurrently: the kernels release the GIL and
+    run barrier-free on their own thread share, each direction's W_hh in its own core's
+    cache."""
+    from .backends import cpu as cpu_backend
+
+    (xg0, b0), (xg1, b1) = _project(mode, x, ws[0]), _project(mode, x, ws[1])
+    nt = torch.get_num_threads()
+    n_rev = nt // 2
+    inference = torch.is_inference_mode_enabled()
+
+    def reverse_direction():
+        with torch.inference_mode(inference), torch.no_grad(), \
+                cpu_backend.thread_budget(n_rev):
+            return _recur(mode, xg1, b1, h0[1], None if c0 is None else c0[1], ws[1],
+                          lengths, True, backend)
+
+    future = _side_thread().submit(reverse_direction)
+    with cpu_backend.thread_budget(nt - n_rev):
+        fwd = _recur(mode, xg0, b0, h0[0], None if c0 is None else c0[0], ws[0], lengths,
+                     False, backend)
+    return fwd, future.result()
 
 
 def _run_layers(mode, x, h0, c0, groups, num_layers, bidirectional, dropout, train,
@@ -104,11 +158,17 @@ def _run_layers(mode, x, h0, c0, groups, num_layers, bidirectional, dropout, tra
     D = 2 if bidirectional else 1
     hns, cns = [], []
     for layer in range(num_layers):
+        k = layer * D
+        ws = groups[k:k + D]
+        if D == 2 and _concurrent_directions(backend, x, h0, c0, *[t for w in ws for t in w]):
+            results = _both_directions(mode, x, h0[k:k + 2],
+                                       None if c0 is None else c0[k:k + 2], ws, lengths,
+                                       backend)
+        else:
+            results = [_layer_direction(mode, x, h0[k + d], None if c0 is None else c0[k + d],
+                                        ws[d], lengths, d == 1, backend) for d in range(D)]
         ys = []
-        for d in range(D):
-            k = layer * D + d
-            y, hn, cn = _layer_direction(mode, x, h0[k], None if c0 is None else c0[k],
-                                         groups[k], lengths, d == 1, backend)
+        for y, hn, cn in results:
             ys.append(y)
             hns.append(hn)
             cns.append(cn)

@@ -7,7 +7,9 @@ makes sure each input is a dense tensor of the dtype the kernel reads, and passe
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 
 import torch
 
@@ -87,8 +89,25 @@ def _lengths(lengths, T, N):
     return lengths
 
 
+_budget = threading.local()
+
+
+@contextlib.contextmanager
+def thread_budget(n):
+    """Kernels called from this thread inside the block use ``n`` threads instead of
+    ``torch.get_num_threads()`` (fastrnn.functional runs the two directions of a layer
+    concurrently, each on its share)."""
+    old = getattr(_budget, "n", None)
+    _budget.n = max(1, int(n))
+    try:
+        yield
+    finally:
+        _budget.n = old
+
+
 def _threads():
-    return max(1, torch.get_num_threads())
+    n = getattr(_budget, "n", None)
+    return n if n is not None else max(1, torch.get_num_threads())
 
 
 def _empty(*shape, like):
