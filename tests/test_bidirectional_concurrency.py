@@ -85,3 +85,23 @@ def test_one_thread_runs_directions_in_turn(spy):
     finally:
         torch.set_num_threads(old)
     assert spy == []
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_inference_outputs_survive_later_calls(mode):
+    """Inference reuses one projection buffer per thread; what a call returned must not
+    change when the next call (other shape, other mode) reuses that buffer."""
+    torch.manual_seed(2)
+    ref = getattr(torch.nn, mode)(5, 8, bidirectional=True)
+    fast = getattr(fastrnn, mode)(5, 8, bidirectional=True)
+    fast.load_state_dict(ref.state_dict())
+    x1, x2 = torch.randn(7, 3, 5), torch.randn(4, 2, 5)
+    with torch.inference_mode():
+        first = fast(x1)[0]
+        kept = first.clone()
+        fast(x2)
+        fast(x1 * 2)
+    with torch.no_grad():
+        fast(x2)
+    torch.testing.assert_close(first, kept, rtol=0, atol=0)
+    torch.testing.assert_close(first, ref(x1)[0].detach(), rtol=1e-5, atol=1e-6)
