@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cpu/buffer_pool.h"
 #include "cpu/dispatch.h"
 
 namespace py = pybind11;
@@ -62,6 +63,85 @@ void run(int itemsize, F32 f32, F64 f64, Fill fill) {
   }
 }
 
+// DLPack (the stable C ABI every array library exchanges tensors through), only what
+// a CPU float tensor needs.
+struct DLDevice {
+  int32_t device_type;  // 1: CPU
+  int32_t device_id;
+};
+struct DLDataType {
+  uint8_t code;  // 2: float
+  uint8_t bits;
+  uint16_t lanes;
+};
+struct DLTensor {
+  void* data;
+  DLDevice device;
+  int32_t ndim;
+  DLDataType dtype;
+  int64_t* shape;
+  int64_t* strides;  // nullptr: compact row-major
+  uint64_t byte_offset;
+};
+struct DLManagedTensor {
+  DLTensor dl_tensor;
+  void* manager_ctx;
+  void (*deleter)(DLManagedTensor* self);
+};
+
+struct PooledTensor {
+  DLManagedTensor managed;
+  std::vector<int64_t> shape;
+  size_t bytes;
+};
+
+void pooled_deleter(DLManagedTensor* self) {
+  auto* t = static_cast<PooledTensor*>(self->manager_ctx);
+  fastrnn::cpu::pool_put(self->dl_tensor.data, t->bytes);
+  delete t;
+}
+
+void capsule_destructor(PyObject* capsule) {
+  // A capsule torch consumed is renamed "used_dltensor"; only an unconsumed one owns the block.
+  if (PyCapsule_IsValid(capsule, "dltensor")) {
+    auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule, "dltensor"));
+    m->deleter(m);
+  }
+}
+
+// An uninitialised float tensor from the pool, as a DLPack capsule for torch.from_dlpack.
+py::object pooled_empty(const std::vector<int64_t>& shape, int itemsize) {
+  if (itemsize != 4 && itemsize != 8) throw std::invalid_argument("pooled_empty: itemsize must be 4 or 8");
+  size_t numel = 1;
+  for (int64_t d : shape) {
+    if (d < 0) throw std::invalid_argument("pooled_empty: negative dimension");
+    numel *= static_cast<size_t>(d);
+  }
+  auto* t = new PooledTensor();
+  t->shape = shape;
+  t->bytes = numel * static_cast<size_t>(itemsize);
+  try {
+    t->managed.dl_tensor.data = fastrnn::cpu::pool_get(t->bytes);
+  } catch (...) {
+    delete t;
+    throw;
+  }
+  t->managed.dl_tensor.device = {1, 0};
+  t->managed.dl_tensor.ndim = static_cast<int32_t>(shape.size());
+  t->managed.dl_tensor.dtype = {2, static_cast<uint8_t>(itemsize * 8), 1};
+  t->managed.dl_tensor.shape = t->shape.data();
+  t->managed.dl_tensor.strides = nullptr;
+  t->managed.dl_tensor.byte_offset = 0;
+  t->managed.manager_ctx = t;
+  t->managed.deleter = pooled_deleter;
+  PyObject* capsule = PyCapsule_New(&t->managed, "dltensor", capsule_destructor);
+  if (!capsule) {
+    pooled_deleter(&t->managed);
+    throw py::error_already_set();
+  }
+  return py::reinterpret_steal<py::object>(capsule);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -70,6 +150,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("isa", &fastrnn::cpu::isa, "the instruction set build in use");
   m.def("set_isa", &fastrnn::cpu::set_isa, py::arg("name"));
   m.def("supported_isas", &fastrnn::cpu::supported_isas);
+  m.def("pooled_empty", &pooled_empty, py::arg("shape"), py::arg("itemsize"),
+        "uninitialised tensor memory from fastrnn's CPU buffer pool, as a DLPack capsule");
+  m.def("pool_cached_bytes", &fastrnn::cpu::pool_cached_bytes);
+  m.def("pool_limit", &fastrnn::cpu::pool_limit);
+  m.def("pool_set_limit", &fastrnn::cpu::pool_set_limit, py::arg("bytes"));
+  m.def("pool_release", &fastrnn::cpu::pool_release);
 
   m.def(
       "lstm_forward",

@@ -12,6 +12,7 @@ import os
 import threading
 
 import torch
+import torch.utils.dlpack
 
 _C = None
 _IMPORT_ERROR = None
@@ -26,6 +27,8 @@ else:
     _isa = os.environ.get(ISA_ENV, "").strip().lower()
     if _isa and _isa != "auto":
         _C.set_isa(_isa)
+    if os.environ.get("FASTRNN_CPU_POOL_MB", "").strip():
+        _C.pool_set_limit(int(float(os.environ["FASTRNN_CPU_POOL_MB"]) * 2**20))
 
 
 def _disabled():
@@ -110,8 +113,30 @@ def _threads():
     return n if n is not None else max(1, torch.get_num_threads())
 
 
+_POOL_ENV = "FASTRNN_CPU_POOL_MB"
+
+
 def _empty(*shape, like):
-    return torch.empty(shape, dtype=like.dtype, device=like.device)
+    """Uninitialised output memory from the extension's buffer pool (blocks come back
+    when torch frees the tensor, so a training loop stops paying first-touch page
+    faults for its saved activations and gate gradients every step)."""
+    return torch.utils.dlpack.from_dlpack(_C.pooled_empty(list(shape), like.element_size()))
+
+
+def pool_cached_bytes():
+    """Bytes of freed output blocks the CPU kernels keep for reuse."""
+    return _C.pool_cached_bytes() if _C is not None else 0
+
+
+def empty_cache():
+    """Give every cached output block back to the operating system."""
+    if _C is not None:
+        _C.pool_release()
+
+
+def set_pool_limit(megabytes):
+    """Keep at most this many MB of freed output blocks (0 disables the pool's caching)."""
+    _C.pool_set_limit(int(megabytes * 2**20))
 
 
 def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training):
