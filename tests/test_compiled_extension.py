@@ -68,11 +68,12 @@ def test_set_isa_rejects_unknown(restore_isa):
         restore_isa.set_isa("sse9")
 
 
+@pytest.mark.parametrize("batch", [11, 40])  # threads split the units / the batch rows
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_thread_count_does_not_change_results(threads):
+def test_thread_count_does_not_change_results(threads, batch):
     torch.manual_seed(1)
     m = fastrnn.GRU(7, 33, backend="cpu").double()
-    x = torch.randn(9, 11, 7, dtype=torch.float64)
+    x = torch.randn(9, batch, 7, dtype=torch.float64)
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

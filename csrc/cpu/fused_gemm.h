@@ -123,18 +123,29 @@ static inline void micro_tile_rows(int mr, const T* A, int64_t lda, int64_t K, c
   }
 }
 
-// A thread's share of the (panel, row-chunk) work items: fixed for the whole
-// sequence so each thread keeps touching the same weights.
+// A thread's share of one GEMM phase, fixed for the whole sequence so each thread keeps
+// touching the same weights and rows. With enough batch rows every thread takes a block
+// of rows and ALL panels: then no thread reads what another wrote (a row's next state
+// depends only on that row), so the kernels skip the per-step barrier (`independent`).
+// Otherwise (small batches) threads split the panels and meet at a barrier per phase.
 struct WorkSplit {
-  int64_t panels, rows, row_chunks, item_begin, item_end;
-  WorkSplit(int64_t panels_, int64_t rows_, int tid, int nthr, int mr)
-      : panels(panels_), rows(rows_) {
-    const int64_t max_chunks = std::max<int64_t>(1, (rows + mr - 1) / mr);
-    const int64_t wanted = panels > 0 ? (nthr + panels - 1) / panels : 1;
-    row_chunks = std::min<int64_t>(max_chunks, std::max<int64_t>(1, wanted));
-    const int64_t items = panels * row_chunks;
-    item_begin = items * tid / nthr;
-    item_end = items * (tid + 1) / nthr;
+  int64_t p_begin, p_end, r_begin, r_end;
+  bool independent;
+  WorkSplit(int64_t panels, int64_t rows, int tid, int nthr, int mr) {
+    if (nthr == 1 || rows >= static_cast<int64_t>(nthr) * mr) {
+      const int64_t tiles = (rows + mr - 1) / mr;
+      independent = true;
+      p_begin = 0;
+      p_end = panels;
+      r_begin = std::min(rows, tiles * tid / nthr * mr);
+      r_end = std::min(rows, tiles * (tid + 1) / nthr * mr);
+    } else {
+      independent = false;
+      p_begin = panels * tid / nthr;
+      p_end = panels * (tid + 1) / nthr;
+      r_begin = 0;
+      r_end = rows;
+    }
   }
 };
 
@@ -146,17 +157,24 @@ static inline void fused_gemm(const WorkSplit& ws, const T* A, int64_t lda, int6
   constexpr int W = Vec<T>::W;
   constexpr int MR = rows_per_tile<NB>();
   alignas(64) vec_t<T> acc[MR * NB];
-  for (int64_t it = ws.item_begin; it < ws.item_end; ++it) {
-    const int64_t p = it / ws.row_chunks, chunk = it % ws.row_chunks;
-    const int64_t r0 = ws.rows * chunk / ws.row_chunks, r1 = ws.rows * (chunk + 1) / ws.row_chunks;
+  for (int64_t p = ws.p_begin; p < ws.p_end; ++p) {
     const T* Bp = packed + p * K * NB * W;
-    for (int64_t n = r0; n < r1; n += MR) {
-      const int mr = static_cast<int>(std::min<int64_t>(MR, r1 - n));
+    for (int64_t n = ws.r_begin; n < ws.r_end; n += MR) {
+      const int mr = static_cast<int>(std::min<int64_t>(MR, ws.r_end - n));
       micro_tile_rows<T, NB>(mr, A ? A + n * lda : nullptr, lda, K, Bp, acc);
       for (int r = 0; r < mr; ++r) epi(p, n + r, acc + r * NB);
     }
   }
 }
+
+// The barrier between dependent phases, skipped when the split makes threads independent
+// (every thread of the team has the same `independent`, so all or none reach it).
+#define FASTRNN_PHASE_BARRIER(ws) \
+  do {                             \
+    if (!(ws).independent) {       \
+      _Pragma("omp barrier")       \
+    }                              \
+  } while (0)
 
 static inline bool step_valid(const int64_t* lengths, int64_t n, int64_t t) {
   return lengths == nullptr || t < lengths[n];

@@ -54,7 +54,7 @@ void gru_forward(const GruForwardParams<T>& a) {
           vstore_n(svr + 3 * H, hn, cnt);
         }
       });
-#pragma omp barrier
+FASTRNN_PHASE_BARRIER(ws);
     }
   }
 }
@@ -119,7 +119,7 @@ void gru_backward(const GruBackwardParams<T>& a) {
           vstore_n(cr, dh * z, cnt);
         }
       });
-#pragma omp barrier
+FASTRNN_PHASE_BARRIER(ws);
     }
     const T* dhg_first = dhg.get() + ((TT - 1) & 1) * N * G3;
     fused_gemm<T, 4>(ws, dhg_first, G3, G3, w_back.get(), [&](int64_t p, int64_t n, const V* acc) {

@@ -67,7 +67,7 @@ void lstm_forward(const LstmForwardParams<T>& a) {
         vstore_n(proj ? m.get() + n * H + u : yt + n * R + u, h, cnt);
       });
       if (proj) {
-#pragma omp barrier
+FASTRNN_PHASE_BARRIER(ws1);
         fused_gemm<T, 4>(ws2, m.get(), H, H, w_proj.get(), [&](int64_t p, int64_t n, const V* acc) {
           const bool valid = step_valid(a.lengths, n, t);
           for (int b = 0; b < 4; ++b) {
@@ -78,7 +78,7 @@ void lstm_forward(const LstmForwardParams<T>& a) {
           }
         });
       }
-#pragma omp barrier
+FASTRNN_PHASE_BARRIER(ws1);
     }
   }
   std::copy(c.get(), c.get() + N * H, a.cn);
@@ -167,7 +167,7 @@ void lstm_backward(const LstmBackwardParams<T>& a) {
             vstore_n(cr, valid ? vzero<T>() : d, cnt);
           }
         });
-#pragma omp barrier
+FASTRNN_PHASE_BARRIER(ws1);
         fused_gemm<T, 4>(ws2, drt, R, R, w_proj.get(), [&](int64_t p, int64_t n, const V* acc) {
           const bool valid = step_valid(a.lengths, n, t);
           for (int b = 0; b < 4; ++b) {
@@ -181,7 +181,7 @@ void lstm_backward(const LstmBackwardParams<T>& a) {
           }
         });
       }
-#pragma omp barrier
+FASTRNN_PHASE_BARRIER(ws1);
     }
     // dh0 = dgates(first forward step) @ W_hh + what was carried past frozen steps.
     const T* dg_first = a.dgates + (a.reverse ? TT - 1 : 0) * N * G4;

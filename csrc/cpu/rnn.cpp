@@ -41,7 +41,7 @@ void rnn_forward(const RnnForwardParams<T>& a) {
           vstore_n(yt + n * H + u, h, cnt);
         }
       });
-#pragma omp barrier
+FASTRNN_PHASE_BARRIER(ws);
     }
   }
 }
@@ -84,7 +84,7 @@ void rnn_backward(const RnnBackwardParams<T>& a) {
           vstore_n(cr, vzero<T>(), cnt);
         }
       });
-#pragma omp barrier
+FASTRNN_PHASE_BARRIER(ws);
     }
     const T* d_first = a.dxg + (a.reverse ? TT - 1 : 0) * N * H;
     fused_gemm<T, 4>(ws, d_first, H, H, w.get(), [&](int64_t p, int64_t n, const V* acc) {
