@@ -167,6 +167,23 @@ static inline void fused_gemm(const WorkSplit& ws, const T* A, int64_t lda, int6
   }
 }
 
+// out[N, cols] = A[N, K] @ B + carry over unit-packed panels (4 vectors each): the
+// initial-state gradient every backward kernel ends with (dh0 = dgates_first @ W_hh
+// plus what was carried past frozen steps).
+template <typename T>
+static inline void gemm_plus_carry(const WorkSplit& ws, const T* A, int64_t K, const T* packed,
+                                   int64_t cols, const T* carry, T* out) {
+  constexpr int W = Vec<T>::W;
+  fused_gemm<T, 4>(ws, A, K, K, packed, [&](int64_t p, int64_t n, const vec_t<T>* acc) {
+    for (int b = 0; b < 4; ++b) {
+      const int64_t c = (p * 4 + b) * W;
+      if (c >= cols) break;
+      const int cnt = static_cast<int>(std::min<int64_t>(W, cols - c));
+      vstore_n(out + n * cols + c, acc[b] + vload_n(carry + n * cols + c, cnt), cnt);
+    }
+  });
+}
+
 // The barrier between dependent phases, skipped when the split makes threads independent
 // (every thread of the team has the same `independent`, so all or none reach it).
 #define FASTRNN_PHASE_BARRIER(ws) \

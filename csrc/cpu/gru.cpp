@@ -122,14 +122,7 @@ void gru_backward(const GruBackwardParams<T>& a) {
 FASTRNN_PHASE_BARRIER(ws);
     }
     const T* dhg_first = dhg.get() + ((TT - 1) & 1) * N * G3;
-    fused_gemm<T, 4>(ws, dhg_first, G3, G3, w_back.get(), [&](int64_t p, int64_t n, const V* acc) {
-      for (int b = 0; b < 4; ++b) {
-        const int64_t u = (p * 4 + b) * W;
-        if (u >= H) break;
-        const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
-        vstore_n(a.dh0 + n * H + u, acc[b] + vload_n(carry.get() + n * H + u, cnt), cnt);
-      }
-    });
+    gemm_plus_carry<T>(ws, dhg_first, G3, w_back.get(), H, carry.get(), a.dh0);
   }
 }
 

@@ -185,14 +185,7 @@ FASTRNN_PHASE_BARRIER(ws1);
     }
     // dh0 = dgates(first forward step) @ W_hh + what was carried past frozen steps.
     const T* dg_first = a.dgates + (a.reverse ? TT - 1 : 0) * N * G4;
-    fused_gemm<T, 4>(ws1, dg_first, G4, G4, w_back.get(), [&](int64_t p, int64_t n, const V* acc) {
-      for (int b = 0; b < 4; ++b) {
-        const int64_t col = (p * 4 + b) * W;
-        if (col >= R) break;
-        const int cnt = static_cast<int>(std::min<int64_t>(W, R - col));
-        vstore_n(a.dh0 + n * R + col, acc[b] + vload_n(carry.get() + n * R + col, cnt), cnt);
-      }
-    });
+    gemm_plus_carry<T>(ws1, dg_first, G4, w_back.get(), R, carry.get(), a.dh0);
   }
   std::copy(dc.get(), dc.get() + N * H, a.dc0);
 }

@@ -87,14 +87,7 @@ void rnn_backward(const RnnBackwardParams<T>& a) {
 FASTRNN_PHASE_BARRIER(ws);
     }
     const T* d_first = a.dxg + (a.reverse ? TT - 1 : 0) * N * H;
-    fused_gemm<T, 4>(ws, d_first, H, H, w.get(), [&](int64_t p, int64_t n, const V* acc) {
-      for (int b = 0; b < 4; ++b) {
-        const int64_t u = (p * 4 + b) * W;
-        if (u >= H) break;
-        const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
-        vstore_n(a.dh0 + n * H + u, acc[b] + vload_n(carry.get() + n * H + u, cnt), cnt);
-      }
-    });
+    gemm_plus_carry<T>(ws, d_first, H, w.get(), H, carry.get(), a.dh0);
   }
 }
 
