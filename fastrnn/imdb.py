@@ -81,6 +81,9 @@ def build_parser():
     p.add_argument("--test-size", type=int, default=None, help="use the first N test reviews")
     p.add_argument("--seed", type=int, default=0, help="weights and batch order")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--forget-bias", type=float, default=1.0,
+                   help="LSTM forget-gate bias at init, both implementations (default "
+                        "%(default)s; 'nan' keeps torch's init)")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (0: off)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--out", default="imdb_results", help="output folder (default %(default)s)")
@@ -148,6 +151,11 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _forget_bias(args):
+    fb = getattr(args, "forget_bias", 1.0)
+    return None if fb is None or fb != fb else fb  # nan: torch's own init
+
+
 class Run:
     """One (model, implementation) pair being trained."""
 
@@ -155,7 +163,8 @@ class Run:
         self.name, self.impl, self.device = name, impl, device
         self.model = build_model(name, impl, seed=args.seed, vocab_size=args.num_words,
                                  embed_dim=args.embed_dim, hidden_size=args.hidden_size,
-                                 backend=args.backend if impl == "fastrnn" else None)
+                                 backend=args.backend if impl == "fastrnn" else None,
+                                 forget_bias=_forget_bias(args))
         self.model.to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         self.loss_fn = nn.BCEWithLogitsLoss()
@@ -264,7 +273,8 @@ def _initial_agreement(name, args, device, xb):
     """Max |logit difference| of the two implementations before training (same weights)."""
     models = {impl: build_model(name, impl, seed=args.seed, vocab_size=args.num_words,
                                 embed_dim=args.embed_dim, hidden_size=args.hidden_size,
-                                backend=args.backend if impl == "fastrnn" else None).to(device)
+                                backend=args.backend if impl == "fastrnn" else None,
+                                forget_bias=_forget_bias(args)).to(device)
               for impl in IMPLS}
     sd_t, sd_f = models["torch"].state_dict(), models["fastrnn"].state_dict()
     same_weights = sd_t.keys() == sd_f.keys() and all(torch.equal(sd_t[k], sd_f[k]) for k in sd_t)
@@ -505,7 +515,8 @@ def write_report(summary, out, charts):
         f"`{data['source']}`, vocabulary {cfg['num_words']}, pre-padded/truncated to "
         f"{cfg['maxlen']} steps.", "",
         f"Training: {cfg['epochs']} epoch(s), Adam lr {cfg['lr']}, batch {cfg['batch_size']}, "
-        f"gradient clipping {cfg['clip'] or 'off'}, hidden {cfg['hidden_size']}, embedding "
+        f"gradient clipping {cfg['clip'] or 'off'}, LSTM forget-gate bias "
+        f"{cfg.get('forget_bias', 1.0)} at init, hidden {cfg['hidden_size']}, embedding "
         f"{cfg['embed_dim']}, seed {cfg['seed']}. Inference batch {cfg['eval_batch_size']}. "
         f"Both implementations of a model start from identical weights and see the same "
         f"batches; their epochs alternate.", "",

@@ -198,3 +198,23 @@ def test_job_torch_only(tmp_path, archive):
     assert _run_quick(archive, out, "torch", models="gru,birnn") == 0
     summary = _check_outputs(out, ["gru", "birnn"], ["torch"])
     assert summary["comparisons"] == []
+
+
+def test_forget_bias_init_is_shared_by_both_implementations():
+    from fastrnn.models import init_forget_bias
+    pair = build_pair("bilstm", seed=4, backend=BACKEND, forget_bias=1.0, **SMALL)
+    H = SMALL["hidden_size"]
+    for model in pair.values():
+        for sfx in ("l0", "l0_reverse"):
+            b_ih = getattr(model.rnn, f"bias_ih_{sfx}")
+            b_hh = getattr(model.rnn, f"bias_hh_{sfx}")
+            assert torch.all(b_ih[H:2 * H] == 1.0) and torch.all(b_hh[H:2 * H] == 0.0)
+    sd_t, sd_f = pair["torch"].state_dict(), pair["fastrnn"].state_dict()
+    assert all(torch.equal(sd_t[k], sd_f[k]) for k in sd_t)
+    # torch's init is kept with None, and GRU layers are left alone
+    plain = build_model("lstm", "torch", seed=4, forget_bias=None, **SMALL)
+    assert not torch.all(plain.rnn.bias_ih_l0[H:2 * H] == 1.0)
+    gru = build_model("gru", "torch", seed=4, **SMALL)
+    before = gru.rnn.bias_ih_l0.clone()
+    init_forget_bias(gru.rnn, 5.0)
+    assert torch.equal(before, gru.rnn.bias_ih_l0)
