@@ -182,8 +182,36 @@ def _recur(mode, xg, b_hh, h0, c0, w, lengths, reverse, backend):
     else:
         y = torch.ops.fastrnn.rnn_forward(xg, h0, w_hh, lengths, reverse,
                                           mode == "RNN_RELU", backend)
-    hn = y[0] if reverse else y[-1]  # frozen past each sequence's end: final state
+    # frozen past each sequence's end: the final state is the last step's output
+    index = 0 if reverse else y.shape[0] - 1
+    if (backend == "cpu" and y.requires_grad and not torch.compiler.is_compiling()
+            and y.dtype in (torch.float32, torch.float64)):
+        hn = _FinalState.apply(y, index)
+    else:
+        hn = y[index]
     return y, hn, cn
+
+
+class _FinalState(torch.autograd.Function):
+    """``y[index]`` (the final state) whose gradient ``dy`` is built in pooled memory.
+
+    ``y[index]``'s own backward allocates a fresh zero [T, N, R] tensor, paying first-touch
+    page faults every training step (~6 ms for 16 MB here) when a model reads only h_n,
+    as the IMDB classifiers do; the pool hands back last step's block instead."""
+
+    @staticmethod
+    def forward(ctx, y, index):
+        ctx.index, ctx.shape = index, y.shape
+        return y[index].clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        from .backends import cpu as cpu_backend
+
+        dy = cpu_backend._empty(*ctx.shape, like=g)
+        dy.zero_()
+        dy[ctx.index].copy_(g)
+        return dy, None
 
 
 def _layer_direction(mode, x, h0, c0, w, lengths, reverse, backend):

@@ -76,7 +76,15 @@ def _check(*tensors):
 
 
 def _dense(t):
-    return None if t is None else t.contiguous()
+    """A contiguous ``t``; a copy goes into pooled memory (e.g. the expanded ones that
+    ``output.sum()`` backpropagates: a fresh copy would pay page faults every step)."""
+    if t is None or t.is_contiguous():
+        return t
+    if t.dtype not in _DTYPES:
+        return t.contiguous()  # rejected by _check with a clear message
+    out = _empty(*t.shape, like=t)
+    out.copy_(t)
+    return out
 
 
 def _ptr(t):
