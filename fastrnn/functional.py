@@ -95,56 +95,65 @@ def _projection_buffer(numel, like, slot):
     return buf[:numel]
 
 
+_POOLED_BACKENDS = ("cpu", "numba")
+
+
+def _pooled_empty(*shape, like, backend):
+    """Uninitialised memory from the compiled extension's pool (backend "cpu") or
+    ``fastrnn._pool`` (numba): reused across training steps instead of page-faulted in."""
+    if backend == "cpu":
+        from .backends import cpu as cpu_backend
+        return cpu_backend._empty(*shape, like=like)
+    from . import _pool
+    return _pool.empty(*shape, dtype=like.dtype)
+
+
 class _PooledLinear(torch.autograd.Function):
-    """F.linear over [T, N, I] for training with the compiled CPU kernels, whose output
-    (the [T, N, G*H] projection) and input gradient come from the extension's buffer pool
-    instead of fresh memory. A fresh projection costs first-touch page faults each step
+    """F.linear over [T, N, I] for training with the CPU kernels, whose output (the
+    [T, N, G*H] projection) and input gradient come from a buffer pool instead of fresh
+    memory. A fresh projection costs first-touch page faults each step
     (measured here: ~15 ms of a ~205 ms LSTM training step at T500 N64 H128, 2 threads);
     the pool hands back the block the previous step freed."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
-        from .backends import cpu as cpu_backend
-
+    def forward(ctx, x, weight, bias, backend):
         T, N, I = x.shape
         G = weight.shape[0]
         x2 = x.reshape(T * N, I)
-        out = cpu_backend._empty(T * N, G, like=x)
+        out = _pooled_empty(T * N, G, like=x, backend=backend)
         if bias is None:
             torch.mm(x2, weight.t(), out=out)
         else:
             torch.addmm(bias, x2, weight.t(), out=out)
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
+        ctx.has_bias, ctx.backend = bias is not None, backend
         return out.view(T, N, G)
 
     @staticmethod
     def backward(ctx, g):
-        from .backends import cpu as cpu_backend
-
         x, weight = ctx.saved_tensors
         T, N, I = x.shape
         g2 = g.reshape(T * N, g.shape[-1])
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dx = cpu_backend._empty(T * N, I, like=x)
+            dx = _pooled_empty(T * N, I, like=x, backend=ctx.backend)
             torch.mm(g2, weight, out=dx)
             dx = dx.view(T, N, I)
         if ctx.needs_input_grad[1]:
             dw = g2.t().mm(x.reshape(T * N, I))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = g2.sum(0)
-        return dx, dw, db
+        return dx, dw, db, None
 
 
 def _linear(x, weight, bias, slot, backend=None):
     """F.linear over [T, N, I]; outside autograd and compilation, into a reused buffer;
-    in eager training on the compiled CPU kernels, into pooled memory."""
+    in eager training on the CPU kernels, into pooled memory."""
     if x.device.type != "cpu" or torch.compiler.is_compiling():
         return F.linear(x, weight, bias)
     if _needs_grad(x, weight, bias):
-        if backend == "cpu" and x.dtype in (torch.float32, torch.float64):
-            return _PooledLinear.apply(x, weight, bias)
+        if backend in _POOLED_BACKENDS and x.dtype in (torch.float32, torch.float64):
+            return _PooledLinear.apply(x, weight, bias, backend)
         return F.linear(x, weight, bias)
     T, N, _ = x.shape
     out = _projection_buffer(T * N * weight.shape[0], x, slot).view(T * N, weight.shape[0])
@@ -184,9 +193,9 @@ def _recur(mode, xg, b_hh, h0, c0, w, lengths, reverse, backend):
                                           mode == "RNN_RELU", backend)
     # frozen past each sequence's end: the final state is the last step's output
     index = 0 if reverse else y.shape[0] - 1
-    if (backend == "cpu" and y.requires_grad and not torch.compiler.is_compiling()
+    if (backend in _POOLED_BACKENDS and y.requires_grad and not torch.compiler.is_compiling()
             and y.dtype in (torch.float32, torch.float64)):
-        hn = _FinalState.apply(y, index)
+        hn = _FinalState.apply(y, index, backend)
     else:
         hn = y[index]
     return y, hn, cn
@@ -200,18 +209,16 @@ class _FinalState(torch.autograd.Function):
     as the IMDB classifiers do; the pool hands back last step's block instead."""
 
     @staticmethod
-    def forward(ctx, y, index):
-        ctx.index, ctx.shape = index, y.shape
+    def forward(ctx, y, index, backend):
+        ctx.index, ctx.shape, ctx.backend = index, y.shape, backend
         return y[index].clone()
 
     @staticmethod
     def backward(ctx, g):
-        from .backends import cpu as cpu_backend
-
-        dy = cpu_backend._empty(*ctx.shape, like=g)
+        dy = _pooled_empty(*ctx.shape, like=g, backend=ctx.backend)
         dy.zero_()
         dy[ctx.index].copy_(g)
-        return dy, None
+        return dy, None, None
 
 
 def _layer_direction(mode, x, h0, c0, w, lengths, reverse, backend):

@@ -3,7 +3,8 @@
 Implements the backend contract of ``fastrnn.backends`` (read its docstring) on CPU
 tensors of float32/float64. The kernels live in ``_numba_kernels`` (imported lazily,
 so ``import fastrnn`` never needs numba); this module only converts torch tensors to
-numpy views, allocates the outputs with ``torch.empty`` and sets the thread count.
+numpy views, allocates the outputs (large ones from ``fastrnn._pool``) and sets the
+thread count.
 
 Threads: numba's parallel kernels run on numba's thread pool, sized to
 ``torch.get_num_threads()``. Unless ``$NUMBA_THREADING_LAYER`` says otherwise, the
@@ -24,6 +25,8 @@ import os
 import threading
 
 import torch
+
+from .. import _pool
 
 _kernels = None
 _lock = threading.Lock()
@@ -89,8 +92,18 @@ def _run(kernel, *args):
 
 
 def _np(t):
-    """numpy view of a CPU tensor (no copy when contiguous, as the contract promises)."""
-    return t.detach().contiguous().numpy()
+    """numpy view of a CPU tensor (no copy when contiguous, as the contract promises;
+    a non-contiguous one is copied into pooled memory)."""
+    t = t.detach()
+    if not t.is_contiguous():
+        t = _pool.empty(*t.shape, dtype=t.dtype).copy_(t)
+    return t.numpy()
+
+
+def _out(*shape, like):
+    """An output of the kernels: [T, N, ...] activations and gradients come from
+    ``fastrnn._pool`` (no first-touch page faults every training step)."""
+    return _pool.empty(*shape, dtype=like.dtype)
 
 
 def _lens(lengths, T, N):
@@ -119,11 +132,11 @@ def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training):
     T, N, G = xg.shape
     H = G // 4
     R = h0.shape[-1]
-    y = xg.new_empty(T, N, R)
+    y = _out(T, N, R, like=xg)
     cn = xg.new_empty(N, H)
     if training:
-        gates = xg.new_empty(T, N, 4 * H)
-        cs = xg.new_empty(T, N, H)
+        gates = _out(T, N, 4 * H, like=xg)
+        cs = _out(T, N, H, like=xg)
         gates_np, cs_np = gates.numpy(), cs.numpy()
     else:
         gates = xg.new_empty(0)
@@ -141,11 +154,11 @@ def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs):
     k = _k()
     T, N, R = dy.shape
     H = c0.shape[-1]
-    dgates = dy.new_empty(T, N, 4 * H)
+    dgates = _out(T, N, 4 * H, like=dy)
     dh0 = dy.new_empty(N, R)
     dc0 = dy.new_empty(N, H)
     use_proj = w_hr is not None
-    dr = dy.new_empty(T, N, R) if use_proj else dy.new_empty(0)
+    dr = _out(T, N, R, like=dy) if use_proj else dy.new_empty(0)
     _run(k.lstm_backward, _np(dy), _np(dcn), _np(c0), _transposed(w_hh),
          _transposed(w_hr) if use_proj else _dummy2(dy), use_proj,
          _lens(lengths, T, N), bool(reverse), _np(gates), _np(cs),
@@ -160,8 +173,8 @@ def gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training):
     k = _k()
     T, N, G = xg.shape
     H = G // 3
-    y = xg.new_empty(T, N, H)
-    saved = xg.new_empty(T, N, 4 * H) if training else xg.new_empty(0)
+    y = _out(T, N, H, like=xg)
+    saved = _out(T, N, 4 * H, like=xg) if training else xg.new_empty(0)
     _run(k.gru_forward, _np(xg), _np(h0), _np(w_hh), _np(b_hh), _lens(lengths, T, N),
          bool(reverse), bool(training), y.numpy(),
          saved.numpy() if training else _dummy3(xg))
@@ -171,7 +184,7 @@ def gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training):
 def gru_backward(dy, h0, w_hh, lengths, reverse, y, saved):
     k = _k()
     T, N, H = dy.shape
-    dxg = dy.new_empty(T, N, 3 * H)
+    dxg = _out(T, N, 3 * H, like=dy)
     dh0 = dy.new_empty(N, H)
     _run(k.gru_backward, _np(dy), _np(h0), _transposed(w_hh), _lens(lengths, T, N),
          bool(reverse), _np(y), _np(saved), dxg.numpy(), dh0.numpy())
@@ -183,7 +196,7 @@ def gru_backward(dy, h0, w_hh, lengths, reverse, y, saved):
 def rnn_forward(xg, h0, w_hh, lengths, reverse, relu):
     k = _k()
     T, N, H = xg.shape
-    y = xg.new_empty(T, N, H)
+    y = _out(T, N, H, like=xg)
     _run(k.rnn_forward, _np(xg), _np(h0), _np(w_hh), _lens(lengths, T, N), bool(reverse),
          bool(relu), y.numpy())
     return y
@@ -192,7 +205,7 @@ def rnn_forward(xg, h0, w_hh, lengths, reverse, relu):
 def rnn_backward(dy, h0, w_hh, lengths, reverse, relu, y):
     k = _k()
     T, N, H = dy.shape
-    dxg = dy.new_empty(T, N, H)
+    dxg = _out(T, N, H, like=dy)
     dh0 = dy.new_empty(N, H)
     _run(k.rnn_backward, _np(dy), _transposed(w_hh), _lens(lengths, T, N), bool(reverse),
          bool(relu), _np(y), dxg.numpy(), dh0.numpy())
