@@ -52,9 +52,13 @@ class SentimentRNN(nn.Module):
 
     The recurrent layer runs time-major (``batch_first=False``): the ids are transposed
     (a free view) before the embedding, so no activation is ever transposed or copied.
-    The classifier reads the final hidden state (both directions concatenated, forward
-    first, for the bidirectional models); with Keras-style pre-padding that state has seen
-    every word of the review last.
+    The ids are Keras-style pre-padded (padding id 0 first, the review at the end). The
+    classifier reads, per direction, the state that has just read the whole review: the
+    forward direction's final state (the review ends at the last step), and for the
+    bidirectional models the reverse direction's output at the review's first word (its
+    own final state would come after it has run over all the padding: measured on the full
+    data, Bi-LSTM reached 82.1% test accuracy that way, against 87.3% for the plain LSTM).
+    Both features are concatenated, forward first.
     """
 
     def __init__(self, kind, bidirectional, layer_cls, vocab_size=10000, embed_dim=100,
@@ -67,14 +71,22 @@ class SentimentRNN(nn.Module):
                              **(layer_kwargs or {}))
         self.classifier = nn.Linear(hidden_size * (2 if bidirectional else 1), 1)
 
-    def forward(self, ids):  # ids [N, T] int64
+    def features(self, ids):  # ids [N, T] int64 -> [N, H or 2H]
         x = self.embedding(ids.t())  # [T, N, E]
-        _, h = self.rnn(x)
+        y, h = self.rnn(x)
         if isinstance(h, tuple):  # LSTM: (h_n, c_n)
             h = h[0]
-        # h [layers * dirs, N, H]; the last layer's directions are the last rows
-        feat = torch.cat([h[-2], h[-1]], dim=1) if self.bidirectional else h[-1]
-        return self.classifier(feat).squeeze(1)
+        if not self.bidirectional:
+            return h[-1]  # [layers, N, H]: the last layer's final state
+        N, T = ids.shape
+        H = h.shape[-1]
+        # index of each review's first word (an empty review: the last step)
+        first = (T - (ids != 0).sum(dim=1)).clamp(max=T - 1)
+        reverse = y[first, torch.arange(N, device=ids.device), H:]  # [N, H]
+        return torch.cat([h[-2], reverse], dim=1)
+
+    def forward(self, ids):  # ids [N, T] int64
+        return self.classifier(self.features(ids)).squeeze(1)
 
 
 def _make(name, layer_cls, layer_kwargs, **sizes):

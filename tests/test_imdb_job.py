@@ -137,6 +137,7 @@ def _run_quick(archive, out, impls, models=",".join(MODEL_NAMES)):
                      "--device", "cpu", "--backend", BACKEND, "--hidden-size", "8",
                      "--maxlen", "32", "--batch-size", "8", "--eval-batch-size", "16",
                      "--epochs", "2", "--out", str(out), "--no-progress", "--seed", "1",
+                     "--lr", "0.01",
                      # one thread: on a busy machine, two spinning threads per process cost
                      # this tiny job 4-5x in wall time
                      "--threads", "1"])
@@ -218,3 +219,26 @@ def test_forget_bias_init_is_shared_by_both_implementations():
     before = gru.rnn.bias_ih_l0.clone()
     init_forget_bias(gru.rnn, 5.0)
     assert torch.equal(before, gru.rnn.bias_ih_l0)
+
+
+@pytest.mark.parametrize("name", ["birnn", "bilstm", "bigru"])
+def test_bidirectional_reverse_feature_ignores_the_padding(name):
+    """The reverse direction's feature is its output at the review's first word: the same
+    however much pre-padding precedes the review (it never runs over the padding)."""
+    model = build_model(name, "torch", seed=1, **SMALL).double()
+    review = torch.randint(1, 50, (1, 6))
+    short = torch.cat([torch.zeros(1, 3, dtype=torch.long), review], dim=1)
+    long = torch.cat([torch.zeros(1, 11, dtype=torch.long), review], dim=1)
+    H = SMALL["hidden_size"]
+    with torch.no_grad():
+        a, b = model.features(short), model.features(long)
+        torch.testing.assert_close(a[:, H:], b[:, H:])
+        # and it is the reverse direction's output at the first word, not its final state
+        y, _ = model.rnn(model.embedding(long.t()))
+        torch.testing.assert_close(b[:, H:], y[11, :, H:])
+    # a batch of reviews of different lengths, including an empty one
+    batch = torch.zeros(3, 8, dtype=torch.long)
+    batch[0, 2:] = torch.randint(1, 50, (6,))
+    batch[1, :] = torch.randint(1, 50, (8,))
+    out = model(batch)
+    assert out.shape == (3,) and torch.isfinite(out).all()
