@@ -11,6 +11,7 @@ sequence's end) and goes back to a PackedSequence with the same indices.
 direction ``w_ih, w_hh[, b_ih, b_hh][, w_hr]``.
 """
 
+import os
 import threading
 
 import torch
@@ -238,10 +239,24 @@ def _side_thread():
     return _side["pool"]
 
 
+CONCURRENT_ENV = "FASTRNN_CONCURRENT_DIRECTIONS"
+
+
 def _concurrent_directions(backend, *tensors):
-    """Run the two directions of a layer at once (each on half the threads)? Only for the
-    compiled CPU kernels, in eager inference (autograd runs the backward passes one after
-    the other anyway), with at least two threads."""
+    """Run the two directions of a layer at once (each on half the threads)? Opt-in
+    (``FASTRNN_CONCURRENT_DIRECTIONS=1``), and only for the compiled CPU kernels, in eager
+    inference (autograd runs the backward passes one after the other anyway), with at
+    least two threads.
+
+    Off by default because it measured slower everywhere here (2 cores, T500 I100 H128,
+    inference, ms, concurrent / one direction after the other): RNN N=64 37.2 / 28.8,
+    LSTM N=64 106 / 100, GRU N=64 76.5 / 69.8, LSTM N=1 3.90 / 2.73, GRU N=1 3.11 / 2.09.
+    At N=64 the row-split kernels already scale to both cores (1.95x), so there is
+    nothing to gain; and the side thread's kernel competes with torch's OpenMP workers,
+    which spin after the projection GEMM. Doing it right means one OpenMP team in C++
+    running both directions, half the team each."""
+    if os.environ.get(CONCURRENT_ENV, "").strip().lower() in ("", "0", "false", "no"):
+        return False
     return (backend == "cpu" and torch.get_num_threads() >= 2
             and not torch.compiler.is_compiling() and not _needs_grad(*tensors))
 

@@ -1,6 +1,6 @@
-"""The compiled CPU backend runs the two directions of a bidirectional layer at once in
-inference (fastrnn.functional._both_directions). Same answers as torch.nn, and the path
-really runs."""
+"""With FASTRNN_CONCURRENT_DIRECTIONS=1 the compiled CPU backend runs the two directions
+of a bidirectional layer at once in inference (fastrnn.functional._both_directions). Same
+answers as torch.nn, and the path really runs; without the variable it never runs."""
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -22,6 +22,7 @@ def two_threads():
 
 @pytest.fixture
 def spy(monkeypatch):
+    monkeypatch.setenv(functional.CONCURRENT_ENV, "1")
     calls = []
     real = functional._both_directions
 
@@ -105,3 +106,15 @@ def test_inference_outputs_survive_later_calls(mode):
         fast(x2)
     torch.testing.assert_close(first, kept, rtol=0, atol=0)
     torch.testing.assert_close(first, ref(x1)[0].detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_off_by_default(two_threads, monkeypatch):
+    calls = []
+    real = functional._both_directions
+    monkeypatch.delenv(functional.CONCURRENT_ENV, raising=False)
+    monkeypatch.setattr(functional, "_both_directions",
+                        lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    fast = fastrnn.GRU(4, 7, bidirectional=True, backend="cpu")
+    with torch.inference_mode():
+        fast(torch.randn(5, 2, 4))
+    assert calls == []
