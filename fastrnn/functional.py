@@ -137,9 +137,12 @@ class _PooledLinear(torch.autograd.Function):
         g2 = g.reshape(T * N, g.shape[-1])
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dx = _pooled_empty(T * N, I, like=x, backend=ctx.backend)
-            torch.mm(g2, weight, out=dx)
-            dx = dx.view(T, N, I)
+            if torch.is_grad_enabled():  # create_graph=True: out= ops are not differentiable
+                dx = g2.mm(weight).view(T, N, I)
+            else:
+                dx = _pooled_empty(T * N, I, like=x, backend=ctx.backend)
+                torch.mm(g2, weight, out=dx)
+                dx = dx.view(T, N, I)
         if ctx.needs_input_grad[1]:
             dw = g2.t().mm(x.reshape(T * N, I))
         if ctx.has_bias and ctx.needs_input_grad[2]:
