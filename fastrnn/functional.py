@@ -118,17 +118,11 @@ class _PooledLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, backend):
-        T, N, I = x.shape
-        G = weight.shape[0]
-        x2 = x.reshape(T * N, I)
-        out = _pooled_empty(T * N, G, like=x, backend=backend)
-        if bias is None:
-            torch.mm(x2, weight.t(), out=out)
-        else:
-            torch.addmm(bias, x2, weight.t(), out=out)
+        T, N, _ = x.shape
+        out = _pooled_empty(T * N, weight.shape[0], like=x, backend=backend)
         ctx.save_for_backward(x, weight)
         ctx.has_bias, ctx.backend = bias is not None, backend
-        return out.view(T, N, G)
+        return _linear_into(x, weight, bias, out)
 
     @staticmethod
     def backward(ctx, g):
@@ -150,23 +144,37 @@ class _PooledLinear(torch.autograd.Function):
         return dx, dw, db, None
 
 
+def _linear_into(x, weight, bias, out):
+    """F.linear of x [T, N, I] written into ``out`` [T*N, G] -> [T, N, G] (no autograd)."""
+    T, N, I = x.shape
+    x2 = x.reshape(T * N, I)
+    if bias is None:
+        torch.mm(x2, weight.t(), out=out)
+    else:
+        torch.addmm(bias, x2, weight.t(), out=out)
+    return out.view(T, N, weight.shape[0])
+
+
+def _use_pool(backend, t):
+    """Whether autograd helpers put ``t``-sized training tensors in a buffer pool: eager
+    mode, the CPU kernels (compiled or numba), float32/float64."""
+    return (backend in _POOLED_BACKENDS and t.device.type == "cpu"
+            and t.dtype in (torch.float32, torch.float64)
+            and not torch.compiler.is_compiling())
+
+
 def _linear(x, weight, bias, slot, backend=None):
     """F.linear over [T, N, I]; outside autograd and compilation, into a reused buffer;
     in eager training on the CPU kernels, into pooled memory."""
     if x.device.type != "cpu" or torch.compiler.is_compiling():
         return F.linear(x, weight, bias)
     if _needs_grad(x, weight, bias):
-        if backend in _POOLED_BACKENDS and x.dtype in (torch.float32, torch.float64):
+        if _use_pool(backend, x):
             return _PooledLinear.apply(x, weight, bias, backend)
         return F.linear(x, weight, bias)
     T, N, _ = x.shape
-    out = _projection_buffer(T * N * weight.shape[0], x, slot).view(T * N, weight.shape[0])
-    x2 = x.reshape(T * N, x.shape[-1])
-    if bias is None:
-        torch.mm(x2, weight.t(), out=out)
-    else:
-        torch.addmm(bias, x2, weight.t(), out=out)
-    return out.view(T, N, weight.shape[0])
+    G = weight.shape[0]
+    return _linear_into(x, weight, bias, _projection_buffer(T * N * G, x, slot).view(T * N, G))
 
 
 def _project(mode, x, w, slot=0, backend=None):
@@ -197,8 +205,7 @@ def _recur(mode, xg, b_hh, h0, c0, w, lengths, reverse, backend):
                                           mode == "RNN_RELU", backend)
     # frozen past each sequence's end: the final state is the last step's output
     index = 0 if reverse else y.shape[0] - 1
-    if (backend in _POOLED_BACKENDS and y.requires_grad and not torch.compiler.is_compiling()
-            and y.dtype in (torch.float32, torch.float64)):
+    if y.requires_grad and _use_pool(backend, y):
         hn = _FinalState.apply(y, index, backend)
     else:
         hn = y[index]

@@ -18,6 +18,7 @@ _C = None
 _IMPORT_ERROR = None
 DISABLE_ENV = "FASTRNN_DISABLE_EXTENSION"
 ISA_ENV = "FASTRNN_CPU_ISA"
+_POOL_ENV = "FASTRNN_CPU_POOL_MB"
 
 try:
     from .. import _C  # noqa: F811
@@ -27,8 +28,8 @@ else:
     _isa = os.environ.get(ISA_ENV, "").strip().lower()
     if _isa and _isa != "auto":
         _C.set_isa(_isa)
-    if os.environ.get("FASTRNN_CPU_POOL_MB", "").strip():
-        _C.pool_set_limit(int(float(os.environ["FASTRNN_CPU_POOL_MB"]) * 2**20))
+    if os.environ.get(_POOL_ENV, "").strip():
+        _C.pool_set_limit(int(float(os.environ[_POOL_ENV]) * 2**20))
 
 
 def _disabled():
@@ -119,9 +120,6 @@ def thread_budget(n):
 def _threads():
     n = getattr(_budget, "n", None)
     return n if n is not None else max(1, torch.get_num_threads())
-
-
-_POOL_ENV = "FASTRNN_CPU_POOL_MB"
 
 
 def _empty(*shape, like):
