@@ -152,14 +152,20 @@ def run(args):
                                 check_close(fast(x)[0], want, dtype, f"{shape} {cell} {var}")
                             row[f"{var}_ms"] = time_ms(step_fn(fast, x, mode), args.warmup,
                                                        args.reps)
+                        except Exception as e:  # noqa: BLE001 - recorded, the table goes on
+                            row[f"{var}_ms"] = float("nan")
+                            row.setdefault("errors", []).append(f"{var}: {type(e).__name__}: {e}")
+                            print(f"FAILED {shape} {dname} {cell} {mode} {var}: {e}",
+                                  file=sys.stderr, flush=True)
                         finally:
                             for k, v in saved.items():
                                 if v is None:
                                     os.environ.pop(k, None)
                                 else:
                                     os.environ[k] = v
-                    best = min(row[f"{v}_ms"] for v in args.variants.split(","))
-                    row["speedup"] = t_ref / best
+                    times = [row[f"{v}_ms"] for v in args.variants.split(",")
+                             if row[f"{v}_ms"] == row[f"{v}_ms"]]  # NaN: that variant failed
+                    row["speedup"] = t_ref / min(times) if times else float("nan")
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     return rows
@@ -173,7 +179,7 @@ def table(rows, variants, gpu):
              "|" + "---|" * len(head)]
     for r in rows:
         shp = f"{r['shape']} ({r['T']},{r['N']},{r['I']},{r['H']})"
-        met = "yes" if r["speedup"] >= r["target"] else "no"
+        met = "yes" if r["speedup"] >= r["target"] else ("FAILED" if r.get("errors") else "no")
         cells = [shp, r["dtype"], r["cell"], r["mode"], f"{r['cudnn_ms']:.3f}"] + \
             [f"{r[f'{v}_ms']:.3f}" for v in vs] + [f"{r['speedup']:.2f}x", f"{r['target']}x", met]
         lines.append("| " + " | ".join(cells) + " |")
@@ -203,6 +209,7 @@ def main(argv=None):
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else f"none ({args.device} dry run)"
     rows = run(args)
     md = table(rows, args.variants, gpu)
+    failed = [e for r in rows for e in r.get("errors", [])]
     print()
     print(md)
     if args.json:
@@ -211,6 +218,9 @@ def main(argv=None):
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(md + "\n")
+    if failed:
+        sys.exit(f"{len(failed)} fastrnn case(s) failed their check against cuDNN:\n  "
+                 + "\n  ".join(failed))
 
 
 if __name__ == "__main__":
