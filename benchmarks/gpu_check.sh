@@ -11,7 +11,9 @@
 # ./gpu_check_out), CUDA_ARCHS (default: the GPU's own compute capability, e.g. "90"),
 # STAGE_TIMEOUT (seconds a stage may run before it is killed and marked FAIL, default 600),
 # TEST_TIMEOUT (seconds per test where pytest-timeout is installed, default 120),
-# WORKERS (pytest-xdist workers for the CUDA tests where xdist is installed, default 4).
+# WORKERS (pytest-xdist workers for the CUDA tests where xdist is installed, default 4),
+# SANITIZE_FILTER (pytest -k expression of the tests run under compute-sanitizer; racecheck
+# and synccheck narrow it further to forward-direction cases).
 # The persistent (one cooperative launch) kernel's tests and timings run in stages of
 # their own, after the per-step ones, so that a hang there costs only its own stage.
 # Needs: torch with CUDA, nvcc, scikit-build-core, pybind11, pytest (no package registry:
@@ -101,7 +103,7 @@ fi
 if want sanitize memcheck racecheck synccheck; then
   if command -v compute-sanitizer >/dev/null; then
     # A representative subset (all cells, packed, reverse, both tiles) keeps it short.
-    SUB="test_gpu_kernels_match_reference and float32 and packed and not persistent"
+    SUB="${SANITIZE_FILTER:-test_gpu_kernels_match_reference and float32 and packed}"
     want sanitize memcheck && stage memcheck compute-sanitizer --tool memcheck --error-exitcode 1 \
       "${PYTEST[@]}" -q -x "$REPO/tests/test_cuda.py" -k "$SUB"
     want sanitize racecheck && stage racecheck compute-sanitizer --tool racecheck --error-exitcode 1 \

@@ -13,8 +13,10 @@ is faster); "target" is the issue's goal for that case (fwd+bwd: 1.5x LSTM/GRU, 
 inference: 2x, at the IMDB shape T=500 N=64 I=100 H=128 and at N=1).
 
 Variants (--variants): ``auto`` (the defaults), ``small`` / ``large``
-(FASTRNN_CUDA_TILE), ``persistent`` (FASTRNN_CUDA_PERSISTENT=1: one cooperative launch per
-layer-direction). Every fastrnn result is checked against cuDNN's before it is timed.
+(FASTRNN_CUDA_TILE, per-step launches unless FASTRNN_CUDA_PERSISTENT says otherwise),
+``step`` (FASTRNN_CUDA_PERSISTENT=0), ``persistent`` (=1: one cooperative launch per
+layer-direction, grid barrier per step), ``cluster`` (=cluster: one launch of
+thread-block clusters, cluster barrier per step). Every fastrnn result is checked against cuDNN's before it is timed.
 """
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ VARIANTS = {
     "small": {"FASTRNN_CUDA_TILE": "small"},
     "large": {"FASTRNN_CUDA_TILE": "large"},
     "persistent": {"FASTRNN_CUDA_PERSISTENT": "1"},
+    "cluster": {"FASTRNN_CUDA_PERSISTENT": "cluster"},
+    "step": {"FASTRNN_CUDA_PERSISTENT": "0"},
 }
 TARGETS = {("train", "lstm"): 1.5, ("train", "gru"): 1.5, ("train", "rnn"): 2.0,
            ("infer", "lstm"): 2.0, ("infer", "gru"): 2.0, ("infer", "rnn"): 2.0}

@@ -329,9 +329,10 @@ EMU_SIZES = [(5, 3, 6), (3, 20, 70)]
 
 
 # Paths: the per-step kernels with either tile, and the persistent (one-launch) kernel.
-PATHS = {"small": dict(tile=cb.TILE_SMALL, persistent=False),
-         "large": dict(tile=cb.TILE_LARGE, persistent=False),
-         "persistent": dict(tile=cb.TILE_SMALL, persistent=True)}
+PATHS = {"small": dict(tile=cb.TILE_SMALL, persistent=cb.PERSIST_NONE),
+         "large": dict(tile=cb.TILE_LARGE, persistent=cb.PERSIST_NONE),
+         "persistent": dict(tile=cb.TILE_SMALL, persistent=cb.PERSIST_GRID),
+         "persistent_cluster": dict(tile=cb.TILE_SMALL, persistent=cb.PERSIST_CLUSTER)}
 
 
 @needs_emu
@@ -352,7 +353,8 @@ def test_emulated_kernels_match_reference(cell, reverse, packed, size, path):
 
 
 @needs_emu
-@pytest.mark.parametrize("persistent", [False, True], ids=["per_step", "persistent"])
+@pytest.mark.parametrize("persistent", [0, 1, 2], ids=["per_step", "persistent",
+                                                      "persistent_cluster"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_emulated_kernels_float32(cell, persistent):
     c = make_case(cell, 6, 5, 33, torch.float32, "cpu", packed=True, seed=1)
@@ -389,6 +391,29 @@ def test_persistent_is_one_launch(cell):
 
 
 @needs_emu
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_persistent_cluster_is_one_cluster_launch(cell):
+    from fastrnn import _cuda_emu
+    emu = cb.emulator(persistent=cb.PERSIST_CLUSTER)
+    c = make_case(cell, 4, 9, 8, torch.float64, "cpu", packed=True)  # 3 row tiles
+    run_contract(emu, cell, c, False)
+    assert _cuda_emu.last_launch_count() == 1
+    assert _cuda_emu.last_cluster_launch_count() == 1
+
+
+@needs_emu
+def test_persistent_cluster_falls_back_to_grid_above_16_unit_tiles():
+    """H = 136 needs 17 tiles of 8 units: more than a cluster holds. The grid kernel runs
+    instead, still as one launch, with the same results."""
+    from fastrnn import _cuda_emu
+    c = make_case("rnn_tanh", 3, 2, 136, torch.float64, "cpu", packed=False)
+    got = run_contract(cb.emulator(persistent=cb.PERSIST_CLUSTER), "rnn_tanh", c, False)
+    assert _cuda_emu.last_launch_count() == 1
+    assert _cuda_emu.last_cluster_launch_count() == 0
+    assert_outputs_close(got, run_contract(ref, "rnn_tanh", c, False), rtol=1e-9, atol=1e-10)
+
+
+@needs_emu
 def test_persistent_falls_back_per_step_with_projection():
     from fastrnn import _cuda_emu
     c = make_case("lstm_proj", 4, 2, 8, torch.float64, "cpu", packed=False)
@@ -398,9 +423,19 @@ def test_persistent_falls_back_per_step_with_projection():
 
 def test_persistent_env(monkeypatch):
     monkeypatch.delenv(cb.PERSISTENT_ENV, raising=False)
-    assert cb.persistent_enabled() is False
+    assert cb.persistent_mode() == cb.PERSIST_DEFAULT
+    for word, mode in [("auto", cb.PERSIST_DEFAULT), ("0", cb.PERSIST_NONE),
+                       ("step", cb.PERSIST_NONE), ("grid", cb.PERSIST_GRID),
+                       ("cluster", cb.PERSIST_CLUSTER), (" Cluster ", cb.PERSIST_CLUSTER)]:
+        monkeypatch.setenv(cb.PERSISTENT_ENV, word)
+        assert cb.persistent_mode() == mode, word
+    lib = RecordingLib()
+    xg, h0, c0, w_hh, w_hr, _ = _lstm_args()
+    monkeypatch.setenv(cb.PERSISTENT_ENV, "cluster")
+    cb.KernelRunner(lib, "cpu").lstm_forward(xg, h0, c0, w_hh, w_hr, None, False, True)
+    assert lib.calls[-1][1]["persistent"] == 2
     monkeypatch.setenv(cb.PERSISTENT_ENV, "1")
-    assert cb.persistent_enabled() is True
+    assert cb.persistent_mode() == cb.PERSIST_GRID
     lib = RecordingLib()
     xg, h0, c0, w_hh, w_hr, _ = _lstm_args()
     cb.KernelRunner(lib, "cpu").lstm_forward(xg, h0, c0, w_hh, w_hr, None, False, True)
@@ -410,7 +445,7 @@ def test_persistent_env(monkeypatch):
     assert lib.calls[-1][1]["persistent"] == 0
     monkeypatch.setenv(cb.PERSISTENT_ENV, "maybe")
     with pytest.raises(ValueError, match="FASTRNN_CUDA_PERSISTENT"):
-        cb.persistent_enabled()
+        cb.persistent_mode()
 
 
 @needs_emu
@@ -521,7 +556,8 @@ def compare_modules(case, dtype, device, backend, tol, ref_dtype=None):
 
 
 @needs_emu
-@pytest.mark.parametrize("persistent", [False, True], ids=["per_step", "persistent"])
+@pytest.mark.parametrize("persistent", [0, 1, 2], ids=["per_step", "persistent",
+                                                      "persistent_cluster"])
 @pytest.mark.parametrize("case", MODULE_GRID, ids=lambda c: "-".join(
     f"{k}{v}" for k, v in c.items()))
 def test_emulated_modules_match_torch_nn(case, persistent, monkeypatch):
@@ -613,7 +649,8 @@ GPU_MODULE_GRID = [
 
 
 @needs_gpu
-@pytest.mark.parametrize("persistent", ["0", "1"], ids=["per_step", "persistent"])
+@pytest.mark.parametrize("persistent", ["0", "1", "cluster"],
+                         ids=["per_step", "persistent", "persistent_cluster"])
 @pytest.mark.parametrize("case", GPU_MODULE_GRID, ids=lambda c: "-".join(
     f"{k}{v}" for k, v in c.items()))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -657,7 +694,8 @@ def test_gpu_runs_on_the_current_stream(no_tf32):
 
 
 @needs_gpu
-@pytest.mark.parametrize("persistent", ["0", "1"], ids=["per_step", "persistent"])
+@pytest.mark.parametrize("persistent", ["0", "1", "cluster"],
+                         ids=["per_step", "persistent", "persistent_cluster"])
 def test_gpu_cuda_graph_capture(persistent, no_tf32, monkeypatch):
     """No allocation or sync inside the kernels: the recurrence captures into a graph."""
     monkeypatch.setenv(cb.PERSISTENT_ENV, persistent)

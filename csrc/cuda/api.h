@@ -21,6 +21,10 @@ enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 // Tile shape of the per-step kernels (tile.cuh): small = many blocks, dot products split
 // over 8 threads (small batches); large = 16x16 (n, unit) per block (large N*H).
 enum TileKind : int { kTileSmall = 0, kTileLarge = 1 };
+// How a pass's steps are scheduled (steps.cuh): one launch per step, or the whole
+// sequence in one launch synchronised per step across the grid or per thread-block
+// cluster (each falls back to the next simpler kind where it does not fit).
+enum PersistKind : int { kPersistNone = 0, kPersistGrid = 1, kPersistCluster = 2 };
 
 struct LstmForwardArgs {
   int T, N, H, R;
@@ -36,7 +40,7 @@ struct LstmForwardArgs {
   void* cs;                // [T, N, H]   c after each step, or nullptr (inference)
   void* m;                 // [N, H]      workspace o*tanh(c) (projection only), else nullptr
   int tile;                // TileKind
-  int persistent;          // 1: one cooperative launch for the sequence when possible
+  int persistent;          // PersistKind: 0 per step, 1 grid, 2 cluster (when possible)
 };
 
 struct LstmBackwardArgs {

@@ -23,7 +23,10 @@ inline const int64_t* lp(ptr_t p) { return reinterpret_cast<const int64_t*>(p); 
 inline void require(bool ok, const char* fn, const std::string& what) {
   if (!ok) throw std::invalid_argument(std::string("fastrnn.") + fn + ": " + what);
 }
-inline void check_common(const char* fn, int dtype, int T, int N, int H, int tile) {
+inline void check_common(const char* fn, int dtype, int T, int N, int H, int tile,
+                         int persistent) {
+  require(persistent >= kPersistNone && persistent <= kPersistCluster, fn,
+          "persistent must be 0 (per step), 1 (grid) or 2 (cluster)");
   require(dtype >= kFloat32 && dtype <= kBFloat16, fn, "dtype code must be 0..3");
   require(T >= 1 && N >= 1 && H >= 1, fn, "sizes T, N, H must be >= 1");
   require(tile == kTileSmall || tile == kTileLarge, fn, "tile must be 0 (small) or 1 (large)");
@@ -44,7 +47,7 @@ void def_rnn_api(py::module_& m) {
          ptr_t lengths, bool reverse, ptr_t y, ptr_t c, ptr_t gates, ptr_t cs, ptr_t m_ws,
          int tile, ptr_t stream, int persistent) {
         const char* fn = "lstm_forward";
-        check_common(fn, dtype, T, N, H, tile);
+        check_common(fn, dtype, T, N, H, tile, persistent);
         require(R >= 1, fn, "R must be >= 1");
         require_ptrs(fn, {{"xg", xg}, {"h0", h0}, {"w_hh", w_hh}, {"y", y}, {"c", c}});
         require((gates == 0) == (cs == 0), fn, "gates and cs must both be given (training) or neither");
@@ -64,7 +67,7 @@ void def_rnn_api(py::module_& m) {
          ptr_t lengths, bool reverse, ptr_t gates, ptr_t cs, ptr_t dgates, ptr_t dh0,
          ptr_t dh_carry, ptr_t dc, ptr_t dr, int tile, ptr_t stream, int persistent) {
         const char* fn = "lstm_backward";
-        check_common(fn, dtype, T, N, H, tile);
+        check_common(fn, dtype, T, N, H, tile, persistent);
         require(R >= 1, fn, "R must be >= 1");
         require_ptrs(fn, {{"dy", dy}, {"c0", c0}, {"w_hh_t", w_hh_t}, {"gates", gates}, {"cs", cs},
                           {"dgates", dgates}, {"dh0", dh0}, {"dh_carry", dh_carry}, {"dc", dc}});
@@ -84,7 +87,7 @@ void def_rnn_api(py::module_& m) {
       [](int dtype, int T, int N, int H, ptr_t xg, ptr_t h0, ptr_t w_hh, ptr_t b_hh,
          ptr_t lengths, bool reverse, ptr_t y, ptr_t saved, int tile, ptr_t stream, int persistent) {
         const char* fn = "gru_forward";
-        check_common(fn, dtype, T, N, H, tile);
+        check_common(fn, dtype, T, N, H, tile, persistent);
         require_ptrs(fn, {{"xg", xg}, {"h0", h0}, {"w_hh", w_hh}, {"b_hh", b_hh}, {"y", y}});
         GruForwardArgs a{T, N, H, cp(xg), cp(h0), cp(w_hh), cp(b_hh), lp(lengths), reverse,
                          mp(y), mp(saved), tile, persistent};
@@ -99,7 +102,7 @@ void def_rnn_api(py::module_& m) {
          bool reverse, ptr_t y, ptr_t saved, ptr_t dxg, ptr_t dh0, ptr_t dh_carry, ptr_t dhg,
          int tile, ptr_t stream, int persistent) {
         const char* fn = "gru_backward";
-        check_common(fn, dtype, T, N, H, tile);
+        check_common(fn, dtype, T, N, H, tile, persistent);
         require_ptrs(fn, {{"dy", dy}, {"h0", h0}, {"w_hh_t", w_hh_t}, {"y", y}, {"saved", saved},
                           {"dxg", dxg}, {"dh0", dh0}, {"dh_carry", dh_carry}, {"dhg", dhg}});
         GruBackwardArgs a{T, N, H, cp(dy), cp(h0), cp(w_hh_t), lp(lengths), reverse, cp(y),
@@ -115,7 +118,7 @@ void def_rnn_api(py::module_& m) {
       [](int dtype, int T, int N, int H, ptr_t xg, ptr_t h0, ptr_t w_hh, ptr_t lengths,
          bool reverse, bool relu, ptr_t y, int tile, ptr_t stream, int persistent) {
         const char* fn = "rnn_forward";
-        check_common(fn, dtype, T, N, H, tile);
+        check_common(fn, dtype, T, N, H, tile, persistent);
         require_ptrs(fn, {{"xg", xg}, {"h0", h0}, {"w_hh", w_hh}, {"y", y}});
         RnnForwardArgs a{T, N, H, cp(xg), cp(h0), cp(w_hh), lp(lengths), reverse, relu, mp(y), tile, persistent};
         py::gil_scoped_release nogil;
@@ -128,7 +131,7 @@ void def_rnn_api(py::module_& m) {
       [](int dtype, int T, int N, int H, ptr_t dy, ptr_t w_hh_t, ptr_t lengths, bool reverse,
          bool relu, ptr_t y, ptr_t dxg, ptr_t dh0, ptr_t dh_carry, int tile, ptr_t stream, int persistent) {
         const char* fn = "rnn_backward";
-        check_common(fn, dtype, T, N, H, tile);
+        check_common(fn, dtype, T, N, H, tile, persistent);
         require_ptrs(fn, {{"dy", dy}, {"w_hh_t", w_hh_t}, {"y", y}, {"dxg", dxg}, {"dh0", dh0},
                           {"dh_carry", dh_carry}});
         RnnBackwardArgs a{T, N, H, cp(dy), cp(w_hh_t), lp(lengths), reverse, relu, cp(y),

@@ -51,6 +51,7 @@ std::vector<std::pair<int, int>> blocks(int gx, int gy) {
 
 struct EmuLauncher {
   int64_t launches = 0;
+  int64_t cluster_launches = 0;
 
   template <class Cfg, typename T, class Epi>
   void run(const fc::MatParams<T>& p, const Epi& epi) {
@@ -76,7 +77,7 @@ struct EmuLauncher {
         if (p.A != nullptr) {
           for (int k0 = 0; k0 < p.K; k0 += Cfg::KC) {
             for (int tid : order(Cfg::THREADS)) {
-              Tl::template load_a<false>(v, p, n0, k0, tid);
+              Tl::template load_a<false>(v, p, n0, k0, Cfg::KC, tid);
               Tl::load_w(v, p, j0, k0, Cfg::KC, tid);
             }
             for (int tid : order(Cfg::THREADS)) Tl::compute(v, 0, tid, acc[tid].v);
@@ -94,6 +95,21 @@ struct EmuLauncher {
   // a GPU whose capacity is short), and the grid barrier is the end of each step.
   template <class Cfg, typename T, class Steps>
   bool run_persistent(const Steps& st) {
+    return emulate_persistent<Cfg, T>(st, false);
+  }
+
+  // The cluster kind: every row tile has its own blocks (a cluster of gx), and the
+  // cluster barrier is the end of each step. Refused, as on the GPU, above 16 unit tiles.
+  template <class Cfg, typename T, class Steps>
+  bool run_cluster(const Steps& st) {
+    using Tl = fc::Tile<Cfg, T>;
+    if (Tl::grid_x(st.mat(0)) > 16) return false;
+    ++cluster_launches;
+    return emulate_persistent<Cfg, T>(st, true);
+  }
+
+  template <class Cfg, typename T, class Steps>
+  bool emulate_persistent(const Steps& st, bool every_row_tile) {
     using Tl = fc::Tile<Cfg, T>;
     using A = typename Tl::A;
     struct Acc {
@@ -101,14 +117,16 @@ struct EmuLauncher {
     };
     ++launches;
     const fc::MatParams<T> p0 = st.mat(0);
-    const int gx = Tl::grid_x(p0), gy_all = Tl::grid_y(p0), gy = (gy_all + 1) / 2;
+    const int gx = Tl::grid_x(p0), gy_all = Tl::grid_y(p0);
+    const int gy = every_row_tile ? gy_all : (gy_all + 1) / 2;
+    const int kp = Tl::kpad(p0.K);
     const size_t elems = Tl::resident_elems(p0.K);
     std::vector<std::vector<A>> smem(size_t(gx) * gy,
                                      std::vector<A>(elems, std::numeric_limits<A>::quiet_NaN()));
     auto view = [&](int bx, int by) { return Tl::resident_view(smem[size_t(by) * gx + bx].data(), p0.K); };
     for (const auto& b : blocks(gx, gy))
       for (int tid : order(Cfg::THREADS))
-        Tl::load_w(view(b.first, b.second), p0, b.first * Cfg::BJ, 0, Tl::kpad(p0.K), tid);
+        Tl::load_w(view(b.first, b.second), p0, b.first * Cfg::BJ, 0, kp, tid);
     std::vector<Acc> acc(Cfg::THREADS);
     for (int i = 0; i < st.count(); ++i) {
       const fc::MatParams<T> p = st.mat(i);
@@ -120,12 +138,13 @@ struct EmuLauncher {
           const int j0 = bx * Cfg::BJ;
           for (int by = bgy; by < Tl::grid_y(p); by += gy) {
             const int n0 = by * Cfg::BN;
+            if (i + 1 < st.count())
+              for (int tid : order(Cfg::THREADS)) Tl::prefetch(p, st.epi(i + 1), n0, j0, tid);
             for (auto& a : acc) Tl::zero(a.v);
             if (p.A != nullptr) {
-              for (int k0 = 0; k0 < p.K; k0 += Cfg::KC) {
-                for (int tid : order(Cfg::THREADS)) Tl::template load_a<true>(v, p, n0, k0, tid);
-                for (int tid : order(Cfg::THREADS)) Tl::compute(v, k0, tid, acc[tid].v);
-              }
+              for (int tid : order(Cfg::THREADS)) Tl::template load_a<true>(v, p, n0, 0, kp, tid);
+              for (int tid : order(Cfg::THREADS))
+                Tl::compute_all(v, kp / Cfg::KC, tid, acc[tid].v);
             }
             if (Cfg::KS > 1)
               for (int tid : order(Cfg::THREADS)) Tl::stash(v, tid, acc[tid].v);
@@ -139,6 +158,7 @@ struct EmuLauncher {
 };
 
 int64_t g_launches = 0;  // launches of the last call (one per step, or two with a projection)
+int64_t g_cluster_launches = 0;  // of which cluster launches
 
 template <class Args, class F>
 void emu_dispatch(int dtype, const Args& a, F f) {
@@ -150,6 +170,7 @@ void emu_dispatch(int dtype, const Args& a, F f) {
   else
     throw std::invalid_argument("fastrnn._cuda_emu supports float32 and float64 only");
   g_launches = l.launches;
+  g_cluster_launches = l.cluster_launches;
 }
 
 struct EmuBackend {
@@ -178,6 +199,8 @@ struct EmuBackend {
 PYBIND11_MODULE(_cuda_emu, m) {
   m.doc() = "fastrnn CUDA kernel code executed on the CPU (testing aid; float32/float64)";
   fc::def_rnn_api<EmuBackend>(m);
+  m.def("last_cluster_launch_count", []() { return g_cluster_launches; },
+        "how many of the last call's launches were cluster launches");
   m.def("last_launch_count", []() { return g_launches; },
         "kernel launches the last call would have made on a GPU");
   m.def(

@@ -25,6 +25,11 @@ struct GruFwdEpi {
   const int64_t* lengths;
   int t, H;
 
+  FASTRNN_HD void prefetch(int n, int j) const {
+    const T* x = xg + static_cast<size_t>(n) * 3 * H + j;
+    for (int g = 0; g < 3; ++g) prefetch_l2(x + g * H);
+  }
+
   FASTRNN_HD void operator()(int n, int j, const A (&acc)[3]) const {
     const size_t nh = static_cast<size_t>(n) * H + j;
     T* sv = saved == nullptr ? nullptr : saved + static_cast<size_t>(n) * 4 * H;
@@ -61,6 +66,15 @@ struct GruBwdEpi {
   T* dh0;                  // [N, H] final launch only
   const int64_t* lengths;
   int t, H;
+
+  FASTRNN_HD void prefetch(int n, int j) const {
+    if (saved == nullptr) return;  // the final launch reads no step data
+    const size_t nh = static_cast<size_t>(n) * H + j;
+    const T* sv = saved + static_cast<size_t>(n) * 4 * H + j;
+    for (int g = 0; g < 4; ++g) prefetch_l2(sv + g * H);
+    prefetch_l2(dy + nh);
+    prefetch_l2(hprev + nh);
+  }
 
   FASTRNN_HD void operator()(int n, int j, const A (&acc)[1]) const {
     const size_t nh = static_cast<size_t>(n) * H + j;
@@ -178,7 +192,7 @@ void gru_forward_steps(const GruForwardArgs& a, Launcher& l) {
                     static_cast<const T*>(a.h0), static_cast<const T*>(a.w_hh),
                     static_cast<const T*>(a.b_hh), static_cast<T*>(a.y),
                     static_cast<T*>(a.saved), a.lengths};
-  run_steps(l, st, a.tile, a.persistent != 0);
+  run_steps(l, st, a.tile, a.persistent);
 }
 
 template <typename T, class Launcher>
@@ -188,7 +202,7 @@ void gru_backward_steps(const GruBackwardArgs& a, Launcher& l) {
                     static_cast<const T*>(a.y), static_cast<const T*>(a.saved),
                     static_cast<T*>(a.dxg), static_cast<T*>(a.dh0),
                     static_cast<acc_t<T>*>(a.dh_carry), static_cast<T*>(a.dhg), a.lengths};
-  run_steps(l, st, a.tile, a.persistent != 0);
+  run_steps(l, st, a.tile, a.persistent);
 }
 
 }  // namespace cuda

@@ -17,6 +17,7 @@ inline void check_cuda(cudaError_t err, const char* what) {
 }
 
 struct CudaLauncher {
+  static constexpr int kMaxCluster = 16;  // blocks per cluster on sm_90 (above 8: non-portable)
   cudaStream_t stream;
 
   template <class Cfg, typename T, class Epi>
@@ -44,7 +45,7 @@ struct CudaLauncher {
                "cudaDeviceGetAttribute");
     check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
     if (!coop || smem > static_cast<size_t>(optin)) return false;
-    auto kernel = persistent_kernel<Cfg, T, Steps>;
+    auto kernel = persistent_kernel<Cfg, T, Steps, false>;
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(smem)),
                "cudaFuncSetAttribute");
@@ -60,6 +61,53 @@ struct CudaLauncher {
     check_cuda(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(gx, gy),
                                            dim3(Cfg::THREADS), args, smem, stream),
                "persistent_kernel cooperative launch");
+    return true;
+  }
+
+  // The whole sequence as one launch of thread-block clusters: grid (gx unit tiles,
+  // every row tile), one cluster per row tile, so a step waits only for the gx blocks
+  // that produce its rows (a cluster barrier, not a grid-wide one). Clusters are
+  // independent: they need not all be resident at once. Returns false (nothing
+  // launched) below sm_90, when gx exceeds the largest cluster (16, non-portable), or
+  // when the weights or the cluster do not fit.
+  template <class Cfg, typename T, class Steps>
+  bool run_cluster(const Steps& st) {
+    using Tl = Tile<Cfg, T>;
+    const MatParams<T> p0 = st.mat(0);
+    const size_t smem = Tl::resident_elems(p0.K) * sizeof(typename Tl::A);
+    int dev = 0, major = 0, optin = 0;
+    check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+    check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),
+               "cudaDeviceGetAttribute");
+    check_cuda(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+               "cudaDeviceGetAttribute");
+    const int gx = Tl::grid_x(p0), gy = Tl::grid_y(p0);
+    if (major < 9 || gx == 0 || gy == 0 || gx > kMaxCluster || smem > static_cast<size_t>(optin))
+      return false;
+    auto kernel = persistent_kernel<Cfg, T, Steps, true>;
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(smem)),
+               "cudaFuncSetAttribute");
+    if (gx > 8)
+      check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
+                 "cudaFuncSetAttribute(NonPortableClusterSizeAllowed)");
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(gx, gy);
+    cfg.blockDim = dim3(Cfg::THREADS);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = gx;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    int clusters = 0;
+    check_cuda(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg),
+               "cudaOccupancyMaxActiveClusters");
+    if (clusters < 1) return false;
+    check_cuda(cudaLaunchKernelEx(&cfg, kernel, st), "persistent_kernel cluster launch");
     return true;
   }
 };

@@ -30,6 +30,12 @@ struct LstmFwdEpi {
   const int64_t* lengths;
   int t, H, R;
 
+  // What operator()(n, j) will read from the big per-step streams.
+  FASTRNN_HD void prefetch(int n, int j) const {
+    const T* x = xg + static_cast<size_t>(n) * 4 * H + j;
+    for (int g = 0; g < 4; ++g) prefetch_l2(x + g * H);
+  }
+
   FASTRNN_HD void operator()(int n, int j, const A (&acc)[4]) const {
     const size_t nh = static_cast<size_t>(n) * H + j;
     T* gt = gates == nullptr ? nullptr : gates + static_cast<size_t>(n) * 4 * H;
@@ -93,6 +99,16 @@ struct LstmBwdEpi {
   T* dh0;                  // [N, R] final launch only
   const int64_t* lengths;
   int t, H, R;
+
+  FASTRNN_HD void prefetch(int n, int j) const {
+    if (gates == nullptr) return;  // the final launch reads no step data
+    const size_t nh = static_cast<size_t>(n) * H + j;
+    const T* gt = gates + static_cast<size_t>(n) * 4 * H + j;
+    for (int g = 0; g < 4; ++g) prefetch_l2(gt + g * H);
+    prefetch_l2(cs + nh);
+    prefetch_l2(cprev + nh);
+    if (dy != nullptr) prefetch_l2(dy + static_cast<size_t>(n) * R + j);
+  }
 
   FASTRNN_HD void operator()(int n, int j, const A (&acc)[1]) const {
     const size_t nr = static_cast<size_t>(n) * R + j;
@@ -246,7 +262,7 @@ void lstm_forward_steps(const LstmForwardArgs& a, Launcher& l) {
                      static_cast<T*>(a.y), static_cast<A*>(a.c), static_cast<T*>(a.gates),
                      static_cast<T*>(a.cs), proj ? static_cast<T*>(a.m) : nullptr, a.lengths};
   if (!proj) {
-    run_steps(l, st, a.tile, a.persistent != 0);
+    run_steps(l, st, a.tile, a.persistent);
     return;
   }
   // Projection: per step the gates launch writes m, then h = m W_hr^T.
@@ -270,7 +286,7 @@ void lstm_backward_steps(const LstmBackwardArgs& a, Launcher& l) {
                      proj ? nullptr : static_cast<A*>(a.dh_carry), static_cast<A*>(a.dc),
                      a.lengths};
   if (!proj) {
-    run_steps(l, st, a.tile, a.persistent != 0);
+    run_steps(l, st, a.tile, a.persistent);
     return;
   }
   // Projection, per step: dr_t = dy_t + carry + dgates_{t+1} W_hh (over R), then

@@ -20,6 +20,8 @@ struct RnnFwdEpi {
   int t, H;
   bool relu;
 
+  FASTRNN_HD void prefetch(int n, int j) const { prefetch_l2(xg + static_cast<size_t>(n) * H + j); }
+
   FASTRNN_HD void operator()(int n, int j, const A (&acc)[1]) const {
     const size_t nh = static_cast<size_t>(n) * H + j;
     if (!step_valid(lengths, n, t)) {
@@ -42,6 +44,13 @@ struct RnnBwdEpi {
   const int64_t* lengths;
   int t, H;
   bool relu;
+
+  FASTRNN_HD void prefetch(int n, int j) const {
+    if (y == nullptr) return;  // the final launch reads no step data
+    const size_t nh = static_cast<size_t>(n) * H + j;
+    prefetch_l2(y + nh);
+    if (dy != nullptr) prefetch_l2(dy + nh);
+  }
 
   FASTRNN_HD void operator()(int n, int j, const A (&acc)[1]) const {
     const size_t nh = static_cast<size_t>(n) * H + j;
@@ -139,7 +148,7 @@ void rnn_forward_steps(const RnnForwardArgs& a, Launcher& l) {
   RnnFwdSteps<T> st{a.T, a.N, a.H, a.reverse, a.relu, static_cast<const T*>(a.xg),
                     static_cast<const T*>(a.h0), static_cast<const T*>(a.w_hh),
                     static_cast<T*>(a.y), a.lengths};
-  run_steps(l, st, a.tile, a.persistent != 0);
+  run_steps(l, st, a.tile, a.persistent);
 }
 
 template <typename T, class Launcher>
@@ -148,7 +157,7 @@ void rnn_backward_steps(const RnnBackwardArgs& a, Launcher& l) {
                     static_cast<const T*>(a.w_hh_t), static_cast<const T*>(a.y),
                     static_cast<T*>(a.dxg), static_cast<T*>(a.dh0),
                     static_cast<acc_t<T>*>(a.dh_carry), a.lengths};
-  run_steps(l, st, a.tile, a.persistent != 0);
+  run_steps(l, st, a.tile, a.persistent);
 }
 
 }  // namespace cuda

@@ -3,11 +3,15 @@
 // Each cell and direction of a pass is described by a "Steps" struct: count() launches,
 // and for launch i the matmul operands mat(i) (W and K the same for every i) and the
 // epilogue epi(i). run_steps() either issues one tile launch per step or, when asked
-// and possible, the whole sequence as one persistent launch.
+// and possible, the whole sequence as one persistent launch: kPersistGrid (one
+// cooperative launch, grid-wide barrier per step) or kPersistCluster (thread-block
+// clusters, one per row tile, cluster barrier per step; sm_90+, at most 16 unit tiles),
+// falling back cluster -> grid -> per step where a kind does not fit.
 //
 // A driver is templated on a Launcher with
 //   template <class Cfg, typename T, class Epi> void run(const MatParams<T>&, const Epi&);
 //   template <class Cfg, typename T, class Steps> bool run_persistent(const Steps&);
+//   template <class Cfg, typename T, class Steps> bool run_cluster(const Steps&);
 // The CUDA launcher (launch_cuda.cuh) starts kernels on a stream; the host emulator
 // (emu.cpp) runs the same phases on the CPU.
 #pragma once
@@ -48,9 +52,10 @@ void launch_tile(Launcher& l, int tile, const MatParams<T>& p, const Epi& epi) {
 }
 
 template <class Steps, class Launcher>
-void run_steps(Launcher& l, const Steps& st, int tile, bool persistent) {
+void run_steps(Launcher& l, const Steps& st, int tile, int persistent) {
   using T = typename Steps::value_type;
-  if (persistent && l.template run_persistent<TileSmall<Steps::G>, T>(st)) return;
+  if (persistent == kPersistCluster && l.template run_cluster<TileSmall<Steps::G>, T>(st)) return;
+  if (persistent != kPersistNone && l.template run_persistent<TileSmall<Steps::G>, T>(st)) return;
   const int n = st.count();
   for (int i = 0; i < n; ++i) launch_tile<Steps::G>(l, tile, st.mat(i), st.epi(i));
 }

@@ -11,9 +11,10 @@
 //   W : [J, G, K] contiguous
 //
 // A block covers BN rows x BJ units; KS threads split each dot product along K and
-// are reduced through shared memory. A is staged in shared memory KC columns at a time.
-// W is staged either chunk by chunk with A (tile_kernel, one launch per step) or all of
-// the block's W rows once for the whole sequence (persistent_kernel).
+// are reduced through shared memory. In tile_kernel (one launch per step) A and W are
+// staged KC columns at a time; persistent_kernel keeps all of the block's W rows in
+// shared memory for the whole sequence and stages all K columns of A at once (one
+// round trip to L2 per step instead of one per chunk).
 //
 // The bodies are split into phases separated by barriers so that the host emulator
 // (emu.cpp) can run them thread by thread; the kernels are at the end.
@@ -22,6 +23,8 @@
 
 #include "api.h"
 #include "cuda_compat.h"
+
+#include <type_traits>
 
 #ifdef __CUDACC__
 #include <cooperative_groups.h>
@@ -68,6 +71,23 @@ FASTRNN_HD T load_cg(const T* p) {
 #endif
 }
 
+// A hint that *p will be read soon: fetch its line into L2 (no-op on the host).
+template <typename T>
+FASTRNN_HD void prefetch_l2(const T* p) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#else
+  (void)p;
+#endif
+}
+
+// has_prefetch<Epi>: whether the epilogue defines prefetch(int n, int j) const.
+template <class Epi, class = void>
+struct has_prefetch : std::false_type {};
+template <class Epi>
+struct has_prefetch<Epi, std::void_t<decltype(std::declval<const Epi&>().prefetch(0, 0))>>
+    : std::true_type {};
+
 template <class Cfg, typename T>
 struct Tile {
   using A = acc_t<T>;
@@ -75,13 +95,14 @@ struct Tile {
   static constexpr int THREADS = Cfg::THREADS;
   static constexpr int RED = KS > 1 ? THREADS * G : 0;
 
-  // Shared memory, as pointers: as [BN][KC+1], red [THREADS][G], ws [BJ*G][wst].
+  // Shared memory, as pointers: as [BN][ast], red [THREADS][G], ws [BJ*G][wst].
   // (+1 columns: consecutive rows start in different banks.)
   struct View {
     A* as;
     A* red;
     A* ws;
     int wst;  // row stride of ws
+    int ast;  // row stride of as
   };
 
   // Per-step kernel: W staged KC columns at a time.
@@ -90,15 +111,17 @@ struct Tile {
     A red[RED > 0 ? RED : 1];
     A ws[BJ * G * (KC + 1)];
   };
-  FASTRNN_HD static View view(Smem& s) { return View{s.as, s.red, s.ws, KC + 1}; }
+  FASTRNN_HD static View view(Smem& s) { return View{s.as, s.red, s.ws, KC + 1, KC + 1}; }
 
-  // Persistent kernel: all K columns of the block's W rows, K padded to whole chunks.
+  // Persistent kernel: all K columns of the block's W rows and of its A rows, K padded
+  // to whole chunks.
   FASTRNN_HD static int kpad(int K) { return (K + KC - 1) / KC * KC; }
   FASTRNN_HD static size_t resident_elems(int K) {
-    return size_t(BN) * (KC + 1) + RED + size_t(BJ) * G * (kpad(K) + 1);
+    return size_t(BN) * (kpad(K) + 1) + RED + size_t(BJ) * G * (kpad(K) + 1);
   }
   FASTRNN_HD static View resident_view(A* base, int K) {
-    return View{base, base + BN * (KC + 1), base + BN * (KC + 1) + RED, kpad(K) + 1};
+    const size_t a = size_t(BN) * (kpad(K) + 1);
+    return View{base, base + a, base + a + RED, kpad(K) + 1, kpad(K) + 1};
   }
 
   // Where thread `tid` works: dot-product slice ks, row nl, unit jl within the tile.
@@ -106,17 +129,18 @@ struct Tile {
   FASTRNN_HD static int nl_of(int tid) { return (tid / KS) / BJ; }
   FASTRNN_HD static int jl_of(int tid) { return (tid / KS) % BJ; }
 
-  // Stage A[n0:n0+BN, k0:k0+KC] (zero-padded).
+  // Stage A[n0:n0+BN, k0:k0+ncols] into as columns 0..ncols-1 (zero-padded).
   template <bool kCoherent>
-  FASTRNN_HD static void load_a(View v, const MatParams<T>& p, int n0, int k0, int tid) {
-    for (int e = tid; e < BN * KC; e += THREADS) {
-      const int r = e / KC, c = e % KC, n = n0 + r, k = k0 + c;
+  FASTRNN_HD static void load_a(View v, const MatParams<T>& p, int n0, int k0, int ncols,
+                                int tid) {
+    for (int e = tid; e < BN * ncols; e += THREADS) {
+      const int r = e / ncols, c = e % ncols, n = n0 + r, k = k0 + c;
       A x = A(0);
       if (n < p.N && k < p.K) {
         const T* src = p.A + static_cast<size_t>(n) * p.lda + k;
         x = to_acc(kCoherent ? load_cg(src) : *src);
       }
-      v.as[r * (KC + 1) + c] = x;
+      v.as[r * v.ast + c] = x;
     }
   }
 
@@ -132,16 +156,38 @@ struct Tile {
     }
   }
 
-  // Accumulate this thread's slice of the staged A chunk against ws columns wc0.. .
+  // Accumulate this thread's slice of the staged A chunk (one KC chunk) against ws
+  // columns wc0.. .
   FASTRNN_HD static void compute(View v, int wc0, int tid, A (&acc)[G]) {
     const int ks = ks_of(tid), nl = nl_of(tid), jl = jl_of(tid);
-    const A* arow = v.as + nl * (KC + 1);
+    const A* arow = v.as + nl * v.ast;
     const A* wrow = v.ws + jl * G * v.wst + wc0;
     FASTRNN_UNROLL
     for (int c = ks; c < KC; c += KS) {
       const A a = arow[c];
       FASTRNN_UNROLL
       for (int g = 0; g < G; ++g) acc[g] += a * wrow[g * v.wst + c];
+    }
+  }
+
+  // The same over all `nchunks` staged chunks (persistent kernels, A staged whole).
+  FASTRNN_HD static void compute_all(View v, int nchunks, int tid, A (&acc)[G]) {
+    for (int q = 0; q < nchunks; ++q) {
+      View w = v;
+      w.as += q * KC;
+      compute(w, q * KC, tid, acc);
+    }
+  }
+
+  // Ask L2 for what the epilogue of this thread's (n, j) will read in a later step
+  // (epilogues that define prefetch(n, j); others: nothing).
+  template <class Epi>
+  FASTRNN_HD static void prefetch(const MatParams<T>& p, const Epi& epi, int n0, int j0,
+                                  int tid) {
+    if constexpr (has_prefetch<Epi>::value) {
+      if (ks_of(tid) != 0) return;
+      const int n = n0 + nl_of(tid), j = j0 + jl_of(tid);
+      if (n < p.N && j < p.J) epi.prefetch(n, j);
     }
   }
 
@@ -191,7 +237,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) tile_kernel(MatParams<T> p, Epi 
   Tl::zero(acc);
   if (p.A != nullptr) {
     for (int k0 = 0; k0 < p.K; k0 += Cfg::KC) {
-      Tl::template load_a<false>(v, p, n0, k0, tid);
+      Tl::template load_a<false>(v, p, n0, k0, Cfg::KC, tid);
       Tl::load_w(v, p, j0, k0, Cfg::KC, tid);
       __syncthreads();
       Tl::compute(v, 0, tid, acc);
@@ -205,13 +251,30 @@ __global__ void __launch_bounds__(Cfg::THREADS) tile_kernel(MatParams<T> p, Epi 
   Tl::finish(v, p, epi, n0, j0, tid, acc);
 }
 
-// The whole sequence in one cooperative launch. `Steps` describes launch i of the
-// per-step path: count(), mat(i) (same W and K for every i) and epi(i). Block x owns
-// units [x*BJ, x*BJ+BJ) for the whole sequence with their W rows resident in shared
-// memory; it walks row tiles y = blockIdx.y, y + gridDim.y, ... . Steps are separated
-// by a grid-wide barrier (which also orders the global writes of one step before the
-// reads of the next).
-template <class Cfg, typename T, class Steps>
+// Barrier between the steps of a persistent kernel: the whole grid (cooperative
+// launch), or the thread-block cluster (kCluster: a cluster is the gx unit tiles of one
+// row tile, which is all a row tile's next step reads; sm_90+). Both order this step's
+// global writes before the next step's reads (release/acquire at their scope).
+template <bool kCluster>
+__device__ __forceinline__ void step_barrier() {
+  if constexpr (kCluster) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cooperative_groups::this_cluster().sync();
+#else
+    __trap();  // the launcher never starts the cluster kernel below sm_90
+#endif
+  } else {
+    cooperative_groups::this_grid().sync();
+  }
+}
+
+// The whole sequence in one launch. `Steps` describes launch i of the per-step path:
+// count(), mat(i) (same W and K for every i) and epi(i). Block x owns units
+// [x*BJ, x*BJ+BJ) for the whole sequence with their W rows resident in shared memory;
+// it walks row tiles y = blockIdx.y, y + gridDim.y, ... (kCluster: gridDim.y is every
+// row tile, so one each). Per step it stages all of A at once, asks L2 for what the
+// next step's epilogue reads, computes, and meets the other blocks at step_barrier.
+template <class Cfg, typename T, class Steps, bool kCluster>
 __global__ void __launch_bounds__(Cfg::THREADS) persistent_kernel(Steps steps) {
   using Tl = Tile<Cfg, T>;
   using A = typename Tl::A;
@@ -219,34 +282,32 @@ __global__ void __launch_bounds__(Cfg::THREADS) persistent_kernel(Steps steps) {
   const int tid = threadIdx.x;
   const int j0 = blockIdx.x * Cfg::BJ;
   const MatParams<T> p0 = steps.mat(0);
+  const int kp = Tl::kpad(p0.K), nchunks = kp / Cfg::KC;
   const typename Tl::View v = Tl::resident_view(reinterpret_cast<A*>(smem_raw), p0.K);
-  Tl::load_w(v, p0, j0, 0, Tl::kpad(p0.K), tid);
+  Tl::load_w(v, p0, j0, 0, kp, tid);
   __syncthreads();
-  cooperative_groups::grid_group grid = cooperative_groups::this_grid();
   const int count = steps.count();
   for (int i = 0; i < count; ++i) {
     const MatParams<T> p = steps.mat(i);
     const auto epi = steps.epi(i);
     for (int by = blockIdx.y; by < Tl::grid_y(p); by += gridDim.y) {
       const int n0 = by * Cfg::BN;
+      if (i + 1 < count) Tl::prefetch(p, steps.epi(i + 1), n0, j0, tid);
       A acc[Cfg::G];
       Tl::zero(acc);
       if (p.A != nullptr) {
-        for (int k0 = 0; k0 < p.K; k0 += Cfg::KC) {
-          Tl::template load_a<true>(v, p, n0, k0, tid);
-          __syncthreads();
-          Tl::compute(v, k0, tid, acc);
-          __syncthreads();
-        }
+        Tl::template load_a<true>(v, p, n0, 0, kp, tid);
+        __syncthreads();
+        Tl::compute_all(v, nchunks, tid, acc);
       }
       if (Cfg::KS > 1) {
         Tl::stash(v, tid, acc);
         __syncthreads();
       }
       Tl::finish(v, p, epi, n0, j0, tid, acc);
-      __syncthreads();  // red is reused by the next row tile
+      __syncthreads();  // as and red are reused by the next row tile
     }
-    grid.sync();
+    step_barrier<kCluster>();
   }
 }
 #endif

@@ -16,11 +16,14 @@ This module prepares what the kernels take and nothing else:
   * raw pointers and the caller's current stream.
 
 Tile shape: ``$FASTRNN_CUDA_TILE`` = ``small`` | ``large`` | ``auto`` (default; see
-``choose_tile``). ``$FASTRNN_CUDA_PERSISTENT=1`` runs each layer-direction (except a
-projected LSTM) as ONE cooperative launch with the block's recurrent weights resident in
-shared memory and a grid-wide barrier between steps, falling back to the per-step
-kernels where the weights or the grid do not fit; it is off by default until it has
-been verified on a GPU (see ``persistent_enabled``).
+``choose_tile``). ``$FASTRNN_CUDA_PERSISTENT`` picks how a layer-direction's steps are
+scheduled (see ``persistent_mode``): ``0`` one launch per step; ``1`` (or ``grid``) ONE
+cooperative launch with the block's recurrent weights resident in shared memory and a
+grid-wide barrier between steps; ``cluster`` one launch of thread-block clusters (sm_90+),
+one cluster per tile of batch rows, so each step waits only for the blocks that produce
+its rows. Each kind falls back to the next simpler one where it does not fit (weights
+over shared memory, more than 16 unit tiles for a cluster, a grid that cannot be
+co-resident); a projected LSTM always runs per step.
 
 ``KernelRunner(lib, device_type)`` holds the logic; the module-level functions use
 ``fastrnn._cuda`` on CUDA tensors. ``emulator()`` returns a runner over
@@ -45,6 +48,8 @@ DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloa
 TILE_ENV = "FASTRNN_CUDA_TILE"
 TILE_SMALL, TILE_LARGE = 0, 1
 PERSISTENT_ENV = "FASTRNN_CUDA_PERSISTENT"
+PERSIST_NONE, PERSIST_GRID, PERSIST_CLUSTER = 0, 1, 2
+PERSIST_DEFAULT = PERSIST_NONE
 
 
 def unavailable_reason():
@@ -103,14 +108,25 @@ def choose_tile(N, J):
     return TILE_LARGE if N >= 64 and N * J >= 65536 else TILE_SMALL
 
 
-def persistent_enabled():
-    """Whether ``$FASTRNN_CUDA_PERSISTENT`` asks for the one-launch persistent kernels."""
-    env = os.environ.get(PERSISTENT_ENV, "0").strip().lower()
-    if env in ("", "0", "false", "no", "off"):
-        return False
-    if env in ("1", "true", "yes", "on"):
-        return True
-    raise ValueError(f"{PERSISTENT_ENV}={env!r}: expected 0 or 1")
+_PERSIST_WORDS = {
+    "0": PERSIST_NONE, "false": PERSIST_NONE, "no": PERSIST_NONE, "off": PERSIST_NONE,
+    "step": PERSIST_NONE,
+    "1": PERSIST_GRID, "true": PERSIST_GRID, "yes": PERSIST_GRID, "on": PERSIST_GRID,
+    "grid": PERSIST_GRID,
+    "2": PERSIST_CLUSTER, "cluster": PERSIST_CLUSTER,
+}
+
+
+def persistent_mode():
+    """How ``$FASTRNN_CUDA_PERSISTENT`` asks the steps to be scheduled: PERSIST_NONE (one
+    launch per step), PERSIST_GRID or PERSIST_CLUSTER; unset or ``auto``: PERSIST_DEFAULT."""
+    env = os.environ.get(PERSISTENT_ENV, "auto").strip().lower()
+    if env in ("", "auto"):
+        return PERSIST_DEFAULT
+    if env in _PERSIST_WORDS:
+        return _PERSIST_WORDS[env]
+    raise ValueError(f"{PERSISTENT_ENV}={env!r}: expected auto, 0 (per step), 1 (grid) "
+                     f"or cluster")
 
 
 # ----------------------------------------------------------------------------- runner
@@ -126,7 +142,7 @@ class KernelRunner:
         self.lib = lib
         self.device_type = device_type
         self.tile = tile  # None: choose_tile()
-        self.persistent = persistent  # None: persistent_enabled()
+        self.persistent = persistent  # None: persistent_mode(); bool or PERSIST_*
 
     # -- checks (cheap, no device sync): the kernels trust every pointer they get
     def _check(self, fn, shapes, ref, lengths=None, N=None):
@@ -162,9 +178,9 @@ class KernelRunner:
         else:
             ctx, stream = contextlib.nullcontext(), 0
         tile = choose_tile(N, J) if self.tile is None else self.tile
-        persistent = persistent_enabled() if self.persistent is None else self.persistent
+        persistent = persistent_mode() if self.persistent is None else int(self.persistent)
         return ctx, dict(dtype=DTYPE_CODES[ref.dtype], tile=tile, stream=stream,
-                         persistent=int(bool(persistent)))
+                         persistent=persistent)
 
     # -- LSTM
     def lstm_forward(self, xg, h0, c0, w_hh, w_hr, lengths, reverse, training):
