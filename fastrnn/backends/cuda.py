@@ -23,7 +23,7 @@ grid-wide barrier between steps; ``cluster`` one launch of thread-block clusters
 one cluster per tile of batch rows, so each step waits only for the blocks that produce
 its rows. Each kind falls back to the next simpler one where it does not fit (weights
 over shared memory, more than 16 unit tiles for a cluster, a grid that cannot be
-co-resident); a projected LSTM always runs per step.
+co-resident); a projected LSTM always runs per step. Unset or ``auto``: ``cluster``.
 
 ``KernelRunner(lib, device_type)`` holds the logic; the module-level functions use
 ``fastrnn._cuda`` on CUDA tensors. ``emulator()`` returns a runner over
@@ -49,7 +49,9 @@ TILE_ENV = "FASTRNN_CUDA_TILE"
 TILE_SMALL, TILE_LARGE = 0, 1
 PERSISTENT_ENV = "FASTRNN_CUDA_PERSISTENT"
 PERSIST_NONE, PERSIST_GRID, PERSIST_CLUSTER = 0, 1, 2
-PERSIST_DEFAULT = PERSIST_NONE
+# The default: measured fastest on an H200 in every case of benchmarks/gpu_timing.py
+# (cluster <= grid < per step; README, "GPU"), and it falls back by itself.
+PERSIST_DEFAULT = PERSIST_CLUSTER
 
 
 def unavailable_reason():
