@@ -242,3 +242,23 @@ def test_bidirectional_reverse_feature_ignores_the_padding(name):
     batch[1, :] = torch.randint(1, 50, (8,))
     out = model(batch)
     assert out.shape == (3,) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_disagreement_note_states_its_causes(tf32):
+    """A pair more than 0.5 pp apart gets a note with the measured facts (initial logits,
+    final loss) and, on a GPU whose cuDNN ran in TF32, that too."""
+    summary = {
+        "config": {"quick": False, "epochs": 4, "maxlen": 500},
+        "data": {"train_reviews": 25000, "test_reviews": 25000, "maxlen": 500},
+        "environment": {"device": "cuda" if tf32 else "cpu", "cudnn_allow_tf32": tf32},
+        "comparisons": [{"display": "Bi-LSTM", "identical_initial_weights": True,
+                         "accuracy_within_tolerance": False, "accuracy_diff_pp": 0.53,
+                         "initial_logit_max_abs_diff": 8e-5, "final_train_loss_diff": -0.0081}],
+        "results": [],
+    }
+    notes = job.accuracy_notes(summary)
+    assert len(notes) == 1
+    assert "Bi-LSTM" in notes[0] and "+0.53 pp" in notes[0] and "8.00e-05" in notes[0]
+    assert "-0.0081" in notes[0]
+    assert ("TF32" in notes[0]) is tf32
