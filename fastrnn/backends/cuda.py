@@ -1,10 +1,11 @@
 """CUDA backend: the fused recurrence kernels of ``fastrnn._cuda`` (csrc/cuda/).
 
 Implements the backend contract (see ``fastrnn.backends``) for CUDA tensors of dtype
-float32, float64, float16 and bfloat16. Per time step it runs ONE kernel launch (two
-for a projected LSTM): the recurrent matmul for all gates of a tile of hidden units,
-fused with the bias, the nonlinearities and the state update (backward: with the gate
-derivatives and the recurrent gradient). Half types accumulate in float32 and carry
+float32, float64, float16 and bfloat16. Each time step is ONE fused computation: the
+recurrent matmul for all gates of a tile of hidden units, fused with the bias, the
+nonlinearities and the state update (backward: with the gate derivatives and the
+recurrent gradient). By default the whole sequence is one launch (the schedules below);
+per-step scheduling is one launch per step (two for a projected LSTM). Half types accumulate in float32 and carry
 the cell state and the recurrent gradients in float32 between steps.
 
 This module prepares what the kernels take and nothing else:
