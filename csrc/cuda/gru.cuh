@@ -25,10 +25,7 @@ struct GruFwdEpi {
   const int64_t* lengths;
   int t, H;
 
-  FASTRNN_HD void prefetch(int n, int j) const {
-    const T* x = xg + static_cast<size_t>(n) * 3 * H + j;
-    for (int g = 0; g < 3; ++g) prefetch_l2(x + g * H);
-  }
+  FASTRNN_HD void prefetch(int n, int j) const { prefetch_gates<3>(xg, n, j, H); }
 
   FASTRNN_HD void operator()(int n, int j, const A (&acc)[3]) const {
     const size_t nh = static_cast<size_t>(n) * H + j;
@@ -70,8 +67,7 @@ struct GruBwdEpi {
   FASTRNN_HD void prefetch(int n, int j) const {
     if (saved == nullptr) return;  // the final launch reads no step data
     const size_t nh = static_cast<size_t>(n) * H + j;
-    const T* sv = saved + static_cast<size_t>(n) * 4 * H + j;
-    for (int g = 0; g < 4; ++g) prefetch_l2(sv + g * H);
+    prefetch_gates<4>(saved, n, j, H);
     prefetch_l2(dy + nh);
     prefetch_l2(hprev + nh);
   }

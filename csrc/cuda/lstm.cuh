@@ -31,10 +31,7 @@ struct LstmFwdEpi {
   int t, H, R;
 
   // What operator()(n, j) will read from the big per-step streams.
-  FASTRNN_HD void prefetch(int n, int j) const {
-    const T* x = xg + static_cast<size_t>(n) * 4 * H + j;
-    for (int g = 0; g < 4; ++g) prefetch_l2(x + g * H);
-  }
+  FASTRNN_HD void prefetch(int n, int j) const { prefetch_gates<4>(xg, n, j, H); }
 
   FASTRNN_HD void operator()(int n, int j, const A (&acc)[4]) const {
     const size_t nh = static_cast<size_t>(n) * H + j;
@@ -103,8 +100,7 @@ struct LstmBwdEpi {
   FASTRNN_HD void prefetch(int n, int j) const {
     if (gates == nullptr) return;  // the final launch reads no step data
     const size_t nh = static_cast<size_t>(n) * H + j;
-    const T* gt = gates + static_cast<size_t>(n) * 4 * H + j;
-    for (int g = 0; g < 4; ++g) prefetch_l2(gt + g * H);
+    prefetch_gates<4>(gates, n, j, H);
     prefetch_l2(cs + nh);
     prefetch_l2(cprev + nh);
     if (dy != nullptr) prefetch_l2(dy + static_cast<size_t>(n) * R + j);

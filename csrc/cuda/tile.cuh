@@ -81,6 +81,13 @@ FASTRNN_HD void prefetch_l2(const T* p) {
 #endif
 }
 
+// prefetch_l2 of the G gate entries of unit j in row n of a [N, G*H] step block.
+template <int G, typename T>
+FASTRNN_HD void prefetch_gates(const T* base, int n, int j, int H) {
+  const T* p = base + static_cast<size_t>(n) * G * H + j;
+  for (int g = 0; g < G; ++g) prefetch_l2(p + static_cast<size_t>(g) * H);
+}
+
 // has_prefetch<Epi>: whether the epilogue defines prefetch(int n, int j) const.
 template <class Epi, class = void>
 struct has_prefetch : std::false_type {};
