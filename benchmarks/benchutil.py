@@ -104,17 +104,22 @@ def onnx_missing():
 
 
 def impls_for(mode, device):
-    """Implementations timed for a case, fastrnn first so it sits on top of its group."""
+    """Implementations timed for a case, fastrnn first so it sits on top of its group.
+
+    CPU inference adds onnxruntime and ``fastrnn_alone``: fastrnn timed like onnxruntime,
+    back to back with nothing between its rounds (its ``fastrnn`` case has torch.nn run
+    between rounds, which leaves caches and threads cold), so that the onnxruntime
+    comparison sets like against like."""
     impls = ["fastrnn", "torch"]
     if mode == "infer" and device == "cpu":
-        impls.append("onnxruntime")
+        impls += ["onnxruntime", "fastrnn_alone"]
     return impls
 
 
 def skip_reason(impl):
-    if impl == "fastrnn" and FASTRNN is None and not STANDIN:
+    if impl in ("fastrnn", "fastrnn_alone") and FASTRNN is None and not STANDIN:
         return FASTRNN_MISSING
-    if impl == "onnxruntime":
+    if impl in ("onnxruntime", "fastrnn_alone"):  # the latter only serves that comparison
         return onnx_missing()
     return None
 

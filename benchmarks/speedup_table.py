@@ -7,7 +7,9 @@
 One row per case (a pytest-benchmark *group*, e.g. ``lstm-bi-train-cpu-T500-N64-I100-H128``):
 the fastrnn median and IQR, the torch.nn median, the onnxruntime median when the run has
 one, the speedup torch.nn / fastrnn (>1 means fastrnn is faster), the speedup over the
-best peer, and the fraction of the GEMM limit that fastrnn reached:
+best peer, and the fraction of the GEMM limit that fastrnn reached. onnxruntime runs back
+to back in its own case, so it is compared with ``fastrnn_alone`` (fastrnn timed the same
+way) where the run has it, and with the paired fastrnn time otherwise:
 
     GEMM limit (ms) = FLOPs of the case's matrix products / GEMM rate
     fraction        = GEMM limit / fastrnn median
@@ -30,7 +32,7 @@ import sys
 from collections import OrderedDict
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-IMPLS = ("fastrnn", "torch", "onnxruntime")
+IMPLS = ("fastrnn_alone", "fastrnn", "torch", "onnxruntime")
 SHAPE_RE = re.compile(r"T(\d+)-N(\d+)-I(\d+)-H(\d+)")
 
 # Speed targets of issues 6 and 7 (CPU, fp32, 2 threads). Keyed by (mode, shape-without-T
@@ -277,18 +279,20 @@ def build_rows(cases, gemm_rates=None, spread="iqr", targets=False, cache_gbps=N
         fast = med.get("fastrnn")
         torch_t = med.get("torch")
         ort_t = med.get("onnxruntime")
+        alone = med.get("fastrnn_alone")
         ratio = paired_speedups(paired) if paired else {}
+        ratio.pop("onnxruntime", None)  # never a paired peer; like with like below
         if torch_t and fast and "torch" not in ratio:
             ratio["torch"] = torch_t / fast
-        if ort_t and fast and "onnxruntime" not in ratio:
-            ratio["onnxruntime"] = ort_t / fast
-        if ort_t and fast and "best" not in ratio:
-            ratio["best"] = min(t for t in (torch_t, ort_t) if t) / fast
+        if ort_t and (alone or fast):
+            ratio["onnxruntime"] = ort_t / (alone or fast)
+            ratio["best"] = min(r for r in (ratio.get("torch"), ratio["onnxruntime"]) if r)
         row = OrderedDict()
         row["case"] = key
         row["backend"] = info.get("fastrnn_backend", "")
         row["fastrnn ms"] = (_ms(fast) + _spread(impls["fastrnn"], spread)) if fast else ""
         row["torch.nn ms"] = _ms(torch_t) if torch_t else ""
+        row["fastrnn alone ms"] = _ms(alone) if alone else ""
         row["onnxruntime ms"] = _ms(ort_t) if ort_t else ""
         row["speedup vs torch.nn"] = f"{ratio['torch']:.2f}x" if ratio.get("torch") else ""
         row["speedup vs best peer"] = (f"{ratio['best']:.2f}x"
@@ -324,8 +328,8 @@ def build_rows(cases, gemm_rates=None, spread="iqr", targets=False, cache_gbps=N
                 else:
                     parts.append(f"≥{need:g}x torch.nn")
                 if vs_ort:
-                    if ratio.get("onnxruntime") or (fast and ort_t):
-                        vs = ratio.get("onnxruntime") or ort_t / fast
+                    if ratio.get("onnxruntime"):
+                        vs = ratio["onnxruntime"]
                         parts.append(f"< ort: {'met' if vs > 1 else 'MISSED'}")
                     else:
                         parts.append("< ort: n/a")
@@ -446,7 +450,9 @@ def header(machine_info, rates, files, cases, spread="iqr", cache_gbps=None):
     spread_txt = {"iqr": " (± IQR)", "stddev": " (± stddev)"}.get(spread, "")
     lines.append(f"_Medians in ms{spread_txt}; speedup = peer time / fastrnn time (>1: "
                  "fastrnn faster), the median of per-round ratios where the peers ran between "
-                 "fastrnn's rounds (`rounds` column), else the ratio of medians; GEMM limit = matrix-product FLOPs of the case / GEMM "
+                 "fastrnn's rounds (`rounds` column), else the ratio of medians; onnxruntime "
+                 "is compared with `fastrnn alone` (both timed back to back in their own "
+                 "cases) where the run has it; GEMM limit = matrix-product FLOPs of the case / GEMM "
                  "rate; W_hh stream limit (batch 1) = bytes of W_hh read over all steps / "
                  f"cache bandwidth; source: {', '.join(files)}_")
     return "\n\n".join(lines) + "\n\n"

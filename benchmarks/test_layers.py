@@ -90,7 +90,7 @@ def test_layer(benchmark, case, case_setup, fastrnn_backend, paired):
         torch.testing.assert_close(_reference_output(mod, x), _reference_output(ref, x),
                                    **_tolerances(case.device))
     step = _layer_step(mod, x, case.mode, sync)
-    if not paired:
+    if not paired or case.impl == "fastrnn_alone":
         benchutil.run_benchmark(benchmark, step, case_setup, backend, warmup)
         return
     # Paired: the peers run (and are timed) between fastrnn's rounds, same inputs/weights.

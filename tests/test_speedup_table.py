@@ -80,6 +80,30 @@ def test_rows_speedup_peer_and_gemm_fraction(tmp_path):
     assert row["fastrnn % of GEMM limit"] == "180%"
 
 
+def test_onnxruntime_is_compared_with_fastrnn_alone(tmp_path):
+    """onnxruntime (timed back to back) is set against fastrnn_alone (timed the same way),
+    not against the paired fastrnn time that torch.nn's rounds leave cold."""
+    case = f"gru-uni-infer-cpu-T500-N1-I100-H128"
+    path = _write(tmp_path, [_bench(case, "fastrnn", 0.0022),
+                             _bench(case, "torch", 0.0110),
+                             _bench(case, "onnxruntime", 0.0019),
+                             _bench(case, "fastrnn_alone", 0.0017)])
+    cases, _ = st.load_runs([path])
+    assert set(cases[case]["impls"]) == {"fastrnn", "torch", "onnxruntime", "fastrnn_alone"}
+    (row,) = st.build_rows(cases, targets=True)
+    assert row["fastrnn ms"].startswith("2.20")
+    assert row["fastrnn alone ms"] == "1.70"
+    assert row["speedup vs torch.nn"] == "5.00x"
+    assert row["speedup vs best peer"] == f"{0.0019 / 0.0017:.2f}x"
+    assert row["target"] == "≥2x torch.nn: met; < ort: met"
+    # without fastrnn_alone the paired time is all there is
+    path = _write(tmp_path, [_bench(case, "fastrnn", 0.0022), _bench(case, "torch", 0.0110),
+                             _bench(case, "onnxruntime", 0.0019)], name="old.json")
+    (row,) = st.build_rows(st.load_runs([path])[0], targets=True)
+    assert row["speedup vs best peer"] == f"{0.0019 / 0.0022:.2f}x"
+    assert row["target"].endswith("< ort: MISSED")
+
+
 def test_targets_met_and_missed(tmp_path):
     train = f"gru-bi-train-cpu-{IMDB}"
     infer = f"rnn-uni-infer-cpu-{IMDB}"
