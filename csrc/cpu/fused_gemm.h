@@ -58,15 +58,19 @@ template <typename T, int G>
 Buffer<T> pack_gate_major(const T* w, int64_t H, int64_t K, int64_t* panels_out) {
   constexpr int W = Vec<T>::W;
   const int64_t P = (H + W - 1) / W;
-  Buffer<T> buf = make_buffer<T>(P * K * G * W);
+  Buffer<T> buf = make_buffer<T>(P * K * G * W);  // zero-filled: units >= H stay 0
   T* out = buf.get();
+  // Source rows are read in order (each row of W is one (g, u) pair); the writes stride
+  // by G*W within a panel that stays in L1.
   for (int64_t p = 0; p < P; ++p)
-    for (int64_t k = 0; k < K; ++k)
-      for (int g = 0; g < G; ++g)
-        for (int l = 0; l < W; ++l) {
-          const int64_t u = p * W + l;
-          out[((p * K + k) * G + g) * W + l] = u < H ? w[(g * H + u) * K + k] : T(0);
-        }
+    for (int g = 0; g < G; ++g)
+      for (int l = 0; l < W; ++l) {
+        const int64_t u = p * W + l;
+        if (u >= H) break;
+        const T* src = w + (g * H + u) * K;
+        T* dst = out + (p * K * G + g) * W + l;
+        for (int64_t k = 0; k < K; ++k) dst[k * G * W] = src[k];
+      }
   *panels_out = P;
   return buf;
 }
