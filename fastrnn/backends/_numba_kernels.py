@@ -205,6 +205,43 @@ def _chunks(N, nthreads):
     return nblk, max(nch, 1)
 
 
+@njit(**_JIT)
+def _rows_in(B, src, b0, b1, N):
+    """Copy rows of src [N, K] into the chunk's blocks B [b1-b0, _RB, K]."""
+    for b in range(b0, b1):
+        n0 = b * _RB
+        for r in range(min(_RB, N - n0)):
+            B[b - b0, r, :] = src[n0 + r]
+
+
+@njit(**_JIT)
+def _rows_out(dst, B, b0, b1, N):
+    """Write the chunk's blocks B back into the rows of dst [N, K]."""
+    for b in range(b0, b1):
+        n0 = b * _RB
+        for r in range(min(_RB, N - n0)):
+            dst[n0 + r, :] = B[b - b0, r]
+
+
+@njit(**_JIT)
+def _n_valid(lens, n0, nr, t):
+    """How many of the block's rows n0 .. n0+nr-1 are still running at step t."""
+    k = 0
+    for r in range(nr):
+        if t < lens[n0 + r]:
+            k += 1
+    return k
+
+
+@njit(**_JIT)
+def _keep_valid(dst, src, lens, n0, nr, t):
+    """dst[r] = src[r] for the block's rows still running at step t (frozen rows keep
+    what was carried past them)."""
+    for r in range(nr):
+        if t < lens[n0 + r]:
+            dst[r, :] = src[r]
+
+
 # --------------------------------------------------------------------------- LSTM
 @njit(parallel=True, **_JIT)
 def lstm_forward(xg, h0, c0, w_hh, w_hr, use_proj, lens, reverse, training,
@@ -227,11 +264,8 @@ def lstm_forward(xg, h0, c0, w_hh, w_hr, use_proj, lens, reverse, training,
         pre = np.zeros((_RB, 4 * H), dtype=dt)
         pb = np.zeros((_RB, R), dtype=dt)
         gscr = np.empty((_RB, 4 * H), dtype=dt)
-        for b in range(b0, b1):
-            n0 = b * _RB
-            for r in range(min(_RB, N - n0)):
-                HB[b - b0, r, :] = h0[n0 + r]
-                CB[b - b0, r, :] = c0[n0 + r]
+        _rows_in(HB, h0, b0, b1, N)
+        _rows_in(CB, c0, b0, b1, N)
         for s in range(T):
             t = T - 1 - s if reverse else s
             for b in range(b0, b1):
@@ -240,10 +274,7 @@ def lstm_forward(xg, h0, c0, w_hh, w_hr, use_proj, lens, reverse, training,
                 hb = HB[b - b0]
                 cb = CB[b - b0]
                 mb = MB[b - b0]
-                nvalid = 0
-                for r in range(nr):
-                    if t < lens[n0 + r]:
-                        nvalid += 1
+                nvalid = _n_valid(lens, n0, nr, t)
                 if nvalid > 0:
                     for r in range(nr):
                         pre[r, :] = xg[t, n0 + r]
@@ -280,10 +311,7 @@ def lstm_forward(xg, h0, c0, w_hh, w_hr, use_proj, lens, reverse, training,
                     y[t, n0 + r, :] = hb[r]
                     if training:
                         cs[t, n0 + r, :] = cb[r]
-        for b in range(b0, b1):
-            n0 = b * _RB
-            for r in range(min(_RB, N - n0)):
-                cn[n0 + r, :] = CB[b - b0, r]
+        _rows_out(cn, CB, b0, b1, N)
     return one
 
 
@@ -308,10 +336,7 @@ def lstm_backward(dy, dcn, c0, w_hhT, w_hrT, use_proj, lens, reverse, gates, cs,
         dm = np.zeros((_RB, H), dtype=dt)            # dL/d(o*tanh(c))
         dga = np.zeros((_RB, 4 * H), dtype=dt)
         dhn = np.zeros((_RB, R), dtype=dt)
-        for b in range(b0, b1):
-            n0 = b * _RB
-            for r in range(min(_RB, N - n0)):
-                DC[b - b0, r, :] = dcn[n0 + r]
+        _rows_in(DC, dcn, b0, b1, N)
         for s in range(T):
             t = s if reverse else T - 1 - s       # processing order reversed
             tp = t + 1 if reverse else t - 1      # the step that produced the state carried in
@@ -372,14 +397,9 @@ def lstm_backward(dy, dcn, c0, w_hhT, w_hrT, use_proj, lens, reverse, gates, cs,
                             dga[r, 3 * H + u] = do
                 dhn[:, :] = 0
                 _mm_acc(dga, nr, w_hhT, dhn)
-                for r in range(nr):
-                    if t < lens[n0 + r]:
-                        dh[r, :] = dhn[r]
-        for b in range(b0, b1):
-            n0 = b * _RB
-            for r in range(min(_RB, N - n0)):
-                dh0[n0 + r, :] = DH[b - b0, r]
-                dc0[n0 + r, :] = DC[b - b0, r]
+                _keep_valid(dh, dhn, lens, n0, nr, t)
+        _rows_out(dh0, DH, b0, b1, N)
+        _rows_out(dc0, DC, b0, b1, N)
     return one
 
 
@@ -400,20 +420,14 @@ def gru_forward(xg, h0, w_hh, b_hh, lens, reverse, training, y, saved, nthreads)
         HB = np.zeros((b1 - b0, _RB, H), dtype=dt)
         hg = np.zeros((_RB, 3 * H), dtype=dt)
         sscr = np.empty((_RB, 4 * H), dtype=dt)
-        for b in range(b0, b1):
-            n0 = b * _RB
-            for r in range(min(_RB, N - n0)):
-                HB[b - b0, r, :] = h0[n0 + r]
+        _rows_in(HB, h0, b0, b1, N)
         for s in range(T):
             t = T - 1 - s if reverse else s
             for b in range(b0, b1):
                 n0 = b * _RB
                 nr = min(_RB, N - n0)
                 hb = HB[b - b0]
-                nvalid = 0
-                for r in range(nr):
-                    if t < lens[n0 + r]:
-                        nvalid += 1
+                nvalid = _n_valid(lens, n0, nr, t)
                 if nvalid > 0:
                     for r in range(nr):
                         hg[r, :] = b_hh
@@ -500,13 +514,8 @@ def gru_backward(dy, h0, w_hhT, lens, reverse, y, saved, dxg, dh0, nthreads):
                 if nvalid == 0:
                     continue
                 _mm_acc(dhg, nr, w_hhT, dhn)
-                for r in range(nr):
-                    if t < lens[n0 + r]:
-                        dh[r, :] = dhn[r]
-        for b in range(b0, b1):
-            n0 = b * _RB
-            for r in range(min(_RB, N - n0)):
-                dh0[n0 + r, :] = DH[b - b0, r]
+                _keep_valid(dh, dhn, lens, n0, nr, t)
+        _rows_out(dh0, DH, b0, b1, N)
     return one
 
 
@@ -525,20 +534,14 @@ def rnn_forward(xg, h0, w_hh, lens, reverse, relu, y, nthreads):
         b1 = (c + 1) * nblk // nch
         HB = np.zeros((b1 - b0, _RB, H), dtype=dt)
         pre = np.zeros((_RB, H), dtype=dt)
-        for b in range(b0, b1):
-            n0 = b * _RB
-            for r in range(min(_RB, N - n0)):
-                HB[b - b0, r, :] = h0[n0 + r]
+        _rows_in(HB, h0, b0, b1, N)
         for s in range(T):
             t = T - 1 - s if reverse else s
             for b in range(b0, b1):
                 n0 = b * _RB
                 nr = min(_RB, N - n0)
                 hb = HB[b - b0]
-                nvalid = 0
-                for r in range(nr):
-                    if t < lens[n0 + r]:
-                        nvalid += 1
+                nvalid = _n_valid(lens, n0, nr, t)
                 if nvalid > 0:
                     for r in range(nr):
                         pre[r, :] = xg[t, n0 + r]
@@ -608,11 +611,6 @@ def rnn_backward(dy, w_hhT, lens, reverse, relu, y, dxg, dh0, nthreads):
                     continue
                 dhn[:, :] = 0
                 _mm_acc(dp, nr, w_hhT, dhn)
-                for r in range(nr):
-                    if t < lens[n0 + r]:
-                        dh[r, :] = dhn[r]
-        for b in range(b0, b1):
-            n0 = b * _RB
-            for r in range(min(_RB, N - n0)):
-                dh0[n0 + r, :] = DH[b - b0, r]
+                _keep_valid(dh, dhn, lens, n0, nr, t)
+        _rows_out(dh0, DH, b0, b1, N)
     return zero
