@@ -12,9 +12,9 @@ single-layer unidirectional module with the same weights, synchronised, median o
 is faster); "target" is the issue's goal for that case (fwd+bwd: 1.5x LSTM/GRU, 2x RNN;
 inference: 2x, at the IMDB shape T=500 N=64 I=100 H=128 and at N=1).
 
-Variants (--variants): ``auto`` (the defaults), ``small`` / ``large``
-(FASTRNN_CUDA_TILE, per-step launches unless FASTRNN_CUDA_PERSISTENT says otherwise),
-``step`` (FASTRNN_CUDA_PERSISTENT=0), ``persistent`` (=1: one cooperative launch per
+Variants (--variants): ``auto`` (the defaults: the cluster schedule on sm_90),
+``small`` / ``large`` (per-step launches with that FASTRNN_CUDA_TILE),
+``step`` (FASTRNN_CUDA_PERSISTENT=0, the tile chosen by size), ``persistent`` (=1: one cooperative launch per
 layer-direction, grid barrier per step), ``cluster`` (=cluster: one launch of
 thread-block clusters, cluster barrier per step). Every fastrnn result is checked against cuDNN's before it is timed.
 """
@@ -38,8 +38,8 @@ SHAPES = {  # name -> (T, N, I, H)
 CELLS = ("lstm", "gru", "rnn")
 VARIANTS = {
     "auto": {},
-    "small": {"FASTRNN_CUDA_TILE": "small"},
-    "large": {"FASTRNN_CUDA_TILE": "large"},
+    "small": {"FASTRNN_CUDA_TILE": "small", "FASTRNN_CUDA_PERSISTENT": "0"},
+    "large": {"FASTRNN_CUDA_TILE": "large", "FASTRNN_CUDA_PERSISTENT": "0"},
     "persistent": {"FASTRNN_CUDA_PERSISTENT": "1"},
     "cluster": {"FASTRNN_CUDA_PERSISTENT": "cluster"},
     "step": {"FASTRNN_CUDA_PERSISTENT": "0"},
