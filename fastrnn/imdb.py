@@ -88,6 +88,12 @@ def build_parser():
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--out", default="imdb_results", help="output folder (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    p.add_argument("--val-size", type=int, default=0,
+                   help="hold out the last N training reviews as a validation split, scored "
+                        "after every epoch (default 0: none)")
+    p.add_argument("--select-epoch", choices=("last", "best-val"), default="last",
+                   help="weights tested at the end: the last epoch's (default) or the epoch "
+                        "with the best validation accuracy (needs --val-size)")
     return p
 
 
@@ -101,6 +107,11 @@ def resolve_config(args):
                 "maxlen", "num_words"):
         if getattr(args, key) < 1:
             raise SystemExit(f"fastrnn-imdb: --{key.replace('_', '-')} must be >= 1")
+    if getattr(args, "val_size", 0) < 0:
+        raise SystemExit("fastrnn-imdb: --val-size must be >= 0")
+    if getattr(args, "select_epoch", "last") == "best-val" and not getattr(args, "val_size", 0):
+        raise SystemExit("fastrnn-imdb: --select-epoch best-val needs a validation split "
+                         "(--val-size N)")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
@@ -246,6 +257,18 @@ class Run:
         seconds = time.perf_counter() - t0
         return float(correct) / n, seconds
 
+    def keep_if_best(self, epoch, val_accuracy):
+        """Remember these weights if no earlier epoch scored higher on validation."""
+        if self.result.get("selected_epoch") is None or \
+                val_accuracy > self.result["selected_val_accuracy"]:
+            self.result["selected_epoch"] = epoch
+            self.result["selected_val_accuracy"] = val_accuracy
+            self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def restore_best(self):
+        """Load the best-validation epoch's weights (--select-epoch best-val)."""
+        self.model.load_state_dict(self._best_state)
+
     def finish(self, accuracy, infer_seconds, n_train, n_test):
         secs = [e["seconds"] for e in self.epochs]
         self.result.update({
@@ -304,9 +327,18 @@ def _run(args, progress):
     x_train, y_train, x_test, y_test, data_info = prepare_data(args, progress)
     x_train, y_train = x_train.to(device), y_train.to(device)
     x_test, y_test = x_test.to(device), y_test.to(device)
+    n_val = getattr(args, "val_size", 0)
+    if n_val >= len(y_train):
+        raise SystemExit(f"fastrnn-imdb: --val-size {n_val} leaves no training reviews "
+                         f"(there are {len(y_train)})")
+    if n_val:  # the last reviews of the (already shuffled) training set
+        x_val, y_val = x_train[-n_val:], y_train[-n_val:]
+        x_train, y_train = x_train[:-n_val], y_train[:-n_val]
+        data_info["train_reviews"], data_info["val_reviews"] = len(y_train), n_val
     n_train, n_test = len(y_train), len(y_test)
     if n_train == 0 or n_test == 0:
         raise SystemExit("fastrnn-imdb: no training or no test reviews to use")
+    best_val = getattr(args, "select_epoch", "last") == "best-val"
 
     results, comparisons = [], []
     t_start = time.perf_counter()
@@ -321,12 +353,21 @@ def _run(args, progress):
             order = torch.randperm(n_train, generator=g).to(device)
             for r in runs:
                 rec = r.train_epoch(epoch, x_train, y_train, order, args.batch_size, progress)
+                val = ""
+                if n_val:
+                    rec["val_accuracy"] = r.evaluate(x_val, y_val, args.eval_batch_size,
+                                                     progress)[0]
+                    val = f"  val acc {rec['val_accuracy']:.4f}"
+                    if best_val:
+                        r.keep_if_best(epoch, rec["val_accuracy"])
                 print(f"  {DISPLAY[name]:7s} {r.impl:7s} epoch {epoch}/{args.epochs}: "
-                      f"loss {rec['loss']:.4f}  train acc {rec['train_accuracy']:.4f}  "
+                      f"loss {rec['loss']:.4f}  train acc {rec['train_accuracy']:.4f}{val}  "
                       f"{rec['seconds']:.1f} s ({rec['samples_per_s']:.0f} samples/s)",
                       file=sys.stderr)
         by_impl = {}
         for r in runs:
+            if best_val:
+                r.restore_best()
             acc, secs = r.evaluate(x_test, y_test, args.eval_batch_size, progress)
             by_impl[r.impl] = r.finish(acc, secs, n_train, n_test)
             results.append(by_impl[r.impl])
@@ -412,6 +453,20 @@ def markdown_table(rows):
            "|" + "|".join("---" if i < 3 else "---:" for i in range(len(rows[0]))) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     return "\n".join(out)
+
+
+def _validation_text(summary):
+    """The report's sentence on the validation split and the epoch tested, if any."""
+    cfg = summary["config"]
+    if not cfg.get("val_size"):
+        return ""
+    text = (f" {cfg['val_size']} training reviews were held out as a validation split, "
+            f"scored after every epoch")
+    if cfg.get("select_epoch") != "best-val":
+        return text + "; the last epoch's weights were tested."
+    picks = ", ".join(f"{r['display']} {r['impl']} epoch {r['selected_epoch']}"
+                      for r in summary["results"] if r.get("selected_epoch"))
+    return text + f"; each model was tested with its best-validation epoch's weights ({picks})."
 
 
 def accuracy_notes(summary):
@@ -526,7 +581,7 @@ def write_report(summary, out, charts):
         f"{cfg.get('forget_bias', 1.0)} at init, hidden {cfg['hidden_size']}, embedding "
         f"{cfg['embed_dim']}, seed {cfg['seed']}. Inference batch {cfg['eval_batch_size']}. "
         f"Both implementations of a model start from identical weights and see the same "
-        f"batches; their epochs alternate.", "",
+        f"batches; their epochs alternate." + _validation_text(summary), "",
         "## Results", "",
         markdown_table(table_rows(summary)), "",
         "Speedup = fastrnn samples/s / torch.nn samples/s (> 1: fastrnn faster). Training "

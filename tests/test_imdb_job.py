@@ -262,3 +262,35 @@ def test_disagreement_note_states_its_causes(tf32):
     assert "Bi-LSTM" in notes[0] and "+0.53 pp" in notes[0] and "8.00e-05" in notes[0]
     assert "-0.0081" in notes[0]
     assert ("TF32" in notes[0]) is tf32
+
+
+def test_validation_split_and_best_epoch(tmp_path, archive):
+    """--val-size holds out the last training reviews and scores them every epoch;
+    --select-epoch best-val tests the weights of the epoch that scored best there."""
+    out = tmp_path / "val"
+    args = ["--quick", "--data", str(archive), "--models", "gru", "--impl", "fastrnn,torch",
+            "--device", "cpu", "--backend", BACKEND, "--hidden-size", "8", "--maxlen", "32",
+            "--batch-size", "8", "--eval-batch-size", "16", "--epochs", "3", "--out", str(out),
+            "--no-progress", "--seed", "1", "--lr", "0.01", "--threads", "1",
+            "--val-size", "8", "--select-epoch", "best-val"]
+    assert job.main(args) == 0
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["data"]["val_reviews"] == 8 and summary["data"]["train_reviews"] > 8
+    for r in summary["results"]:
+        vals = [e["val_accuracy"] for e in r["epochs"]]
+        assert len(vals) == 3 and all(0.0 <= v <= 1.0 for v in vals)
+        assert r["selected_epoch"] == 1 + vals.index(max(vals))  # first of the best
+        assert r["selected_val_accuracy"] == max(vals)
+    report = (out / "report.md").read_text()
+    assert "8 training reviews were held out" in report and "best-validation epoch" in report
+
+
+def test_validation_options_are_checked(tmp_path, archive):
+    base = ["--quick", "--data", str(archive), "--models", "rnn", "--impl", "torch",
+            "--device", "cpu", "--out", str(tmp_path / "o"), "--no-progress"]
+    with pytest.raises(SystemExit, match="needs a validation split"):
+        job.main(base + ["--select-epoch", "best-val"])
+    with pytest.raises(SystemExit, match="--val-size must be >= 0"):
+        job.main(base + ["--val-size", "-1"])
+    with pytest.raises(SystemExit, match="leaves no training reviews"):
+        job.main(base + ["--val-size", "100000"])
