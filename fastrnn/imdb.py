@@ -472,7 +472,8 @@ def _validation_text(summary):
 def accuracy_notes(summary):
     notes = []
     cfg = summary["config"]
-    if cfg.get("quick") or (summary["data"]["train_reviews"] < 25000):
+    held_out = summary["data"].get("val_reviews", 0)
+    if cfg.get("quick") or (summary["data"]["train_reviews"] + held_out < 25000):
         notes.append(
             f"This run used {summary['data']['train_reviews']} training and "
             f"{summary['data']['test_reviews']} test reviews, {cfg['epochs']} epoch(s), maxlen "
