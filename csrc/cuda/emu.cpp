@@ -103,7 +103,7 @@ struct EmuLauncher {
   template <class Cfg, typename T, class Steps>
   bool run_cluster(const Steps& st) {
     using Tl = fc::Tile<Cfg, T>;
-    if (Tl::grid_x(st.mat(0)) > 16) return false;
+    if (Tl::grid_x(st.mat(0)) > fc::kMaxClusterBlocks) return false;
     ++cluster_launches;
     return emulate_persistent<Cfg, T>(st, true);
   }

@@ -16,8 +16,30 @@ inline void check_cuda(cudaError_t err, const char* what) {
                              cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
 }
 
+// An attribute of the current device, every runtime call checked.
+inline int current_device_attribute(cudaDeviceAttr what) {
+  int dev = 0, value = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&value, what, dev), "cudaDeviceGetAttribute");
+  return value;
+}
+
+// Dynamic shared memory of a persistent kernel (the block's resident W rows and A rows):
+// its size, or 0 when it exceeds what a block may opt into on this device. When it fits,
+// the kernel is allowed that much.
+template <class Cfg, typename T, class Kernel>
+size_t resident_smem(Kernel kernel, int K) {
+  const size_t smem = Tile<Cfg, T>::resident_elems(K) * sizeof(typename Tile<Cfg, T>::A);
+  if (smem > static_cast<size_t>(
+                 current_device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin)))
+    return 0;
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(smem)),
+             "cudaFuncSetAttribute");
+  return smem;
+}
+
 struct CudaLauncher {
-  static constexpr int kMaxCluster = 16;  // blocks per cluster on sm_90 (above 8: non-portable)
   cudaStream_t stream;
 
   template <class Cfg, typename T, class Epi>
@@ -37,18 +59,11 @@ struct CudaLauncher {
   bool run_persistent(const Steps& st) {
     using Tl = Tile<Cfg, T>;
     const MatParams<T> p0 = st.mat(0);
-    const size_t smem = Tl::resident_elems(p0.K) * sizeof(typename Tl::A);
-    int dev = 0, coop = 0, optin = 0, sms = 0;
-    check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-    check_cuda(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev), "cudaDeviceGetAttribute");
-    check_cuda(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
-               "cudaDeviceGetAttribute");
-    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-    if (!coop || smem > static_cast<size_t>(optin)) return false;
+    if (!current_device_attribute(cudaDevAttrCooperativeLaunch)) return false;
     auto kernel = persistent_kernel<Cfg, T, Steps, false>;
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(smem)),
-               "cudaFuncSetAttribute");
+    const size_t smem = resident_smem<Cfg, T>(kernel, p0.K);
+    if (smem == 0) return false;
+    const int sms = current_device_attribute(cudaDevAttrMultiProcessorCount);
     int per_sm = 0;
     check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, Cfg::THREADS, smem),
                "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
@@ -74,20 +89,13 @@ struct CudaLauncher {
   bool run_cluster(const Steps& st) {
     using Tl = Tile<Cfg, T>;
     const MatParams<T> p0 = st.mat(0);
-    const size_t smem = Tl::resident_elems(p0.K) * sizeof(typename Tl::A);
-    int dev = 0, major = 0, optin = 0;
-    check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-    check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),
-               "cudaDeviceGetAttribute");
-    check_cuda(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
-               "cudaDeviceGetAttribute");
     const int gx = Tl::grid_x(p0), gy = Tl::grid_y(p0);
-    if (major < 9 || gx == 0 || gy == 0 || gx > kMaxCluster || smem > static_cast<size_t>(optin))
+    if (current_device_attribute(cudaDevAttrComputeCapabilityMajor) < 9 || gx == 0 || gy == 0 ||
+        gx > kMaxClusterBlocks)
       return false;
     auto kernel = persistent_kernel<Cfg, T, Steps, true>;
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(smem)),
-               "cudaFuncSetAttribute");
+    const size_t smem = resident_smem<Cfg, T>(kernel, p0.K);
+    if (smem == 0) return false;
     if (gx > 8)
       check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
                  "cudaFuncSetAttribute(NonPortableClusterSizeAllowed)");

@@ -23,6 +23,11 @@
 namespace fastrnn {
 namespace cuda {
 
+// The most blocks a thread-block cluster may have on sm_90 (above 8: non-portable). The
+// cluster schedule needs all unit tiles of a row tile in one cluster; the CUDA launcher
+// and the emulator refuse it (and fall back) above this.
+constexpr int kMaxClusterBlocks = 16;
+
 // Time index of processing step s (s = 0 is the first step processed).
 FASTRNN_HD int time_of(int s, int T, bool reverse) { return reverse ? T - 1 - s : s; }
 
