@@ -11,6 +11,7 @@
 #include <string>
 
 #include "cpu/buffer_pool.h"
+#include "cpu/pack_cache.h"
 #include "cpu/dispatch.h"
 
 namespace py = pybind11;
@@ -156,6 +157,21 @@ PYBIND11_MODULE(_C, m) {
   m.def("pool_limit", &fastrnn::cpu::pool_limit);
   m.def("pool_set_limit", &fastrnn::cpu::pool_set_limit, py::arg("bytes"));
   m.def("pool_release", &fastrnn::cpu::pool_release);
+  m.def(
+      "pack_cache_info",
+      [] {
+        py::dict d;
+        d["bytes"] = fastrnn::cpu::pack_cache_bytes();
+        d["entries"] = fastrnn::cpu::pack_cache_entries();
+        d["limit"] = fastrnn::cpu::pack_cache_limit();
+        d["hits"] = fastrnn::cpu::pack_cache_hits();
+        d["misses"] = fastrnn::cpu::pack_cache_misses();
+        return d;
+      },
+      "the packed-weight cache: bytes held, entries, limit, hits and misses since the last release");
+  m.def("pack_cache_set_limit", &fastrnn::cpu::pack_cache_set_limit, py::arg("bytes"),
+        "bytes of packed weights (and their source copies) kept across calls; 0 turns it off");
+  m.def("pack_cache_release", &fastrnn::cpu::pack_cache_release);
 
   m.def(
       "lstm_forward",

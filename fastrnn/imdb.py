@@ -30,8 +30,11 @@ from .models import DISPLAY, IMPLS, MODEL_NAMES, build_model, count_parameters, 
     fastrnn_layers_available
 
 ACCURACY_TOLERANCE_PP = 0.5
-QUICK = {"train_size": 512, "test_size": 512, "epochs": 1, "maxlen": 100}
-DEFAULTS = {"train_size": None, "test_size": None, "epochs": 4, "maxlen": 500}
+LR_SCHEDULES = ("constant", "cosine")
+QUICK = {"train_size": 512, "test_size": 512, "epochs": 1, "maxlen": 100,
+         "lr_schedule": "constant"}
+DEFAULTS = {"train_size": None, "test_size": None, "epochs": 4, "maxlen": 500,
+            "lr_schedule": "constant"}
 CHART_SPEED_ACCURACY = "imdb_speed_accuracy.png"
 CHART_SPEEDUP = "imdb_speedup.png"
 
@@ -81,6 +84,9 @@ def build_parser():
     p.add_argument("--test-size", type=int, default=None, help="use the first N test reviews")
     p.add_argument("--seed", type=int, default=0, help="weights and batch order")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                   help="learning rate over the run: constant, or cosine (from --lr down to 0 "
+                        "at the last batch, per batch; default %s)" % DEFAULTS["lr_schedule"])
     p.add_argument("--forget-bias", type=float, default=1.0,
                    help="LSTM forget-gate bias at init, both implementations (default "
                         "%(default)s; 'nan' keeps torch's init)")
@@ -170,7 +176,7 @@ def _forget_bias(args):
 class Run:
     """One (model, implementation) pair being trained."""
 
-    def __init__(self, name, impl, args, device):
+    def __init__(self, name, impl, args, device, total_steps=None):
         self.name, self.impl, self.device = name, impl, device
         self.model = build_model(name, impl, seed=args.seed, vocab_size=args.num_words,
                                  embed_dim=args.embed_dim, hidden_size=args.hidden_size,
@@ -178,6 +184,8 @@ class Run:
                                  forget_bias=_forget_bias(args))
         self.model.to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+        self.lr, self.steps_done, self.total_steps = args.lr, 0, total_steps
+        self.cosine = getattr(args, "lr_schedule", "constant") == "cosine" and bool(total_steps)
         self.loss_fn = nn.BCEWithLogitsLoss()
         self.clip = args.clip
         self.epochs = []
@@ -193,7 +201,12 @@ class Run:
         loss.backward()
         if self.clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        if self.cosine:  # batch s of S (s from 0) runs at lr * (1 + cos(pi s / S)) / 2
+            frac = min(self.steps_done, self.total_steps) / self.total_steps
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
         self.optimizer.step()
+        self.steps_done += 1
         return loss.detach(), ((logits.detach() > 0).float() == yb).sum()
 
     def warmup(self, xb, yb):
@@ -343,7 +356,8 @@ def _run(args, progress):
     results, comparisons = [], []
     t_start = time.perf_counter()
     for name in args.models:
-        runs = [Run(name, impl, args, device) for impl in args.impl]
+        total_steps = args.epochs * math.ceil(n_train / args.batch_size)
+        runs = [Run(name, impl, args, device, total_steps) for impl in args.impl]
         warm = slice(0, min(args.batch_size, n_train))
         for r in runs:
             r.warmup(x_train[warm], y_train[warm])

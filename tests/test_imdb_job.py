@@ -1,5 +1,6 @@
 """The six models and the fastrnn-imdb job, end to end in quick mode on a tiny fixture (CPU)."""
 import json
+import math
 import subprocess
 import sys
 
@@ -294,3 +295,23 @@ def test_validation_options_are_checked(tmp_path, archive):
         job.main(base + ["--val-size", "-1"])
     with pytest.raises(SystemExit, match="leaves no training reviews"):
         job.main(base + ["--val-size", "100000"])
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_lr_schedule(schedule):
+    """cosine: batch s of S runs at lr * (1 + cos(pi s / S)) / 2, from lr down towards 0;
+    constant: lr throughout."""
+    args = job.resolve_config(job.build_parser().parse_args(
+        ["--lr", "0.1", "--lr-schedule", schedule, "--hidden-size", "4", "--embed-dim", "3",
+         "--num-words", "20", "--device", "cpu", "--impl", "torch"]))
+    r = job.Run("gru", "torch", args, torch.device("cpu"), total_steps=4)
+    xb, yb = torch.randint(0, 20, (2, 5)), torch.tensor([0.0, 1.0])
+    used = []
+    for _ in range(4):
+        r.step(xb, yb)
+        used.append(r.optimizer.param_groups[0]["lr"])
+    if schedule == "cosine":
+        expected = [0.1 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(4)]
+    else:
+        expected = [0.1] * 4
+    assert used == pytest.approx(expected, rel=1e-12)

@@ -19,8 +19,11 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <typeinfo>
+#include <vector>
 
 #include "cpu/buffer_pool.h"
+#include "cpu/pack_cache.h"
 #include "cpu/vec.h"
 
 namespace fastrnn {
@@ -95,6 +98,50 @@ Buffer<T> pack_units(const T* w, int64_t K, int64_t cols, bool transposed, int64
       }
   *panels_out = P;
   return buf;
+}
+
+// Packed weights through the pack cache (cpu/pack_cache.h): `pack(src, &panels)` packs
+// the `src_elems` values at `w`. On a miss the source is copied first and packed from the
+// copy, so the entry's packed buffer is exactly what its saved source packs to.
+template <typename T>
+using Packed = std::shared_ptr<const T>;
+
+template <typename T, typename PackFn>
+Packed<T> cached_pack(const T* w, int64_t src_elems, int64_t kind, int64_t d0, int64_t d1,
+                      int64_t* panels_out, PackFn&& pack) {
+  const size_t src_bytes = static_cast<size_t>(src_elems) * sizeof(T);
+  if (!pack_cache_accepts(src_bytes)) {
+    Buffer<T> buf = pack(w, panels_out);
+    const size_t bytes = buf.get_deleter().bytes;
+    return Packed<T>(buf.release(), PoolFree{bytes});
+  }
+  const PackKey key{w, src_bytes, typeid(T).hash_code(), {kind, d0, d1, Vec<T>::W}};
+  if (auto hit = pack_cache_find(key, panels_out)) return std::static_pointer_cast<const T>(hit);
+  std::vector<unsigned char> source(reinterpret_cast<const unsigned char*>(w),
+                                    reinterpret_cast<const unsigned char*>(w) + src_bytes);
+  Buffer<T> buf = pack(reinterpret_cast<const T*>(source.data()), panels_out);
+  const size_t bytes = buf.get_deleter().bytes;
+  Packed<T> packed(buf.release(), PoolFree{bytes});
+  pack_cache_put(key, std::move(source), packed, bytes, *panels_out);
+  return packed;
+}
+
+// The cached forms of the two packings (kind: G for gate-major, 100 + NB (+ 1000 when
+// transposed) for unit packing).
+template <typename T, int G>
+Packed<T> pack_gate_major_cached(const T* w, int64_t H, int64_t K, int64_t* panels_out) {
+  return cached_pack<T>(w, G * H * K, G, H, K, panels_out, [&](const T* src, int64_t* p) {
+    return pack_gate_major<T, G>(src, H, K, p);
+  });
+}
+
+template <typename T, int NB>
+Packed<T> pack_units_cached(const T* w, int64_t K, int64_t cols, bool transposed,
+                            int64_t* panels_out) {
+  return cached_pack<T>(w, K * cols, 100 + NB + (transposed ? 1000 : 0), K, cols, panels_out,
+                        [&](const T* src, int64_t* p) {
+                          return pack_units<T, NB>(src, K, cols, transposed, p);
+                        });
 }
 
 // acc[MR][NB] = A[MR rows, K] @ Bp[K][NB*W]; A == nullptr means A is zero.

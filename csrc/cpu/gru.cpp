@@ -15,7 +15,7 @@ void gru_forward(const GruForwardParams<T>& a) {
   using V = vec_t<T>;
   const int64_t TT = a.T_, N = a.N, H = a.H, G3 = 3 * H;
   int64_t P = 0;
-  Buffer<T> w_gates = pack_gate_major<T, 3>(a.w_hh, H, H, &P);  // h @ W_hh^T
+  Packed<T> w_gates = pack_gate_major_cached<T, 3>(a.w_hh, H, H, &P);  // h @ W_hh^T
   const int nt = std::max(1, a.num_threads);
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -65,7 +65,7 @@ void gru_backward(const GruBackwardParams<T>& a) {
   using V = vec_t<T>;
   const int64_t TT = a.T_, N = a.N, H = a.H, G3 = 3 * H;
   int64_t P = 0;
-  Buffer<T> w_back = pack_units<T, 4>(a.w_hh, G3, H, /*transposed=*/false, &P);  // dhg @ W_hh
+  Packed<T> w_back = pack_units_cached<T, 4>(a.w_hh, G3, H, /*transposed=*/false, &P);  // dhg @ W_hh
   // Gradient w.r.t. hg = h W_hh^T + b_hh of the last two steps (double buffer),
   // and dh carried directly to the previous step (z * dh, or all of dh past a
   // frozen step).

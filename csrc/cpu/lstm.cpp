@@ -16,9 +16,9 @@ void lstm_forward(const LstmForwardParams<T>& a) {
   const int64_t TT = a.T_, N = a.N, H = a.H, R = a.R, G4 = 4 * H;
   const bool proj = a.w_hr != nullptr;
   int64_t P1 = 0, P2 = 0;
-  Buffer<T> w_gates = pack_gate_major<T, 4>(a.w_hh, H, R, &P1);        // h @ W_hh^T
-  Buffer<T> w_proj;
-  if (proj) w_proj = pack_units<T, 4>(a.w_hr, H, R, /*transposed=*/true, &P2);  // m @ W_hr^T
+  Packed<T> w_gates = pack_gate_major_cached<T, 4>(a.w_hh, H, R, &P1);        // h @ W_hh^T
+  Packed<T> w_proj;
+  if (proj) w_proj = pack_units_cached<T, 4>(a.w_hr, H, R, /*transposed=*/true, &P2);  // m @ W_hr^T
   Buffer<T> c = make_buffer<T>(N * H);
   std::copy(a.c0, a.c0 + N * H, c.get());
   Buffer<T> m;
@@ -91,9 +91,9 @@ void lstm_backward(const LstmBackwardParams<T>& a) {
   const int64_t TT = a.T_, N = a.N, H = a.H, R = a.R, G4 = 4 * H;
   const bool proj = a.w_hr != nullptr;
   int64_t P1 = 0, P2 = 0;
-  Buffer<T> w_back = pack_units<T, 4>(a.w_hh, G4, R, /*transposed=*/false, &P1);  // dgates @ W_hh
-  Buffer<T> w_proj;
-  if (proj) w_proj = pack_units<T, 4>(a.w_hr, R, H, /*transposed=*/false, &P2);  // dr @ W_hr
+  Packed<T> w_back = pack_units_cached<T, 4>(a.w_hh, G4, R, /*transposed=*/false, &P1);  // dgates @ W_hh
+  Packed<T> w_proj;
+  if (proj) w_proj = pack_units_cached<T, 4>(a.w_hr, R, H, /*transposed=*/false, &P2);  // dr @ W_hr
   Buffer<T> dc = make_buffer<T>(N * H);
   std::copy(a.dcn, a.dcn + N * H, dc.get());
   // Gradient carried past frozen (invalid) steps, per output column.

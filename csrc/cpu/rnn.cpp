@@ -14,7 +14,7 @@ void rnn_forward(const RnnForwardParams<T>& a) {
   using V = vec_t<T>;
   const int64_t TT = a.T_, N = a.N, H = a.H;
   int64_t P = 0;
-  Buffer<T> w = pack_units<T, 4>(a.w_hh, H, H, /*transposed=*/true, &P);  // h @ W_hh^T
+  Packed<T> w = pack_units_cached<T, 4>(a.w_hh, H, H, /*transposed=*/true, &P);  // h @ W_hh^T
   const int nt = std::max(1, a.num_threads);
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -52,7 +52,7 @@ void rnn_backward(const RnnBackwardParams<T>& a) {
   using V = vec_t<T>;
   const int64_t TT = a.T_, N = a.N, H = a.H;
   int64_t P = 0;
-  Buffer<T> w = pack_units<T, 4>(a.w_hh, H, H, /*transposed=*/false, &P);  // dpre @ W_hh
+  Packed<T> w = pack_units_cached<T, 4>(a.w_hh, H, H, /*transposed=*/false, &P);  // dpre @ W_hh
   Buffer<T> carry = make_buffer<T>(N * H);  // dh carried past frozen steps
   const int nt = std::max(1, a.num_threads);
 

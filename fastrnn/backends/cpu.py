@@ -135,9 +135,27 @@ def pool_cached_bytes():
 
 
 def empty_cache():
-    """Give every cached output block back to the operating system."""
+    """Give every cached output block and every cached packed weight back to the
+    operating system."""
     if _C is not None:
+        _C.pack_cache_release()  # first: its packed buffers go back to the pool
         _C.pool_release()
+
+
+def pack_cache_info():
+    """The packed-weight cache: ``bytes`` held (packed weights plus the source copies a
+    hit is checked against), ``entries``, ``limit``, and ``hits``/``misses`` since the
+    last release. The kernels pack W_hh (and W_hr) for their fused GEMM on every call; a
+    hit skips that when the weights' bytes equal those of an earlier call. Limit from
+    ``$FASTRNN_CPU_PACK_CACHE_MB`` (default 64)."""
+    if _C is None:
+        return {"bytes": 0, "entries": 0, "limit": 0, "hits": 0, "misses": 0}
+    return dict(_C.pack_cache_info())
+
+
+def set_pack_cache_limit(megabytes):
+    """Keep at most this many MB of packed weights across calls (0 turns the cache off)."""
+    _C.pack_cache_set_limit(int(megabytes * 2**20))
 
 
 def set_pool_limit(megabytes):
