@@ -18,9 +18,10 @@ void gru_forward(const GruForwardParams<T>& a) {
   Packed<T> w_gates = pack_gate_major_cached<T, 3>(a.w_hh, H, H, &P);  // h @ W_hh^T
   const int nt = std::max(1, a.num_threads);
 
+  TeamBarrier bar;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    const WorkSplit ws(P, N, omp_get_thread_num(), omp_get_num_threads(), rows_per_tile<3>());
+    const WorkSplit ws(P, N, omp_get_thread_num(), omp_get_num_threads(), rows_per_tile<3>(), &bar);
     for (int64_t s = 0; s < TT; ++s) {
       const int64_t t = a.reverse ? TT - 1 - s : s;
       const T* hprev = s == 0 ? a.h0 : a.y + (a.reverse ? t + 1 : t - 1) * N * H;
@@ -73,9 +74,10 @@ void gru_backward(const GruBackwardParams<T>& a) {
   Buffer<T> carry = make_buffer<T>(N * H);
   const int nt = std::max(1, a.num_threads);
 
+  TeamBarrier bar;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    const WorkSplit ws(P, N, omp_get_thread_num(), omp_get_num_threads(), rows_per_tile<4>());
+    const WorkSplit ws(P, N, omp_get_thread_num(), omp_get_num_threads(), rows_per_tile<4>(), &bar);
     for (int64_t s = 0; s < TT; ++s) {
       const int64_t t = a.reverse ? s : TT - 1 - s;
       const T* dhg_next = s == 0 ? nullptr : dhg.get() + ((s - 1) & 1) * N * G3;

@@ -25,11 +25,12 @@ void lstm_forward(const LstmForwardParams<T>& a) {
   if (proj) m = make_buffer<T>(N * H);
   const int nt = std::max(1, a.num_threads);
 
+  TeamBarrier bar;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     const int tid = omp_get_thread_num(), nthr = omp_get_num_threads();
-    const WorkSplit ws1(P1, N, tid, nthr, rows_per_tile<4>());
-    const WorkSplit ws2(P2, N, tid, nthr, rows_per_tile<4>());
+    const WorkSplit ws1(P1, N, tid, nthr, rows_per_tile<4>(), &bar);
+    const WorkSplit ws2(P2, N, tid, nthr, rows_per_tile<4>(), &bar);
     for (int64_t s = 0; s < TT; ++s) {
       const int64_t t = a.reverse ? TT - 1 - s : s;
       const T* hprev = s == 0 ? a.h0 : a.y + (a.reverse ? t + 1 : t - 1) * N * R;
@@ -100,11 +101,12 @@ void lstm_backward(const LstmBackwardParams<T>& a) {
   Buffer<T> carry = make_buffer<T>(N * R);
   const int nt = std::max(1, a.num_threads);
 
+  TeamBarrier bar;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     const int tid = omp_get_thread_num(), nthr = omp_get_num_threads();
-    const WorkSplit ws1(P1, N, tid, nthr, rows_per_tile<4>());
-    const WorkSplit ws2(P2, N, tid, nthr, rows_per_tile<4>());
+    const WorkSplit ws1(P1, N, tid, nthr, rows_per_tile<4>(), &bar);
+    const WorkSplit ws2(P2, N, tid, nthr, rows_per_tile<4>(), &bar);
     for (int64_t s = 0; s < TT; ++s) {
       const int64_t t = a.reverse ? s : TT - 1 - s;
       const T* dg_next = s == 0 ? nullptr : a.dgates + (a.reverse ? t - 1 : t + 1) * N * G4;

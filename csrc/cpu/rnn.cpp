@@ -17,9 +17,10 @@ void rnn_forward(const RnnForwardParams<T>& a) {
   Packed<T> w = pack_units_cached<T, 4>(a.w_hh, H, H, /*transposed=*/true, &P);  // h @ W_hh^T
   const int nt = std::max(1, a.num_threads);
 
+  TeamBarrier bar;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    const WorkSplit ws(P, N, omp_get_thread_num(), omp_get_num_threads(), rows_per_tile<4>());
+    const WorkSplit ws(P, N, omp_get_thread_num(), omp_get_num_threads(), rows_per_tile<4>(), &bar);
     for (int64_t s = 0; s < TT; ++s) {
       const int64_t t = a.reverse ? TT - 1 - s : s;
       const T* hprev = s == 0 ? a.h0 : a.y + (a.reverse ? t + 1 : t - 1) * N * H;
@@ -56,9 +57,10 @@ void rnn_backward(const RnnBackwardParams<T>& a) {
   Buffer<T> carry = make_buffer<T>(N * H);  // dh carried past frozen steps
   const int nt = std::max(1, a.num_threads);
 
+  TeamBarrier bar;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    const WorkSplit ws(P, N, omp_get_thread_num(), omp_get_num_threads(), rows_per_tile<4>());
+    const WorkSplit ws(P, N, omp_get_thread_num(), omp_get_num_threads(), rows_per_tile<4>(), &bar);
     for (int64_t s = 0; s < TT; ++s) {
       const int64_t t = a.reverse ? s : TT - 1 - s;
       const T* d_next = s == 0 ? nullptr : a.dxg + (a.reverse ? t - 1 : t + 1) * N * H;

@@ -18,6 +18,11 @@
 
 namespace fastrnn {
 namespace cpu {
+// Everything here depends on the instruction set this translation unit is compiled for
+// (the vector width above all), so it lives in that ISA's namespace: the same template
+// instantiated by two ISA builds would otherwise be one linker symbol, and every ISA
+// would run whichever build's packing the linker kept.
+namespace FASTRNN_ISA {
 
 #if defined(FASTRNN_ISA_avx512)
 constexpr int kVecBytes = 64;
@@ -189,5 +194,6 @@ FASTRNN_INLINE vec_t<T> vrelu(vec_t<T> x) {
   return x < vzero<T>() ? vzero<T>() : x;  // keeps NaN, like torch.relu
 }
 
+}  // namespace FASTRNN_ISA
 }  // namespace cpu
 }  // namespace fastrnn
