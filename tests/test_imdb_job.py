@@ -100,7 +100,7 @@ def test_parser_defaults_and_quick():
     args = job.resolve_config(job.build_parser().parse_args([]))
     assert args.models == list(MODEL_NAMES) and args.impl == ["fastrnn", "torch"]
     assert (args.epochs, args.batch_size, args.hidden_size, args.maxlen, args.num_words,
-            args.lr) == (4, 64, 128, 500, 10000, 1e-3)
+            args.lr, args.lr_schedule) == (5, 64, 128, 500, 10000, 1e-3, "cosine")
     assert args.device in ("cpu", "cuda")
     quick = job.resolve_config(job.build_parser().parse_args(["--quick", "--epochs", "2"]))
     assert (quick.epochs, quick.train_size, quick.maxlen) == (2, 512, 100)
