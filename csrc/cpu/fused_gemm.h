@@ -4,12 +4,13 @@
 //
 //   C[N, cols] = A[N, K] @ B[K, cols]     (A row-major with leading dim lda)
 //
-// B is packed once per call into panels of NB vectors (NB*W columns) so that one
+// B is packed into panels of NB vectors (NB*W columns), once per weight (the pack
+// cache keeps the panels across calls while the weights' bytes stay the same), so that one
 // tile of the output holds what the epilogue needs together: for the forward
 // LSTM a panel is the i, f, g, o rows of the same W hidden units ("gate-major"),
 // elsewhere NB consecutive column blocks ("unit" packing). Each thread owns a fixed
 // set of (panel, row range) items for the whole sequence, so its weight panels
-// stay in its own L2 across steps; threads meet at one barrier per phase.
+// stay in its own L2 across steps; threads meet at one barrier per phase (TeamBarrier).
 #pragma once
 #include <omp.h>
 

@@ -76,6 +76,14 @@ def _check(*tensors):
             raise TypeError(f"the cpu backend supports float32 and float64, got {t.dtype}")
 
 
+def _required(fn, **tensors):
+    """The kernels take raw pointers: a missing required tensor must be an error here,
+    not a null pointer there."""
+    for name, t in tensors.items():
+        if t is None:
+            raise TypeError(f"{fn}: {name} is required (a tensor), got None")
+
+
 def _dense(t):
     """A contiguous ``t``; a copy goes into pooled memory (e.g. the expanded ones that
     ``output.sum()`` backpropagates: a fresh copy would pay page faults every step)."""
@@ -164,6 +172,7 @@ def set_pool_limit(megabytes):
 
 
 def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training):
+    _required("lstm_forward", xg=xg, h0=h0, c0=c0, w_hh=w_hh)
     xg, h0, c0, w_hh, w_hr = map(_dense, (xg, h0, c0, w_hh, w_hr))
     _check(xg, h0, c0, w_hh, w_hr)
     T, N, G = xg.shape
@@ -181,6 +190,7 @@ def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training):
 
 
 def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs):
+    _required("lstm_backward", dy=dy, dcn=dcn, h0=h0, c0=c0, w_hh=w_hh, y=y, gates=gates, cs=cs)
     dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs = map(
         _dense, (dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs))
     _check(dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs)
@@ -198,6 +208,7 @@ def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs):
 
 
 def gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training):
+    _required("gru_forward", xg=xg, h0=h0, w_hh=w_hh, b_hh=b_hh)
     xg, h0, w_hh, b_hh = map(_dense, (xg, h0, w_hh, b_hh))
     _check(xg, h0, w_hh, b_hh)
     T, N, G = xg.shape
@@ -211,6 +222,7 @@ def gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training):
 
 
 def gru_backward(dy, h0, w_hh, lengths, reverse, y, saved):
+    _required("gru_backward", dy=dy, h0=h0, w_hh=w_hh, y=y, saved=saved)
     dy, h0, w_hh, y, saved = map(_dense, (dy, h0, w_hh, y, saved))
     _check(dy, h0, w_hh, y, saved)
     T, N, H = dy.shape
@@ -223,6 +235,7 @@ def gru_backward(dy, h0, w_hh, lengths, reverse, y, saved):
 
 
 def rnn_forward(xg, h0, w_hh, lengths, reverse, relu):
+    _required("rnn_forward", xg=xg, h0=h0, w_hh=w_hh)
     xg, h0, w_hh = map(_dense, (xg, h0, w_hh))
     _check(xg, h0, w_hh)
     T, N, H = xg.shape
@@ -234,6 +247,7 @@ def rnn_forward(xg, h0, w_hh, lengths, reverse, relu):
 
 
 def rnn_backward(dy, h0, w_hh, lengths, reverse, relu, y):
+    _required("rnn_backward", dy=dy, h0=h0, w_hh=w_hh, y=y)
     dy, h0, w_hh, y = map(_dense, (dy, h0, w_hh, y))
     _check(dy, h0, w_hh, y)
     T, N, H = dy.shape
