@@ -180,3 +180,11 @@ def check_op_args(op, ref, specs, lengths=None):
         if N > 0 and (bool((lengths < 1).any()) or bool((lengths > T).any())):
             raise RuntimeError(f"fastrnn::{op}: every length must be in [1, {T}], got "
                                f"{lengths.tolist()}")
+
+
+def require_tensors(fn, **tensors):
+    """The compiled kernels take raw pointers: a missing required tensor must be an error
+    naming it here, never a null pointer in a kernel."""
+    for name, t in tensors.items():
+        if t is None:
+            raise TypeError(f"{fn}: {name} is required (a tensor), got None")

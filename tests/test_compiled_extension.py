@@ -154,3 +154,21 @@ def test_backend_rejects_missing_required_tensors():
                       False)
     with pytest.raises(TypeError, match="rnn_backward: y is required"):
         B.rnn_backward(torch.randn(T, N, H), h0, torch.randn(H, H), None, False, False, None)
+
+
+def test_cuda_kernel_runner_rejects_missing_required_tensors():
+    """The same for the CUDA kernels' runner, on the host emulator of their code."""
+    from fastrnn.backends import cuda as C
+    emu = C.emulator()
+    if emu is None:
+        pytest.skip("fastrnn._cuda_emu not built")
+    T, N, H = 3, 2, 4
+    xg, h0, c0 = torch.randn(T, N, 4 * H), torch.randn(N, H), torch.randn(N, H)
+    w_hh = torch.randn(4 * H, H)
+    y, cn, gates, cs = emu.lstm_forward(xg, h0, c0, w_hh, None, None, False, True)
+    with pytest.raises(TypeError, match="lstm_backward: dcn is required"):
+        emu.lstm_backward(torch.randn(T, N, H), None, h0, c0, w_hh, None, None, False, y,
+                          gates, cs)
+    with pytest.raises(TypeError, match="gru_backward: saved is required"):
+        emu.gru_backward(torch.randn(T, N, H), h0, torch.randn(3 * H, H), None, False,
+                         torch.randn(T, N, H), None)

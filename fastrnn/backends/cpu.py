@@ -14,6 +14,8 @@ import threading
 import torch
 import torch.utils.dlpack
 
+from .._validation import require_tensors
+
 _C = None
 _IMPORT_ERROR = None
 DISABLE_ENV = "FASTRNN_DISABLE_EXTENSION"
@@ -74,14 +76,6 @@ def _check(*tensors):
             raise ValueError(f"the cpu backend needs CPU tensors, got one on {t.device}")
         if t.dtype not in _DTYPES:
             raise TypeError(f"the cpu backend supports float32 and float64, got {t.dtype}")
-
-
-def _required(fn, **tensors):
-    """The kernels take raw pointers: a missing required tensor must be an error here,
-    not a null pointer there."""
-    for name, t in tensors.items():
-        if t is None:
-            raise TypeError(f"{fn}: {name} is required (a tensor), got None")
 
 
 def _dense(t):
@@ -172,7 +166,7 @@ def set_pool_limit(megabytes):
 
 
 def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training):
-    _required("lstm_forward", xg=xg, h0=h0, c0=c0, w_hh=w_hh)
+    require_tensors("lstm_forward", xg=xg, h0=h0, c0=c0, w_hh=w_hh)
     xg, h0, c0, w_hh, w_hr = map(_dense, (xg, h0, c0, w_hh, w_hr))
     _check(xg, h0, c0, w_hh, w_hr)
     T, N, G = xg.shape
@@ -190,7 +184,7 @@ def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training):
 
 
 def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs):
-    _required("lstm_backward", dy=dy, dcn=dcn, h0=h0, c0=c0, w_hh=w_hh, y=y, gates=gates, cs=cs)
+    require_tensors("lstm_backward", dy=dy, dcn=dcn, h0=h0, c0=c0, w_hh=w_hh, y=y, gates=gates, cs=cs)
     dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs = map(
         _dense, (dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs))
     _check(dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs)
@@ -208,7 +202,7 @@ def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs):
 
 
 def gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training):
-    _required("gru_forward", xg=xg, h0=h0, w_hh=w_hh, b_hh=b_hh)
+    require_tensors("gru_forward", xg=xg, h0=h0, w_hh=w_hh, b_hh=b_hh)
     xg, h0, w_hh, b_hh = map(_dense, (xg, h0, w_hh, b_hh))
     _check(xg, h0, w_hh, b_hh)
     T, N, G = xg.shape
@@ -222,7 +216,7 @@ def gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training):
 
 
 def gru_backward(dy, h0, w_hh, lengths, reverse, y, saved):
-    _required("gru_backward", dy=dy, h0=h0, w_hh=w_hh, y=y, saved=saved)
+    require_tensors("gru_backward", dy=dy, h0=h0, w_hh=w_hh, y=y, saved=saved)
     dy, h0, w_hh, y, saved = map(_dense, (dy, h0, w_hh, y, saved))
     _check(dy, h0, w_hh, y, saved)
     T, N, H = dy.shape
@@ -235,7 +229,7 @@ def gru_backward(dy, h0, w_hh, lengths, reverse, y, saved):
 
 
 def rnn_forward(xg, h0, w_hh, lengths, reverse, relu):
-    _required("rnn_forward", xg=xg, h0=h0, w_hh=w_hh)
+    require_tensors("rnn_forward", xg=xg, h0=h0, w_hh=w_hh)
     xg, h0, w_hh = map(_dense, (xg, h0, w_hh))
     _check(xg, h0, w_hh)
     T, N, H = xg.shape
@@ -247,7 +241,7 @@ def rnn_forward(xg, h0, w_hh, lengths, reverse, relu):
 
 
 def rnn_backward(dy, h0, w_hh, lengths, reverse, relu, y):
-    _required("rnn_backward", dy=dy, h0=h0, w_hh=w_hh, y=y)
+    require_tensors("rnn_backward", dy=dy, h0=h0, w_hh=w_hh, y=y)
     dy, h0, w_hh, y = map(_dense, (dy, h0, w_hh, y))
     _check(dy, h0, w_hh, y)
     T, N, H = dy.shape

@@ -38,6 +38,8 @@ import os
 
 import torch
 
+from .._validation import require_tensors
+
 try:
     from fastrnn import _cuda as _lib
     _IMPORT_ERROR = None
@@ -187,6 +189,7 @@ class KernelRunner:
 
     # -- LSTM
     def lstm_forward(self, xg, h0, c0, w_hh, w_hr, lengths, reverse, training):
+        require_tensors("lstm_forward", xg=xg, h0=h0, c0=c0, w_hh=w_hh)
         T, N, G = xg.shape
         H, R = G // 4, h0.shape[-1]
         self._check("lstm_forward", {
@@ -211,6 +214,7 @@ class KernelRunner:
         return y, c.to(xg.dtype), gates, cs
 
     def lstm_backward(self, dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs):
+        require_tensors("lstm_backward", dy=dy, dcn=dcn, h0=h0, c0=c0, w_hh=w_hh, y=y, gates=gates, cs=cs)
         T, N, R = dy.shape
         H = c0.shape[-1]
         self._check("lstm_backward", {
@@ -238,6 +242,7 @@ class KernelRunner:
 
     # -- GRU
     def gru_forward(self, xg, h0, w_hh, b_hh, lengths, reverse, training):
+        require_tensors("gru_forward", xg=xg, h0=h0, w_hh=w_hh, b_hh=b_hh)
         T, N, G = xg.shape
         H = G // 3
         self._check("gru_forward", {
@@ -256,6 +261,7 @@ class KernelRunner:
         return y, saved
 
     def gru_backward(self, dy, h0, w_hh, lengths, reverse, y, saved):
+        require_tensors("gru_backward", dy=dy, h0=h0, w_hh=w_hh, y=y, saved=saved)
         T, N, H = dy.shape
         self._check("gru_backward", {
             "dy": (dy, (T, N, H)), "h0": (h0, (N, H)), "w_hh": (w_hh, (3 * H, H)),
@@ -277,6 +283,7 @@ class KernelRunner:
 
     # -- Elman RNN
     def rnn_forward(self, xg, h0, w_hh, lengths, reverse, relu):
+        require_tensors("rnn_forward", xg=xg, h0=h0, w_hh=w_hh)
         T, N, H = xg.shape
         self._check("rnn_forward", {
             "xg": (xg, (T, N, H)), "h0": (h0, (N, H)), "w_hh": (w_hh, (H, H))}, xg, lengths, N)
@@ -292,6 +299,7 @@ class KernelRunner:
         return y
 
     def rnn_backward(self, dy, h0, w_hh, lengths, reverse, relu, y):
+        require_tensors("rnn_backward", dy=dy, h0=h0, w_hh=w_hh, y=y)
         T, N, H = dy.shape
         self._check("rnn_backward", {
             "dy": (dy, (T, N, H)), "h0": (h0, (N, H)), "w_hh": (w_hh, (H, H)),
