@@ -150,7 +150,7 @@ def gemm_gflops():
 
 @pytest.fixture(scope="session")
 def cache_gbps():
-    """Cache bandwidth (GB/s) torch.mv reaches on an L2-resident matrix, measured once per
+    """L2 read bandwidth (GB/s, speedup_table.measure_cache_gbps), measured once per
     session; recorded for batch-1 CPU inference cases (issue 7's W_hh stream limit)."""
     from speedup_table import measure_cache_gbps
 

@@ -222,3 +222,11 @@ def test_paired_rounds_give_median_of_ratios(tmp_path):
     (row,) = st.build_rows(cases)
     assert row["speedup vs torch.nn"] == "2.00x"
     assert st.paired_speedups({"fastrnn": [1.0, 2.0], "torch": [3.0, 2.0]}) == {"torch": 2.0}
+
+
+def test_measure_cache_gbps_runs_and_restores_numba_threads():
+    numba = pytest.importorskip("numba")
+    before = numba.get_num_threads()
+    gbps = st.measure_cache_gbps(threads=1, kb_per_thread=16, iters=20, repeats=2)
+    assert 0.1 < gbps < 10_000  # GB/s: any real machine
+    assert numba.get_num_threads() == before
