@@ -584,6 +584,12 @@ def write_charts(summary, out):
     return paths
 
 
+def _schedule_text(cfg):
+    if cfg.get("lr_schedule", "constant") == "cosine":
+        return " with a cosine decay to 0 over the run (per batch)"
+    return " (constant)"
+
+
 def write_report(summary, out, charts):
     cfg, env, data = summary["config"], summary["environment"], summary["data"]
     lines = [
@@ -594,7 +600,8 @@ def write_report(summary, out, charts):
         f"Data: {data['train_reviews']} training / {data['test_reviews']} test reviews from "
         f"`{data['source']}`, vocabulary {cfg['num_words']}, pre-padded/truncated to "
         f"{cfg['maxlen']} steps.", "",
-        f"Training: {cfg['epochs']} epoch(s), Adam lr {cfg['lr']}, batch {cfg['batch_size']}, "
+        f"Training: {cfg['epochs']} epoch(s), Adam lr {cfg['lr']}"
+        f"{_schedule_text(cfg)}, batch {cfg['batch_size']}, "
         f"gradient clipping {cfg['clip'] or 'off'}, LSTM forget-gate bias "
         f"{cfg.get('forget_bias', 1.0)} at init, hidden {cfg['hidden_size']}, embedding "
         f"{cfg['embed_dim']}, seed {cfg['seed']}. Inference batch {cfg['eval_batch_size']}. "

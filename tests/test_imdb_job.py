@@ -172,6 +172,7 @@ def _check_outputs(out, models, impls):
     for m in models:
         assert f"| {job.DISPLAY[m]} |" in report
     assert "![speed and accuracy](imdb_speed_accuracy.png)" in report
+    assert "cosine decay" in report  # the default schedule is stated
     return summary
 
 
