@@ -293,7 +293,7 @@ def run_benchmark(benchmark, fn, record, backend, warmup=1):
     return benchmark(fn)
 
 
-def run_paired(benchmark, fn, peers, record, backend, warmup=1):
+def run_paired(benchmark, fn, peers, record, backend, warmup=1, settle=0.0):
     """Time ``fn`` (fastrnn) with its ``peers`` ({impl: fn}) run between its rounds.
 
     Each round first runs every peer once, timed here (pytest-benchmark's untimed
@@ -302,6 +302,10 @@ def run_paired(benchmark, fn, peers, record, backend, warmup=1):
     load drift on a shared machine hardly moves (it shifts both sides of a round alike).
     Rounds: ``--benchmark-min-rounds`` at least, more while ``--benchmark-max-time``
     allows, from the warm-up's time of one round.
+
+    ``settle`` (seconds): before each timed call of either side, sleep that long and make
+    one untimed call, so that neither side is timed while the other's worker threads still
+    spin or its caches are cold (onnxruntime's threads spin after every run by default).
     """
     import time
 
@@ -314,6 +318,8 @@ def run_paired(benchmark, fn, peers, record, backend, warmup=1):
             peer()
         fn()
     per_round = (time.perf_counter() - t0) / max(warmup, 1)
+    if settle:  # the pauses and the untimed calls of every round
+        per_round = 2 * per_round + settle * (len(peers) + 1)
     record(backend() if callable(backend) else backend)
     min_rounds = int(getattr(benchmark, "_min_rounds", 5))  # pytest-benchmark's settings
     max_time = float(getattr(benchmark, "_max_time", 1.0))
@@ -322,9 +328,15 @@ def run_paired(benchmark, fn, peers, record, backend, warmup=1):
 
     def setup():
         for name, peer in peers.items():
+            if settle:
+                time.sleep(settle)
+                peer()
             t = time.perf_counter()
             peer()
             peer_times[name].append(time.perf_counter() - t)
+        if settle:
+            time.sleep(settle)
+            fn()
 
     result = benchmark.pedantic(fn, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
     fast = list(benchmark.stats.stats.data) if getattr(benchmark, "stats", None) else []

@@ -7,9 +7,11 @@
 One row per case (a pytest-benchmark *group*, e.g. ``lstm-bi-train-cpu-T500-N64-I100-H128``):
 the fastrnn median and IQR, the torch.nn median, the onnxruntime median when the run has
 one, the speedup torch.nn / fastrnn (>1 means fastrnn is faster), the speedup over the
-best peer, and the fraction of the GEMM limit that fastrnn reached. onnxruntime runs back
-to back in its own case, so it is compared with ``fastrnn_alone`` (fastrnn timed the same
-way) where the run has it, and with the paired fastrnn time otherwise:
+best peer, and the fraction of the GEMM limit that fastrnn reached. onnxruntime is compared
+with ``fastrnn_alone``: where that case alternated with onnxruntime round by round (the
+suite's default), the speedup is the median of the per-round ratios and both times are
+those rounds' medians; otherwise the medians of the two separate cases (or the paired
+fastrnn time when the run has no ``fastrnn_alone``):
 
     GEMM limit (ms) = FLOPs of the case's matrix products / GEMM rate
     fraction        = GEMM limit / fastrnn median
@@ -183,6 +185,8 @@ def load_runs(paths):
             paired = info.pop("paired", None)
             if impl == "fastrnn":
                 entry["paired"] = paired if _valid_pairs(paired) else None
+            elif impl == "fastrnn_alone":  # alternated with onnxruntime (round by round)
+                entry["paired_ort"] = paired if _valid_pairs(paired) else None
             for k, v in info.items():
                 if k not in ("impl", "backend") or not entry["info"].get(k):
                     entry["info"].setdefault(k, v)
@@ -309,11 +313,16 @@ def build_rows(cases, gemm_rates=None, spread="iqr", targets=False, cache_gbps=N
         ort_t = med.get("onnxruntime")
         alone = med.get("fastrnn_alone")
         ratio = paired_speedups(paired) if paired else {}
-        ratio.pop("onnxruntime", None)  # never a paired peer; like with like below
+        ratio.pop("onnxruntime", None)  # never a peer of the paired fastrnn case
         if torch_t and fast and "torch" not in ratio:
             ratio["torch"] = torch_t / fast
-        if ort_t and (alone or fast):
+        paired_ort = entry.get("paired_ort") if use_pairs else None
+        if paired_ort and paired_ort.get("onnxruntime"):  # alternated round by round
+            alone, ort_t = _median(paired_ort["fastrnn"]), _median(paired_ort["onnxruntime"])
+            ratio["onnxruntime"] = paired_speedups(paired_ort)["onnxruntime"]
+        elif ort_t and (alone or fast):
             ratio["onnxruntime"] = ort_t / (alone or fast)
+        if ratio.get("onnxruntime"):
             ratio["best"] = min(r for r in (ratio.get("torch"), ratio["onnxruntime"]) if r)
         row = OrderedDict()
         row["case"] = key

@@ -104,6 +104,26 @@ def test_onnxruntime_is_compared_with_fastrnn_alone(tmp_path):
     assert row["target"].endswith("< ort: MISSED")
 
 
+def test_onnxruntime_alternated_with_fastrnn_alone_uses_per_round_ratios(tmp_path):
+    """When fastrnn_alone alternated with onnxruntime, the speedup is the median of the
+    per-round ratios and the times are those rounds' medians: a slow spell that hits both
+    sides of a round leaves the ratio alone, while the separate cases' medians would not."""
+    case = "lstm-uni-infer-cpu-T500-N1-I100-H128"
+    fast = [0.0010, 0.0011, 0.0030, 0.0012, 0.0010]  # round 3: the machine slowed down
+    ort = [0.0012, 0.0013, 0.0036, 0.0015, 0.0011]
+    alone = _bench(case, "fastrnn_alone", 0.0011, paired={"fastrnn": fast, "onnxruntime": ort})
+    path = _write(tmp_path, [_bench(case, "fastrnn", 0.0014), _bench(case, "torch", 0.0020),
+                             _bench(case, "onnxruntime", 0.0030), alone])
+    cases, _ = st.load_runs([path])
+    (row,) = st.build_rows(cases, targets=True)
+    ratios = sorted(o / f for f, o in zip(fast, ort))
+    assert row["speedup vs best peer"] == f"{ratios[2]:.2f}x"  # not 0.0030 / 0.0011
+    assert row["fastrnn alone ms"] == "1.10" and row["onnxruntime ms"] == "1.30"
+    assert row["target"].endswith("< ort: met")
+    (row,) = st.build_rows(cases, targets=True, use_pairs=False)  # the separate cases
+    assert row["fastrnn alone ms"] == "1.10" and row["onnxruntime ms"] == "3.00"
+
+
 def test_targets_met_and_missed(tmp_path):
     train = f"gru-bi-train-cpu-{IMDB}"
     infer = f"rnn-uni-infer-cpu-{IMDB}"
