@@ -134,3 +134,42 @@ def test_limit_zero_turns_it_off_and_limits_hold(cpu):
     cpu.empty_cache()
     assert cpu.pack_cache_info() == {"bytes": 0, "entries": 0, "limit": 2**20, "hits": 0,
                                      "misses": 0}
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_forked_child_starts_with_fresh_caches(cpu):
+    """A forked child (e.g. a DataLoader worker) gets an empty pool and pack cache with
+    fresh locks, and its kernels give the parent's numbers. The child runs one thread, as
+    DataLoader workers do: libgomp cannot start a team in a child forked after the parent
+    used OpenMP (torch.mm hangs there too)."""
+    import os
+    ref, fast = _pair("LSTM")
+    x = torch.randn(6, 2, 5)
+    with torch.no_grad():
+        want = fast(x)[0]
+    assert cpu.pack_cache_info()["entries"] >= 1
+    pid = os.fork()
+    if pid == 0:  # child: report through the exit status only
+        code = 1
+        try:
+            torch.set_num_threads(1)
+            info = cpu.pack_cache_info()
+            with torch.no_grad():
+                got = fast(x)[0]
+            fresh = info["entries"] == 0 and info["hits"] == 0
+            code = 0 if fresh and torch.equal(got, want) else 3
+        finally:
+            os._exit(code)
+    import signal
+    import time
+    deadline = time.monotonic() + 60
+    while True:  # never hang the suite on a stuck child
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child did not finish in 60 s")
+        time.sleep(0.05)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status

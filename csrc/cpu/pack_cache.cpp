@@ -1,5 +1,7 @@
 #include "cpu/pack_cache.h"
 
+#include <pthread.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <list>
@@ -50,9 +52,24 @@ struct Cache {
 };
 
 // Never destroyed: a kernel may still hold an entry while static destructors run.
+Cache* g_cache = nullptr;
+
+// A forked child starts with a fresh, empty cache (same limit): another thread of the
+// parent may have held the mutex at the fork. The parent's entries are left alone there.
+void reset_in_child() {
+  const size_t limit = g_cache->limit;
+  g_cache = new Cache();
+  g_cache->limit = limit;
+}
+
 Cache& cache() {
-  static Cache* c = new Cache();
-  return *c;
+  static const bool once = [] {
+    g_cache = new Cache();
+    pthread_atfork(nullptr, nullptr, reset_in_child);
+    return true;
+  }();
+  (void)once;
+  return *g_cache;
 }
 
 }  // namespace
