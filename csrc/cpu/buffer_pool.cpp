@@ -1,6 +1,6 @@
 #include "cpu/buffer_pool.h"
 
-#include <pthread.h>
+#include "cpu/per_process.h"
 
 #include <cstdlib>
 #include <mutex>
@@ -16,31 +16,10 @@ struct Pool {
   std::unordered_map<size_t, std::vector<void*>> free_blocks;
   size_t cached = 0;
   size_t limit = size_t(1) << 30;  // 1 GiB
+  void inherit(const Pool& parent) { limit = parent.limit; }  // see per_process.h
 };
 
-// Never destroyed: torch may free a tensor (and call back here) after this module's
-// static destructors would have run.
-Pool* g_pool = nullptr;
-
-// A forked child starts with a fresh, empty pool: another thread of the parent may have
-// held the mutex (or been inside the free lists) at the fork, and that thread does not
-// exist in the child. The parent's cached blocks are left alone there (never reused,
-// never freed); blocks lent to live tensors come back to the new pool as usual.
-void reset_in_child() {
-  const size_t limit = g_pool->limit;
-  g_pool = new Pool();
-  g_pool->limit = limit;
-}
-
-Pool& pool() {
-  static const bool once = [] {
-    g_pool = new Pool();
-    pthread_atfork(nullptr, nullptr, reset_in_child);
-    return true;
-  }();
-  (void)once;
-  return *g_pool;
-}
+Pool& pool() { return PerProcess<Pool>::get(); }
 
 size_t rounded(size_t bytes) { return (bytes + 63) / 64 * 64; }
 

@@ -1,6 +1,6 @@
 #include "cpu/pack_cache.h"
 
-#include <pthread.h>
+#include "cpu/per_process.h"
 
 #include <cstdlib>
 #include <cstring>
@@ -43,6 +43,8 @@ struct Cache {
   size_t limit = default_limit();
   uint64_t hits = 0, misses = 0;
 
+  void inherit(const Cache& parent) { limit = parent.limit; }  // see per_process.h
+
   void evict_to(size_t target) {  // with mu held
     while (bytes > target && !lru.empty()) {
       bytes -= lru.back()->bytes();
@@ -51,26 +53,7 @@ struct Cache {
   }
 };
 
-// Never destroyed: a kernel may still hold an entry while static destructors run.
-Cache* g_cache = nullptr;
-
-// A forked child starts with a fresh, empty cache (same limit): another thread of the
-// parent may have held the mutex at the fork. The parent's entries are left alone there.
-void reset_in_child() {
-  const size_t limit = g_cache->limit;
-  g_cache = new Cache();
-  g_cache->limit = limit;
-}
-
-Cache& cache() {
-  static const bool once = [] {
-    g_cache = new Cache();
-    pthread_atfork(nullptr, nullptr, reset_in_child);
-    return true;
-  }();
-  (void)once;
-  return *g_cache;
-}
+Cache& cache() { return PerProcess<Cache>::get(); }
 
 }  // namespace
 
