@@ -194,11 +194,6 @@ static inline void micro_tile_rows(int mr, const T* A, int64_t lda, int64_t K, c
   }
 }
 
-// A thread's share of one GEMM phase, fixed for the whole sequence so each thread keeps
-// touching the same weights and rows. With enough batch rows every thread takes a block
-// of rows and ALL panels: then no thread reads what another wrote (a row's next state
-// depends only on that row), so the kernels skip the per-step barrier (`independent`).
-// Otherwise (small batches) threads split the panels and meet at a barrier per phase.
 // The barrier between a kernel's dependent phases (one or two per time step when the
 // threads split the weights, i.e. at small batches). `#pragma omp barrier` took ~400 ns
 // per crossing here (2 threads, libgomp, this VM's Zen 4), a spinning counter barrier
@@ -276,6 +271,11 @@ class TeamBarrier {
 };
 static_assert(sizeof(std::atomic<unsigned>) == sizeof(unsigned), "futex on gen_");
 
+// A thread's share of one GEMM phase, fixed for the whole sequence so each thread keeps
+// touching the same weights and rows. With enough batch rows every thread takes a block
+// of rows and ALL panels: then no thread reads what another wrote (a row's next state
+// depends only on that row), so the kernels skip the per-step barrier (`independent`).
+// Otherwise (small batches) threads split the panels and meet at a barrier per phase.
 struct WorkSplit {
   int64_t p_begin, p_end, r_begin, r_end;
   bool independent;

@@ -2,6 +2,7 @@
 
 #include "cpu/per_process.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <list>
@@ -41,7 +42,7 @@ struct Cache {
   std::list<std::shared_ptr<const Entry>> lru;  // most recently used first
   size_t bytes = 0;
   size_t limit = default_limit();
-  uint64_t hits = 0, misses = 0;
+  std::atomic<uint64_t> hits{0}, misses{0};  // counted without the lock
 
   void inherit(const Cache& parent) { limit = parent.limit; }  // see per_process.h
 
@@ -77,10 +78,7 @@ std::shared_ptr<const void> pack_cache_find(const PackKey& key, int64_t* panels)
   }
   // Compared outside the lock: an entry's source copy never changes once made.
   const bool same = e && std::memcmp(e->source.data(), key.src, key.src_bytes) == 0;
-  {
-    std::lock_guard<std::mutex> lock(c.mu);
-    ++(same ? c.hits : c.misses);
-  }
+  (same ? c.hits : c.misses).fetch_add(1, std::memory_order_relaxed);
   if (!same) return nullptr;
   *panels = e->panels;
   return e->packed;
@@ -135,18 +133,13 @@ void pack_cache_release() {
   std::lock_guard<std::mutex> lock(c.mu);
   c.lru.clear();
   c.bytes = 0;
-  c.hits = c.misses = 0;
+  c.hits = 0;
+  c.misses = 0;
 }
 
-uint64_t pack_cache_hits() {
-  std::lock_guard<std::mutex> lock(cache().mu);
-  return cache().hits;
-}
+uint64_t pack_cache_hits() { return cache().hits.load(std::memory_order_relaxed); }
 
-uint64_t pack_cache_misses() {
-  std::lock_guard<std::mutex> lock(cache().mu);
-  return cache().misses;
-}
+uint64_t pack_cache_misses() { return cache().misses.load(std::memory_order_relaxed); }
 
 }  // namespace cpu
 }  // namespace fastrnn
