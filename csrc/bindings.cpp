@@ -15,6 +15,8 @@
 #include "cpu/dispatch.h"
 
 namespace py = pybind11;
+using fastrnn::CellBackwardParams;
+using fastrnn::CellForwardParams;
 using fastrnn::GruBackwardParams;
 using fastrnn::GruForwardParams;
 using fastrnn::LstmBackwardParams;
@@ -141,6 +143,16 @@ py::object pooled_empty(const std::vector<int64_t>& shape, int itemsize) {
     throw py::error_already_set();
   }
   return py::reinterpret_steal<py::object>(capsule);
+}
+
+void check_cell(int cell) {
+  if (cell < fastrnn::kCellLstm || cell > fastrnn::kCellRnnRelu)
+    throw std::invalid_argument("fastrnn._C: cell must be 0 (LSTM), 1 (GRU), 2 (RNN tanh) or 3 (RNN relu), got " +
+                                std::to_string(cell));
+}
+
+void require(std::uintptr_t p, const char* what) {
+  if (!p) throw std::invalid_argument(std::string("fastrnn._C: ") + what + " is required");
 }
 
 }  // namespace
@@ -275,6 +287,59 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("itemsize"), py::arg("T"), py::arg("N"), py::arg("H"), py::arg("xg"), py::arg("h0"), py::arg("w_hh"),
       py::arg("lengths"), py::arg("reverse"), py::arg("relu"), py::arg("y"), py::arg("num_threads"));
+
+  m.def(
+      "cell_forward",
+      [](int itemsize, int cell, int64_t N, int64_t I, int64_t H, std::uintptr_t x, std::uintptr_t h,
+         std::uintptr_t c, std::uintptr_t w_ih, std::uintptr_t w_hh, std::uintptr_t b_ih, std::uintptr_t b_hh,
+         std::uintptr_t h_out, std::uintptr_t c_out, std::uintptr_t saved, int num_threads) {
+        check_cell(cell);
+        check_sizes(1, N, H, I, num_threads);
+        const bool lstm = cell == fastrnn::kCellLstm;
+        for (auto [p, what] : {std::pair{x, "x"}, {h, "h"}, {w_ih, "w_ih"}, {w_hh, "w_hh"}, {h_out, "h_out"}})
+          require(p, what);
+        if (lstm) {
+          require(c, "c (LSTM)");
+          require(c_out, "c_out (LSTM)");
+        }
+        auto fill = [&](auto& p) {
+          using T_ = std::remove_pointer_t<decltype(p.h_out)>;
+          p = {N, I, H, cell, ptr<const T_>(x), ptr<const T_>(h), ptr<const T_>(c), ptr<const T_>(w_ih),
+               ptr<const T_>(w_hh), ptr<const T_>(b_ih), ptr<const T_>(b_hh), ptr<T_>(h_out), ptr<T_>(c_out),
+               ptr<T_>(saved), num_threads};
+        };
+        run<CellForwardParams>(itemsize, fastrnn::cpu::cell_forward<float>, fastrnn::cpu::cell_forward<double>,
+                               fill);
+      },
+      "one cell step with its input projection fused in (see CellForwardParams)");
+
+  m.def(
+      "cell_backward",
+      [](int itemsize, int cell, int64_t N, int64_t H, std::uintptr_t dh_out, std::uintptr_t dc_out,
+         std::uintptr_t h, std::uintptr_t c, std::uintptr_t h_out, std::uintptr_t c_out, std::uintptr_t saved,
+         std::uintptr_t dpre_x, std::uintptr_t dpre_h, std::uintptr_t dc, std::uintptr_t dh_direct) {
+        check_cell(cell);
+        check_sizes(1, N, H, H, 1);
+        require(dh_out, "dh_out");
+        require(dpre_x, "dpre_x");
+        if (cell == fastrnn::kCellLstm) {
+          for (auto [p, what] : {std::pair{c, "c"}, {c_out, "c_out"}, {saved, "saved"}, {dc, "dc"}}) require(p, what);
+        } else if (cell == fastrnn::kCellGru) {
+          for (auto [p, what] : {std::pair{h, "h"}, {saved, "saved"}, {dpre_h, "dpre_h"}, {dh_direct, "dh_direct"}})
+            require(p, what);
+        } else {
+          require(h_out, "h_out");
+        }
+        auto fill = [&](auto& p) {
+          using T_ = std::remove_pointer_t<decltype(p.dpre_x)>;
+          p = {N, H, cell, ptr<const T_>(dh_out), ptr<const T_>(dc_out), ptr<const T_>(h), ptr<const T_>(c),
+               ptr<const T_>(h_out), ptr<const T_>(c_out), ptr<const T_>(saved), ptr<T_>(dpre_x), ptr<T_>(dpre_h),
+               ptr<T_>(dc), ptr<T_>(dh_direct)};
+        };
+        run<CellBackwardParams>(itemsize, fastrnn::cpu::cell_backward<float>, fastrnn::cpu::cell_backward<double>,
+                                fill);
+      },
+      "the pointwise backward of one cell step (see CellBackwardParams)");
 
   m.def(
       "rnn_backward",

@@ -20,6 +20,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import _validation as V
 from . import backends
+from . import fastpath
 from . import ops  # noqa: F401  (registers torch.ops.fastrnn.*)
 
 __all__ = ["rnn", "lstm", "gru", "rnn_tanh", "rnn_relu",
@@ -343,6 +344,10 @@ def rnn(mode, input, hx, weights, has_biases, num_layers, dropout, train, bidire
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    fast = _fast_one_step(mode, input, hx, weights, has_biases, num_layers, dropout, train,
+                          bidirectional, batch_first, proj_size, backend)
+    if fast is not None:
+        return fast
     is_lstm = mode == "LSTM"
     name = {"LSTM": "LSTM", "GRU": "GRU"}.get(mode, "RNN")
     D = 2 if bidirectional else 1
@@ -414,6 +419,100 @@ def rnn(mode, input, hx, weights, has_biases, num_layers, dropout, train, bidire
     return (out, (hn, cn)) if is_lstm else (out, hn)
 
 
+def _fast_backend(backend):
+    """Whether ``backend`` resolves to the compiled CPU kernels for CPU tensors (recorded
+    as the last backend when it does)."""
+    if backends.resolve_cached(backend, "cpu") != "cpu":
+        return False
+    _last["backend"] = "cpu"
+    return True
+
+
+def _fast_one_step(mode, input, hx, weights, has_biases, num_layers, dropout, train,
+                   bidirectional, batch_first, proj_size, backend):
+    """A one-step call (T = 1, no projection, not packed) in plain eager mode on the
+    compiled CPU kernels: each layer and direction is one fused cell step
+    (``fastrnn.fastpath``). Returns None whenever the general path must run (which also
+    raises every error for bad arguments)."""
+    if proj_size or not isinstance(input, torch.Tensor):
+        return None
+    dim = input.dim()
+    if dim == 3:
+        if input.shape[1 if batch_first else 0] != 1:
+            return None
+        x = input[:, 0] if batch_first else input[0]
+    elif dim == 2:
+        if input.shape[0] != 1:
+            return None
+        x = input
+    else:
+        return None
+    D = 2 if bidirectional else 1
+    per = 2 + 2 * bool(has_biases)
+    LD = num_layers * D
+    is_lstm = mode == "LSTM"
+    G = fastpath.CELL_GATES[mode]
+    N = x.shape[0]
+    if len(weights) != per * LD or N == 0:
+        return None
+    w_hh0 = weights[1]
+    H = w_hh0.shape[1]
+    if x.shape[1] != weights[0].shape[1]:
+        return None
+    if hx is None:
+        h0 = c0 = None
+    else:
+        if is_lstm:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                return None
+            h0, c0 = hx
+            if not isinstance(c0, torch.Tensor) or c0.shape != ((LD, N, H) if dim == 3 else (LD, H)):
+                return None
+        else:
+            h0, c0 = hx, None
+        if not isinstance(h0, torch.Tensor) or h0.shape != ((LD, N, H) if dim == 3 else (LD, H)):
+            return None
+        if dim == 2:
+            h0 = h0.unsqueeze(1)
+            c0 = c0.unsqueeze(1) if is_lstm else None
+    for k in range(LD):
+        w_ih, w_hh = weights[k * per], weights[k * per + 1]
+        if w_hh.shape != (G * H, H) or w_ih.shape[0] != G * H or (
+                k >= D and w_ih.shape[1] != D * H):
+            return None
+    if not fastpath.usable((x, h0, c0) + tuple(weights)) or not _fast_backend(backend):
+        return None
+    if h0 is None:
+        h0 = x.new_zeros((LD, N, H))
+        c0 = x.new_zeros((LD, N, H)) if is_lstm else None
+    hns, cns = [], []
+    for layer in range(num_layers):
+        ys = []
+        for d in range(D):
+            k = layer * D + d
+            w = weights[k * per:(k + 1) * per]
+            b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
+            out = fastpath.cell(mode, x, h0[k], c0[k] if is_lstm else None, w[0], w[1],
+                                b_ih, b_hh)
+            h1 = out[0] if is_lstm else out
+            ys.append(h1)
+            hns.append(h1)
+            if is_lstm:
+                cns.append(out[1])
+        x = torch.cat(ys, dim=-1) if D == 2 else ys[0]
+        if dropout > 0 and train and layer < num_layers - 1:
+            x = F.dropout(x, p=dropout, training=True)
+    hn = torch.stack(hns, 0)
+    cn = torch.stack(cns, 0) if is_lstm else None
+    if dim == 3:
+        out = x.unsqueeze(1 if batch_first else 0)
+    else:
+        hn = hn.squeeze(1)
+        cn = cn.squeeze(1) if is_lstm else None
+        out = x
+    return (out, (hn, cn)) if is_lstm else (out, hn)
+
+
 def lstm(input, hx, weights, has_biases, num_layers, dropout, train, bidirectional,
          batch_first, proj_size=0, backend=None):
     return rnn("LSTM", input, hx, weights, has_biases, num_layers, dropout, train,
@@ -469,7 +568,57 @@ def _cell_prepare(kind, input, hx, w_ih, w_hh, n_states):
     return x, states, batched
 
 
+def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend):
+    """A cell call in plain eager mode on the compiled CPU kernels: one fused step
+    (``fastrnn.fastpath``). None whenever the general path must run (which also raises
+    every error for bad arguments)."""
+    if not isinstance(input, torch.Tensor):
+        return None
+    dim = input.dim()
+    if dim not in (1, 2) or input.shape[-1] != w_ih.shape[1]:
+        return None
+    is_lstm = mode == "LSTM"
+    H = w_hh.shape[1]
+    GH = fastpath.CELL_GATES[mode] * H
+    if w_hh.shape[0] != GH or w_ih.shape[0] != GH:
+        return None
+    if (b_ih is not None and b_ih.shape != (GH,)) or (b_hh is not None and b_hh.shape != (GH,)):
+        return None
+    x = input if dim == 2 else input.unsqueeze(0)
+    N = x.shape[0]
+    if N == 0:
+        return None
+    c = None
+    if hx is None:
+        h = None
+    else:
+        if is_lstm:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                return None
+            h, c = hx
+            if not isinstance(c, torch.Tensor) or c.shape != input.shape[:-1] + (H,):
+                return None
+            c = c if dim == 2 else c.unsqueeze(0)
+        else:
+            h = hx
+        if not isinstance(h, torch.Tensor) or h.shape != input.shape[:-1] + (H,):
+            return None
+        h = h if dim == 2 else h.unsqueeze(0)
+    if not fastpath.usable((x, h, c, w_ih, w_hh, b_ih, b_hh)) or not _fast_backend(backend):
+        return None
+    if h is None:
+        h = x.new_zeros((N, H))
+        c = x.new_zeros((N, H)) if is_lstm else None
+    out = fastpath.cell(mode, x, h, c, w_ih, w_hh, b_ih, b_hh)
+    if dim == 2:
+        return out
+    return (out[0].squeeze(0), out[1].squeeze(0)) if is_lstm else out.squeeze(0)
+
+
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
+    fast = _fast_cell("LSTM", input, hx, w_ih, w_hh, b_ih, b_hh, backend)
+    if fast is not None:
+        return fast
     x, (h, c), batched = _cell_prepare("LSTMCell", input, hx, w_ih, w_hh, 2)
     bias = None if b_ih is None else b_ih + b_hh
     xg = F.linear(x, w_ih, bias).unsqueeze(0)  # [1, N, 4H]
@@ -481,6 +630,9 @@ def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
 
 
 def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
+    fast = _fast_cell("GRU", input, hx, w_ih, w_hh, b_ih, b_hh, backend)
+    if fast is not None:
+        return fast
     x, (h,), batched = _cell_prepare("GRUCell", input, hx, w_ih, w_hh, 1)
     xg = F.linear(x, w_ih, b_ih).unsqueeze(0)  # [1, N, 3H]
     if b_hh is None:
@@ -494,6 +646,10 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
 def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", backend=None):
     if nonlinearity not in ("tanh", "relu"):
         raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
+    fast = _fast_cell("RNN_RELU" if nonlinearity == "relu" else "RNN_TANH", input, hx, w_ih,
+                      w_hh, b_ih, b_hh, backend)
+    if fast is not None:
+        return fast
     x, (h,), batched = _cell_prepare("RNNCell", input, hx, w_ih, w_hh, 1)
     bias = None if b_ih is None else b_ih + b_hh
     xg = F.linear(x, w_ih, bias).unsqueeze(0)  # [1, N, H]

@@ -32,7 +32,14 @@ class _BackendMixin:
 
     def _record_backend(self):
         if not torch.compiler.is_compiling():
-            self.last_backend = F_.last_backend()
+            # not through nn.Module.__setattr__ (~1 us, a visible share of a cell step)
+            self.__dict__["last_backend"] = F_.last_backend()
+
+    def _param(self, name):
+        """A parameter by name; the dict lookup nn.Module.__getattr__ makes, without its
+        ~0.5 us (falls back to getattr for parametrized or replaced weights)."""
+        params = self._parameters
+        return params[name] if name in params else getattr(self, name)
 
     def _backend_repr(self):
         return "" if self.backend is None else f", backend={self.backend!r}"
@@ -43,7 +50,7 @@ class _RNNBase(_BackendMixin, nn.RNNBase):
         """No-op: fastrnn reads the parameters directly (no cuDNN flat buffer)."""
 
     def _weights(self):
-        return [getattr(self, name) for name in self._flat_weights_names]
+        return [self._param(name) for name in self._flat_weights_names]
 
     def extra_repr(self):
         return super().extra_repr() + self._backend_repr()
@@ -115,8 +122,9 @@ class LSTMCell(_BackendMixin, nn.LSTMCell):
         return super().extra_repr() + self._backend_repr()
 
     def forward(self, input, hx=None):
-        out = F_.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
-                           self.bias_hh, self.backend)
+        p = self._param
+        out = F_.lstm_cell(input, hx, p("weight_ih"), p("weight_hh"), p("bias_ih"), p("bias_hh"),
+                        self.backend)
         self._record_backend()
         return out
 
@@ -134,8 +142,9 @@ class GRUCell(_BackendMixin, nn.GRUCell):
         return super().extra_repr() + self._backend_repr()
 
     def forward(self, input, hx=None):
-        out = F_.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
-                          self.bias_hh, self.backend)
+        p = self._param
+        out = F_.gru_cell(input, hx, p("weight_ih"), p("weight_hh"), p("bias_ih"), p("bias_hh"),
+                        self.backend)
         self._record_backend()
         return out
 
@@ -153,7 +162,8 @@ class RNNCell(_BackendMixin, nn.RNNCell):
         return super().extra_repr() + self._backend_repr()
 
     def forward(self, input, hx=None):
-        out = F_.rnn_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
-                          self.bias_hh, self.nonlinearity, self.backend)
+        p = self._param
+        out = F_.rnn_cell(input, hx, p("weight_ih"), p("weight_hh"), p("bias_ih"), p("bias_hh"),
+                          self.nonlinearity, self.backend)
         self._record_backend()
         return out

@@ -105,4 +105,43 @@ struct RnnBackwardParams {
   int num_threads;
 };
 
+// One step of a cell with its input projection fused in: what a *Cell module or a
+// one-step (T = 1) layer call computes. G = 4 (LSTM), 3 (GRU), 1 (RNN).
+enum CellKind : int { kCellLstm = 0, kCellGru = 1, kCellRnnTanh = 2, kCellRnnRelu = 3 };
+
+template <typename T>
+struct CellForwardParams {
+  int64_t N, I, H;
+  int cell;                 // CellKind
+  const T* x;               // [N, I]
+  const T* h;               // [N, H]
+  const T* c;               // [N, H] (LSTM), else nullptr
+  const T* w_ih;            // [G*H, I]
+  const T* w_hh;            // [G*H, H]
+  const T* b_ih;            // [G*H] or nullptr
+  const T* b_hh;            // [G*H] or nullptr
+  T* h_out;                 // [N, H]
+  T* c_out;                 // [N, H] (LSTM), else nullptr
+  T* saved;                 // [N, 4H] for backward, or nullptr: LSTM activated i,f,g,o;
+                            //   GRU r, z, n and W_hn h + b_hn (RNN: nullptr, h_out suffices)
+  int num_threads;
+};
+
+template <typename T>
+struct CellBackwardParams {
+  int64_t N, H;
+  int cell;                 // CellKind
+  const T* dh_out;          // [N, H] gradient of h_out
+  const T* dc_out;          // [N, H] gradient of c_out (LSTM) or nullptr (zero)
+  const T* h;               // [N, H] (GRU)
+  const T* c;               // [N, H] (LSTM)
+  const T* h_out;           // [N, H] (RNN)
+  const T* c_out;           // [N, H] (LSTM)
+  const T* saved;           // as CellForwardParams::saved
+  T* dpre_x;                // [N, G*H] gradient of x W_ih^T + b_ih
+  T* dpre_h;                // [N, G*H] GRU: gradient of h W_hh^T + b_hh; else nullptr (== dpre_x)
+  T* dc;                    // [N, H] LSTM: gradient of c; else nullptr
+  T* dh_direct;             // [N, H] GRU: z * dh (h's direct path into h_out); else nullptr
+};
+
 }  // namespace fastrnn

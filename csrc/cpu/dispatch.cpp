@@ -92,6 +92,8 @@ FASTRNN_DISPATCH(gru_forward, GruForwardParams)
 FASTRNN_DISPATCH(gru_backward, GruBackwardParams)
 FASTRNN_DISPATCH(rnn_forward, RnnForwardParams)
 FASTRNN_DISPATCH(rnn_backward, RnnBackwardParams)
+FASTRNN_DISPATCH(cell_forward, CellForwardParams)
+FASTRNN_DISPATCH(cell_backward, CellBackwardParams)
 
 }  // namespace cpu
 }  // namespace fastrnn

@@ -158,15 +158,16 @@ Packed<T> pack_units_cached(const T* w, int64_t K, int64_t cols, bool transposed
                         });
 }
 
-// acc[MR][NB] = A[MR rows, K] @ Bp[K][NB*W]; A == nullptr means A is zero.
-template <typename T, int MR, int NB>
+// acc[MR][NB] = A[MR rows, K] @ Bp[K][NB*W] (Accumulate: acc += ...); A == nullptr
+// means A is zero.
+template <typename T, int MR, int NB, bool Accumulate = false>
 FASTRNN_INLINE void micro_tile(const T* __restrict A, int64_t lda, int64_t K,
                               const T* __restrict Bp, vec_t<T>* __restrict acc_out) {
   constexpr int W = Vec<T>::W;
   using V = vec_t<T>;
   V acc[MR][NB];
   for (int r = 0; r < MR; ++r)
-    for (int b = 0; b < NB; ++b) acc[r][b] = vzero<T>();
+    for (int b = 0; b < NB; ++b) acc[r][b] = Accumulate ? acc_out[r * NB + b] : vzero<T>();
   if (A != nullptr) {
     for (int64_t k = 0; k < K; ++k) {
       const T* bk = Bp + k * (NB * W);
@@ -182,15 +183,15 @@ FASTRNN_INLINE void micro_tile(const T* __restrict A, int64_t lda, int64_t K,
     for (int b = 0; b < NB; ++b) acc_out[r * NB + b] = acc[r][b];
 }
 
-template <typename T, int NB, int M = rows_per_tile<NB>()>
+template <typename T, int NB, bool Accumulate = false, int M = rows_per_tile<NB>()>
 static inline void micro_tile_rows(int mr, const T* A, int64_t lda, int64_t K, const T* Bp,
                                    vec_t<T>* acc) {
   if constexpr (M >= 1) {
     if (mr == M) {
-      micro_tile<T, M, NB>(A, lda, K, Bp, acc);
+      micro_tile<T, M, NB, Accumulate>(A, lda, K, Bp, acc);
       return;
     }
-    micro_tile_rows<T, NB, M - 1>(mr, A, lda, K, Bp, acc);
+    micro_tile_rows<T, NB, Accumulate, M - 1>(mr, A, lda, K, Bp, acc);
   }
 }
 

@@ -13,6 +13,8 @@
   template <typename T> void gru_backward(const GruBackwardParams<T>& p);   \
   template <typename T> void rnn_forward(const RnnForwardParams<T>& p);     \
   template <typename T> void rnn_backward(const RnnBackwardParams<T>& p);   \
+  template <typename T> void cell_forward(const CellForwardParams<T>& p);   \
+  template <typename T> void cell_backward(const CellBackwardParams<T>& p); \
   }                                                                         \
   }                                                                         \
   }

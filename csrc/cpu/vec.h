@@ -90,6 +90,13 @@ template <typename T>
 FASTRNN_INLINE vec_t<T> vload_n(const T* p, int cnt) {
   constexpr int W = Vec<T>::W;
   if (cnt == W) return vload(p);
+#if defined(__x86_64__) && defined(FASTRNN_ISA_avx512)
+  // one masked load (masked-off lanes read as zero and never fault)
+  if constexpr (sizeof(T) == 4)
+    return (vec_t<T>)_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << cnt) - 1), p);
+  else
+    return (vec_t<T>)_mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << cnt) - 1), p);
+#endif
   T tmp[W] = {};
   for (int i = 0; i < cnt; ++i) tmp[i] = p[i];
   return vload(tmp);
@@ -101,9 +108,28 @@ FASTRNN_INLINE void vstore_n(T* p, vec_t<T> v, int cnt) {
     vstore(p, v);
     return;
   }
+#if defined(__x86_64__) && defined(FASTRNN_ISA_avx512)
+  if constexpr (sizeof(T) == 4)
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << cnt) - 1), (__m512)v);
+  else
+    _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << cnt) - 1), (__m512d)v);
+  return;
+#endif
   T tmp[W];
   vstore(tmp, v);
   for (int i = 0; i < cnt; ++i) p[i] = tmp[i];
+}
+
+// The sum of a vector's lanes.
+template <typename T>
+FASTRNN_INLINE T vhsum(vec_t<T> v) {
+#if defined(__x86_64__) && defined(FASTRNN_ISA_avx512)
+  if constexpr (sizeof(T) == 4) return _mm512_reduce_add_ps((__m512)v); else return _mm512_reduce_add_pd((__m512d)v);
+#else
+  T s = T(0);
+  for (int i = 0; i < Vec<T>::W; ++i) s += v[i];
+  return s;
+#endif
 }
 
 template <typename T>

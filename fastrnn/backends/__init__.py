@@ -252,6 +252,31 @@ def resolve(name, device_type):
     return name
 
 
+_ENV_DATA = getattr(os.environ, "_data", None) if os.name == "posix" else None
+_resolved = {}
+
+
+def _env_raw(name):
+    """The raw value of an environment variable, cheaply: ``os.environ.get`` costs ~0.6 us
+    (it decodes), too much for a per-step call; CPython keeps ``os.environ``'s bytes in a
+    dict that every change through ``os.environ`` updates."""
+    if isinstance(_ENV_DATA, dict):
+        return _ENV_DATA.get(name.encode())
+    return os.environ.get(name)
+
+
+def resolve_cached(name, device_type):
+    """``resolve(name, device_type)``, memoised on everything it depends on (the name,
+    ``set_backend``, $FASTRNN_BACKEND, $FASTRNN_DISABLE_EXTENSION and whether the compiled
+    CPU kernels loaded): for per-step calls, which only go on when it says "cpu"."""
+    key = (name, device_type, _global_default, _env_raw(ENV_VAR), _env_raw(DISABLE_ENV),
+           _cache.get("cpu"))
+    hit = _resolved.get(key)
+    if hit is None:
+        hit = _resolved[key] = resolve(name, device_type)
+    return hit
+
+
 def get(name):
     """The backend module for an already-resolved name."""
     mod, why = _load(name)

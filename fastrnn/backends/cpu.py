@@ -251,3 +251,52 @@ def rnn_backward(dy, h0, w_hh, lengths, reverse, relu, y):
     _C.rnn_backward(dy.element_size(), T, N, H, _ptr(dy), _ptr(h0), _ptr(w_hh), _ptr(lengths),
                     bool(reverse), bool(relu), _ptr(y), _ptr(dxg), _ptr(dh0), _threads())
     return dxg, dh0
+
+
+# ------------------------------------------------------------------ one fused cell step
+# Not part of the backend contract: fastrnn.fastpath calls these for cells and one-step
+# layer calls in plain eager mode (see csrc/common/rnn_params.h, CellForwardParams).
+
+CELL_KINDS = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
+_LSTM, _GRU = CELL_KINDS["LSTM"], CELL_KINDS["GRU"]
+
+
+def _opt_ptr(t):
+    return 0 if t is None else t.data_ptr()
+
+
+def cell_forward(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, training):
+    """One step, input projection fused in. x [N, I], h/c [N, H] (c: LSTM only), every
+    tensor contiguous, CPU, one float dtype. Returns (h_out, c_out|None, saved|None);
+    ``saved`` ([N, 4H], LSTM and GRU) only when ``training``."""
+    N, I = x.shape
+    H = w_hh.shape[1]
+    dtype = x.dtype
+    h_out = torch.empty((N, H), dtype=dtype)
+    c_out = torch.empty((N, H), dtype=dtype) if kind == _LSTM else None
+    saved = torch.empty((N, 4 * H), dtype=dtype) if training and kind <= _GRU else None
+    n = getattr(_budget, "n", None)
+    _C.cell_forward(x.element_size(), kind, N, I, H, x.data_ptr(), h.data_ptr(),
+                    0 if c is None else c.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(),
+                    0 if b_ih is None else b_ih.data_ptr(), 0 if b_hh is None else b_hh.data_ptr(),
+                    h_out.data_ptr(), 0 if c_out is None else c_out.data_ptr(),
+                    0 if saved is None else saved.data_ptr(),
+                    n if n is not None else max(1, torch.get_num_threads()))
+    return h_out, c_out, saved
+
+
+def cell_backward(kind, dh_out, dc_out, h, c, h_out, c_out, saved, G):
+    """The pointwise backward of ``cell_forward``: (dpre_x [N, G*H], dpre_h [N, G*H] (GRU;
+    else the same tensor as dpre_x), dc [N, H] (LSTM) or None, dh_direct [N, H] (GRU) or
+    None). The products with the weights are left to the caller."""
+    N, H = dh_out.shape
+    dpre_x = dh_out.new_empty((N, G * H))
+    gru = kind == _GRU
+    dpre_h = dh_out.new_empty((N, G * H)) if gru else dpre_x
+    dc = dh_out.new_empty((N, H)) if kind == _LSTM else None
+    dh_direct = dh_out.new_empty((N, H)) if gru else None
+    _C.cell_backward(dh_out.element_size(), kind, N, H, dh_out.data_ptr(), _opt_ptr(dc_out),
+                     _opt_ptr(h), _opt_ptr(c), _opt_ptr(h_out), _opt_ptr(c_out), _opt_ptr(saved),
+                     dpre_x.data_ptr(), dpre_h.data_ptr() if gru else 0, _opt_ptr(dc),
+                     _opt_ptr(dh_direct))
+    return dpre_x, dpre_h, dc, dh_direct

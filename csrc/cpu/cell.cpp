@@ -1,0 +1,299 @@
+// One step of a cell with its input projection fused in (LSTMCell, GRUCell, RNNCell and
+// one-step layer calls): the pre-activations x W_ih^T + h W_hh^T are one product over the
+// concatenated input [x, h], whose epilogue adds the biases, applies the gates and writes
+// the new state, in ONE call. A decoder calling a cell per step otherwise pays a separate
+// projection GEMM, the recurrence kernel and their dispatch around a few microseconds of
+// arithmetic.
+//
+// Two ways to the pre-activations:
+//  * few rows (N <= kDirectRows): dot products straight off the row-major weights. At
+//    batch 1 every weight is read once either way; packing would add a pack-cache check
+//    that reads the weights (and the copy they are checked against) again.
+//  * more rows: the register-blocked GEMM over packed panels (fused_gemm.h), the packed
+//    weights from the pack cache, the two sources accumulated into one tile.
+// Backward (cell_backward) is the pointwise part: the pre-activation gradients and the
+// state's direct gradient; the products with the weights are GEMMs the caller runs.
+#include "cpu/fused_gemm.h"
+#include "cpu/kernels.h"
+
+namespace fastrnn {
+namespace cpu {
+namespace FASTRNN_ISA {
+
+namespace {
+
+constexpr int64_t kDirectRows = 4;
+// Below this many multiply-adds a step runs on one thread: waking a second costs more
+// than it saves (a 128-unit LSTM step at batch 1 is ~117k).
+constexpr int64_t kParallelMacs = int64_t(1) << 18;
+
+// out[n * ldo + j] = dot(w[j, :K], a[n, :K]) for rows j in [j0, j1): four weight rows at a
+// time, each row block kept in L1 across the batch rows.
+template <typename T>
+void rowdots(const T* __restrict w, int64_t K, const T* __restrict a, int64_t N, int64_t j0, int64_t j1,
+             T* __restrict out, int64_t ldo) {
+  constexpr int W = Vec<T>::W;
+  using V = vec_t<T>;
+  const int64_t Kfull = K / W * W;
+  const int tail = static_cast<int>(K - Kfull);
+  int64_t j = j0;
+  for (; j + 4 <= j1; j += 4) {
+    const T* w0 = w + j * K;
+    for (int64_t n = 0; n < N; ++n) {
+      const T* an = a + n * K;
+      V acc0 = vzero<T>(), acc1 = vzero<T>(), acc2 = vzero<T>(), acc3 = vzero<T>();
+      for (int64_t k = 0; k < Kfull; k += W) {
+        const V av = vload<T>(an + k);
+        acc0 += vload<T>(w0 + k) * av;
+        acc1 += vload<T>(w0 + K + k) * av;
+        acc2 += vload<T>(w0 + 2 * K + k) * av;
+        acc3 += vload<T>(w0 + 3 * K + k) * av;
+      }
+      if (tail) {
+        const V av = vload_n(an + Kfull, tail);
+        acc0 += vload_n(w0 + Kfull, tail) * av;
+        acc1 += vload_n(w0 + K + Kfull, tail) * av;
+        acc2 += vload_n(w0 + 2 * K + Kfull, tail) * av;
+        acc3 += vload_n(w0 + 3 * K + Kfull, tail) * av;
+      }
+      T* o = out + n * ldo + j;
+      o[0] = vhsum<T>(acc0);
+      o[1] = vhsum<T>(acc1);
+      o[2] = vhsum<T>(acc2);
+      o[3] = vhsum<T>(acc3);
+    }
+  }
+  for (; j < j1; ++j)
+    for (int64_t n = 0; n < N; ++n) {
+      const T* an = a + n * K;
+      V acc = vzero<T>();
+      for (int64_t k = 0; k < Kfull; k += W) acc += vload<T>(w + j * K + k) * vload<T>(an + k);
+      if (tail) acc += vload_n(w + j * K + Kfull, tail) * vload_n(an + Kfull, tail);
+      out[n * ldo + j] = vhsum<T>(acc);
+    }
+}
+
+template <int Cell>
+constexpr int gates_of() {
+  return Cell == kCellLstm ? 4 : Cell == kCellGru ? 3 : 1;
+}
+
+template <typename T, int Cell>
+void cell_forward_impl(const CellForwardParams<T>& a) {
+  constexpr int W = Vec<T>::W;
+  constexpr int G = gates_of<Cell>();
+  constexpr bool kGru = Cell == kCellGru;
+  using V = vec_t<T>;
+  const int64_t N = a.N, I = a.I, H = a.H, GH = G * H;
+
+  // Biases: GRU keeps the two sides apart (b_hn sits inside the reset gate's product);
+  // the others add both to one pre-activation.
+  Buffer<T> bias = make_buffer<T>(2 * GH);
+  T* bx = bias.get();
+  T* bh = bias.get() + GH;
+  for (int64_t j = 0; j < GH; ++j) {
+    const T bi = a.b_ih ? a.b_ih[j] : T(0), bb = a.b_hh ? a.b_hh[j] : T(0);
+    if (kGru) {
+      bx[j] = bi;
+      bh[j] = bb;
+    } else {
+      bx[j] = bi + bb;
+    }
+  }
+
+  // px: G pre-activation vectors of the input side (with the hidden side added, except
+  // for GRU); ph: GRU's hidden side.
+  auto epilogue = [&](int64_t n, int64_t u, int cnt, const V* px, const V* ph) {
+    const T* b = bx + u;
+    if constexpr (Cell == kCellLstm) {
+      const V i = vsigmoid<T>(px[0] + vload_n(b, cnt));
+      const V f = vsigmoid<T>(px[1] + vload_n(b + H, cnt));
+      const V g = vtanh<T>(px[2] + vload_n(b + 2 * H, cnt));
+      const V o = vsigmoid<T>(px[3] + vload_n(b + 3 * H, cnt));
+      const V cn = f * vload_n(a.c + n * H + u, cnt) + i * g;
+      vstore_n(a.c_out + n * H + u, cn, cnt);
+      vstore_n(a.h_out + n * H + u, o * vtanh<T>(cn), cnt);
+      if (a.saved) {
+        T* s = a.saved + n * 4 * H + u;
+        vstore_n(s, i, cnt);
+        vstore_n(s + H, f, cnt);
+        vstore_n(s + 2 * H, g, cnt);
+        vstore_n(s + 3 * H, o, cnt);
+      }
+    } else if constexpr (kGru) {
+      const T* c = bh + u;
+      const V hn = ph[2] + vload_n(c + 2 * H, cnt);
+      const V r = vsigmoid<T>(px[0] + vload_n(b, cnt) + ph[0] + vload_n(c, cnt));
+      const V z = vsigmoid<T>(px[1] + vload_n(b + H, cnt) + ph[1] + vload_n(c + H, cnt));
+      const V nn = vtanh<T>(px[2] + vload_n(b + 2 * H, cnt) + r * hn);
+      const V hp = vload_n(a.h + n * H + u, cnt);
+      vstore_n(a.h_out + n * H + u, ((T)1 - z) * nn + z * hp, cnt);
+      if (a.saved) {
+        T* s = a.saved + n * 4 * H + u;
+        vstore_n(s, r, cnt);
+        vstore_n(s + H, z, cnt);
+        vstore_n(s + 2 * H, nn, cnt);
+        vstore_n(s + 3 * H, hn, cnt);
+      }
+    } else {
+      const V pre = px[0] + vload_n(b, cnt);
+      vstore_n(a.h_out + n * H + u, Cell == kCellRnnRelu ? vrelu<T>(pre) : vtanh<T>(pre), cnt);
+    }
+  };
+
+  const int64_t macs = N * GH * (I + H);
+  const int nt = macs >= kParallelMacs ? std::max(1, a.num_threads) : 1;
+
+  if (N <= kDirectRows) {
+    Buffer<T> pre = make_buffer<T>(2 * N * GH);
+    T* px = pre.get();
+    T* ph = pre.get() + N * GH;
+    auto dots = [&](int64_t j0, int64_t j1) {
+      rowdots<T>(a.w_ih, I, a.x, N, j0, j1, px, GH);
+      rowdots<T>(a.w_hh, H, a.h, N, j0, j1, ph, GH);
+    };
+    if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+      {
+        const int tid = omp_get_thread_num(), nthr = omp_get_num_threads();
+        const int64_t blocks = (GH + 3) / 4;
+        dots(std::min(GH, blocks * tid / nthr * 4), std::min(GH, blocks * (tid + 1) / nthr * 4));
+      }
+    } else {
+      dots(0, GH);
+    }
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t u = 0; u < H; u += W) {
+        const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
+        V vx[G], vh[G];
+        for (int g = 0; g < G; ++g) {
+          vx[g] = vload_n(px + n * GH + g * H + u, cnt);
+          vh[g] = vload_n(ph + n * GH + g * H + u, cnt);
+          if (!kGru) vx[g] += vh[g];
+        }
+        epilogue(n, u, cnt, vx, vh);
+      }
+    return;
+  }
+
+  // Packed: gate-major panels (the G gates of W units together) for LSTM and GRU, four
+  // column blocks per panel for the Elman RNN.
+  constexpr int NB = G == 1 ? 4 : G;
+  int64_t P = 0, P2 = 0;
+  Packed<T> wx, wh;
+  if constexpr (G == 1) {
+    wx = pack_units_cached<T, 4>(a.w_ih, I, H, /*transposed=*/true, &P);
+    wh = pack_units_cached<T, 4>(a.w_hh, H, H, /*transposed=*/true, &P2);
+  } else {
+    wx = pack_gate_major_cached<T, G>(a.w_ih, H, I, &P);
+    wh = pack_gate_major_cached<T, G>(a.w_hh, H, H, &P2);
+  }
+  TeamBarrier bar;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    constexpr int MR = rows_per_tile<NB>();
+    const WorkSplit ws(P, N, omp_get_thread_num(), omp_get_num_threads(), MR, &bar);
+    alignas(64) V accx[MR * NB];
+    alignas(64) V acch[MR * NB];
+    for (int64_t p = ws.p_begin; p < ws.p_end; ++p) {
+      const T* Bx = wx.get() + p * I * NB * W;
+      const T* Bh = wh.get() + p * H * NB * W;
+      for (int64_t n = ws.r_begin; n < ws.r_end; n += MR) {
+        const int mr = static_cast<int>(std::min<int64_t>(MR, ws.r_end - n));
+        micro_tile_rows<T, NB>(mr, a.x + n * I, I, I, Bx, accx);
+        if constexpr (kGru)
+          micro_tile_rows<T, NB>(mr, a.h + n * H, H, H, Bh, acch);
+        else
+          micro_tile_rows<T, NB, /*Accumulate=*/true>(mr, a.h + n * H, H, H, Bh, accx);
+        for (int r = 0; r < mr; ++r) {
+          const V* ax = accx + r * NB;
+          if constexpr (G == 1) {
+            for (int b = 0; b < NB; ++b) {
+              const int64_t u = (p * NB + b) * W;
+              if (u >= H) break;
+              epilogue(n + r, u, static_cast<int>(std::min<int64_t>(W, H - u)), ax + b, nullptr);
+            }
+          } else {
+            const int64_t u = p * W;
+            epilogue(n + r, u, static_cast<int>(std::min<int64_t>(W, H - u)), ax, acch + r * NB);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T, int Cell>
+void cell_backward_impl(const CellBackwardParams<T>& a) {
+  constexpr int W = Vec<T>::W;
+  constexpr int G = gates_of<Cell>();
+  using V = vec_t<T>;
+  const int64_t N = a.N, H = a.H, GH = G * H;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t u = 0; u < H; u += W) {
+      const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
+      const int64_t o = n * H + u;
+      const V dh = vload_n(a.dh_out + o, cnt);
+      T* dx = a.dpre_x + n * GH + u;
+      if constexpr (Cell == kCellLstm) {
+        const T* s = a.saved + n * 4 * H + u;
+        const V i = vload_n(s, cnt), f = vload_n(s + H, cnt);
+        const V g = vload_n(s + 2 * H, cnt), og = vload_n(s + 3 * H, cnt);
+        const V tc = vtanh<T>(vload_n(a.c_out + o, cnt));
+        const V dc = (a.dc_out ? vload_n(a.dc_out + o, cnt) : vzero<T>()) + dh * og * ((T)1 - tc * tc);
+        vstore_n(dx, dc * g * i * ((T)1 - i), cnt);
+        vstore_n(dx + H, dc * vload_n(a.c + o, cnt) * f * ((T)1 - f), cnt);
+        vstore_n(dx + 2 * H, dc * i * ((T)1 - g * g), cnt);
+        vstore_n(dx + 3 * H, dh * tc * og * ((T)1 - og), cnt);
+        vstore_n(a.dc + o, dc * f, cnt);
+      } else if constexpr (Cell == kCellGru) {
+        const T* s = a.saved + n * 4 * H + u;
+        const V r = vload_n(s, cnt), z = vload_n(s + H, cnt);
+        const V nn = vload_n(s + 2 * H, cnt), hn = vload_n(s + 3 * H, cnt);
+        const V dn = dh * ((T)1 - z) * ((T)1 - nn * nn);
+        const V dz = dh * (vload_n(a.h + o, cnt) - nn) * z * ((T)1 - z);
+        const V dr = dn * hn * r * ((T)1 - r);
+        T* dhp = a.dpre_h + n * GH + u;
+        vstore_n(dx, dr, cnt);
+        vstore_n(dx + H, dz, cnt);
+        vstore_n(dx + 2 * H, dn, cnt);
+        vstore_n(dhp, dr, cnt);
+        vstore_n(dhp + H, dz, cnt);
+        vstore_n(dhp + 2 * H, dn * r, cnt);
+        vstore_n(a.dh_direct + o, dh * z, cnt);
+      } else {
+        const V y = vload_n(a.h_out + o, cnt);
+        const V d = Cell == kCellRnnRelu ? (y > vzero<T>() ? dh : vzero<T>()) : dh * ((T)1 - y * y);
+        vstore_n(dx, d, cnt);
+      }
+    }
+}
+
+}  // namespace
+
+template <typename T>
+void cell_forward(const CellForwardParams<T>& a) {
+  switch (a.cell) {
+    case kCellLstm: return cell_forward_impl<T, kCellLstm>(a);
+    case kCellGru: return cell_forward_impl<T, kCellGru>(a);
+    case kCellRnnTanh: return cell_forward_impl<T, kCellRnnTanh>(a);
+    default: return cell_forward_impl<T, kCellRnnRelu>(a);
+  }
+}
+
+template <typename T>
+void cell_backward(const CellBackwardParams<T>& a) {
+  switch (a.cell) {
+    case kCellLstm: return cell_backward_impl<T, kCellLstm>(a);
+    case kCellGru: return cell_backward_impl<T, kCellGru>(a);
+    case kCellRnnTanh: return cell_backward_impl<T, kCellRnnTanh>(a);
+    default: return cell_backward_impl<T, kCellRnnRelu>(a);
+  }
+}
+
+FASTRNN_INSTANTIATE(cell_forward, CellForwardParams)
+FASTRNN_INSTANTIATE(cell_backward, CellBackwardParams)
+
+}  // namespace FASTRNN_ISA
+}  // namespace cpu
+}  // namespace fastrnn

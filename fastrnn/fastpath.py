@@ -1,0 +1,103 @@
+"""The eager fast path: cells and one-step layer calls straight to the fused CPU kernel.
+
+A decoder, sampler or streaming model calls a cell (or a layer with one time step) once per
+step from Python. Through the op layer such a call pays more around the kernel than in it:
+a separate input-projection GEMM, the custom-op dispatcher, and argument checks on every
+layer boundary. Here one call does the projection, the recurrence and the gate epilogue
+(``fastrnn._C.cell_forward``), and autograd goes through a plain ``autograd.Function``
+whose backward is the kernel's pointwise part plus the weight products as GEMMs.
+
+It is taken only when nothing needs the op layer (``usable``): plain eager mode (not
+compiling, exporting, tracing or scripting; no torch-function or dispatch mode; no
+functorch transform), plain CPU tensors of one float dtype (float32/float64), contiguous,
+and the compiled ``cpu`` backend chosen. Everything else, including every input that
+would be an error, goes the usual way, which validates and raises torch.nn's errors.
+The numbers are the op path's (tests compare the two, and both against torch.nn).
+"""
+from __future__ import annotations
+
+import torch
+from torch.overrides import has_torch_function
+
+from .backends import cpu as _cpu
+
+__all__ = ["usable", "cell", "CELL_GATES"]
+
+_FLOATS = (torch.float32, torch.float64)
+CELL_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+_is_compiling = torch.compiler.is_compiling
+_is_tracing = torch.jit.is_tracing
+_function_mode = torch._C._is_torch_function_mode_enabled
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_functorch_level = torch._C._functorch.peek_interpreter_stack
+
+
+def usable(tensors):
+    """Whether ``tensors`` (a tuple of the call's inputs and weights, the first a tensor,
+    None entries allowed) may take the fast path: see the module docstring. About a
+    microsecond for a cell's seven tensors."""
+    if (_is_compiling() or _is_tracing() or _function_mode() or _dispatch_modes()
+            or _functorch_level() is not None or has_torch_function(tensors)):
+        return False
+    dtype = tensors[0].dtype
+    if dtype not in _FLOATS:
+        return False
+    for t in tensors:
+        if t is not None and (t.dtype != dtype or not t.is_cpu or not t.is_contiguous()):
+            return False
+    return True
+
+
+class _Cell(torch.autograd.Function):
+    """One cell step with autograd: inputs (kind, x, h, c, w_ih, w_hh, b_ih, b_hh); outputs
+    (h', c') for LSTM, h' otherwise. The saved tensors are those the kernel's backward
+    reads (for LSTM: the activated gates and c'; GRU: r, z, n and W_hn h + b_hn)."""
+
+    @staticmethod
+    def forward(ctx, kind, x, h, c, w_ih, w_hh, b_ih, b_hh):
+        k = _cpu.CELL_KINDS[kind]
+        h1, c1, saved = _cpu.cell_forward(k, x, h, c, w_ih, w_hh, b_ih, b_hh, True)
+        ctx.kind = kind
+        ctx.save_for_backward(x, h, c, w_ih, w_hh, h1, c1, saved)
+        ctx.has_bias = b_ih is not None
+        return (h1, c1) if kind == "LSTM" else h1
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dh1, dc1=None):
+        x, h, c, w_ih, w_hh, h1, c1, saved = ctx.saved_tensors
+        kind = ctx.kind
+        k = _cpu.CELL_KINDS[kind]
+        dh1 = dh1.contiguous()
+        dc1 = None if dc1 is None else dc1.contiguous()
+        dpre_x, dpre_h, dc, dh_direct = _cpu.cell_backward(
+            k, dh1, dc1, h, c, h1, c1, saved, CELL_GATES[kind])
+        need = ctx.needs_input_grad
+        dx = dpre_x.mm(w_ih) if need[1] else None
+        dh = None
+        if need[2]:
+            dh = dpre_h.mm(w_hh)
+            if dh_direct is not None:
+                dh += dh_direct
+        dw_ih = dpre_x.t().mm(x) if need[4] else None
+        dw_hh = dpre_h.t().mm(h) if need[5] else None
+        db_ih = db_hh = None
+        if ctx.has_bias and (need[6] or need[7]):
+            db_ih = dpre_x.sum(0)
+            db_hh = dpre_h.sum(0) if dpre_h is not dpre_x else db_ih
+        return None, dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
+
+
+def cell(kind, x, h, c, w_ih, w_hh, b_ih, b_hh):
+    """One step of ``kind`` ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"): x [N, I], h (and c)
+    [N, H]; returns (h', c') for LSTM, else h'. Arguments already checked by the caller
+    (``usable`` and the shapes)."""
+    if torch.is_grad_enabled() and (x.requires_grad or h.requires_grad or w_ih.requires_grad
+                                    or w_hh.requires_grad
+                                    or (c is not None and c.requires_grad)
+                                    or (b_ih is not None and b_ih.requires_grad)
+                                    or (b_hh is not None and b_hh.requires_grad)):
+        return _Cell.apply(kind, x, h, c, w_ih, w_hh, b_ih, b_hh)
+    h1, c1, _ = _cpu.cell_forward(_cpu.CELL_KINDS[kind], x, h, c, w_ih, w_hh, b_ih, b_hh, False)
+    return (h1, c1) if kind == "LSTM" else h1
