@@ -7,7 +7,7 @@ layer boundary. Here one call does the projection, the recurrence and the gate e
 (``fastrnn._C.cell_forward``), and autograd goes through a plain ``autograd.Function``
 whose backward is the kernel's pointwise part plus the weight products as GEMMs.
 
-It is taken only when nothing needs the op layer (``usable``): plain eager mode (not
+It is taken only when nothing needs the op layer (``eager`` and ``usable``): plain eager mode (not
 compiling, exporting, tracing or scripting; no torch-function or dispatch mode; no
 functorch transform), plain CPU tensors of one float dtype (float32/float64), contiguous,
 and the compiled ``cpu`` backend chosen. Everything else, including every input that
@@ -21,7 +21,7 @@ from torch.overrides import has_torch_function
 
 from .backends import cpu as _cpu
 
-__all__ = ["usable", "cell", "CELL_GATES"]
+__all__ = ["eager", "usable", "cell", "CELL_GATES"]
 
 _FLOATS = (torch.float32, torch.float64)
 CELL_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -33,12 +33,19 @@ _dispatch_modes = torch._C._len_torch_dispatch_stack
 _functorch_level = torch._C._functorch.peek_interpreter_stack
 
 
+def eager():
+    """Plain eager mode: not compiling, exporting, tracing or scripting, no torch-function
+    or dispatch mode, no functorch transform. Asked first, before any look at shapes
+    (which a tracer would record)."""
+    return not (_is_compiling() or _is_tracing() or _function_mode() or _dispatch_modes()
+                or _functorch_level() is not None)
+
+
 def usable(tensors):
     """Whether ``tensors`` (a tuple of the call's inputs and weights, the first a tensor,
-    None entries allowed) may take the fast path: see the module docstring. About a
-    microsecond for a cell's seven tensors."""
-    if (_is_compiling() or _is_tracing() or _function_mode() or _dispatch_modes()
-            or _functorch_level() is not None or has_torch_function(tensors)):
+    None entries allowed) may take the fast path in eager mode (``eager()``): plain CPU
+    tensors of one float dtype, contiguous. About a microsecond for a cell's seven."""
+    if has_torch_function(tensors):
         return False
     dtype = tensors[0].dtype
     if dtype not in _FLOATS:
@@ -61,13 +68,15 @@ class _Cell(torch.autograd.Function):
         ctx.kind = kind
         ctx.save_for_backward(x, h, c, w_ih, w_hh, h1, c1, saved)
         ctx.has_bias = b_ih is not None
+        ctx.biases = (b_ih, b_hh)  # parameters, read only by a double backward
         return (h1, c1) if kind == "LSTM" else h1
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dh1, dc1=None):
         x, h, c, w_ih, w_hh, h1, c1, saved = ctx.saved_tensors
         kind = ctx.kind
+        if torch.is_grad_enabled():  # create_graph=True: gradients that are differentiable
+            return (None,) + _replay_grads(ctx, kind, x, h, c, w_ih, w_hh, dh1, dc1)
         k = _cpu.CELL_KINDS[kind]
         dh1 = dh1.contiguous()
         dc1 = None if dc1 is None else dc1.contiguous()
@@ -87,6 +96,32 @@ class _Cell(torch.autograd.Function):
             db_ih = dpre_x.sum(0)
             db_hh = dpre_h.sum(0) if dpre_h is not dpre_x else db_ih
         return None, dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
+
+
+_ATEN_CELLS = {"LSTM": torch._VF.lstm_cell, "GRU": torch._VF.gru_cell,
+               "RNN_TANH": torch._VF.rnn_tanh_cell, "RNN_RELU": torch._VF.rnn_relu_cell}
+
+
+def _replay_grads(ctx, kind, x, h, c, w_ih, w_hh, dh1, dc1):
+    """The step's gradients as a graph (double backward: gradient penalties, Hessian-vector
+    products): torch's own cell op, which has a second derivative, replayed on the saved
+    inputs and differentiated with ``create_graph``. Costs one more step; only then."""
+    b_ih, b_hh = ctx.biases
+    ins = [x, h, c, w_ih, w_hh, b_ih, b_hh]
+    want = [i for i, t in enumerate(ins) if t is not None and ctx.needs_input_grad[i + 1]]
+    if kind == "LSTM":
+        outs = _ATEN_CELLS[kind](x, (h, c), w_ih, w_hh, b_ih, b_hh)
+        grad_outs = (dh1, dc1)
+    else:
+        outs = (_ATEN_CELLS[kind](x, h, w_ih, w_hh, b_ih, b_hh),)
+        grad_outs = (dh1,)
+    pairs = [(o, g) for o, g in zip(outs, grad_outs) if g is not None]
+    got = torch.autograd.grad([o for o, _ in pairs], [ins[i] for i in want],
+                              [g for _, g in pairs], create_graph=True, allow_unused=True)
+    res = [None] * len(ins)
+    for i, g in zip(want, got):
+        res[i] = g
+    return tuple(res)
 
 
 def cell(kind, x, h, c, w_ih, w_hh, b_ih, b_hh):

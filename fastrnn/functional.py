@@ -434,7 +434,7 @@ def _fast_one_step(mode, input, hx, weights, has_biases, num_layers, dropout, tr
     compiled CPU kernels: each layer and direction is one fused cell step
     (``fastrnn.fastpath``). Returns None whenever the general path must run (which also
     raises every error for bad arguments)."""
-    if proj_size or not isinstance(input, torch.Tensor):
+    if proj_size or not isinstance(input, torch.Tensor) or not fastpath.eager():
         return None
     dim = input.dim()
     if dim == 3:
@@ -572,7 +572,7 @@ def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend):
     """A cell call in plain eager mode on the compiled CPU kernels: one fused step
     (``fastrnn.fastpath``). None whenever the general path must run (which also raises
     every error for bad arguments)."""
-    if not isinstance(input, torch.Tensor):
+    if not isinstance(input, torch.Tensor) or not fastpath.eager():
         return None
     dim = input.dim()
     if dim not in (1, 2) or input.shape[-1] != w_ih.shape[1]:

@@ -1,0 +1,290 @@
+"""The eager fast path (fastrnn.fastpath): cells and one-step layer calls through one fused
+kernel call. It must give the op path's numbers (outputs, final states, every gradient) and
+torch.nn's, be taken exactly when nothing needs the op layer, and never change an error."""
+import itertools
+
+import pytest
+import torch
+
+import fastrnn
+from fastrnn import backends, fastpath
+
+pytestmark = pytest.mark.skipif(
+    "cpu" not in backends.available_backends(),
+    reason="the fast path runs the compiled CPU kernels (extension not built or disabled)")
+
+F32, F64 = torch.float32, torch.float64
+CELLS = {"LSTMCell": "LSTM", "GRUCell": "GRU", "RNNCell": "RNN_TANH"}
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts fused cell steps taken by the fast path."""
+    count = {"n": 0}
+    real = fastpath.cell
+
+    def counting(*args):
+        count["n"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(fastpath, "cell", counting)
+    return count
+
+
+@pytest.fixture
+def op_path(monkeypatch):
+    """Switch the fast path off: every call goes through the custom ops."""
+    def off():
+        monkeypatch.setattr(fastpath, "eager", lambda: False)
+    return off
+
+
+def _tol(dtype):
+    return dict(atol=1e-5, rtol=1e-4) if dtype == F32 else dict(atol=1e-10, rtol=1e-9)
+
+
+def _cell_pair(kind, I, H, dtype, bias=True, nonlinearity=None, seed=0):
+    torch.manual_seed(seed)
+    kw = {} if nonlinearity is None else {"nonlinearity": nonlinearity}
+    ref = getattr(torch.nn, kind)(I, H, bias=bias, dtype=dtype, **kw)
+    fast = getattr(fastrnn, kind)(I, H, bias=bias, dtype=dtype, **kw)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def _cell_run(mod, x, hx, grads_of):
+    out = mod(x, hx)
+    outs = out if isinstance(out, tuple) else (out,)
+    gen = torch.Generator().manual_seed(5)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outs)
+    params = [p for p in mod.parameters()]
+    grads = torch.autograd.grad(loss, list(grads_of) + params)
+    return [o.detach() for o in outs], grads
+
+
+def _assert_all_close(a, b, tol):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, **tol)
+
+
+# N: 1 and 4 take the dot-product path, 5 and 33 the packed GEMM; H=29, I=37 leave partial
+# vectors; H=256 at N=1 splits the dot products over threads.
+@pytest.mark.parametrize("kind,N,I,H,dtype,bias", [
+    (k, n, i, h, d, b) for k in CELLS for (n, i, h) in
+    [(1, 37, 29), (4, 37, 29), (5, 37, 29), (33, 16, 32), (1, 100, 256)]
+    for d in (F32, F64) for b in (True, False) if not (h == 256 and d == F64)])
+def test_cell_matches_torch_nn_and_op_path(kind, N, I, H, dtype, bias, calls, op_path):
+    ref, fast = _cell_pair(kind, I, H, dtype, bias)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(N, I, dtype=dtype, generator=gen, requires_grad=True)
+    h = torch.randn(N, H, dtype=dtype, generator=gen, requires_grad=True)
+    c = torch.randn(N, H, dtype=dtype, generator=gen, requires_grad=True)
+    hx, ins = ((h, c), (x, h, c)) if kind == "LSTMCell" else (h, (x, h))
+    want = _cell_run(ref, x, hx, ins)
+    got = _cell_run(fast, x, hx, ins)
+    assert calls["n"] == 1 and fast.last_backend == "cpu"
+    op_path()
+    via_ops = _cell_run(fast, x, hx, ins)
+    assert calls["n"] == 1  # the op path ran
+    tol = _tol(dtype)
+    _assert_all_close(got[0], want[0], tol)
+    _assert_all_close(got[1], want[1], tol)
+    _assert_all_close(got[0], via_ops[0], tol)
+    _assert_all_close(got[1], via_ops[1], tol)
+
+
+@pytest.mark.parametrize("N", [1, 7])
+def test_relu_cell_and_unbatched_and_no_state(N, calls):
+    ref, fast = _cell_pair("RNNCell", 10, 12, F64, nonlinearity="relu")
+    x = torch.randn(N, 10, dtype=F64)
+    torch.testing.assert_close(fast(x), ref(x), **_tol(F64))
+    for kind in CELLS:
+        ref, fast = _cell_pair(kind, 10, 12, F64)
+        xu = torch.randn(10, dtype=F64)
+        hu = torch.randn(12, dtype=F64)
+        hx = (hu, torch.randn(12, dtype=F64)) if kind == "LSTMCell" else hu
+        a, b = fast(xu, hx), ref(xu, hx)
+        _assert_all_close(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,),
+                          _tol(F64))
+        a = fast(xu)
+        assert (a[0] if isinstance(a, tuple) else a).shape == (12,)
+    assert calls["n"] == 1 + 2 * len(CELLS)
+
+
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_cell_gradcheck_float64(kind):
+    _, fast = _cell_pair(kind, 5, 6, F64)
+    x = torch.randn(3, 5, dtype=F64, requires_grad=True)
+    h = torch.randn(3, 6, dtype=F64, requires_grad=True)
+    c = torch.randn(3, 6, dtype=F64, requires_grad=True)
+    params = tuple(fast.parameters())
+
+    def f(x, h, c, *ps):
+        out = torch.func.functional_call(fast, dict(zip([n for n, _ in fast.named_parameters()], ps)),
+                                         (x, (h, c) if kind == "LSTMCell" else h))
+        return out
+
+    # functional_call swaps the parameters in; the fast path still runs (plain tensors)
+    assert torch.autograd.gradcheck(f, (x, h, c) + params)
+
+
+@pytest.mark.parametrize("kind", list(CELLS) + ["RNNCell-relu"])
+def test_cell_double_backward(kind, calls):
+    """create_graph=True gives differentiable gradients (gradgradcheck in float64)."""
+    nl = "relu" if kind.endswith("relu") else None
+    _, fast = _cell_pair(kind.split("-")[0], 4, 5, F64, nonlinearity=nl)
+    x = torch.randn(3, 4, dtype=F64, requires_grad=True)
+    h = torch.randn(3, 5, dtype=F64, requires_grad=True)
+    c = torch.randn(3, 5, dtype=F64, requires_grad=True)
+    names = [n for n, _ in fast.named_parameters()]
+
+    def f(x, h, c, *ps):
+        hx = (h, c) if kind == "LSTMCell" else h
+        return torch.func.functional_call(fast, dict(zip(names, ps)), (x, hx))
+
+    assert torch.autograd.gradgradcheck(f, (x, h, c) + tuple(fast.parameters()))
+    assert calls["n"] > 0
+
+
+def _layer_pair(kind, I, H, layers, bidirectional, batch_first, dtype, dropout=0.0, bias=True):
+    torch.manual_seed(0)
+    kw = dict(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first,
+              dtype=dtype, dropout=dropout, bias=bias)
+    ref = getattr(torch.nn, kind)(I, H, **kw)
+    fast = getattr(fastrnn, kind)(I, H, **kw)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def _layer_run(mod, x, hx, grads_of):
+    y, hn = mod(x, hx)
+    states = hn if isinstance(hn, tuple) else (hn,)
+    outs = (y,) + tuple(states)
+    gen = torch.Generator().manual_seed(5)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outs)
+    grads = torch.autograd.grad(loss, list(grads_of) + list(mod.parameters()))
+    return [o.detach() for o in outs], grads
+
+
+@pytest.mark.parametrize("kind,layers,bidirectional,batch_first,N,dtype,bias", [
+    (k, l, d, bf, n, dt, b) for k, l, d, bf, n, dt, b in itertools.product(
+        ["LSTM", "GRU", "RNN"], [1, 2], [False, True], [False, True], [1, 6], [F32, F64],
+        [True, False]) if b or (l == 2 and d and n == 6)])
+def test_one_step_layer_matches_torch_nn_and_op_path(kind, layers, bidirectional, batch_first,
+                                                      N, dtype, bias, calls, op_path):
+    I, H = 11, 13
+    ref, fast = _layer_pair(kind, I, H, layers, bidirectional, batch_first, dtype, bias=bias)
+    D = 2 if bidirectional else 1
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(*((N, 1, I) if batch_first else (1, N, I)), dtype=dtype, generator=gen,
+                    requires_grad=True)
+    h = torch.randn(layers * D, N, H, dtype=dtype, generator=gen, requires_grad=True)
+    c = torch.randn(layers * D, N, H, dtype=dtype, generator=gen, requires_grad=True)
+    hx, ins = ((h, c), (x, h, c)) if kind == "LSTM" else (h, (x, h))
+    want = _layer_run(ref, x, hx, ins)
+    got = _layer_run(fast, x, hx, ins)
+    assert calls["n"] == layers * D and fast.last_backend == "cpu"
+    op_path()
+    via_ops = _layer_run(fast, x, hx, ins)
+    assert calls["n"] == layers * D
+    tol = _tol(dtype)
+    for a, b in ((got, want), (got, via_ops)):
+        _assert_all_close(a[0], b[0], tol)
+        _assert_all_close(a[1], b[1], tol)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_one_step_layer_unbatched_and_default_state(kind, calls):
+    ref, fast = _layer_pair(kind, 4, 5, 2, True, False, F64)
+    x = torch.randn(1, 4, dtype=F64)  # unbatched, one step
+    a, b = fast(x), ref(x)
+    torch.testing.assert_close(a[0], b[0])
+    sa, sb = (a[1], b[1]) if kind != "LSTM" else (a[1][1], b[1][1])
+    torch.testing.assert_close(sa, sb)
+    assert calls["n"] == 4
+
+
+def test_one_step_dropout_draws_like_the_op_path(calls, op_path):
+    _, fast = _layer_pair("GRU", 6, 7, 3, True, False, F64, dropout=0.5)
+    fast.train()
+    x = torch.randn(1, 4, 6, dtype=F64)
+    torch.manual_seed(11)
+    y_fast = fast(x)[0]
+    assert calls["n"] == 6
+    op_path()
+    torch.manual_seed(11)
+    y_ops = fast(x)[0]
+    torch.testing.assert_close(y_fast, y_ops)
+
+
+@pytest.mark.parametrize("case", ["T2", "packed", "proj", "noncontig", "float16-ref",
+                                  "compile", "trace", "numba"])
+def test_general_path_where_the_fast_path_does_not_apply(case, calls):
+    torch.manual_seed(0)
+    if case == "T2":
+        fast = fastrnn.GRU(3, 4)
+        fast(torch.randn(2, 1, 3))
+    elif case == "packed":
+        fast = fastrnn.GRU(3, 4)
+        seq = torch.nn.utils.rnn.pack_sequence([torch.randn(1, 3)])
+        fast(seq)
+    elif case == "proj":
+        fast = fastrnn.LSTM(3, 4, proj_size=2)
+        fast(torch.randn(1, 1, 3))
+    elif case == "noncontig":
+        ref, fast = _cell_pair("GRUCell", 3, 4, F64)
+        x = torch.randn(3, 5, dtype=F64)[:, ::2].clone()[:, :3].t().contiguous().t()
+        assert not x.is_contiguous()
+        torch.testing.assert_close(fast(x), ref(x))
+    elif case == "float16-ref":
+        fast = fastrnn.GRUCell(3, 4, dtype=torch.bfloat16)
+        fast(torch.randn(2, 3, dtype=torch.bfloat16))
+    elif case == "compile":
+        fast = fastrnn.LSTMCell(3, 4)
+        compiled = torch.compile(fast, fullgraph=True, backend="eager")
+        x = torch.randn(2, 3)
+        torch.testing.assert_close(compiled(x)[0], fast(x)[0])
+        calls["n"] -= 1  # the eager call above
+    elif case == "trace":
+        fast = fastrnn.GRUCell(3, 4)
+        try:  # whether tracing succeeds is the op layer's business; the fast path stays out
+            torch.jit.trace(fast, (torch.randn(2, 3),), check_trace=False)
+        except Exception:
+            pass
+    elif case == "numba":
+        if "numba" not in backends.available_backends():
+            pytest.skip("numba not installed")
+        fast = fastrnn.LSTMCell(3, 4, backend="numba")
+        fast(torch.randn(2, 3))
+        assert fast.last_backend == "numba"
+    assert calls["n"] == 0
+
+
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_bad_input_keeps_the_op_paths_errors(kind):
+    _, fast = _cell_pair(kind, 5, 6, F32)
+    with pytest.raises(RuntimeError, match="input_size|inconsistent"):
+        fast(torch.randn(2, 4))
+    with pytest.raises(RuntimeError, match="batch size|hx|hidden"):
+        h = torch.randn(3, 6)
+        fast(torch.randn(2, 5), (h, h) if kind == "LSTMCell" else h)
+    with pytest.raises((RuntimeError, ValueError), match="dtype"):
+        fast(torch.randn(2, 5, dtype=F64))
+
+
+def test_training_loop_matches_torch_nn(calls):
+    """A decoder-style loop: 20 steps, the state fed back, one backward at the end."""
+    for kind in CELLS:
+        ref, fast = _cell_pair(kind, 8, 9, F64)
+        xs = torch.randn(20, 2, 8, dtype=F64)
+        res = []
+        for mod in (ref, fast):
+            state, outs = None, []
+            for t in range(20):
+                state = mod(xs[t], state)
+                outs.append(state[0] if kind == "LSTMCell" else state)
+            torch.stack(outs).sin().sum().backward()
+            res.append([p.grad for p in mod.parameters()])
+        _assert_all_close(res[1], res[0], _tol(F64))
+    assert calls["n"] == 20 * len(CELLS)
