@@ -292,9 +292,11 @@ PYBIND11_MODULE(_C, m) {
       "cell_forward",
       [](int itemsize, int cell, int64_t N, int64_t I, int64_t H, std::uintptr_t x, std::uintptr_t h,
          std::uintptr_t c, std::uintptr_t w_ih, std::uintptr_t w_hh, std::uintptr_t b_ih, std::uintptr_t b_hh,
-         std::uintptr_t h_out, std::uintptr_t c_out, std::uintptr_t saved, int num_threads) {
+         std::uintptr_t h_out, std::uintptr_t c_out, std::uintptr_t saved, int num_threads, int64_t T,
+         bool reverse) {
         check_cell(cell);
-        check_sizes(1, N, H, I, num_threads);
+        check_sizes(T, N, H, I, num_threads);
+        if (T > 1 && saved) throw std::invalid_argument("cell_forward: several steps are for inference (no saved)");
         const bool lstm = cell == fastrnn::kCellLstm;
         for (auto [p, what] : {std::pair{x, "x"}, {h, "h"}, {w_ih, "w_ih"}, {w_hh, "w_hh"}, {h_out, "h_out"}})
           require(p, what);
@@ -306,20 +308,31 @@ PYBIND11_MODULE(_C, m) {
           using T_ = std::remove_pointer_t<decltype(p.h_out)>;
           p = {N, I, H, cell, ptr<const T_>(x), ptr<const T_>(h), ptr<const T_>(c), ptr<const T_>(w_ih),
                ptr<const T_>(w_hh), ptr<const T_>(b_ih), ptr<const T_>(b_hh), ptr<T_>(h_out), ptr<T_>(c_out),
-               ptr<T_>(saved), num_threads};
+               ptr<T_>(saved), num_threads, T, reverse};
         };
         run<CellForwardParams>(itemsize, fastrnn::cpu::cell_forward<float>, fastrnn::cpu::cell_forward<double>,
                                fill);
       },
-      "one cell step with its input projection fused in (see CellForwardParams)");
+      "one cell step with its input projection fused in, or T of them (see CellForwardParams)",
+      py::arg("itemsize"), py::arg("cell"), py::arg("N"), py::arg("I"), py::arg("H"), py::arg("x"), py::arg("h"),
+      py::arg("c"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("h_out"),
+      py::arg("c_out"), py::arg("saved"), py::arg("num_threads"), py::arg("T") = 1, py::arg("reverse") = false);
 
   m.def(
       "cell_backward",
       [](int itemsize, int cell, int64_t N, int64_t H, std::uintptr_t dh_out, std::uintptr_t dc_out,
          std::uintptr_t h, std::uintptr_t c, std::uintptr_t h_out, std::uintptr_t c_out, std::uintptr_t saved,
-         std::uintptr_t dpre_x, std::uintptr_t dpre_h, std::uintptr_t dc, std::uintptr_t dh_direct) {
+         std::uintptr_t dpre_x, std::uintptr_t dpre_h, std::uintptr_t dc, std::uintptr_t dh_direct, int64_t I,
+         std::uintptr_t x, std::uintptr_t w_ih, std::uintptr_t w_hh, std::uintptr_t dx, std::uintptr_t dh,
+         std::uintptr_t dw_ih, std::uintptr_t dw_hh, std::uintptr_t db_ih, std::uintptr_t db_hh) {
         check_cell(cell);
         check_sizes(1, N, H, H, 1);
+        if (dw_ih) {  // the weight products too
+          check_sizes(1, N, H, I, 1);
+          for (auto [p, what] : {std::pair{x, "x"}, {w_ih, "w_ih"}, {w_hh, "w_hh"}, {dh, "dh"}, {dw_hh, "dw_hh"}})
+            require(p, what);
+          if ((db_ih == 0) != (db_hh == 0)) throw std::invalid_argument("cell_backward: db_ih and db_hh go together");
+        }
         require(dh_out, "dh_out");
         require(dpre_x, "dpre_x");
         if (cell == fastrnn::kCellLstm) {
@@ -334,7 +347,8 @@ PYBIND11_MODULE(_C, m) {
           using T_ = std::remove_pointer_t<decltype(p.dpre_x)>;
           p = {N, H, cell, ptr<const T_>(dh_out), ptr<const T_>(dc_out), ptr<const T_>(h), ptr<const T_>(c),
                ptr<const T_>(h_out), ptr<const T_>(c_out), ptr<const T_>(saved), ptr<T_>(dpre_x), ptr<T_>(dpre_h),
-               ptr<T_>(dc), ptr<T_>(dh_direct)};
+               ptr<T_>(dc), ptr<T_>(dh_direct), I, ptr<const T_>(x), ptr<const T_>(w_ih), ptr<const T_>(w_hh),
+               ptr<T_>(dx), ptr<T_>(dh), ptr<T_>(dw_ih), ptr<T_>(dw_hh), ptr<T_>(db_ih), ptr<T_>(db_hh)};
         };
         run<CellBackwardParams>(itemsize, fastrnn::cpu::cell_backward<float>, fastrnn::cpu::cell_backward<double>,
                                 fill);

@@ -21,7 +21,7 @@ from torch.overrides import has_torch_function
 
 from .backends import cpu as _cpu
 
-__all__ = ["eager", "usable", "cell", "CELL_GATES"]
+__all__ = ["eager", "usable", "cell", "steps", "CELL_GATES", "MAX_STEPS_ROWS", "MAX_STEPS"]
 
 _FLOATS = (torch.float32, torch.float64)
 CELL_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -80,9 +80,13 @@ class _Cell(torch.autograd.Function):
         k = _cpu.CELL_KINDS[kind]
         dh1 = dh1.contiguous()
         dc1 = None if dc1 is None else dc1.contiguous()
-        dpre_x, dpre_h, dc, dh_direct = _cpu.cell_backward(
-            k, dh1, dc1, h, c, h1, c1, saved, CELL_GATES[kind])
         need = ctx.needs_input_grad
+        G = CELL_GATES[kind]
+        if x.shape[0] * G * w_hh.shape[1] * (x.shape[1] + w_hh.shape[1]) <= _ONE_PASS_MACS:
+            dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh = _cpu.cell_backward_all(
+                k, dh1, dc1, x, h, c, w_ih, w_hh, h1, c1, saved, G, need[1], ctx.has_bias)
+            return None, dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
+        dpre_x, dpre_h, dc, dh_direct = _cpu.cell_backward(k, dh1, dc1, h, c, h1, c1, saved, G)
         dx = dpre_x.mm(w_ih) if need[1] else None
         dh = None
         if need[2]:
@@ -124,6 +128,16 @@ def _replay_grads(ctx, kind, x, h, c, w_ih, w_hh, dh1, dc1):
     return tuple(res)
 
 
+# A step's backward does its weight products in the kernel (one pass over the weights)
+# up to this many multiply-adds, where torch's GEMM calls would cost more in overhead than
+# in arithmetic; beyond it, torch's multithreaded GEMMs.
+_ONE_PASS_MACS = 1 << 20
+
+# Function.apply's Python wrapper only adds functorch handling, which the fast path never
+# needs (``eager()``): the C++ apply saves ~3 us per step.
+_cell_apply = super(torch.autograd.Function, _Cell).apply
+
+
 def cell(kind, x, h, c, w_ih, w_hh, b_ih, b_hh):
     """One step of ``kind`` ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"): x [N, I], h (and c)
     [N, H]; returns (h', c') for LSTM, else h'. Arguments already checked by the caller
@@ -133,6 +147,21 @@ def cell(kind, x, h, c, w_ih, w_hh, b_ih, b_hh):
                                     or (c is not None and c.requires_grad)
                                     or (b_ih is not None and b_ih.requires_grad)
                                     or (b_hh is not None and b_hh.requires_grad)):
-        return _Cell.apply(kind, x, h, c, w_ih, w_hh, b_ih, b_hh)
+        return _cell_apply(kind, x, h, c, w_ih, w_hh, b_ih, b_hh)
     h1, c1, _ = _cpu.cell_forward(_cpu.CELL_KINDS[kind], x, h, c, w_ih, w_hh, b_ih, b_hh, False)
     return (h1, c1) if kind == "LSTM" else h1
+
+
+# Inference over a short sequence at a small batch: the steps of one layer and direction in
+# one call, each step's projection fused in (``steps``). Past these sizes the sequence
+# kernels win: their per-step cost is lower (the projection is one GEMM up front, the
+# recurrent panels split over the threads), their fixed cost (~100 us: projection call,
+# packed-weight check, thread team) no longer matters.
+MAX_STEPS_ROWS = 4
+MAX_STEPS = 64
+
+
+def steps(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse):
+    """Inference: ``kind``'s steps over x [T, N, I] from h (and c) [N, H], backwards with
+    ``reverse`` -> (y [T, N, H], c_n [N, H] or None)."""
+    return _cpu.cell_forward_seq(_cpu.CELL_KINDS[kind], x, h, c, w_ih, w_hh, b_ih, b_hh, reverse)

@@ -11,17 +11,15 @@ sequence's end) and goes back to a PackedSequence with the same indices.
 direction ``w_ih, w_hh[, b_ih, b_hh][, w_hr]``.
 """
 
-import os
-import threading
-
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence
 
+from . import _memory
 from . import _validation as V
 from . import backends
 from . import fastpath
-from . import ops  # noqa: F401  (registers torch.ops.fastrnn.*)
+from . import ops  # registers torch.ops.fastrnn.*
 
 __all__ = ["rnn", "lstm", "gru", "rnn_tanh", "rnn_relu",
            "lstm_cell", "gru_cell", "rnn_cell", "last_backend", "resolve_backend"]
@@ -57,8 +55,7 @@ def resolve_backend(backend, x):
     return name
 
 
-def _needs_grad(*ts):
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+_needs_grad = _memory.needs_grad
 
 
 def _split_weights(weights, num_layers, num_directions, has_biases, proj_size):
@@ -76,225 +73,52 @@ def _split_weights(weights, num_layers, num_directions, has_biases, proj_size):
     return groups
 
 
-_scratch = threading.local()
-
-
-def _projection_buffer(numel, like, slot):
-    """A reusable buffer for an inference-time input projection (never returned to the
-    caller: the recurrence op consumes it). A fresh multi-MB tensor costs first-touch
-    page faults on every call (measured here: 26 ms for 65 MB against a 4 ms fill of a
-    reused one), which is what the ops would otherwise pay per layer and direction.
-    One buffer per thread, dtype, device and slot (the two directions of a layer are
-    projected before either runs), grown when needed."""
-    bufs = getattr(_scratch, "bufs", None)
-    if bufs is None:
-        bufs = _scratch.bufs = {}
-    # inference tensors cannot be written outside inference mode, nor normal ones inside
-    key = (like.dtype, like.device, slot, torch.is_inference_mode_enabled())
-    buf = bufs.get(key)
-    if buf is None or buf.numel() < numel:
-        buf = bufs[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
-    return buf[:numel]
-
-
-_POOLED_BACKENDS = ("cpu", "numba")
-
-
-def _pooled_empty(*shape, like, backend):
-    """Uninitialised memory from the compiled extension's pool (backend "cpu") or
-    ``fastrnn._pool`` (numba): reused across training steps instead of page-faulted in."""
-    if backend == "cpu":
-        from .backends import cpu as cpu_backend
-        return cpu_backend._empty(*shape, like=like)
-    from . import _pool
-    return _pool.empty(*shape, dtype=like.dtype)
-
-
-class _PooledLinear(torch.autograd.Function):
-    """F.linear over [T, N, I] for training with the CPU kernels, whose output (the
-    [T, N, G*H] projection) and input gradient come from a buffer pool instead of fresh
-    memory. A fresh projection costs first-touch page faults each step
-    (measured here: ~15 ms of a ~205 ms LSTM training step at T500 N64 H128, 2 threads);
-    the pool hands back the block the previous step freed."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, backend):
-        T, N, _ = x.shape
-        out = _pooled_empty(T * N, weight.shape[0], like=x, backend=backend)
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias, ctx.backend = bias is not None, backend
-        return _linear_into(x, weight, bias, out)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, weight = ctx.saved_tensors
-        T, N, I = x.shape
-        g2 = g.reshape(T * N, g.shape[-1])
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            if torch.is_grad_enabled():  # create_graph=True: out= ops are not differentiable
-                dx = g2.mm(weight).view(T, N, I)
-            else:
-                dx = _pooled_empty(T * N, I, like=x, backend=ctx.backend)
-                torch.mm(g2, weight, out=dx)
-                dx = dx.view(T, N, I)
-        if ctx.needs_input_grad[1]:
-            dw = g2.t().mm(x.reshape(T * N, I))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = g2.sum(0)
-        return dx, dw, db, None
-
-
-def _linear_into(x, weight, bias, out):
-    """F.linear of x [T, N, I] written into ``out`` [T*N, G] -> [T, N, G] (no autograd)."""
-    T, N, I = x.shape
-    x2 = x.reshape(T * N, I)
-    if bias is None:
-        torch.mm(x2, weight.t(), out=out)
-    else:
-        torch.addmm(bias, x2, weight.t(), out=out)
-    return out.view(T, N, weight.shape[0])
-
-
-def _use_pool(backend, t):
-    """Whether autograd helpers put ``t``-sized training tensors in a buffer pool: eager
-    mode, the CPU kernels (compiled or numba), float32/float64."""
-    return (backend in _POOLED_BACKENDS and t.device.type == "cpu"
-            and t.dtype in (torch.float32, torch.float64)
-            and not torch.compiler.is_compiling())
-
-
-def _linear(x, weight, bias, slot, backend=None):
-    """F.linear over [T, N, I]; outside autograd and compilation, into a reused buffer;
-    in eager training on the CPU kernels, into pooled memory."""
-    if x.device.type != "cpu" or torch.compiler.is_compiling():
-        return F.linear(x, weight, bias)
-    if _needs_grad(x, weight, bias):
-        if _use_pool(backend, x):
-            return _PooledLinear.apply(x, weight, bias, backend)
-        return F.linear(x, weight, bias)
-    T, N, _ = x.shape
-    G = weight.shape[0]
-    return _linear_into(x, weight, bias, _projection_buffer(T * N * G, x, slot).view(T * N, G))
-
-
 def _project(mode, x, w, slot=0, backend=None):
     """The input projection of all steps as ONE GEMM: xg [T, N, G*H] (and GRU's b_hh)."""
     w_ih, w_hh, b_ih, b_hh, w_hr = w
     if mode == "GRU":
         if b_hh is None:
             b_hh = w_hh.new_zeros(w_hh.shape[0])
-        return _linear(x, w_ih, b_ih, slot, backend), b_hh  # b_hh stays inside the reset gate's product
+        return _memory.linear(x, w_ih, b_ih, slot, backend), b_hh  # b_hh stays inside the reset gate's product
     bias = None if b_ih is None else b_ih + b_hh
-    return _linear(x, w_ih, bias, slot, backend), None
+    return _memory.linear(x, w_ih, bias, slot, backend), None
+
+
+_OPS = {"LSTM": torch.ops.fastrnn.lstm_forward, "GRU": torch.ops.fastrnn.gru_forward,
+        "RNN": torch.ops.fastrnn.rnn_forward}
+_EAGER_OPS = {"LSTM": ops.lstm_forward_eager, "GRU": ops.gru_forward_eager,
+              "RNN": ops.rnn_forward_eager}
 
 
 def _recur(mode, xg, b_hh, h0, c0, w, lengths, reverse, backend):
     """The recurrence of one layer and direction -> (y [T, N, R], h_n [N, R], c_n|None)."""
     w_hh, w_hr = w[1], w[4]
     cn = None
+    # Inference in plain eager mode calls the op's body straight (arguments validated at
+    # the module boundary); anything autograd, compile or export sees goes through the op.
+    ops_ = _EAGER_OPS if fastpath.eager() and not _needs_grad(xg, h0, c0, w_hh, w_hr, b_hh) \
+        else _OPS
     if mode == "GRU":
         training = _needs_grad(xg, h0, w_hh, b_hh)
-        y, _ = torch.ops.fastrnn.gru_forward(xg, h0, w_hh, b_hh, lengths, reverse,
-                                             training, backend)
+        y, _ = ops_["GRU"](xg, h0, w_hh, b_hh, lengths, reverse, training, backend)
     elif mode == "LSTM":
         training = _needs_grad(xg, h0, c0, w_hh, w_hr)
-        y, cn, _, _ = torch.ops.fastrnn.lstm_forward(xg, h0, c0, w_hh, w_hr, lengths,
-                                                     reverse, training, backend)
+        y, cn, _, _ = ops_["LSTM"](xg, h0, c0, w_hh, w_hr, lengths, reverse, training, backend)
     else:
-        y = torch.ops.fastrnn.rnn_forward(xg, h0, w_hh, lengths, reverse,
-                                          mode == "RNN_RELU", backend)
+        y = ops_["RNN"](xg, h0, w_hh, lengths, reverse, mode == "RNN_RELU", backend)
     # frozen past each sequence's end: the final state is the last step's output
     index = 0 if reverse else y.shape[0] - 1
-    if y.requires_grad and _use_pool(backend, y):
-        hn = _FinalState.apply(y, index, backend)
+    if y.requires_grad and _memory.use_pool(backend, y):
+        hn = _memory.FinalState.apply(y, index, backend)
     else:
         hn = y[index]
     return y, hn, cn
-
-
-class _FinalState(torch.autograd.Function):
-    """``y[index]`` (the final state) whose gradient ``dy`` is built in pooled memory.
-
-    ``y[index]``'s own backward allocates a fresh zero [T, N, R] tensor, paying first-touch
-    page faults every training step (~6 ms for 16 MB here) when a model reads only h_n,
-    as the IMDB classifiers do; the pool hands back last step's block instead."""
-
-    @staticmethod
-    def forward(ctx, y, index, backend):
-        ctx.index, ctx.shape, ctx.backend = index, y.shape, backend
-        return y[index].clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        dy = _pooled_empty(*ctx.shape, like=g, backend=ctx.backend)
-        dy.zero_()
-        dy[ctx.index].copy_(g)
-        return dy, None, None
 
 
 def _layer_direction(mode, x, h0, c0, w, lengths, reverse, backend):
     """One layer, one direction. x [T, N, I] -> (y [T, N, R], h_n [N, R], c_n [N, H]|None)."""
     xg, b_hh = _project(mode, x, w, slot=int(reverse), backend=backend)
     return _recur(mode, xg, b_hh, h0, c0, w, lengths, reverse, backend)
-
-
-_side = {"pool": None}
-
-
-def _side_thread():
-    """One long-lived worker that runs a bidirectional layer's reverse direction."""
-    if _side["pool"] is None:
-        from concurrent.futures import ThreadPoolExecutor
-        _side["pool"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastrnn-reverse")
-    return _side["pool"]
-
-
-CONCURRENT_ENV = "FASTRNN_CONCURRENT_DIRECTIONS"
-
-
-def _concurrent_directions(backend, *tensors):
-    """Run the two directions of a layer at once (each on half the threads)? Opt-in
-    (``FASTRNN_CONCURRENT_DIRECTIONS=1``), and only for the compiled CPU kernels, in eager
-    inference (autograd runs the backward passes one after the other anyway), with at
-    least two threads.
-
-    Off by default because it measured slower everywhere here (2 cores, T500 I100 H128,
-    inference, ms, concurrent / one direction after the other): RNN N=64 37.2 / 28.8,
-    LSTM N=64 106 / 100, GRU N=64 76.5 / 69.8, LSTM N=1 3.90 / 2.73, GRU N=1 3.11 / 2.09.
-    At N=64 the row-split kernels already scale to both cores (1.95x), so there is
-    nothing to gain; and the side thread's kernel competes with torch's OpenMP workers,
-    which spin after the projection GEMM. Doing it right means one OpenMP team in C++
-    running both directions, half the team each."""
-    if os.environ.get(CONCURRENT_ENV, "").strip().lower() in ("", "0", "false", "no"):
-        return False
-    return (backend == "cpu" and torch.get_num_threads() >= 2
-            and not torch.compiler.is_compiling() and not _needs_grad(*tensors))
-
-
-def _both_directions(mode, x, h0, c0, ws, lengths, backend):
-    """Both directions of one layer: the projections one after the other (each GEMM uses
-    every thread), then the two recurrences concurrently: the kernels release the GIL and
-    run barrier-free on their own thread share, each direction's W_hh in its own core's
-    cache."""
-    from .backends import cpu as cpu_backend
-
-    (xg0, b0), (xg1, b1) = _project(mode, x, ws[0], 0), _project(mode, x, ws[1], 1)
-    nt = torch.get_num_threads()
-    n_rev = nt // 2
-    inference = torch.is_inference_mode_enabled()
-
-    def reverse_direction():
-        with torch.inference_mode(inference), torch.no_grad(), \
-                cpu_backend.thread_budget(n_rev):
-            return _recur(mode, xg1, b1, h0[1], None if c0 is None else c0[1], ws[1],
-                          lengths, True, backend)
-
-    future = _side_thread().submit(reverse_direction)
-    with cpu_backend.thread_budget(nt - n_rev):
-        fwd = _recur(mode, xg0, b0, h0[0], None if c0 is None else c0[0], ws[0], lengths,
-                     False, backend)
-    return fwd, future.result()
 
 
 def _run_layers(mode, x, h0, c0, groups, num_layers, bidirectional, dropout, train,
@@ -304,14 +128,8 @@ def _run_layers(mode, x, h0, c0, groups, num_layers, bidirectional, dropout, tra
     hns, cns = [], []
     for layer in range(num_layers):
         k = layer * D
-        ws = groups[k:k + D]
-        if D == 2 and _concurrent_directions(backend, x, h0, c0, *[t for w in ws for t in w]):
-            results = _both_directions(mode, x, h0[k:k + 2],
-                                       None if c0 is None else c0[k:k + 2], ws, lengths,
-                                       backend)
-        else:
-            results = [_layer_direction(mode, x, h0[k + d], None if c0 is None else c0[k + d],
-                                        ws[d], lengths, d == 1, backend) for d in range(D)]
+        results = [_layer_direction(mode, x, h0[k + d], None if c0 is None else c0[k + d],
+                                    groups[k + d], lengths, d == 1, backend) for d in range(D)]
         ys = []
         for y, hn, cn in results:
             ys.append(y)
@@ -430,34 +248,36 @@ def _fast_backend(backend):
 
 def _fast_one_step(mode, input, hx, weights, has_biases, num_layers, dropout, train,
                    bidirectional, batch_first, proj_size, backend):
-    """A one-step call (T = 1, no projection, not packed) in plain eager mode on the
-    compiled CPU kernels: each layer and direction is one fused cell step
-    (``fastrnn.fastpath``). Returns None whenever the general path must run (which also
-    raises every error for bad arguments)."""
+    """Plain eager calls on the compiled CPU kernels that need none of the general path's
+    machinery (``fastrnn.fastpath``): one time step (each layer and direction one fused cell
+    step, with autograd), or inference over a short sequence at a small batch (each layer
+    and direction one call running its steps). No projection, not packed. Returns None
+    whenever the general path must run (which also raises every error for bad arguments)."""
     if proj_size or not isinstance(input, torch.Tensor) or not fastpath.eager():
         return None
     dim = input.dim()
     if dim == 3:
-        if input.shape[1 if batch_first else 0] != 1:
-            return None
-        x = input[:, 0] if batch_first else input[0]
+        T = input.shape[1 if batch_first else 0]
+        x = input.transpose(0, 1) if batch_first else input  # [T, N, I]
     elif dim == 2:
-        if input.shape[0] != 1:
-            return None
-        x = input
+        T = input.shape[0]
+        x = input.unsqueeze(1)
     else:
+        return None
+    N = x.shape[1]
+    if T == 1:
+        x = x[0]
+    elif T > fastpath.MAX_STEPS or N > fastpath.MAX_STEPS_ROWS or T == 0:
         return None
     D = 2 if bidirectional else 1
     per = 2 + 2 * bool(has_biases)
     LD = num_layers * D
     is_lstm = mode == "LSTM"
     G = fastpath.CELL_GATES[mode]
-    N = x.shape[0]
     if len(weights) != per * LD or N == 0:
         return None
-    w_hh0 = weights[1]
-    H = w_hh0.shape[1]
-    if x.shape[1] != weights[0].shape[1]:
+    H = weights[1].shape[1]
+    if x.shape[-1] != weights[0].shape[1]:
         return None
     if hx is None:
         h0 = c0 = None
@@ -480,6 +300,10 @@ def _fast_one_step(mode, input, hx, weights, has_biases, num_layers, dropout, tr
         if w_hh.shape != (G * H, H) or w_ih.shape[0] != G * H or (
                 k >= D and w_ih.shape[1] != D * H):
             return None
+    if T > 1:
+        if _needs_grad(input, h0, c0, *weights):
+            return None
+        x = x.contiguous()
     if not fastpath.usable((x, h0, c0) + tuple(weights)) or not _fast_backend(backend):
         return None
     if h0 is None:
@@ -492,24 +316,29 @@ def _fast_one_step(mode, input, hx, weights, has_biases, num_layers, dropout, tr
             k = layer * D + d
             w = weights[k * per:(k + 1) * per]
             b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
-            out = fastpath.cell(mode, x, h0[k], c0[k] if is_lstm else None, w[0], w[1],
-                                b_ih, b_hh)
-            h1 = out[0] if is_lstm else out
-            ys.append(h1)
-            hns.append(h1)
-            if is_lstm:
-                cns.append(out[1])
+            c_k = c0[k] if is_lstm else None
+            if T == 1:
+                out = fastpath.cell(mode, x, h0[k], c_k, w[0], w[1], b_ih, b_hh)
+                y, cn = out if is_lstm else (out, None)
+                hns.append(y)
+            else:
+                y, cn = fastpath.steps(mode, x, h0[k], c_k, w[0], w[1], b_ih, b_hh, d == 1)
+                hns.append(y[0] if d == 1 else y[-1])
+            ys.append(y)
+            cns.append(cn)
         x = torch.cat(ys, dim=-1) if D == 2 else ys[0]
         if dropout > 0 and train and layer < num_layers - 1:
             x = F.dropout(x, p=dropout, training=True)
     hn = torch.stack(hns, 0)
     cn = torch.stack(cns, 0) if is_lstm else None
+    if T == 1:
+        x = x.unsqueeze(0)
     if dim == 3:
-        out = x.unsqueeze(1 if batch_first else 0)
+        out = x.transpose(0, 1) if batch_first else x
     else:
+        out = x.squeeze(1)
         hn = hn.squeeze(1)
         cn = cn.squeeze(1) if is_lstm else None
-        out = x
     return (out, (hn, cn)) if is_lstm else (out, hn)
 
 

@@ -31,6 +31,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import _memory
 from . import _validation as V
 from . import backends
 
@@ -103,11 +104,10 @@ def _mul(a: Tensor, b: Tensor, backend: str) -> Tensor:
     """a * b; on the CPU kernels in eager mode into pooled memory (a fresh [T, N, H] product
     page-faults in on every training step: 5.9 ms against 2.5 ms into a reused buffer at
     T500 N64 H128, measured here)."""
-    from . import functional  # functional imports this module: import at call time
     plain = type(a) is torch.Tensor and type(b) is torch.Tensor  # not traced (fake/functional)
-    if not plain or torch.is_grad_enabled() or not functional._use_pool(backend, a):
+    if not plain or torch.is_grad_enabled() or not _memory.use_pool(backend, a):
         return a * b
-    return torch.mul(a, b, out=functional._pooled_empty(*a.shape, like=a, backend=backend))
+    return torch.mul(a, b, out=_memory.pooled_empty(*a.shape, like=a, backend=backend))
 
 
 def _zeros_if_none(g: Optional[Tensor], like: Tensor) -> Tensor:
@@ -128,6 +128,12 @@ def lstm_forward(xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optiona
     if w_hr is None and R != H:
         raise RuntimeError(f"fastrnn::lstm_forward: h0 must have shape {[N, H]} without "
                            f"w_hr, got {list(h0.shape)}")
+    return lstm_forward_eager(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, backend)
+
+
+def lstm_forward_eager(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, backend):
+    """``fastrnn::lstm_forward`` without the dispatcher and its checks, for eager inference
+    with arguments validated by the caller (the dispatcher costs ~55 us a call here)."""
     xg, h0, c0, w_hh, w_hr, lengths = _contig(xg, h0, c0, w_hh, w_hr, lengths)
     y, cn, gates, cs = backends.get(backend).lstm_forward(
         xg, h0, c0, w_hh, w_hr, lengths, reverse, training)
@@ -226,6 +232,11 @@ def gru_forward(xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor,
     V.check_op_args("gru_forward", xg, [
         ("xg", xg, (T, N, 3 * H)), ("h0", h0, (N, H)), ("w_hh", w_hh, (3 * H, H)),
         ("b_hh", b_hh, (3 * H,))], lengths)
+    return gru_forward_eager(xg, h0, w_hh, b_hh, lengths, reverse, training, backend)
+
+
+def gru_forward_eager(xg, h0, w_hh, b_hh, lengths, reverse, training, backend):
+    """``fastrnn::gru_forward`` without the dispatcher (see ``lstm_forward_eager``)."""
     xg, h0, w_hh, b_hh, lengths = _contig(xg, h0, w_hh, b_hh, lengths)
     y, saved = backends.get(backend).gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training)
     if not training:
@@ -309,6 +320,11 @@ def rnn_forward(xg: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
     T, N, H = xg.shape if xg.dim() == 3 else (0, 0, 0)
     V.check_op_args("rnn_forward", xg, [("h0", h0, (N, H)), ("w_hh", w_hh, (H, H))],
                     lengths)
+    return rnn_forward_eager(xg, h0, w_hh, lengths, reverse, relu, backend)
+
+
+def rnn_forward_eager(xg, h0, w_hh, lengths, reverse, relu, backend):
+    """``fastrnn::rnn_forward`` without the dispatcher (see ``lstm_forward_eager``)."""
     xg, h0, w_hh, lengths = _contig(xg, h0, w_hh, lengths)
     y = backends.get(backend).rnn_forward(xg, h0, w_hh, lengths, reverse, relu)
     return _fresh([y], [xg, h0, w_hh, lengths])[0]

@@ -288,3 +288,95 @@ def test_training_loop_matches_torch_nn(calls):
             res.append([p.grad for p in mod.parameters()])
         _assert_all_close(res[1], res[0], _tol(F64))
     assert calls["n"] == 20 * len(CELLS)
+
+
+@pytest.fixture
+def step_calls(monkeypatch):
+    """Counts the multi-step inference calls the fast path makes."""
+    count = {"n": 0}
+    real = fastpath.steps
+
+    def counting(*args):
+        count["n"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(fastpath, "steps", counting)
+    return count
+
+
+@pytest.mark.parametrize("kind,layers,bidirectional,batch_first,T,N,dtype", [
+    (k, l, d, bf, t, n, dt) for k, l, d, bf, t, n, dt in itertools.product(
+        ["LSTM", "GRU", "RNN"], [1, 2], [False, True], [False, True], [2, 7],
+        [1, 4, 5], [F32, F64])])
+def test_short_sequence_inference_matches_torch_nn_and_op_path(
+        kind, layers, bidirectional, batch_first, T, N, dtype, step_calls, op_path):
+    """T > 1 at a small batch, inference: one call per layer and direction (N <= 4); the
+    general path otherwise (N = 5)."""
+    ref, fast = _layer_pair(kind, 11, 13, layers, bidirectional, batch_first, dtype)
+    D = 2 if bidirectional else 1
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(*((N, T, 11) if batch_first else (T, N, 11)), dtype=dtype, generator=gen)
+    h = torch.randn(layers * D, N, 13, dtype=dtype, generator=gen)
+    hx = (h, torch.randn(h.shape, dtype=dtype, generator=gen)) if kind == "LSTM" else h
+    with torch.inference_mode():
+        want = _flat_out(ref(x, hx))
+        got = _flat_out(fast(x, hx))
+        got_default = _flat_out(fast(x))
+        want_default = _flat_out(ref(x))
+    assert step_calls["n"] == (2 * layers * D if N <= fastpath.MAX_STEPS_ROWS else 0)
+    op_path()
+    with torch.inference_mode():
+        via_ops = _flat_out(fast(x, hx))
+    tol = _tol(dtype)
+    _assert_all_close(got, want, tol)
+    _assert_all_close(got, via_ops, tol)
+    _assert_all_close(got_default, want_default, tol)
+
+
+def _flat_out(res):
+    y, hn = res
+    return [y] + (list(hn) if isinstance(hn, tuple) else [hn])
+
+
+@pytest.mark.parametrize("case", ["grad", "long", "unbatched"])
+def test_short_sequence_where_it_applies(case, step_calls):
+    ref, fast = _layer_pair("LSTM", 3, 4, 1, True, False, F64)
+    if case == "grad":  # autograd needs the op path (saved activations)
+        x = torch.randn(3, 2, 3, dtype=F64, requires_grad=True)
+        fast(x)[0].sum().backward()
+        assert step_calls["n"] == 0 and x.grad is not None
+    elif case == "long":
+        with torch.no_grad():
+            fast(torch.randn(fastpath.MAX_STEPS + 1, 1, 3, dtype=F64))
+        assert step_calls["n"] == 0
+    else:
+        x = torch.randn(5, 3, dtype=F64)
+        with torch.no_grad():
+            got, want = _flat_out(fast(x)), _flat_out(ref(x))
+        _assert_all_close(got, want, _tol(F64))
+        assert step_calls["n"] == 2
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
+@pytest.mark.parametrize("N", [3, 9])
+def test_kernel_steps_both_paths(kind, N):
+    """The multi-step kernel entry on its dot-product (N <= 4) and packed (N > 4) paths,
+    in both directions, against torch.nn."""
+    from fastrnn.backends import cpu
+    mode = {"LSTM": "LSTM", "GRU": "GRU"}.get(kind, "RNN")
+    kw = {"nonlinearity": "relu"} if kind == "RNN_RELU" else {}
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, mode)(6, 20, bidirectional=True, dtype=F64, **kw)
+    x = torch.randn(5, N, 6, dtype=F64)
+    h0 = torch.randn(2, N, 20, dtype=F64)
+    c0 = torch.randn(2, N, 20, dtype=F64)
+    with torch.no_grad():
+        y, hn = ref(x, (h0, c0) if mode == "LSTM" else h0)
+        for d, sfx in ((0, ""), (1, "_reverse")):
+            w = [getattr(ref, f"{n}_l0{sfx}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            yd, cn = cpu.cell_forward_seq(cpu.CELL_KINDS[kind], x, h0[d].contiguous(),
+                                          c0[d].contiguous() if mode == "LSTM" else None,
+                                          *w, reverse=bool(d))
+            torch.testing.assert_close(yd, y[..., d * 20:(d + 1) * 20])
+            if mode == "LSTM":
+                torch.testing.assert_close(cn, hn[1][d])

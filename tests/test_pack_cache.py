@@ -1,6 +1,9 @@
 """The compiled CPU backend's packed-weight cache: a hit is used only when the weights'
 bytes are unchanged, whatever changed them (optimizer steps, ``.data`` writes that do not
-bump torch's version counter, other weights at a reused address); limits hold."""
+bump torch's version counter, other weights at a reused address); limits hold.
+
+The module inputs have batches above ``fastpath.MAX_STEPS_ROWS``: short sequences at smaller
+batches run, in inference, the fused step kernel, which reads the weights unpacked."""
 import pytest
 import torch
 
@@ -48,12 +51,12 @@ def _check(ref, fast, x):
 @pytest.mark.parametrize("kind", KINDS)
 def test_repeated_calls_hit(cpu, kind):
     ref, fast = _pair(kind)
-    x = torch.randn(6, 3, 5)
+    x = torch.randn(6, 6, 5)
     _check(ref, fast, x)
     first = cpu.pack_cache_info()
     assert first["entries"] >= 1 and first["misses"] >= 1 and first["hits"] == 0
     _check(ref, fast, x)
-    _check(ref, fast, torch.randn(4, 1, 5))
+    _check(ref, fast, torch.randn(4, 7, 5))
     second = cpu.pack_cache_info()
     assert second["hits"] >= 2 and second["misses"] == first["misses"]
     assert second["entries"] == first["entries"]
@@ -62,7 +65,7 @@ def test_repeated_calls_hit(cpu, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_data_writes_without_version_bump_are_seen(cpu, kind):
     ref, fast = _pair(kind, proj_size=4) if kind == "LSTM" else _pair(kind)
-    x = torch.randn(6, 2, 5)
+    x = torch.randn(6, 6, 5)
     _check(ref, fast, x)
     for name, p in fast.named_parameters():
         version = p._version
@@ -103,7 +106,7 @@ def test_training_steps_match_torch(cpu):
     ref, fast = _pair("LSTM", num_layers=2, bidirectional=True)
     opt_r = torch.optim.SGD(ref.parameters(), lr=0.5)
     opt_f = torch.optim.SGD(fast.parameters(), lr=0.5)
-    x = torch.randn(7, 3, 5)
+    x = torch.randn(7, 6, 5)
     for _ in range(3):
         for m, opt in ((ref, opt_r), (fast, opt_f)):
             opt.zero_grad()
@@ -116,7 +119,7 @@ def test_training_steps_match_torch(cpu):
 
 def test_limit_zero_turns_it_off_and_limits_hold(cpu):
     ref, fast = _pair("GRU")
-    x = torch.randn(4, 2, 5)
+    x = torch.randn(4, 6, 5)
     cpu.set_pack_cache_limit(0)
     _check(ref, fast, x)
     _check(ref, fast, x)
@@ -144,7 +147,7 @@ def test_forked_child_starts_with_fresh_caches(cpu):
     used OpenMP (torch.mm hangs there too)."""
     import os
     ref, fast = _pair("LSTM")
-    x = torch.randn(6, 2, 5)
+    x = torch.randn(6, 6, 5)
     with torch.no_grad():
         want = fast(x)[0]
     assert cpu.pack_cache_info()["entries"] >= 1

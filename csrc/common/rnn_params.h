@@ -109,6 +109,9 @@ struct RnnBackwardParams {
 // one-step (T = 1) layer call computes. G = 4 (LSTM), 3 (GRU), 1 (RNN).
 enum CellKind : int { kCellLstm = 0, kCellGru = 1, kCellRnnTanh = 2, kCellRnnRelu = 3 };
 
+// With T_ > 1 (inference only, saved == nullptr): T_ such steps, the state carried from
+// one to the next, x and h_out holding every step ([T, N, I], [T, N, H]), c_out the last
+// cell state; `reverse` runs t = T-1 .. 0.
 template <typename T>
 struct CellForwardParams {
   int64_t N, I, H;
@@ -125,6 +128,8 @@ struct CellForwardParams {
   T* saved;                 // [N, 4H] for backward, or nullptr: LSTM activated i,f,g,o;
                             //   GRU r, z, n and W_hn h + b_hn (RNN: nullptr, h_out suffices)
   int num_threads;
+  int64_t T_ = 1;
+  bool reverse = false;
 };
 
 template <typename T>
@@ -142,6 +147,18 @@ struct CellBackwardParams {
   T* dpre_h;                // [N, G*H] GRU: gradient of h W_hh^T + b_hh; else nullptr (== dpre_x)
   T* dc;                    // [N, H] LSTM: gradient of c; else nullptr
   T* dh_direct;             // [N, H] GRU: z * dh (h's direct path into h_out); else nullptr
+  // The products with the weights, computed here when dw_ih is given (few rows: one pass
+  // over the weights); otherwise left to the caller's GEMMs and these are unused.
+  int64_t I;
+  const T* x;               // [N, I]
+  const T* w_ih;            // [G*H, I]
+  const T* w_hh;            // [G*H, H]
+  T* dx;                    // [N, I] or nullptr (not needed)
+  T* dh;                    // [N, H] gradient of h (dh_direct included)
+  T* dw_ih;                 // [G*H, I]
+  T* dw_hh;                 // [G*H, H]
+  T* db_ih;                 // [G*H] or nullptr (no bias)
+  T* db_hh;                 // [G*H] or nullptr (no bias)
 };
 
 }  // namespace fastrnn

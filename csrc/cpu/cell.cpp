@@ -101,6 +101,12 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
     }
   }
 
+  // The step being computed (several with T_ > 1): its input, state in and out.
+  struct Step {
+    const T *x, *h, *c;
+    T *h_out, *c_out, *saved;
+  } st{a.x, a.h, a.c, a.h_out, a.c_out, a.saved};
+
   // px: G pre-activation vectors of the input side (with the hidden side added, except
   // for GRU); ph: GRU's hidden side.
   auto epilogue = [&](int64_t n, int64_t u, int cnt, const V* px, const V* ph) {
@@ -110,11 +116,11 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
       const V f = vsigmoid<T>(px[1] + vload_n(b + H, cnt));
       const V g = vtanh<T>(px[2] + vload_n(b + 2 * H, cnt));
       const V o = vsigmoid<T>(px[3] + vload_n(b + 3 * H, cnt));
-      const V cn = f * vload_n(a.c + n * H + u, cnt) + i * g;
-      vstore_n(a.c_out + n * H + u, cn, cnt);
-      vstore_n(a.h_out + n * H + u, o * vtanh<T>(cn), cnt);
-      if (a.saved) {
-        T* s = a.saved + n * 4 * H + u;
+      const V cn = f * vload_n(st.c + n * H + u, cnt) + i * g;
+      vstore_n(st.c_out + n * H + u, cn, cnt);
+      vstore_n(st.h_out + n * H + u, o * vtanh<T>(cn), cnt);
+      if (st.saved) {
+        T* s = st.saved + n * 4 * H + u;
         vstore_n(s, i, cnt);
         vstore_n(s + H, f, cnt);
         vstore_n(s + 2 * H, g, cnt);
@@ -126,10 +132,10 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
       const V r = vsigmoid<T>(px[0] + vload_n(b, cnt) + ph[0] + vload_n(c, cnt));
       const V z = vsigmoid<T>(px[1] + vload_n(b + H, cnt) + ph[1] + vload_n(c + H, cnt));
       const V nn = vtanh<T>(px[2] + vload_n(b + 2 * H, cnt) + r * hn);
-      const V hp = vload_n(a.h + n * H + u, cnt);
-      vstore_n(a.h_out + n * H + u, ((T)1 - z) * nn + z * hp, cnt);
-      if (a.saved) {
-        T* s = a.saved + n * 4 * H + u;
+      const V hp = vload_n(st.h + n * H + u, cnt);
+      vstore_n(st.h_out + n * H + u, ((T)1 - z) * nn + z * hp, cnt);
+      if (st.saved) {
+        T* s = st.saved + n * 4 * H + u;
         vstore_n(s, r, cnt);
         vstore_n(s + H, z, cnt);
         vstore_n(s + 2 * H, nn, cnt);
@@ -137,42 +143,54 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
       }
     } else {
       const V pre = px[0] + vload_n(b, cnt);
-      vstore_n(a.h_out + n * H + u, Cell == kCellRnnRelu ? vrelu<T>(pre) : vtanh<T>(pre), cnt);
+      vstore_n(st.h_out + n * H + u, Cell == kCellRnnRelu ? vrelu<T>(pre) : vtanh<T>(pre), cnt);
     }
   };
 
   const int64_t macs = N * GH * (I + H);
   const int nt = macs >= kParallelMacs ? std::max(1, a.num_threads) : 1;
 
+  auto set_step = [&](int64_t s) {
+    if (a.T_ == 1) return;
+    const int64_t t = a.reverse ? a.T_ - 1 - s : s;
+    st.x = a.x + t * N * I;
+    st.h = s == 0 ? a.h : a.h_out + (a.reverse ? t + 1 : t - 1) * N * H;
+    st.c = s == 0 ? a.c : a.c_out;  // read, then overwritten in place element by element
+    st.h_out = a.h_out + t * N * H;
+  };
+
   if (N <= kDirectRows) {
     Buffer<T> pre = make_buffer<T>(2 * N * GH);
     T* px = pre.get();
     T* ph = pre.get() + N * GH;
-    auto dots = [&](int64_t j0, int64_t j1) {
-      rowdots<T>(a.w_ih, I, a.x, N, j0, j1, px, GH);
-      rowdots<T>(a.w_hh, H, a.h, N, j0, j1, ph, GH);
-    };
-    if (nt > 1) {
+    for (int64_t s = 0; s < a.T_; ++s) {
+      set_step(s);
+      auto dots = [&](int64_t j0, int64_t j1) {
+        rowdots<T>(a.w_ih, I, st.x, N, j0, j1, px, GH);
+        rowdots<T>(a.w_hh, H, st.h, N, j0, j1, ph, GH);
+      };
+      if (nt > 1) {
 #pragma omp parallel num_threads(nt)
-      {
-        const int tid = omp_get_thread_num(), nthr = omp_get_num_threads();
-        const int64_t blocks = (GH + 3) / 4;
-        dots(std::min(GH, blocks * tid / nthr * 4), std::min(GH, blocks * (tid + 1) / nthr * 4));
-      }
-    } else {
-      dots(0, GH);
-    }
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t u = 0; u < H; u += W) {
-        const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
-        V vx[G], vh[G];
-        for (int g = 0; g < G; ++g) {
-          vx[g] = vload_n(px + n * GH + g * H + u, cnt);
-          vh[g] = vload_n(ph + n * GH + g * H + u, cnt);
-          if (!kGru) vx[g] += vh[g];
+        {
+          const int tid = omp_get_thread_num(), nthr = omp_get_num_threads();
+          const int64_t blocks = (GH + 3) / 4;
+          dots(std::min(GH, blocks * tid / nthr * 4), std::min(GH, blocks * (tid + 1) / nthr * 4));
         }
-        epilogue(n, u, cnt, vx, vh);
+      } else {
+        dots(0, GH);
       }
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t u = 0; u < H; u += W) {
+          const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
+          V vx[G], vh[G];
+          for (int g = 0; g < G; ++g) {
+            vx[g] = vload_n(px + n * GH + g * H + u, cnt);
+            vh[g] = vload_n(ph + n * GH + g * H + u, cnt);
+            if (!kGru) vx[g] += vh[g];
+          }
+          epilogue(n, u, cnt, vx, vh);
+        }
+    }
     return;
   }
 
@@ -195,30 +213,63 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
     const WorkSplit ws(P, N, omp_get_thread_num(), omp_get_num_threads(), MR, &bar);
     alignas(64) V accx[MR * NB];
     alignas(64) V acch[MR * NB];
-    for (int64_t p = ws.p_begin; p < ws.p_end; ++p) {
-      const T* Bx = wx.get() + p * I * NB * W;
-      const T* Bh = wh.get() + p * H * NB * W;
-      for (int64_t n = ws.r_begin; n < ws.r_end; n += MR) {
-        const int mr = static_cast<int>(std::min<int64_t>(MR, ws.r_end - n));
-        micro_tile_rows<T, NB>(mr, a.x + n * I, I, I, Bx, accx);
-        if constexpr (kGru)
-          micro_tile_rows<T, NB>(mr, a.h + n * H, H, H, Bh, acch);
-        else
-          micro_tile_rows<T, NB, /*Accumulate=*/true>(mr, a.h + n * H, H, H, Bh, accx);
-        for (int r = 0; r < mr; ++r) {
-          const V* ax = accx + r * NB;
-          if constexpr (G == 1) {
-            for (int b = 0; b < NB; ++b) {
-              const int64_t u = (p * NB + b) * W;
-              if (u >= H) break;
-              epilogue(n + r, u, static_cast<int>(std::min<int64_t>(W, H - u)), ax + b, nullptr);
+    for (int64_t s = 0; s < a.T_; ++s) {
+      if (a.T_ > 1) {  // every thread takes the same branch
+#pragma omp barrier
+#pragma omp single
+        set_step(s);  // the previous step complete; the single's implied barrier publishes it
+      }
+      for (int64_t p = ws.p_begin; p < ws.p_end; ++p) {
+        const T* Bx = wx.get() + p * I * NB * W;
+        const T* Bh = wh.get() + p * H * NB * W;
+        for (int64_t n = ws.r_begin; n < ws.r_end; n += MR) {
+          const int mr = static_cast<int>(std::min<int64_t>(MR, ws.r_end - n));
+          micro_tile_rows<T, NB>(mr, st.x + n * I, I, I, Bx, accx);
+          if constexpr (kGru)
+            micro_tile_rows<T, NB>(mr, st.h + n * H, H, H, Bh, acch);
+          else
+            micro_tile_rows<T, NB, /*Accumulate=*/true>(mr, st.h + n * H, H, H, Bh, accx);
+          for (int r = 0; r < mr; ++r) {
+            const V* ax = accx + r * NB;
+            if constexpr (G == 1) {
+              for (int b = 0; b < NB; ++b) {
+                const int64_t u = (p * NB + b) * W;
+                if (u >= H) break;
+                epilogue(n + r, u, static_cast<int>(std::min<int64_t>(W, H - u)), ax + b, nullptr);
+              }
+            } else {
+              const int64_t u = p * W;
+              epilogue(n + r, u, static_cast<int>(std::min<int64_t>(W, H - u)), ax, acch + r * NB);
             }
-          } else {
-            const int64_t u = p * W;
-            epilogue(n + r, u, static_cast<int>(std::min<int64_t>(W, H - u)), ax, acch + r * NB);
           }
         }
       }
+    }
+  }
+}
+
+// out[n, :K] += sum_j d[n, j] * w[j, :K] and dw[j, :K] = sum_n d[n, j] * a[n, :K], for every
+// row j of w [rows, K]: the two weight products of a step's backward in one pass over w.
+template <typename T>
+void weight_products(const T* __restrict w, int64_t rows, int64_t K, const T* __restrict d,
+                     int64_t ldd, const T* __restrict a, int64_t N, T* __restrict out,
+                     T* __restrict dw) {
+  constexpr int W = Vec<T>::W;
+  using V = vec_t<T>;
+  for (int64_t j = 0; j < rows; ++j) {
+    const T* wr = w + j * K;
+    T* dwr = dw + j * K;
+    for (int64_t k = 0; k < K; k += W) {
+      const int cnt = static_cast<int>(std::min<int64_t>(W, K - k));
+      const V wv = vload_n(wr + k, cnt);
+      V acc = vzero<T>();
+      for (int64_t n = 0; n < N; ++n) {
+        const V dv = vset<T>(d[n * ldd + j]);
+        T* o = out ? out + n * K + k : nullptr;
+        if (o) vstore_n(o, vload_n(o, cnt) + dv * wv, cnt);
+        acc += dv * vload_n(a + n * K + k, cnt);
+      }
+      vstore_n(dwr + k, acc, cnt);
     }
   }
 }
@@ -266,6 +317,25 @@ void cell_backward_impl(const CellBackwardParams<T>& a) {
         const V d = Cell == kCellRnnRelu ? (y > vzero<T>() ? dh : vzero<T>()) : dh * ((T)1 - y * y);
         vstore_n(dx, d, cnt);
       }
+    }
+  if (!a.dw_ih) return;
+  const T* dph = Cell == kCellGru ? a.dpre_h : a.dpre_x;
+  if (a.dx) std::fill(a.dx, a.dx + N * a.I, T(0));
+  if (Cell == kCellGru)
+    std::copy(a.dh_direct, a.dh_direct + N * H, a.dh);
+  else
+    std::fill(a.dh, a.dh + N * H, T(0));
+  weight_products<T>(a.w_ih, GH, a.I, a.dpre_x, GH, a.x, N, a.dx, a.dw_ih);
+  weight_products<T>(a.w_hh, GH, H, dph, GH, a.h, N, a.dh, a.dw_hh);
+  if (a.db_ih)
+    for (int64_t j = 0; j < GH; ++j) {
+      T sx = T(0), sh = T(0);
+      for (int64_t n = 0; n < N; ++n) {
+        sx += a.dpre_x[n * GH + j];
+        sh += dph[n * GH + j];
+      }
+      a.db_ih[j] = sx;
+      a.db_hh[j] = sh;
     }
 }
 

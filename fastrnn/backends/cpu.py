@@ -7,9 +7,7 @@ makes sure each input is a dense tensor of the dtype the kernel reads, and passe
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
 
 import torch
 import torch.utils.dlpack
@@ -103,25 +101,8 @@ def _lengths(lengths, T, N):
     return lengths
 
 
-_budget = threading.local()
-
-
-@contextlib.contextmanager
-def thread_budget(n):
-    """Kernels called from this thread inside the block use ``n`` threads instead of
-    ``torch.get_num_threads()`` (fastrnn.functional runs the two directions of a layer
-    concurrently, each on its share)."""
-    old = getattr(_budget, "n", None)
-    _budget.n = max(1, int(n))
-    try:
-        yield
-    finally:
-        _budget.n = old
-
-
 def _threads():
-    n = getattr(_budget, "n", None)
-    return n if n is not None else max(1, torch.get_num_threads())
+    return max(1, torch.get_num_threads())
 
 
 def _empty(*shape, like):
@@ -129,6 +110,21 @@ def _empty(*shape, like):
     when torch frees the tensor, so a training loop stops paying first-touch page
     faults for its saved activations and gate gradients every step)."""
     return torch.utils.dlpack.from_dlpack(_C.pooled_empty(list(shape), like.element_size()))
+
+
+_POOL_MIN_BYTES = 1 << 20
+
+
+def _out(*shape, like):
+    """Output memory: from the pool (``_empty``) when it is large enough for first-touch page
+    faults to matter, else plain ``torch.empty`` (malloc reuses small blocks itself, and the
+    pool's DLPack hand-over costs a few microseconds a tensor: a visible share of a short call)."""
+    numel = 1
+    for s in shape:
+        numel *= s
+    if numel * like.element_size() < _POOL_MIN_BYTES:
+        return torch.empty(shape, dtype=like.dtype)
+    return _empty(*shape, like=like)
 
 
 def pool_cached_bytes():
@@ -173,10 +169,10 @@ def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training):
     H = G // 4
     R = w_hh.shape[1]
     lengths = _lengths(lengths, T, N)
-    y = _empty(T, N, R, like=xg)
-    cn = _empty(N, H, like=xg)
-    gates = _empty(T, N, 4 * H, like=xg) if training else xg.new_empty(0)
-    cs = _empty(T, N, H, like=xg) if training else xg.new_empty(0)
+    y = _out(T, N, R, like=xg)
+    cn = _out(N, H, like=xg)
+    gates = _out(T, N, 4 * H, like=xg) if training else xg.new_empty(0)
+    cs = _out(T, N, H, like=xg) if training else xg.new_empty(0)
     _C.lstm_forward(xg.element_size(), T, N, H, R, _ptr(xg), _ptr(h0), _ptr(c0), _ptr(w_hh),
                     _ptr(w_hr), _ptr(lengths), bool(reverse), _ptr(y), _ptr(cn), _ptr(gates),
                     _ptr(cs), _threads())
@@ -191,10 +187,10 @@ def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs):
     T, N, R = dy.shape
     H = c0.shape[1]
     lengths = _lengths(lengths, T, N)
-    dgates = _empty(T, N, 4 * H, like=dy)
-    dh0 = _empty(N, R, like=dy)
-    dc0 = _empty(N, H, like=dy)
-    dr = _empty(T, N, R, like=dy) if w_hr is not None else dy.new_empty(0)
+    dgates = _out(T, N, 4 * H, like=dy)
+    dh0 = _out(N, R, like=dy)
+    dc0 = _out(N, H, like=dy)
+    dr = _out(T, N, R, like=dy) if w_hr is not None else dy.new_empty(0)
     _C.lstm_backward(dy.element_size(), T, N, H, R, _ptr(dy), _ptr(dcn), _ptr(h0), _ptr(c0),
                      _ptr(w_hh), _ptr(w_hr), _ptr(lengths), bool(reverse), _ptr(y), _ptr(gates),
                      _ptr(cs), _ptr(dgates), _ptr(dh0), _ptr(dc0), _ptr(dr), _threads())
@@ -208,8 +204,8 @@ def gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training):
     T, N, G = xg.shape
     H = G // 3
     lengths = _lengths(lengths, T, N)
-    y = _empty(T, N, H, like=xg)
-    saved = _empty(T, N, 4 * H, like=xg) if training else xg.new_empty(0)
+    y = _out(T, N, H, like=xg)
+    saved = _out(T, N, 4 * H, like=xg) if training else xg.new_empty(0)
     _C.gru_forward(xg.element_size(), T, N, H, _ptr(xg), _ptr(h0), _ptr(w_hh), _ptr(b_hh),
                    _ptr(lengths), bool(reverse), _ptr(y), _ptr(saved), _threads())
     return y, saved
@@ -221,8 +217,8 @@ def gru_backward(dy, h0, w_hh, lengths, reverse, y, saved):
     _check(dy, h0, w_hh, y, saved)
     T, N, H = dy.shape
     lengths = _lengths(lengths, T, N)
-    dxg = _empty(T, N, 3 * H, like=dy)
-    dh0 = _empty(N, H, like=dy)
+    dxg = _out(T, N, 3 * H, like=dy)
+    dh0 = _out(N, H, like=dy)
     _C.gru_backward(dy.element_size(), T, N, H, _ptr(dy), _ptr(h0), _ptr(w_hh), _ptr(lengths),
                     bool(reverse), _ptr(y), _ptr(saved), _ptr(dxg), _ptr(dh0), _threads())
     return dxg, dh0
@@ -234,7 +230,7 @@ def rnn_forward(xg, h0, w_hh, lengths, reverse, relu):
     _check(xg, h0, w_hh)
     T, N, H = xg.shape
     lengths = _lengths(lengths, T, N)
-    y = _empty(T, N, H, like=xg)
+    y = _out(T, N, H, like=xg)
     _C.rnn_forward(xg.element_size(), T, N, H, _ptr(xg), _ptr(h0), _ptr(w_hh), _ptr(lengths),
                    bool(reverse), bool(relu), _ptr(y), _threads())
     return y
@@ -246,8 +242,8 @@ def rnn_backward(dy, h0, w_hh, lengths, reverse, relu, y):
     _check(dy, h0, w_hh, y)
     T, N, H = dy.shape
     lengths = _lengths(lengths, T, N)
-    dxg = _empty(T, N, H, like=dy)
-    dh0 = _empty(N, H, like=dy)
+    dxg = _out(T, N, H, like=dy)
+    dh0 = _out(N, H, like=dy)
     _C.rnn_backward(dy.element_size(), T, N, H, _ptr(dy), _ptr(h0), _ptr(w_hh), _ptr(lengths),
                     bool(reverse), bool(relu), _ptr(y), _ptr(dxg), _ptr(dh0), _threads())
     return dxg, dh0
@@ -275,20 +271,35 @@ def cell_forward(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, training):
     h_out = torch.empty((N, H), dtype=dtype)
     c_out = torch.empty((N, H), dtype=dtype) if kind == _LSTM else None
     saved = torch.empty((N, 4 * H), dtype=dtype) if training and kind <= _GRU else None
-    n = getattr(_budget, "n", None)
     _C.cell_forward(x.element_size(), kind, N, I, H, x.data_ptr(), h.data_ptr(),
                     0 if c is None else c.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(),
                     0 if b_ih is None else b_ih.data_ptr(), 0 if b_hh is None else b_hh.data_ptr(),
                     h_out.data_ptr(), 0 if c_out is None else c_out.data_ptr(),
-                    0 if saved is None else saved.data_ptr(),
-                    n if n is not None else max(1, torch.get_num_threads()))
+                    0 if saved is None else saved.data_ptr(), max(1, torch.get_num_threads()))
     return h_out, c_out, saved
+
+
+def cell_forward_seq(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse):
+    """``T`` inference steps of ``cell_forward`` in one call, the state carried: x [T, N, I]
+    -> (y [T, N, H], c_n [N, H] or None)."""
+    T, N, I = x.shape
+    H = w_hh.shape[1]
+    dtype = x.dtype
+    y = torch.empty((T, N, H), dtype=dtype)
+    c_out = torch.empty((N, H), dtype=dtype) if kind == _LSTM else None
+    _C.cell_forward(x.element_size(), kind, N, I, H, x.data_ptr(), h.data_ptr(),
+                    0 if c is None else c.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(),
+                    0 if b_ih is None else b_ih.data_ptr(), 0 if b_hh is None else b_hh.data_ptr(),
+                    y.data_ptr(), 0 if c_out is None else c_out.data_ptr(), 0,
+                    max(1, torch.get_num_threads()), T, bool(reverse))
+    return y, c_out
 
 
 def cell_backward(kind, dh_out, dc_out, h, c, h_out, c_out, saved, G):
     """The pointwise backward of ``cell_forward``: (dpre_x [N, G*H], dpre_h [N, G*H] (GRU;
     else the same tensor as dpre_x), dc [N, H] (LSTM) or None, dh_direct [N, H] (GRU) or
-    None). The products with the weights are left to the caller."""
+    None). The products with the weights are left to the caller (``cell_backward_all``
+    does them too)."""
     N, H = dh_out.shape
     dpre_x = dh_out.new_empty((N, G * H))
     gru = kind == _GRU
@@ -298,5 +309,34 @@ def cell_backward(kind, dh_out, dc_out, h, c, h_out, c_out, saved, G):
     _C.cell_backward(dh_out.element_size(), kind, N, H, dh_out.data_ptr(), _opt_ptr(dc_out),
                      _opt_ptr(h), _opt_ptr(c), _opt_ptr(h_out), _opt_ptr(c_out), _opt_ptr(saved),
                      dpre_x.data_ptr(), dpre_h.data_ptr() if gru else 0, _opt_ptr(dc),
-                     _opt_ptr(dh_direct))
+                     _opt_ptr(dh_direct), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     return dpre_x, dpre_h, dc, dh_direct
+
+
+def cell_backward_all(kind, dh_out, dc_out, x, h, c, w_ih, w_hh, h_out, c_out, saved, G,
+                      need_dx, has_bias):
+    """The whole backward of ``cell_forward`` in one call, one pass over the weights (for
+    few rows): (dx [N, I] or None, dh [N, H], dc [N, H] or None, dw_ih, dw_hh, db_ih|None,
+    db_hh|None)."""
+    N, H = dh_out.shape
+    I = x.shape[1]
+    GH = G * H
+    dtype = dh_out.dtype
+    scratch = torch.empty((2 * N * GH + 2 * N * H,), dtype=dtype)  # dpre_x, dpre_h, dh_direct
+    sp = scratch.data_ptr()
+    es = dh_out.element_size()
+    gru = kind == _GRU
+    dx = torch.empty((N, I), dtype=dtype) if need_dx else None
+    dh = torch.empty((N, H), dtype=dtype)
+    dc = torch.empty((N, H), dtype=dtype) if kind == _LSTM else None
+    dw_ih = torch.empty((GH, I), dtype=dtype)
+    dw_hh = torch.empty((GH, H), dtype=dtype)
+    db_ih = torch.empty((GH,), dtype=dtype) if has_bias else None
+    db_hh = torch.empty((GH,), dtype=dtype) if has_bias else None
+    _C.cell_backward(es, kind, N, H, dh_out.data_ptr(), _opt_ptr(dc_out), h.data_ptr(),
+                     _opt_ptr(c), h_out.data_ptr(), _opt_ptr(c_out), _opt_ptr(saved),
+                     sp, sp + N * GH * es if gru else 0, _opt_ptr(dc),
+                     sp + 2 * N * GH * es if gru else 0, I, x.data_ptr(), w_ih.data_ptr(),
+                     w_hh.data_ptr(), _opt_ptr(dx), dh.data_ptr(), dw_ih.data_ptr(),
+                     dw_hh.data_ptr(), _opt_ptr(db_ih), _opt_ptr(db_hh))
+    return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
