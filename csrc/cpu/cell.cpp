@@ -335,7 +335,7 @@ void cell_backward_impl(const CellBackwardParams<T>& a) {
         sh += dph[n * GH + j];
       }
       a.db_ih[j] = sx;
-      a.db_hh[j] = sh;
+      a.db_hh[j] = sh;  // (LSTM, RNN: sx again, and db_hh may be db_ih itself)
     }
 }
 

@@ -8,6 +8,7 @@ makes sure each input is a dense tensor of the dtype the kernel reads, and passe
 from __future__ import annotations
 
 import os
+import threading
 
 import torch
 import torch.utils.dlpack
@@ -313,6 +314,22 @@ def cell_backward(kind, dh_out, dc_out, h, c, h_out, c_out, saved, G):
     return dpre_x, dpre_h, dc, dh_direct
 
 
+_scratch = threading.local()
+
+
+def _scratch_ptr(numel, dtype):
+    """The address of a per-thread scratch buffer of at least ``numel`` elements (kernel
+    workspace that never leaves the call)."""
+    key = (dtype, "scratch")
+    buf = getattr(_scratch, "bufs", None)
+    if buf is None:
+        buf = _scratch.bufs = {}
+    t = buf.get(key)
+    if t is None or t.numel() < numel:
+        t = buf[key] = torch.empty((max(numel, 4096),), dtype=dtype)
+    return t.data_ptr()
+
+
 def cell_backward_all(kind, dh_out, dc_out, x, h, c, w_ih, w_hh, h_out, c_out, saved, G,
                       need_dx, has_bias):
     """The whole backward of ``cell_forward`` in one call, one pass over the weights (for
@@ -322,8 +339,7 @@ def cell_backward_all(kind, dh_out, dc_out, x, h, c, w_ih, w_hh, h_out, c_out, s
     I = x.shape[1]
     GH = G * H
     dtype = dh_out.dtype
-    scratch = torch.empty((2 * N * GH + 2 * N * H,), dtype=dtype)  # dpre_x, dpre_h, dh_direct
-    sp = scratch.data_ptr()
+    sp = _scratch_ptr(2 * N * GH + 2 * N * H, dtype)  # dpre_x, dpre_h, dh_direct
     es = dh_out.element_size()
     gru = kind == _GRU
     dx = torch.empty((N, I), dtype=dtype) if need_dx else None
@@ -332,7 +348,9 @@ def cell_backward_all(kind, dh_out, dc_out, x, h, c, w_ih, w_hh, h_out, c_out, s
     dw_ih = torch.empty((GH, I), dtype=dtype)
     dw_hh = torch.empty((GH, H), dtype=dtype)
     db_ih = torch.empty((GH,), dtype=dtype) if has_bias else None
-    db_hh = torch.empty((GH,), dtype=dtype) if has_bias else None
+    # LSTM and RNN: both biases get the same gradient. One tensor serves both (autograd
+    # copies a gradient it is handed twice before keeping it as a .grad).
+    db_hh = (torch.empty((GH,), dtype=dtype) if gru else db_ih) if has_bias else None
     _C.cell_backward(es, kind, N, H, dh_out.data_ptr(), _opt_ptr(dc_out), h.data_ptr(),
                      _opt_ptr(c), h_out.data_ptr(), _opt_ptr(c_out), _opt_ptr(saved),
                      sp, sp + N * GH * es if gru else 0, _opt_ptr(dc),
