@@ -7,6 +7,10 @@ concatenated; dropout is applied between layers in training only. PackedSequence
 runs as a padded batch with per-sequence lengths (the backends freeze the state past each
 sequence's end) and goes back to a PackedSequence with the same indices.
 
+Plain eager calls that need none of this (one time step; short inference sequences at small
+batches) go to ``fastrnn.fastpath`` instead: one fused step kernel call per layer and
+direction. Eager inference calls the ops' bodies without the dispatcher.
+
 ``weights`` is torch.nn's flat list (``RNNBase._flat_weights`` order): per layer and
 direction ``w_ih, w_hh[, b_ih, b_hh][, w_hr]``.
 """

@@ -1,9 +1,12 @@
 """torch.library custom ops (namespace ``fastrnn``) and their autograd.
 
-This is the only caller of the backends. Each op runs the recurrence of one layer in one
-direction by calling ``fastrnn.backends.get(backend).<fn>`` with the backend name already
-resolved by the caller (``fastrnn.backends.resolve``), so the ops stay pure functions of
-their arguments (what torch.compile and opcheck need).
+The general path to the backends (``fastrnn.fastpath`` is the other: plain eager cells and
+one-step calls straight to the compiled step kernel). Each op runs the recurrence of one
+layer in one direction by calling ``fastrnn.backends.get(backend).<fn>`` with the backend
+name already resolved by the caller (``fastrnn.backends.resolve``), so the ops stay pure
+functions of their arguments (what torch.compile and opcheck need). ``*_forward_eager`` are
+the forward ops' bodies without the dispatcher, for eager inference on arguments the caller
+has validated.
 
 Forward ops (differentiable, autograd registered here):
   fastrnn::lstm_forward(xg, h0, c0, w_hh, w_hr?, lengths?, reverse, training, backend)

@@ -250,3 +250,14 @@ def test_measure_cache_gbps_runs_and_restores_numba_threads():
     gbps = st.measure_cache_gbps(threads=1, kb_per_thread=16, iters=20, repeats=2)
     assert 0.1 < gbps < 10_000  # GB/s: any real machine
     assert numba.get_num_threads() == before
+
+
+def test_step_cases_have_their_own_section_and_targets():
+    def info(cell, mode, n):
+        return {"kind": "step", "cell": cell, "mode": mode, "N": n, "device": "cpu",
+                "dtype": "float32", "shape": f"N{n}-I100-H128"}
+    assert st.target_for(info("lstmcell", "infer", 1)) == (1.5, False)
+    assert st.target_for(info("lstmcell", "infer", 64)) == (1.0, False)
+    assert st.target_for(info("gru-t1", "train", 1)) == (1.2, False)
+    assert st.target_for(info("gru-decoder", "infer", 1)) == (1.0, False)
+    assert st.section_title(info("rnncell", "infer", 1)) == "Step by step, CPU, inference"
