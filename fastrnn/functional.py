@@ -7,9 +7,9 @@ concatenated; dropout is applied between layers in training only. PackedSequence
 runs as a padded batch with per-sequence lengths (the backends freeze the state past each
 sequence's end) and goes back to a PackedSequence with the same indices.
 
-Plain eager calls that need none of this (one time step; short inference sequences at small
-batches) go to ``fastrnn.fastpath`` instead: one fused step kernel call per layer and
-direction. Eager inference calls the ops' bodies without the dispatcher.
+Plain eager calls that need none of this (one time step; inference where fused steps pay,
+``fastpath.steps_pay``) go to ``fastrnn.fastpath`` instead: one fused step kernel call per
+layer and direction. Eager inference calls the ops' bodies without the dispatcher.
 
 ``weights`` is torch.nn's flat list (``RNNBase._flat_weights`` order): per layer and
 direction ``w_ih, w_hh[, b_ih, b_hh][, w_hr]``.
@@ -254,8 +254,9 @@ def _fast_one_step(mode, input, hx, weights, has_biases, num_layers, dropout, tr
                    bidirectional, batch_first, proj_size, backend):
     """Plain eager calls on the compiled CPU kernels that need none of the general path's
     machinery (``fastrnn.fastpath``): one time step (each layer and direction one fused cell
-    step, with autograd), or inference over a short sequence at a small batch (each layer
-    and direction one call running its steps). No projection, not packed. Returns None
+    step, with autograd), or inference over a sequence where fused steps pay
+    (``fastpath.steps_pay``: each layer and direction one call running its steps). No
+    projection (proj_size), not packed. Returns None
     whenever the general path must run (which also raises every error for bad arguments)."""
     if proj_size or not isinstance(input, torch.Tensor) or not fastpath.eager():
         return None
@@ -271,7 +272,7 @@ def _fast_one_step(mode, input, hx, weights, has_biases, num_layers, dropout, tr
     N = x.shape[1]
     if T == 1:
         x = x[0]
-    elif T > fastpath.MAX_STEPS or N > fastpath.MAX_STEPS_ROWS or T == 0:
+    elif T == 0 or not fastpath.steps_pay(T, N):
         return None
     D = 2 if bidirectional else 1
     per = 2 + 2 * bool(has_biases)
@@ -304,11 +305,10 @@ def _fast_one_step(mode, input, hx, weights, has_biases, num_layers, dropout, tr
         if w_hh.shape != (G * H, H) or w_ih.shape[0] != G * H or (
                 k >= D and w_ih.shape[1] != D * H):
             return None
-    if T > 1:
-        if _needs_grad(input, h0, c0, *weights):
-            return None
-        x = x.contiguous()
-    if not fastpath.usable((x, h0, c0) + tuple(weights)) or not _fast_backend(backend):
+    if T > 1 and _needs_grad(input, h0, c0, *weights):
+        return None
+    if not fastpath.usable((x, h0, c0) + tuple(weights), strided_first=T > 1) \
+            or not _fast_backend(backend):
         return None
     if h0 is None:
         h0 = x.new_zeros((LD, N, H))

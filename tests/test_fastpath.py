@@ -307,11 +307,12 @@ def step_calls(monkeypatch):
 @pytest.mark.parametrize("kind,layers,bidirectional,batch_first,T,N,dtype", [
     (k, l, d, bf, t, n, dt) for k, l, d, bf, t, n, dt in itertools.product(
         ["LSTM", "GRU", "RNN"], [1, 2], [False, True], [False, True], [2, 7],
-        [1, 4, 5], [F32, F64])])
-def test_short_sequence_inference_matches_torch_nn_and_op_path(
+        [1, 4, 5, 33], [F32, F64])])
+def test_sequence_inference_matches_torch_nn_and_op_path(
         kind, layers, bidirectional, batch_first, T, N, dtype, step_calls, op_path):
-    """T > 1 at a small batch, inference: one call per layer and direction (N <= 4); the
-    general path otherwise (N = 5)."""
+    """T > 1 in inference: one fused-steps call per layer and direction where they pay
+    (N <= 4 on the dot-product path, N >= 32 on packed panels, batch-first input read in
+    place); the general path otherwise (N = 5)."""
     ref, fast = _layer_pair(kind, 11, 13, layers, bidirectional, batch_first, dtype)
     D = 2 if bidirectional else 1
     gen = torch.Generator().manual_seed(1)
@@ -323,7 +324,7 @@ def test_short_sequence_inference_matches_torch_nn_and_op_path(
         got = _flat_out(fast(x, hx))
         got_default = _flat_out(fast(x))
         want_default = _flat_out(ref(x))
-    assert step_calls["n"] == (2 * layers * D if N <= fastpath.MAX_STEPS_ROWS else 0)
+    assert step_calls["n"] == (2 * layers * D if fastpath.steps_pay(T, N) else 0)
     op_path()
     with torch.inference_mode():
         via_ops = _flat_out(fast(x, hx))

@@ -130,6 +130,9 @@ struct CellForwardParams {
   int num_threads;
   int64_t T_ = 1;
   bool reverse = false;
+  // x's element strides between steps and between rows (its last dimension dense); 0 means
+  // dense [T, N, I]: N*I and I. A batch-first input [N, T, I] passes I and T*I.
+  int64_t x_step = 0, x_row = 0;
 };
 
 template <typename T>

@@ -27,11 +27,11 @@ constexpr int64_t kDirectRows = 4;
 // than it saves (a 128-unit LSTM step at batch 1 is ~117k).
 constexpr int64_t kParallelMacs = int64_t(1) << 18;
 
-// out[n * ldo + j] = dot(w[j, :K], a[n, :K]) for rows j in [j0, j1): four weight rows at a
+// out[n * ldo + j] = dot(w[j, :K], a[n * lda : n * lda + K]) for rows j in [j0, j1): four weight rows at a
 // time, each row block kept in L1 across the batch rows.
 template <typename T>
-void rowdots(const T* __restrict w, int64_t K, const T* __restrict a, int64_t N, int64_t j0, int64_t j1,
-             T* __restrict out, int64_t ldo) {
+void rowdots(const T* __restrict w, int64_t K, const T* __restrict a, int64_t lda, int64_t N, int64_t j0,
+             int64_t j1, T* __restrict out, int64_t ldo) {
   constexpr int W = Vec<T>::W;
   using V = vec_t<T>;
   const int64_t Kfull = K / W * W;
@@ -40,7 +40,7 @@ void rowdots(const T* __restrict w, int64_t K, const T* __restrict a, int64_t N,
   for (; j + 4 <= j1; j += 4) {
     const T* w0 = w + j * K;
     for (int64_t n = 0; n < N; ++n) {
-      const T* an = a + n * K;
+      const T* an = a + n * lda;
       V acc0 = vzero<T>(), acc1 = vzero<T>(), acc2 = vzero<T>(), acc3 = vzero<T>();
       for (int64_t k = 0; k < Kfull; k += W) {
         const V av = vload<T>(an + k);
@@ -65,7 +65,7 @@ void rowdots(const T* __restrict w, int64_t K, const T* __restrict a, int64_t N,
   }
   for (; j < j1; ++j)
     for (int64_t n = 0; n < N; ++n) {
-      const T* an = a + n * K;
+      const T* an = a + n * lda;
       V acc = vzero<T>();
       for (int64_t k = 0; k < Kfull; k += W) acc += vload<T>(w + j * K + k) * vload<T>(an + k);
       if (tail) acc += vload_n(w + j * K + Kfull, tail) * vload_n(an + Kfull, tail);
@@ -150,10 +150,11 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
   const int64_t macs = N * GH * (I + H);
   const int nt = macs >= kParallelMacs ? std::max(1, a.num_threads) : 1;
 
+  const int64_t x_row = a.x_row ? a.x_row : I, x_step = a.x_step ? a.x_step : N * I;
   auto set_step = [&](int64_t s) {
     if (a.T_ == 1) return;
     const int64_t t = a.reverse ? a.T_ - 1 - s : s;
-    st.x = a.x + t * N * I;
+    st.x = a.x + t * x_step;
     st.h = s == 0 ? a.h : a.h_out + (a.reverse ? t + 1 : t - 1) * N * H;
     st.c = s == 0 ? a.c : a.c_out;  // read, then overwritten in place element by element
     st.h_out = a.h_out + t * N * H;
@@ -166,8 +167,8 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
     for (int64_t s = 0; s < a.T_; ++s) {
       set_step(s);
       auto dots = [&](int64_t j0, int64_t j1) {
-        rowdots<T>(a.w_ih, I, st.x, N, j0, j1, px, GH);
-        rowdots<T>(a.w_hh, H, st.h, N, j0, j1, ph, GH);
+        rowdots<T>(a.w_ih, I, st.x, x_row, N, j0, j1, px, GH);
+        rowdots<T>(a.w_hh, H, st.h, H, N, j0, j1, ph, GH);
       };
       if (nt > 1) {
 #pragma omp parallel num_threads(nt)
@@ -224,7 +225,7 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
         const T* Bh = wh.get() + p * H * NB * W;
         for (int64_t n = ws.r_begin; n < ws.r_end; n += MR) {
           const int mr = static_cast<int>(std::min<int64_t>(MR, ws.r_end - n));
-          micro_tile_rows<T, NB>(mr, st.x + n * I, I, I, Bx, accx);
+          micro_tile_rows<T, NB>(mr, st.x + n * x_row, x_row, I, Bx, accx);
           if constexpr (kGru)
             micro_tile_rows<T, NB>(mr, st.h + n * H, H, H, Bh, acch);
           else

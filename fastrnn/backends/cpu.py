@@ -282,8 +282,13 @@ def cell_forward(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, training):
 
 def cell_forward_seq(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse):
     """``T`` inference steps of ``cell_forward`` in one call, the state carried: x [T, N, I]
-    -> (y [T, N, H], c_n [N, H] or None)."""
+    (any strides over T and N; its last dimension dense) -> (y [T, N, H], c_n [N, H] or
+    None)."""
     T, N, I = x.shape
+    x_step, x_row = x.stride(0) if T > 1 else N * I, x.stride(1) if N > 1 else I
+    if x.stride(2) != 1 or x_step <= 0 or x_row < I:  # (broadcast or overlapping: made dense)
+        x = x.contiguous()
+        x_step, x_row = N * I, I
     H = w_hh.shape[1]
     dtype = x.dtype
     y = torch.empty((T, N, H), dtype=dtype)
@@ -292,7 +297,7 @@ def cell_forward_seq(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse):
                     0 if c is None else c.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(),
                     0 if b_ih is None else b_ih.data_ptr(), 0 if b_hh is None else b_hh.data_ptr(),
                     y.data_ptr(), 0 if c_out is None else c_out.data_ptr(), 0,
-                    max(1, torch.get_num_threads()), T, bool(reverse))
+                    max(1, torch.get_num_threads()), T, bool(reverse), x_step, x_row)
     return y, c_out
 
 
