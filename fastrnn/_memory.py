@@ -104,10 +104,13 @@ def linear_into(x, weight, bias, out):
 
 def use_pool(backend, t):
     """Whether autograd helpers put ``t``-sized training tensors in a buffer pool: eager
-    mode, the CPU kernels (compiled or numba), float32/float64."""
+    mode (no torch.func transform either: these autograd.Functions write into memory they
+    allocate, which functorch cannot wrap), the CPU kernels (compiled or numba),
+    float32/float64."""
     return (backend in POOLED_BACKENDS and t.device.type == "cpu"
             and t.dtype in (torch.float32, torch.float64)
-            and not torch.compiler.is_compiling())
+            and not torch.compiler.is_compiling()
+            and torch._C._functorch.peek_interpreter_stack() is None)
 
 
 def linear(x, weight, bias, slot, backend=None):

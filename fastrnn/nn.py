@@ -4,8 +4,9 @@ The sequence modules subclass ``torch.nn.RNNBase`` (not ``nn.LSTM`` etc.: torch.
 refuses to trace subclasses of those), so parameter names, shapes, registration order,
 default initialisation, attributes, ``extra_repr`` and (un)pickling are torch.nn's own.
 Only ``forward`` differs: it runs ``fastrnn.functional``, i.e. the fastrnn ops and the
-chosen backend; while traced (``torch.jit.trace``) or exported to ONNX it runs torch.nn's own
-forward on the same parameters, so the graph holds the standard recurrent ops.
+chosen backend; while traced (``torch.jit.trace``), exported to ONNX or under a torch.func
+transform it runs torch.nn's own forward on the same parameters (the graph then holds the
+standard recurrent ops; grad/vjp/jvp work).
 ``flatten_parameters()`` is a no-op (there is no cuDNN weight buffer).
 
 Extra, keyword-only: ``backend=None`` (None: the global default, see
@@ -39,14 +40,16 @@ def _onnx_exporting():
 
 
 def _torch_native():
-    """Whether this call is being traced (``torch.jit.trace``, the TorchScript ONNX exporter)
-    or exported to ONNX: then torch.nn's own forward runs on the same parameters, so the
-    graph holds torch's standard recurrent ops (ONNX RNN/LSTM/GRU), which every runtime
-    knows, instead of fastrnn's. (Under torch.compile the public call, which Dynamo
-    evaluates; the fast read is not traceable.)"""
+    """Whether this call is being traced (``torch.jit.trace``, the TorchScript ONNX exporter),
+    exported to ONNX, or run under a torch.func transform: then torch.nn's own forward runs
+    on the same parameters, so the graph holds torch's standard recurrent ops (ONNX
+    RNN/LSTM/GRU, which every runtime knows), and grad/vjp/jvp work as for torch.nn (torch's
+    custom ops cannot carry their autograd into functorch transforms). (Under torch.compile
+    the public ONNX check, which Dynamo evaluates; the fast read is not traceable.)"""
     if torch.compiler.is_compiling():
         return torch.onnx.is_in_onnx_export()
-    return torch.jit.is_tracing() or _onnx_exporting()
+    return (torch.jit.is_tracing() or _onnx_exporting()
+            or torch._C._functorch.peek_interpreter_stack() is not None)
 
 
 def _check_backend(backend):
@@ -103,6 +106,12 @@ _TORCH_FORWARD = {"LSTM": nn.LSTM.forward, "GRU": nn.GRU.forward, "RNN_TANH": nn
 
 class LSTM(_RNNBase):
     """Drop-in for ``torch.nn.LSTM`` (same arguments, parameters and outputs)."""
+
+    # nn.LSTM's own argument checks for its (h_0, c_0) state, which nn.LSTM.forward calls
+    # (it runs while traced or exported)
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,

@@ -1,0 +1,166 @@
+"""Deployment of models with fastrnn layers: ONNX export (both exporters) to the standard
+RNN/LSTM/GRU operators, run by onnxruntime; torch.jit.trace round trips; torch.func
+transforms. The modules run torch.nn's own forward while traced or exported, on the same
+parameters, so the exported graph is what torch.nn's layers export to."""
+import io
+import warnings
+
+import pytest
+import torch
+
+import fastrnn
+
+F32, F64 = torch.float32, torch.float64
+
+
+class _Seq(torch.nn.Module):
+    """Output and final state(s) of a layer, as plain tensors (what an exporter returns)."""
+
+    def __init__(self, rnn, with_state):
+        super().__init__()
+        self.rnn, self.with_state = rnn, with_state
+
+    def forward(self, x, *state):
+        if self.with_state:
+            hx = tuple(state) if len(state) == 2 else state[0]
+            y, hn = self.rnn(x, hx)
+        else:
+            y, hn = self.rnn(x)
+        return (y,) + (hn if isinstance(hn, tuple) else (hn,))
+
+
+def _model(kind, layers, bidirectional, batch_first, seed=0):
+    torch.manual_seed(seed)
+    return getattr(fastrnn, kind)(5, 7, num_layers=layers, bidirectional=bidirectional,
+                                  batch_first=batch_first).eval()
+
+
+def _inputs(kind, layers, bidirectional, batch_first, T, N, with_state):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(*((N, T, 5) if batch_first else (T, N, 5)), generator=gen)
+    if not with_state:
+        return (x,)
+    D = 2 if bidirectional else 1
+    h = torch.randn(layers * D, N, 7, generator=gen)
+    return (x, h, torch.randn(layers * D, N, 7, generator=gen)) if kind == "LSTM" else (x, h)
+
+
+def _onnx_names(kind, n_inputs):
+    ins = ["x", "h0", "c0"][:n_inputs]
+    outs = ["y", "hn"] + (["cn"] if kind == "LSTM" else [])
+    return ins, outs
+
+
+CONFIGS = [(k, l, d, bf, s) for k in ("LSTM", "GRU", "RNN") for (l, d, bf, s) in
+           [(1, False, False, False), (2, True, False, True), (1, True, True, True),
+            (2, False, True, False)]]
+
+
+@pytest.mark.parametrize("kind,layers,bidirectional,batch_first,with_state", CONFIGS)
+def test_onnx_export_runs_in_onnxruntime(kind, layers, bidirectional, batch_first, with_state):
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    m = _Seq(_model(kind, layers, bidirectional, batch_first), with_state)
+    args = _inputs(kind, layers, bidirectional, batch_first, 6, 3, with_state)
+    ins, outs = _onnx_names(kind, len(args))
+    seq_axis, batch_axis = (1, 0) if batch_first else (0, 1)
+    dyn = {"x": {seq_axis: "T", batch_axis: "N"}}
+    for name in ins[1:]:
+        dyn[name] = {1: "N"}
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, args, buf, dynamo=False, input_names=ins, output_names=outs,
+                          dynamic_axes=dyn)
+    ops = {n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node}
+    assert {"LSTM": "LSTM", "GRU": "GRU", "RNN": "RNN"}[kind] in ops
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    # other batch and sequence sizes than the export's (dynamic axes)
+    args = _inputs(kind, layers, bidirectional, batch_first, 9, 2, with_state)
+    got = sess.run(None, {n: a.numpy() for n, a in zip(ins, args)})
+    with torch.no_grad():
+        want = m(*args)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(torch.from_numpy(g), w, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_onnx_dynamo_export_runs_in_onnxruntime(kind):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    m = _Seq(_model(kind, 1, True, False), False)
+    (x,) = _inputs(kind, 1, True, False, 6, 3, False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(m, (x,), dynamo=True)
+    data = program.model_proto.SerializeToString()
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        want = m(x)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(torch.from_numpy(g), w, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_cells_trace_and_export(kind):
+    torch.manual_seed(0)
+    cell = getattr(fastrnn, kind)(5, 7).eval()
+    x, h = torch.randn(3, 5), torch.randn(3, 7)
+    hx = (h, torch.randn(3, 7)) if kind == "LSTMCell" else h
+    traced = torch.jit.trace(cell, (x, hx))
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    buf.seek(0)
+    loaded = torch.jit.load(buf)
+    with torch.no_grad():
+        want = cell(x, hx)
+        got = loaded(x, hx)
+    for g, w in zip(got if isinstance(got, tuple) else (got,),
+                    want if isinstance(want, tuple) else (want,)):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("kind,layers,bidirectional,batch_first,with_state", CONFIGS[:6])
+def test_jit_trace_save_load_round_trip(kind, layers, bidirectional, batch_first, with_state):
+    m = _Seq(_model(kind, layers, bidirectional, batch_first), with_state)
+    args = _inputs(kind, layers, bidirectional, batch_first, 6, 3, with_state)
+    traced = torch.jit.trace(m, args)
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    buf.seek(0)
+    loaded = torch.jit.load(buf)
+    args = _inputs(kind, layers, bidirectional, batch_first, 4, 3, with_state)
+    with torch.no_grad():
+        for g, w in zip(loaded(*args), m(*args)):
+            torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_torch_func_grad_vjp_jvp(kind):
+    """torch.func over functional_call of a model with a fastrnn layer: the general path
+    (the fast path stays out of functorch transforms), same values as torch.nn's."""
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, kind)(4, 5, dtype=F64)
+    fast = getattr(fastrnn, kind)(4, 5, dtype=F64)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 2, 4, dtype=F64)
+    params = {k: v.detach() for k, v in ref.named_parameters()}
+
+    def loss(mod):
+        def f(p, x):
+            return torch.func.functional_call(mod, p, (x,))[0].sin().sum()
+        return f
+
+    g_ref = torch.func.grad(loss(ref))(params, x)
+    g_fast = torch.func.grad(loss(fast))(params, x)
+    for k in params:
+        torch.testing.assert_close(g_fast[k], g_ref[k])
+    _, vjp_ref = torch.func.vjp(lambda x: loss(ref)(params, x), x)
+    _, vjp_fast = torch.func.vjp(lambda x: loss(fast)(params, x), x)
+    one = torch.ones((), dtype=F64)
+    torch.testing.assert_close(vjp_fast(one)[0], vjp_ref(one)[0])
+    t = torch.randn_like(x)
+    _, jvp_ref = torch.func.jvp(lambda x: loss(ref)(params, x), (x,), (t,))
+    _, jvp_fast = torch.func.jvp(lambda x: loss(fast)(params, x), (x,), (t,))
+    torch.testing.assert_close(jvp_fast, jvp_ref)
