@@ -62,6 +62,44 @@ def _check_backend(backend):
 class _BackendMixin:
     backend = None
     last_backend = None
+    _torch_class = None  # the torch.nn class this module replaces
+
+    def _torch_kwargs(self):
+        raise NotImplementedError
+
+    def to_torch(self):
+        """The torch.nn module with a copy of these parameters (same device, dtype and
+        train/eval mode): for tools that need torch.nn's own class, e.g.
+        ``torch.ao.quantization.quantize_dynamic`` or ``isinstance(m, nn.LSTM)`` checks
+        (fastrnn's modules are not instances of it)."""
+        p = next(self.parameters())
+        mod = self._torch_class(**self._torch_kwargs(), device=p.device, dtype=p.dtype)
+        mod.load_state_dict(self.state_dict())
+        return mod.train(self.training)
+
+    def __prepare_scriptable__(self):
+        """``torch.jit.script`` scripts torch.nn's module holding these very parameters
+        (shared, not copied): TorchScript cannot compile fastrnn's Python, and a scripted
+        torch.nn layer behaves as scripting it always has (cells run; torch 2.13's scripted
+        nn.LSTM/GRU/RNN have no usable forward)."""
+        p = next(self.parameters())
+        mod = self._torch_class(**self._torch_kwargs(), device="meta", dtype=p.dtype)
+        for name, param in self.named_parameters(recurse=False):
+            setattr(mod, name, param)
+        return mod.train(self.training)
+
+    @classmethod
+    def from_torch(cls, module, *, backend=None):
+        """The fastrnn module with a copy of ``module``'s parameters (a torch.nn module of
+        the class this one replaces)."""
+        if not isinstance(module, cls._torch_class):
+            raise TypeError(f"{cls.__name__}.from_torch needs a torch.nn.{cls._torch_class.__name__}, "
+                            f"got {type(module).__name__}")
+        p = next(module.parameters())
+        kwargs = cls._torch_kwargs(module)
+        mod = cls(**kwargs, device=p.device, dtype=p.dtype, backend=backend)
+        mod.load_state_dict(module.state_dict())
+        return mod.train(module.training)
 
     def _record_backend(self):
         if not torch.compiler.is_compiling():
@@ -81,6 +119,16 @@ class _BackendMixin:
 class _RNNBase(_BackendMixin, nn.RNNBase):
     def flatten_parameters(self):
         """No-op: fastrnn reads the parameters directly (no cuDNN flat buffer)."""
+
+    def _torch_kwargs(self):
+        kw = dict(input_size=self.input_size, hidden_size=self.hidden_size,
+                  num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                  dropout=self.dropout, bidirectional=self.bidirectional)
+        if self.mode == "LSTM":
+            kw["proj_size"] = self.proj_size
+        elif self.mode.startswith("RNN"):
+            kw["nonlinearity"] = self.nonlinearity
+        return kw
 
     def _weights(self):
         return [self._param(name) for name in self._flat_weights_names]
@@ -107,6 +155,8 @@ _TORCH_FORWARD = {"LSTM": nn.LSTM.forward, "GRU": nn.GRU.forward, "RNN_TANH": nn
 class LSTM(_RNNBase):
     """Drop-in for ``torch.nn.LSTM`` (same arguments, parameters and outputs)."""
 
+    _torch_class = nn.LSTM
+
     # nn.LSTM's own argument checks for its (h_0, c_0) state, which nn.LSTM.forward calls
     # (it runs while traced or exported)
     get_expected_cell_size = nn.LSTM.get_expected_cell_size
@@ -125,6 +175,8 @@ class LSTM(_RNNBase):
 class GRU(_RNNBase):
     """Drop-in for ``torch.nn.GRU`` (same arguments, parameters and outputs)."""
 
+    _torch_class = nn.GRU
+
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend=None):
         _check_backend(backend)
@@ -135,6 +187,8 @@ class GRU(_RNNBase):
 
 class RNN(_RNNBase):
     """Drop-in for ``torch.nn.RNN`` (same arguments, parameters and outputs)."""
+
+    _torch_class = nn.RNN
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None,
@@ -157,6 +211,11 @@ class RNN(_RNNBase):
 
 class LSTMCell(_BackendMixin, nn.LSTMCell):
     """Drop-in for ``torch.nn.LSTMCell``."""
+
+    _torch_class = nn.LSTMCell
+
+    def _torch_kwargs(self):
+        return dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias)
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  backend=None):
@@ -181,6 +240,11 @@ class LSTMCell(_BackendMixin, nn.LSTMCell):
 class GRUCell(_BackendMixin, nn.GRUCell):
     """Drop-in for ``torch.nn.GRUCell``."""
 
+    _torch_class = nn.GRUCell
+
+    def _torch_kwargs(self):
+        return dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias)
+
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  backend=None):
         _check_backend(backend)
@@ -203,6 +267,12 @@ class GRUCell(_BackendMixin, nn.GRUCell):
 
 class RNNCell(_BackendMixin, nn.RNNCell):
     """Drop-in for ``torch.nn.RNNCell``."""
+
+    _torch_class = nn.RNNCell
+
+    def _torch_kwargs(self):
+        return dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias,
+                    nonlinearity=self.nonlinearity)
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
                  dtype=None, *, backend=None):

@@ -164,3 +164,62 @@ def test_torch_func_grad_vjp_jvp(kind):
     _, jvp_ref = torch.func.jvp(lambda x: loss(ref)(params, x), (x,), (t,))
     _, jvp_fast = torch.func.jvp(lambda x: loss(fast)(params, x), (x,), (t,))
     torch.testing.assert_close(jvp_fast, jvp_ref)
+
+
+KINDS_KW = [("LSTM", dict(num_layers=2, bidirectional=True, proj_size=3)),
+            ("GRU", dict(batch_first=True, bias=False)), ("RNN", dict(nonlinearity="relu")),
+            ("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", dict(nonlinearity="relu"))]
+
+
+@pytest.mark.parametrize("kind,kw", KINDS_KW)
+def test_to_torch_and_from_torch(kind, kw):
+    fast = getattr(fastrnn, kind)(4, 5, **kw).double().eval()
+    ref = fast.to_torch()
+    assert type(ref) is getattr(torch.nn, kind) and not ref.training
+    assert next(ref.parameters()).dtype == F64
+    back = getattr(fastrnn, kind).from_torch(ref, backend="reference")
+    assert back.backend == "reference" and not back.training
+    for (n1, p1), (n2, p2), (n3, p3) in zip(fast.named_parameters(), ref.named_parameters(),
+                                            back.named_parameters()):
+        assert n1 == n2 == n3 and torch.equal(p1, p2) and torch.equal(p1, p3)
+        assert p1.data_ptr() != p2.data_ptr()  # copies
+    x = torch.randn(3, 4, dtype=F64) if kind.endswith("Cell") else torch.randn(2, 3, 4, dtype=F64)
+    with torch.no_grad():
+        a, b = fast(x), ref(x)
+    a, b = (a[0], b[0]) if isinstance(a, tuple) else (a, b)
+    torch.testing.assert_close(a, b)
+    with pytest.raises(TypeError, match="from_torch needs a torch.nn"):
+        getattr(fastrnn, kind).from_torch(torch.nn.Linear(2, 2))
+
+
+def test_quantize_dynamic_through_to_torch():
+    model = torch.nn.Sequential(fastrnn.LSTM(4, 5))
+    model[0] = model[0].to_torch()
+    q = torch.ao.quantization.quantize_dynamic(model, {torch.nn.LSTM}, dtype=torch.qint8)
+    assert type(q[0]).__module__.startswith("torch.ao.nn.quantized.dynamic")
+    assert not isinstance(fastrnn.LSTM(4, 5), torch.nn.LSTM)  # as documented
+
+
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_jit_script_cells_share_the_parameters(kind):
+    cell = getattr(fastrnn, kind)(3, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(cell)
+    assert scripted.weight_ih.data_ptr() == cell.weight_ih.data_ptr()
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        a, b = scripted(x), cell(x)
+    torch.testing.assert_close(a[0] if isinstance(a, tuple) else a, b[0] if isinstance(b, tuple) else b)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_jit_script_layers_behave_like_torch_nn(kind):
+    """torch 2.13 scripts nn.LSTM/GRU/RNN into a module without a usable forward; fastrnn's
+    layers script into the very same thing (torch.nn's module on the same parameters)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = torch.jit.script(getattr(fastrnn, kind)(3, 4))
+        theirs = torch.jit.script(getattr(torch.nn, kind)(3, 4))
+    assert ours.original_name == theirs.original_name == kind
+    assert hasattr(ours, "forward") == hasattr(theirs, "forward")
