@@ -378,6 +378,19 @@ def _rnn_backward_fn(ctx, dy):
 rnn_forward.register_autograd(_rnn_backward_fn, setup_context=_rnn_setup)
 
 
+def _no_second_derivative(ctx, *grads):
+    raise RuntimeError(
+        "fastrnn: a second derivative (backward through a gradient computed with "
+        "create_graph=True) of a multi-step fastrnn layer is not supported: its backward "
+        "kernels have no derivative of their own. Cells and one-step calls support it. For a "
+        "whole sequence, compute it with torch.nn's module on the same weights "
+        "(module.to_torch()), or run the layer under torch.func, which uses torch's own op.")
+
+
+for _op in (lstm_backward, gru_backward, rnn_backward):
+    _op.register_autograd(_no_second_derivative, setup_context=lambda ctx, inputs, output: None)
+
+
 OPS = {
     "lstm_forward": torch.ops.fastrnn.lstm_forward,
     "lstm_backward": torch.ops.fastrnn.lstm_backward,

@@ -223,3 +223,16 @@ def test_jit_script_layers_behave_like_torch_nn(kind):
         theirs = torch.jit.script(getattr(torch.nn, kind)(3, 4))
     assert ours.original_name == theirs.original_name == kind
     assert hasattr(ours, "forward") == hasattr(theirs, "forward")
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_second_derivative_of_a_sequence_is_a_clear_error(kind):
+    layer = getattr(fastrnn, kind)(3, 4, dtype=F64)
+    x = torch.randn(5, 2, 3, dtype=F64, requires_grad=True)
+    (g,) = torch.autograd.grad(layer(x)[0].sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="second derivative.*to_torch"):
+        g.sum().backward()
+    # torch.func's transforms run torch's own op: Hessian-vector products work there
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    hess = torch.func.hessian(lambda x: torch.func.functional_call(layer, params, (x,))[0].sum())
+    assert hess(x.detach()[:2]).shape == (2, 2, 3, 2, 2, 3)
