@@ -100,6 +100,10 @@ def build_parser():
     p.add_argument("--val-size", type=int, default=0,
                    help="hold out the last N training reviews as a validation split, scored "
                         "after every epoch (default 0: none)")
+    p.add_argument("--export-onnx", action="store_true",
+                   help="also export each trained fastrnn model to ONNX (<out>/<model>.onnx) "
+                        "and score the test set with onnxruntime, alone in a process of its "
+                        "own (needs onnx and onnxruntime: pip install 'fastrnn[onnx]')")
     p.add_argument("--select-epoch", choices=("last", "best-val"), default="last",
                    help="weights tested at the end: the last epoch's (default) or the epoch "
                         "with the best validation accuracy (needs --val-size)")
@@ -333,8 +337,61 @@ def run(args, progress=True):
         torch.set_num_threads(threads)
 
 
+def _export_and_score_onnx(run, x_test, y_test, args):
+    """Export ``run``'s trained model to ONNX (the standard recurrent operators) and score
+    the test set with onnxruntime in a process of its own (``fastrnn/_ort_worker.py``: no
+    torch imported there). Records accuracy, samples/s and agreement with PyTorch."""
+    import subprocess
+    import tempfile
+    import warnings
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{run.name}.onnx"
+    model = run.model.eval()
+    example = x_test[:2].cpu()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.cpu(), (example,), str(path), dynamo=False,
+                          input_names=["ids"], output_names=["logits"],
+                          dynamic_axes={"ids": {0: "N"}, "logits": {0: "N"}})
+    model.to(run.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        ids_path, logits_path = Path(tmp) / "ids.npy", Path(tmp) / "logits.npy"
+        np.save(ids_path, x_test.cpu().numpy().astype(np.int64))
+        worker = Path(__file__).with_name("_ort_worker.py")
+        res = subprocess.run([sys.executable, str(worker), str(path), str(ids_path),
+                              str(logits_path), str(args.threads or torch.get_num_threads()),
+                              str(args.eval_batch_size)], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise SystemExit(f"fastrnn-imdb: onnxruntime could not run {path}:\n"
+                             f"{res.stderr[-1500:]}")
+        timing = json.loads(res.stdout.strip().splitlines()[-1])
+        logits = torch.from_numpy(np.load(logits_path))
+    with torch.inference_mode():
+        ref = torch.cat([model(x_test[i:i + args.eval_batch_size]).cpu()
+                         for i in range(0, len(y_test), args.eval_batch_size)])
+    y = y_test.cpu()
+    n = len(y)
+    run.result.update({
+        "onnx_file": path.name,
+        "onnxruntime_test_accuracy": float(((logits > 0).float() == y).sum()) / n,
+        "onnxruntime_inference_seconds": timing["seconds"],
+        "onnxruntime_samples_per_s": n / timing["seconds"],
+        "onnxruntime_same_predictions": bool(torch.equal(logits > 0, ref > 0)),
+        "onnxruntime_max_abs_logit_diff": float((logits - ref).abs().max()),
+    })
+
+
 def _run(args, progress):
     device = torch.device(args.device)
+    if getattr(args, "export_onnx", False):
+        try:
+            import onnx  # noqa: F401  (torch.onnx.export needs it)
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            raise SystemExit(f"fastrnn-imdb: --export-onnx needs onnx and onnxruntime "
+                             f"(pip install 'fastrnn[onnx]'): {exc}") from exc
     if "fastrnn" in args.impl:
         why = fastrnn_layers_available()
         if why:
@@ -387,6 +444,8 @@ def _run(args, progress):
                 r.restore_best()
             acc, secs = r.evaluate(x_test, y_test, args.eval_batch_size, progress)
             by_impl[r.impl] = r.finish(acc, secs, n_train, n_test)
+            if r.impl == "fastrnn" and getattr(args, "export_onnx", False):
+                _export_and_score_onnx(r, x_test, y_test, args)
             results.append(by_impl[r.impl])
         if len(by_impl) == 2:
             same, diff = _initial_agreement(name, args, device, x_train[warm])
@@ -444,15 +503,23 @@ def table_rows(summary):
     comp = {c["model"]: c for c in summary["comparisons"]}
     head = ["model", "impl", "backend", "params", "train s/epoch", "train samples/s",
             "infer samples/s", "test acc %", "train speedup", "infer speedup"]
+    ort = any("onnxruntime_samples_per_s" in r for r in summary["results"])
+    if ort:  # --export-onnx: the exported model under onnxruntime, alone in its process
+        head += ["onnxruntime infer samples/s", "onnxruntime test acc %"]
     rows = [head]
     for r in summary["results"]:
         c = comp.get(r["model"]) if r["impl"] == "fastrnn" else None
-        rows.append([r["display"], r["impl"], r.get("backend", "torch.nn"),
-                     f"{r['parameters']:,}", f"{r['train_seconds_per_epoch']:.1f}",
-                     f"{r['train_samples_per_s']:.0f}", f"{r['inference_samples_per_s']:.0f}",
-                     f"{100 * r['test_accuracy']:.2f}",
-                     _fmt_ratio(c and c["train_speedup"]),
-                     _fmt_ratio(c and c["inference_speedup"])])
+        row = [r["display"], r["impl"], r.get("backend", "torch.nn"),
+               f"{r['parameters']:,}", f"{r['train_seconds_per_epoch']:.1f}",
+               f"{r['train_samples_per_s']:.0f}", f"{r['inference_samples_per_s']:.0f}",
+               f"{100 * r['test_accuracy']:.2f}",
+               _fmt_ratio(c and c["train_speedup"]),
+               _fmt_ratio(c and c["inference_speedup"])]
+        if ort:
+            row += ([f"{r['onnxruntime_samples_per_s']:.0f}",
+                     f"{100 * r['onnxruntime_test_accuracy']:.2f}"]
+                    if "onnxruntime_samples_per_s" in r else ["", ""])
+        rows.append(row)
     return rows
 
 
@@ -514,6 +581,11 @@ def accuracy_notes(summary):
                 f"trajectories, so a gap of this size says how far such runs spread, not that "
                 f"a gradient is wrong (the tests compare every gradient); rerun with another "
                 f"--seed to see the spread.")
+    for r in summary["results"]:
+        if "onnxruntime_same_predictions" in r and not r["onnxruntime_same_predictions"]:
+            notes.append(f"{r['display']}: onnxruntime's predictions from {r['onnx_file']} differ "
+                         f"from PyTorch's for some reviews (largest logit difference "
+                         f"{r['onnxruntime_max_abs_logit_diff']:.2e}).")
     for r in summary["results"]:
         if r["model"] in ("rnn", "birnn") and r["test_accuracy"] < 0.75 and \
                 summary["data"]["maxlen"] >= 200:

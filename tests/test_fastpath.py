@@ -381,3 +381,19 @@ def test_kernel_steps_both_paths(kind, N):
             torch.testing.assert_close(yd, y[..., d * 20:(d + 1) * 20])
             if mode == "LSTM":
                 torch.testing.assert_close(cn, hn[1][d])
+
+
+@pytest.mark.parametrize("T,N", [(1, 1), (3, 2), (200, 1), (3, 40)])
+def test_kernels_flush_denormals_and_restore_the_callers_mode(T, N):
+    """Denormal inputs count as zero inside the CPU kernels (x86 FTZ/DAZ, which keeps
+    vanishing gradients from running ~100x slower) and the caller's floating-point mode is
+    restored afterwards."""
+    tiny = 1e-39  # a float32 denormal
+    layer = fastrnn.RNN(1, 1, bias=False, nonlinearity="relu")  # relu(denormal) != 0
+    with torch.no_grad():
+        layer.weight_ih_l0.fill_(1.0)
+        layer.weight_hh_l0.fill_(0.0)
+        y = layer(torch.full((T, N, 1), tiny))[0]
+    assert layer.last_backend == "cpu"
+    assert torch.all(y == 0)  # relu(0 * 0 + 1 * denormal) computed as relu(0)
+    assert float(torch.tensor([tiny]) * 1.0) != 0.0  # this thread's mode is back

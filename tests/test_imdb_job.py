@@ -316,3 +316,24 @@ def test_lr_schedule(schedule):
     else:
         expected = [0.1] * 4
     assert used == pytest.approx(expected, rel=1e-12)
+
+
+@needs_fastrnn
+def test_export_onnx_scores_the_test_set_with_onnxruntime(tmp_path, archive):
+    """--export-onnx: each trained fastrnn model is written as ONNX and onnxruntime (alone in
+    its own process) scores the test set with PyTorch's predictions."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    out = tmp_path / "onnx"
+    job.main(["--quick", "--data", str(archive), "--models", "lstm,bigru", "--impl", "fastrnn",
+              "--device", "cpu", "--backend", BACKEND, "--hidden-size", "8", "--maxlen", "32",
+              "--batch-size", "8", "--eval-batch-size", "16", "--epochs", "1", "--out",
+              str(out), "--no-progress", "--threads", "1", "--export-onnx"])
+    summary = json.loads((out / "results.json").read_text())
+    for r in summary["results"]:
+        assert (out / r["onnx_file"]).stat().st_size > 0
+        assert r["onnxruntime_same_predictions"]
+        assert r["onnxruntime_max_abs_logit_diff"] < 1e-4
+        assert r["onnxruntime_test_accuracy"] == r["test_accuracy"]
+        assert r["onnxruntime_samples_per_s"] > 0
+    assert "onnxruntime infer samples/s" in (out / "report.md").read_text()

@@ -173,6 +173,7 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
       if (nt > 1) {
 #pragma omp parallel num_threads(nt)
         {
+          const FlushDenormals ftz;  // this thread: denormals flushed (vec.h)
           const int tid = omp_get_thread_num(), nthr = omp_get_num_threads();
           const int64_t blocks = (GH + 3) / 4;
           dots(std::min(GH, blocks * tid / nthr * 4), std::min(GH, blocks * (tid + 1) / nthr * 4));
@@ -210,6 +211,7 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
   TeamBarrier bar;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
+    const FlushDenormals ftz;  // this thread: denormals flushed (vec.h)
     constexpr int MR = rows_per_tile<NB>();
     const WorkSplit ws(P, N, omp_get_thread_num(), omp_get_num_threads(), MR, &bar);
     alignas(64) V accx[MR * NB];
@@ -344,6 +346,7 @@ void cell_backward_impl(const CellBackwardParams<T>& a) {
 
 template <typename T>
 void cell_forward(const CellForwardParams<T>& a) {
+  const FlushDenormals ftz;  // the calling thread (its parallel regions hold their own)
   switch (a.cell) {
     case kCellLstm: return cell_forward_impl<T, kCellLstm>(a);
     case kCellGru: return cell_forward_impl<T, kCellGru>(a);
@@ -354,6 +357,7 @@ void cell_forward(const CellForwardParams<T>& a) {
 
 template <typename T>
 void cell_backward(const CellBackwardParams<T>& a) {
+  const FlushDenormals ftz;
   switch (a.cell) {
     case kCellLstm: return cell_backward_impl<T, kCellLstm>(a);
     case kCellGru: return cell_backward_impl<T, kCellGru>(a);

@@ -21,6 +21,7 @@ void gru_forward(const GruForwardParams<T>& a) {
   TeamBarrier bar;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
+    const FlushDenormals ftz;  // this thread: denormals flushed (vec.h)
     const WorkSplit ws(P, N, omp_get_thread_num(), omp_get_num_threads(), rows_per_tile<3>(), &bar);
     for (int64_t s = 0; s < TT; ++s) {
       const int64_t t = a.reverse ? TT - 1 - s : s;
@@ -77,6 +78,7 @@ void gru_backward(const GruBackwardParams<T>& a) {
   TeamBarrier bar;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
+    const FlushDenormals ftz;  // this thread: denormals flushed (vec.h)
     const WorkSplit ws(P, N, omp_get_thread_num(), omp_get_num_threads(), rows_per_tile<4>(), &bar);
     for (int64_t s = 0; s < TT; ++s) {
       const int64_t t = a.reverse ? s : TT - 1 - s;

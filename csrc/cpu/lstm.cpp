@@ -28,6 +28,7 @@ void lstm_forward(const LstmForwardParams<T>& a) {
   TeamBarrier bar;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
+    const FlushDenormals ftz;  // this thread: denormals flushed (vec.h)
     const int tid = omp_get_thread_num(), nthr = omp_get_num_threads();
     const WorkSplit ws1(P1, N, tid, nthr, rows_per_tile<4>(), &bar);
     const WorkSplit ws2(P2, N, tid, nthr, rows_per_tile<4>(), &bar);
@@ -104,6 +105,7 @@ void lstm_backward(const LstmBackwardParams<T>& a) {
   TeamBarrier bar;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
+    const FlushDenormals ftz;  // this thread: denormals flushed (vec.h)
     const int tid = omp_get_thread_num(), nthr = omp_get_num_threads();
     const WorkSplit ws1(P1, N, tid, nthr, rows_per_tile<4>(), &bar);
     const WorkSplit ws2(P2, N, tid, nthr, rows_per_tile<4>(), &bar);

@@ -20,6 +20,7 @@ void rnn_forward(const RnnForwardParams<T>& a) {
   TeamBarrier bar;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
+    const FlushDenormals ftz;  // this thread: denormals flushed (vec.h)
     const WorkSplit ws(P, N, omp_get_thread_num(), omp_get_num_threads(), rows_per_tile<4>(), &bar);
     for (int64_t s = 0; s < TT; ++s) {
       const int64_t t = a.reverse ? TT - 1 - s : s;
@@ -60,6 +61,7 @@ void rnn_backward(const RnnBackwardParams<T>& a) {
   TeamBarrier bar;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
+    const FlushDenormals ftz;  // this thread: denormals flushed (vec.h)
     const WorkSplit ws(P, N, omp_get_thread_num(), omp_get_num_threads(), rows_per_tile<4>(), &bar);
     for (int64_t s = 0; s < TT; ++s) {
       const int64_t t = a.reverse ? s : TT - 1 - s;
