@@ -125,17 +125,15 @@ def _layer_direction(mode, x, h0, c0, w, lengths, reverse, backend):
     return _recur(mode, xg, b_hh, h0, c0, w, lengths, reverse, backend)
 
 
-def _run_layers(mode, x, h0, c0, groups, num_layers, bidirectional, dropout, train,
-                lengths, backend):
-    """x [T, N, I]; h0 [L*D, N, R]; c0 [L*D, N, H] or None."""
-    D = 2 if bidirectional else 1
+def _stack_layers(mode, x, num_layers, D, dropout, train, direction):
+    """Layers over x, each the concatenation of its D directions, dropout between layers in
+    training; ``direction(x, k, reverse)`` runs layer-direction k -> (y, h_n, c_n|None).
+    Returns (output, h_n [L*D, ...], c_n [L*D, ...] or None)."""
     hns, cns = [], []
     for layer in range(num_layers):
-        k = layer * D
-        results = [_layer_direction(mode, x, h0[k + d], None if c0 is None else c0[k + d],
-                                    groups[k + d], lengths, d == 1, backend) for d in range(D)]
         ys = []
-        for y, hn, cn in results:
+        for d in range(D):
+            y, hn, cn = direction(x, layer * D + d, d == 1)
             ys.append(y)
             hns.append(hn)
             cns.append(cn)
@@ -145,6 +143,16 @@ def _run_layers(mode, x, h0, c0, groups, num_layers, bidirectional, dropout, tra
     hn = torch.stack(hns, 0)
     cn = torch.stack(cns, 0) if mode == "LSTM" else None
     return x, hn, cn
+
+
+def _run_layers(mode, x, h0, c0, groups, num_layers, bidirectional, dropout, train,
+                lengths, backend):
+    """x [T, N, I]; h0 [L*D, N, R]; c0 [L*D, N, H] or None."""
+    def direction(x, k, reverse):
+        return _layer_direction(mode, x, h0[k], None if c0 is None else c0[k], groups[k],
+                                lengths, reverse, backend)
+    return _stack_layers(mode, x, num_layers, 2 if bidirectional else 1, dropout, train,
+                         direction)
 
 
 def _packed_to_padded(data, batch_sizes):
@@ -313,28 +321,18 @@ def _fast_one_step(mode, input, hx, weights, has_biases, num_layers, dropout, tr
     if h0 is None:
         h0 = x.new_zeros((LD, N, H))
         c0 = x.new_zeros((LD, N, H)) if is_lstm else None
-    hns, cns = [], []
-    for layer in range(num_layers):
-        ys = []
-        for d in range(D):
-            k = layer * D + d
-            w = weights[k * per:(k + 1) * per]
-            b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
-            c_k = c0[k] if is_lstm else None
-            if T == 1:
-                out = fastpath.cell(mode, x, h0[k], c_k, w[0], w[1], b_ih, b_hh)
-                y, cn = out if is_lstm else (out, None)
-                hns.append(y)
-            else:
-                y, cn = fastpath.steps(mode, x, h0[k], c_k, w[0], w[1], b_ih, b_hh, d == 1)
-                hns.append(y[0] if d == 1 else y[-1])
-            ys.append(y)
-            cns.append(cn)
-        x = torch.cat(ys, dim=-1) if D == 2 else ys[0]
-        if dropout > 0 and train and layer < num_layers - 1:
-            x = F.dropout(x, p=dropout, training=True)
-    hn = torch.stack(hns, 0)
-    cn = torch.stack(cns, 0) if is_lstm else None
+    def direction(x, k, reverse):
+        w = weights[k * per:(k + 1) * per]
+        b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
+        c_k = c0[k] if is_lstm else None
+        if T == 1:
+            out = fastpath.cell(mode, x, h0[k], c_k, w[0], w[1], b_ih, b_hh)
+            y, cn = out if is_lstm else (out, None)
+            return y, y, cn
+        y, cn = fastpath.steps(mode, x, h0[k], c_k, w[0], w[1], b_ih, b_hh, reverse)
+        return y, (y[0] if reverse else y[-1]), cn
+
+    x, hn, cn = _stack_layers(mode, x, num_layers, D, dropout, train, direction)
     if T == 1:
         x = x.unsqueeze(0)
     if dim == 3:

@@ -17,18 +17,23 @@ F32, F64 = torch.float32, torch.float64
 CELLS = {"LSTMCell": "LSTM", "GRUCell": "GRU", "RNNCell": "RNN_TANH"}
 
 
-@pytest.fixture
-def calls(monkeypatch):
-    """Counts fused cell steps taken by the fast path."""
+def _count_calls(monkeypatch, name):
+    """Replace ``fastpath.<name>`` by a wrapper counting its calls; returns the counter."""
     count = {"n": 0}
-    real = fastpath.cell
+    real = getattr(fastpath, name)
 
     def counting(*args):
         count["n"] += 1
         return real(*args)
 
-    monkeypatch.setattr(fastpath, "cell", counting)
+    monkeypatch.setattr(fastpath, name, counting)
     return count
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts fused cell steps taken by the fast path."""
+    return _count_calls(monkeypatch, "cell")
 
 
 @pytest.fixture
@@ -293,15 +298,7 @@ def test_training_loop_matches_torch_nn(calls):
 @pytest.fixture
 def step_calls(monkeypatch):
     """Counts the multi-step inference calls the fast path makes."""
-    count = {"n": 0}
-    real = fastpath.steps
-
-    def counting(*args):
-        count["n"] += 1
-        return real(*args)
-
-    monkeypatch.setattr(fastpath, "steps", counting)
-    return count
+    return _count_calls(monkeypatch, "steps")
 
 
 @pytest.mark.parametrize("kind,layers,bidirectional,batch_first,T,N,dtype", [
