@@ -236,3 +236,24 @@ def test_second_derivative_of_a_sequence_is_a_clear_error(kind):
     params = {k: v.detach() for k, v in layer.named_parameters()}
     hess = torch.func.hessian(lambda x: torch.func.functional_call(layer, params, (x,))[0].sum())
     assert hess(x.detach()[:2]).shape == (2, 2, 3, 2, 2, 3)
+
+
+def test_torch_export_and_aotinductor_package_round_trip(tmp_path):
+    """torch.export keeps fastrnn's ops in the program; AOTInductor compiles it into a
+    package that loads and runs (in a Python process: fastrnn's ops are Python ops) with the
+    eager outputs."""
+    torch.manual_seed(0)
+    m = fastrnn.LSTM(5, 7, bidirectional=True).eval()
+    x = torch.randn(6, 3, 5)
+    program = torch.export.export(m, (x,))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert "fastrnn.lstm_forward.default" in targets
+    path = torch._inductor.aoti_compile_and_package(program,
+                                                    package_path=str(tmp_path / "lstm.pt2"))
+    loaded = torch._inductor.aoti_load_package(path)
+    with torch.no_grad():
+        want = m(x)
+    got = loaded(x)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1][0], want[1][0])
+    torch.testing.assert_close(got[1][1], want[1][1])
