@@ -1,14 +1,17 @@
-"""The eager fast path: cells and one-step layer calls straight to the fused CPU kernel.
+"""The eager fast path: cells, one-step layer calls and small inference runs straight to the
+fused step kernel.
 
 A decoder, sampler or streaming model calls a cell (or a layer with one time step) once per
 step from Python. Through the op layer such a call pays more around the kernel than in it:
 a separate input-projection GEMM, the custom-op dispatcher, and argument checks on every
 layer boundary. Here one call does the projection, the recurrence and the gate epilogue
 (``fastrnn._C.cell_forward``), and autograd goes through a plain ``autograd.Function``
-whose backward is the kernel's pointwise part plus the weight products as GEMMs.
+whose backward is one kernel call too for small steps (the pointwise part and the weight
+products in one pass over the weights; torch's GEMMs for large ones). Inference over a
+sequence runs each layer-direction's steps in one such call where that pays (``steps_pay``).
 
-It is taken only when nothing needs the op layer (``eager`` and ``usable``): plain eager mode (not
-compiling, exporting, tracing or scripting; no torch-function or dispatch mode; no
+It is taken only when nothing needs the op layer (``eager`` and ``usable``): plain eager
+mode (not compiling, exporting, tracing or scripting; no torch-function or dispatch mode; no
 functorch transform), plain CPU tensors of one float dtype (float32/float64), contiguous,
 and the compiled ``cpu`` backend chosen. Everything else, including every input that
 would be an error, goes the usual way, which validates and raises torch.nn's errors.
@@ -21,8 +24,8 @@ from torch.overrides import has_torch_function
 
 from .backends import cpu as _cpu
 
-__all__ = ["eager", "usable", "cell", "steps", "CELL_GATES", "steps_pay", "MAX_STEPS_ROWS", "MAX_STEPS",
-           "MIN_PACKED_ROWS"]
+__all__ = ["eager", "usable", "cell", "steps", "steps_pay", "CELL_GATES", "MAX_STEPS_ROWS",
+           "MAX_STEPS", "MIN_PACKED_ROWS"]
 
 _FLOATS = (torch.float32, torch.float64)
 CELL_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}

@@ -74,10 +74,11 @@ def _assert_all_close(a, b, tol):
 
 
 # N: 1 and 4 take the dot-product path, 5 and 33 the packed GEMM; H=29, I=37 leave partial
-# vectors; H=256 at N=1 splits the dot products over threads.
+# vectors; H=256 at N=1 splits the dot products over threads; N=48, I=H=64 is past the
+# one-pass backward (fastpath._ONE_PASS_MACS, for LSTM and GRU): torch's GEMMs there.
 @pytest.mark.parametrize("kind,N,I,H,dtype,bias", [
     (k, n, i, h, d, b) for k in CELLS for (n, i, h) in
-    [(1, 37, 29), (4, 37, 29), (5, 37, 29), (33, 16, 32), (1, 100, 256)]
+    [(1, 37, 29), (4, 37, 29), (5, 37, 29), (33, 16, 32), (1, 100, 256), (48, 64, 64)]
     for d in (F32, F64) for b in (True, False) if not (h == 256 and d == F64)])
 def test_cell_matches_torch_nn_and_op_path(kind, N, I, H, dtype, bias, calls, op_path):
     ref, fast = _cell_pair(kind, I, H, dtype, bias)
