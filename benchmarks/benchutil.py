@@ -150,6 +150,10 @@ def fastrnn_layer_from(ref, cell, backend=None):
         mod.load_state_dict(ref.state_dict())
         return mod.to(device), "torch-standin"
     cls = getattr(FASTRNN, cell.upper())
+    if not backend and device.type == "cuda":
+        # fastrnn's own kernels: `auto` would hand some shapes to cuDNN
+        # (fastrnn.backends.cuda_dispatch) and time cuDNN against itself
+        backend = "cuda"
     if backend:
         kwargs["backend"] = backend
     mod = cls(**kwargs)

@@ -50,6 +50,8 @@ def _builder():
 def _model(case, backend):
     """(model for case.impl, backend name or callable); same weights for both impls."""
     T, N, I, H = case.shape
+    if not backend and case.device == "cuda":
+        backend = "cuda"  # fastrnn's own kernels, never the cuDNN dispatch (cuda_dispatch)
     build_model = _builder()
     name = ("bi" if case.bidirectional else "") + case.cell
     if build_model is not None:

@@ -385,6 +385,10 @@ def _export_and_score_onnx(run, x_test, y_test, args):
 
 def _run(args, progress):
     device = torch.device(args.device)
+    if device.type == "cuda" and args.backend is None and "fastrnn" in args.impl:
+        # fastrnn's own CUDA kernels against torch.nn: `auto` would hand some layers to
+        # cuDNN (fastrnn.backends.cuda_dispatch), and the comparison would be cuDNN with itself
+        args.backend = "cuda"
     if getattr(args, "export_onnx", False):
         try:
             import onnx  # noqa: F401  (torch.onnx.export needs it)

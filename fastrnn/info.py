@@ -104,7 +104,8 @@ def info() -> Info:
     version, torch, python, platform, backends (name -> None or the reason it is
     unavailable), default_backend, auto (device -> backend auto picks), cpu_isa,
     cpu_isas_supported, numba (version, threading_layer, num_threads...), threads
-    (torch intra/inter-op), cuda (available, torch_cuda, devices), environment.
+    (torch intra/inter-op), cuda (available, torch_cuda, devices), cuda_dispatch (policy,
+    choices for common float32 layers, each (side, why)), environment.
     """
     from . import backends
 
@@ -123,7 +124,8 @@ def info() -> Info:
     if avail.get("cpu") is not None:
         isa = None  # the kernels are not in use
     env_names = (backends.ENV_VAR, getattr(backends, "DISABLE_ENV", "FASTRNN_DISABLE_EXTENSION"),
-                 "FASTRNN_CPU_ISA", "FASTRNN_CUDA_TILE", "FASTRNN_CUDA_PERSISTENT", "NUMBA_NUM_THREADS",
+                 "FASTRNN_CPU_ISA", "FASTRNN_CUDA_TILE", "FASTRNN_CUDA_PERSISTENT",
+                 "FASTRNN_CUDA_DISPATCH", "NUMBA_NUM_THREADS",
                  "NUMBA_THREADING_LAYER", "NUMBA_CACHE_DIR", "OMP_NUM_THREADS")
     return Info(
         version=_version(),
@@ -140,8 +142,23 @@ def info() -> Info:
                  "torch_interop": torch.get_num_interop_threads(),
                  "cpu_count": os.cpu_count()},
         cuda=_cuda_info(),
+        cuda_dispatch=_cuda_dispatch_info(),
         environment={k: os.environ[k] for k in env_names if k in os.environ},
     )
+
+
+def _cuda_dispatch_info():
+    """The CUDA dispatch's setting and what it picks for the common float32 layers."""
+    from .backends import cuda_dispatch as cd
+    try:
+        pol = cd.policy()
+    except ValueError as exc:
+        return {"policy": f"invalid: {exc}", "choices": {}}
+    choices = {}
+    for mode in ("LSTM", "GRU", "RNN_TANH"):
+        for H in (128, 256, 512):
+            choices[f"{mode} float32 H={H}"] = cd.choose(mode, torch.float32, H)
+    return {"policy": pol, "choices": choices}
 
 
 def format_info(d) -> str:
@@ -175,6 +192,12 @@ def format_info(d) -> str:
     else:
         lines.append(f"CUDA {cu['torch_cuda']} build, no GPU available"
                      + (f" ({cu['error']})" if cu.get("error") else ""))
+    dis = d.get("cuda_dispatch")
+    if dis:
+        lines.append(f"CUDA dispatch (auto backend, CUDA tensors): {dis['policy']} "
+                     f"($FASTRNN_CUDA_DISPATCH=auto|fastrnn|cudnn)")
+        for case, (side, why) in dis["choices"].items():
+            lines.append(f"  {case}: {side} ({why})")
     if d["environment"]:
         lines.append("environment: " + " ".join(f"{k}={v}" for k, v in d["environment"].items()))
     return "\n".join(lines)

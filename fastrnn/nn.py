@@ -15,9 +15,11 @@ eager forward, ``module.last_backend`` names the backend that ran.
 """
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from . import backends as _backends
 from . import functional as F_
+from .backends import cuda_dispatch as _cuda_dispatch
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 
@@ -62,6 +64,7 @@ def _check_backend(backend):
 class _BackendMixin:
     backend = None
     last_backend = None
+    last_dispatch = None  # on CUDA tensors: why fastrnn's kernels or torch's (cuDNN) ran
     _torch_class = None  # the torch.nn class this module replaces
 
     def _torch_kwargs(self):
@@ -141,6 +144,18 @@ class _RNNBase(_BackendMixin, nn.RNNBase):
         if _torch_native():
             self.__dict__["last_backend"] = "torch"
             return _TORCH_FORWARD[mode](self, input, hx)
+        data = input.data if isinstance(input, PackedSequence) else input
+        if isinstance(data, torch.Tensor) and _cuda_dispatch.applies(data):
+            p = self._param(self._flat_weights_names[0])
+            if _cuda_dispatch.routes_to_torch(mode, p.dtype, self.hidden_size, self.backend):
+                if not torch.compiler.is_compiling():
+                    self.__dict__["last_backend"] = "cudnn"
+                    self.__dict__["last_dispatch"] = _cuda_dispatch.choose(
+                        mode, p.dtype, self.hidden_size)[1]
+                return _TORCH_FORWARD[mode](self, input, hx)
+            if not torch.compiler.is_compiling():
+                self.__dict__["last_dispatch"] = _cuda_dispatch.choose(
+                    mode, p.dtype, self.hidden_size)[1]
         result = F_.rnn(mode, input, hx, self._weights(), self.bias, self.num_layers,
                         self.dropout, self.training, self.bidirectional, self.batch_first,
                         self.proj_size, self.backend)
