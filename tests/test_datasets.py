@@ -467,3 +467,89 @@ def test_padding_warning_free(archive):
 def test_json_stats_roundtrip(archive):
     corpus = imdb.load_corpus(archive, progress=False)
     assert json.loads(json.dumps(corpus.stats))["train_reviews"] == 12
+
+
+# ----------------------------------------------------------------------------- Kaggle CSV
+
+def _csv_rows_like_aclimdb(reviews):
+    """(review, sentiment) rows: train then test, each negative then positive by id, as
+    the aclImdb loader orders them; the CSV's first half is then aclImdb's training set."""
+    def by_id(files):
+        return sorted(files, key=lambda f: int(f[0].split("_")[0]))
+    rows = []
+    for split in ("train", "test"):
+        for label, word in (("neg", "negative"), ("pos", "positive")):
+            rows += [(data.decode("utf-8"), word) for _, data in by_id(reviews[(split, label)])]
+    return rows
+
+
+def _write_csv(path, rows, header=("review", "sentiment")):
+    import csv
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        if header:
+            w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def test_kaggle_csv_gives_aclimdb_texts_and_labels(tmp_path, reviews, archive):
+    csv_path = _write_csv(tmp_path / "IMDB Dataset.csv", _csv_rows_like_aclimdb(reviews))
+    a = imdb.load_corpus(archive, progress=False)
+    b = imdb.load_corpus(csv_path, progress=False)
+    assert a.words == b.words
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(a.labels[split], b.labels[split])
+        np.testing.assert_array_equal(a.flat[split], b.flat[split])
+        np.testing.assert_array_equal(a.offsets[split], b.offsets[split])
+    # the Kaggle zip holding it, and a folder holding the CSV
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "archive.zip", "w") as zf:
+        zf.write(csv_path, "IMDB Dataset.csv")
+    c = imdb.load_corpus(tmp_path / "archive.zip", progress=False)
+    np.testing.assert_array_equal(c.flat["train"], a.flat["train"])
+    folder = tmp_path / "kaggle"
+    folder.mkdir()
+    _write_csv(folder / "IMDB Dataset.csv", _csv_rows_like_aclimdb(reviews))
+    (x_tr, y_tr), _ = load(folder)
+    (x_tr2, y_tr2), _ = load(archive)
+    assert [list(x) for x in x_tr] == [list(x) for x in x_tr2]
+    np.testing.assert_array_equal(y_tr, y_tr2)
+
+
+def test_kaggle_csv_quoting_and_line_breaks(tmp_path):
+    rows = [('Great, "really" great.<br /><br />Loved\nit', "positive"),
+            ("Bad, bad film", "NEGATIVE"), ("Great\r\nfilm", "positive"), ("Bad", "negative")]
+    path = _write_csv(tmp_path / "k.csv", rows)
+    corpus = imdb.load_corpus(path, progress=False)
+    assert decode_words(corpus, "train") == [["bad", "bad", "film"],
+                                             ["great", "really", "great", "loved", "it"]]
+    assert decode_words(corpus, "test") == [["bad"], ["great", "film"]]
+    np.testing.assert_array_equal(corpus.labels["train"], [0, 1])
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"", "is empty"),
+    (b"text,label\nGood film,positive\n", "header must name the columns 'review' and"),
+    (b"review,sentiment\n", "no reviews"),
+    (b"review,sentiment\nGood,positive\nBad,neutral\n", "record 2: sentiment must be"),
+    (b"review,sentiment\nGood\n", "record 1: expected 2 fields"),
+    (b"review,sentiment\nGood,positive\nBad,positive\n", "no test/neg"),
+])
+def test_kaggle_csv_errors(tmp_path, content, match):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(ImdbFormatError, match=match):
+        imdb.load_corpus(path, progress=False)
+
+
+def test_kaggle_zip_errors(tmp_path):
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "two.zip", "w") as zf:
+        zf.writestr("a.csv", "review,sentiment\n")
+        zf.writestr("b.csv", "review,sentiment\n")
+    with pytest.raises(ImdbFormatError, match="holds 2 .csv files"):
+        imdb.load_corpus(tmp_path / "two.zip", progress=False)
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(ImdbFormatError, match="not a readable zip"):
+        imdb.load_corpus(tmp_path / "bad.zip", progress=False)

@@ -10,8 +10,12 @@ download):
 * the extracted ``aclImdb/`` folder (or a folder holding ``train/`` and ``test/``);
 * Keras's ``imdb.npz`` (already tokenised; its word index is read from an
   ``imdb_word_index.json`` beside it, if present);
+* Kaggle's "IMDB Dataset of 50K Movie Reviews": ``IMDB Dataset.csv`` (columns ``review``
+  and ``sentiment`` = ``positive``/``negative``, 50,000 records) or the zip holding it. It
+  has no train/test split: the first half of its records (25,000) is the training set, the
+  second half the test set, in file order;
 * a folder holding one of the above (``aclImdb_v1.tar.gz``, ``aclImdb_v1_labeled.tar.gz``,
-  ``aclImdb/``, ``imdb.npz``).
+  ``aclImdb/``, ``imdb.npz``, ``IMDB Dataset.csv``).
 
 Reviews are tokenised as documented in :mod:`fastrnn.datasets.text` and ranked by
 training-set frequency (rank 1 = most frequent). The tokenised corpus is cached in
@@ -19,7 +23,8 @@ training-set frequency (rank 1 = most frequent). The tokenised corpus is cached 
 sha256 (archives, npz) or by its file listing with sizes and modification times (folders)
 and by the tokeniser version, so later runs skip the 50,000 file reads.
 
-Within a split, reviews are ordered negative then positive, each by numeric id, before
+Within a split, reviews are ordered negative then positive, each by numeric id (Kaggle's
+CSV: each in file order), before
 ``load_data`` shuffles them with Keras's procedure (one ``np.random.RandomState(seed)``,
 train shuffled first, then test).
 
@@ -27,16 +32,23 @@ Odd inputs: a review file that is not valid UTF-8 is decoded with U+FFFD replace
 characters (which separate words) and a ``UnicodeWarning`` names the files; an empty
 review (or one with no words) is kept as an empty sequence (``[start_char]`` after
 ``load_data``); a missing ``train``/``test`` ``pos``/``neg`` folder is an
-:class:`ImdbFormatError`.
+:class:`ImdbFormatError`; so are, in a CSV, a header without ``review`` and ``sentiment``,
+a record with too few fields, a sentiment other than ``positive``/``negative`` (any case),
+an empty file, and a zip holding no or several ``.csv`` files. Quoted fields may hold
+commas, quotes and line breaks (the CSV module's rules); ``<br />`` inside reviews is
+tokenised as in aclImdb.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
 import tarfile
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +66,8 @@ ARCHIVE_NAME = "aclImdb_v1.tar.gz"
 PATH_ENV = "FASTRNN_IMDB_PATH"
 OFFLINE_ENV = "FASTRNN_OFFLINE"
 #: Names looked for inside a folder given as the source and inside the cache folder.
-CANDIDATE_NAMES = (ARCHIVE_NAME, "aclImdb_v1_labeled.tar.gz", "aclImdb", "imdb.npz")
+CSV_NAME = "IMDB Dataset.csv"  # Kaggle's
+CANDIDATE_NAMES = (ARCHIVE_NAME, "aclImdb_v1_labeled.tar.gz", "aclImdb", "imdb.npz", CSV_NAME)
 
 SPLITS = ("train", "test")
 LABELS = {"neg": 0, "pos": 1}
@@ -191,6 +204,69 @@ def _iter_tar(path: Path):
             raise ImdbFormatError(f"{path} is a damaged archive: {exc}") from exc
 
 
+_CSV_LABELS = {"negative": "neg", "positive": "pos"}
+
+
+def _is_csv(path: Path):
+    """Kaggle's CSV, or a zip holding it."""
+    return path.is_file() and path.suffix.lower() in (".csv", ".zip")
+
+
+def _csv_bytes(path: Path):
+    """(the CSV's bytes, a name for messages): the file, or the one .csv inside a zip."""
+    if path.suffix.lower() != ".zip":
+        return path.read_bytes(), str(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = [n for n in zf.namelist() if n.lower().endswith(".csv")]
+            if len(members) != 1:
+                raise ImdbFormatError(
+                    f"{path} holds {len(members)} .csv files ({', '.join(members) or 'none'}); "
+                    f"expected one, Kaggle's {CSV_NAME}")
+            return zf.read(members[0]), f"{path}:{members[0]}"
+    except zipfile.BadZipFile as exc:
+        raise ImdbFormatError(f"{path} is not a readable zip file: {exc}") from exc
+
+
+def _iter_csv(path: Path):
+    """Kaggle's CSV as (split, label, order stem, name, review bytes): the first half of the
+    records is the training set, the second half the test set."""
+    data, name = _csv_bytes(path)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="replace")
+        warnings.warn(f"{name} is not valid UTF-8: decoded with U+FFFD replacement characters",
+                      UnicodeWarning, stacklevel=4)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if not header:
+        raise ImdbFormatError(f"{name} is empty; expected Kaggle's {CSV_NAME}: a header "
+                              f"'review,sentiment' and one review per record")
+    cols = [h.strip().lower() for h in header]
+    if "review" not in cols or "sentiment" not in cols:
+        raise ImdbFormatError(f"{name}: the header must name the columns 'review' and "
+                              f"'sentiment' (Kaggle's {CSV_NAME}), got {header}")
+    ri, si = cols.index("review"), cols.index("sentiment")
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        raise ImdbFormatError(f"{name} is not a readable CSV: {exc}") from exc
+    if not rows:
+        raise ImdbFormatError(f"{name} has a header but no reviews")
+    half = (len(rows) + 1) // 2
+    for i, row in enumerate(rows):
+        where = f"{name}, record {i + 1}"
+        if len(row) <= max(ri, si):
+            raise ImdbFormatError(f"{where}: expected {len(header)} fields, got {len(row)}")
+        label = _CSV_LABELS.get(row[si].strip().lower())
+        if label is None:
+            raise ImdbFormatError(f"{where}: sentiment must be 'positive' or 'negative', "
+                                  f"got {row[si]!r}")
+        yield ("train" if i < half else "test"), label, f"{i:07d}", where, \
+            row[ri].encode("utf-8")
+
+
 def _iter_folder(root: Path):
     for split in SPLITS:
         for label in LABELS:
@@ -224,6 +300,9 @@ def _read_reviews(source: Path, progress: bool):
     if source.is_dir():
         total = len(_folder_files(source))
         items = _iter_folder(source)
+    elif _is_csv(source):
+        total = None
+        items = _iter_csv(source)
     else:
         total = None
         items = _iter_tar(source)
@@ -246,6 +325,10 @@ def _read_reviews(source: Path, progress: bool):
         raise ImdbFormatError(
             f"{source} holds no reviews in the aclImdb layout "
             f"(<any>/{{train,test}}/{{pos,neg}}/<id>_<rating>.txt)")
+    if missing and _is_csv(source):
+        raise ImdbFormatError(
+            f"{source} has no {' and no '.join(missing)} reviews (its first half of records "
+            f"is the training set, the second half the test set)")
     if missing:
         raise ImdbFormatError(
             f"{source} has no reviews in {', '.join(missing)}; expected "
@@ -355,9 +438,10 @@ def load_corpus(path=None, *, cache=True, download=True, progress=True) -> ImdbC
         corpus = _read_keras_npz(source)
         corpus.stats.update(cache="off", seconds=time.perf_counter() - t0)
         return corpus
-    if source.is_file() and not tarfile.is_tarfile(source):
+    if source.is_file() and not _is_csv(source) and not tarfile.is_tarfile(source):
         raise ImdbFormatError(
-            f"{source} is neither a tar archive, an aclImdb folder nor a Keras imdb.npz")
+            f"{source} is neither a tar archive, an aclImdb folder, a Keras imdb.npz nor "
+            f"Kaggle's {CSV_NAME} (or its zip)")
     key = _source_key(source)
     memo_key = (key, _text.TOKENIZER_VERSION)
     if memo_key in _memo:
