@@ -495,6 +495,8 @@ def header(machine_info, rates, files, cases, spread="iqr", cache_gbps=None):
     lines.append(f"_Medians in ms{spread_txt}; speedup = peer time / fastrnn time (>1: "
                  "fastrnn faster), the median of per-round ratios where the peers ran between "
                  "fastrnn's rounds (`rounds` column), else the ratio of medians; onnxruntime "
+                 "runs inside the torch process here (as deployed, alone in a process of its "
+                 "own: `benchmarks/deployed.py`) and "
                  "is compared with `fastrnn alone`: the median of per-round ratios where the "
                  "two alternated (each after a pause and an untimed call of its own), else "
                  "the ratio of their medians; GEMM limit = matrix-product FLOPs of the case / GEMM "
