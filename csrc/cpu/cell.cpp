@@ -14,6 +14,7 @@
 // Backward (cell_backward) is the pointwise part: the pre-activation gradients and the
 // state's direct gradient; the products with the weights are GEMMs the caller runs.
 #include "cpu/fused_gemm.h"
+#include "cpu/gate_grads.h"
 #include "cpu/kernels.h"
 
 namespace fastrnn {
@@ -293,27 +294,26 @@ void cell_backward_impl(const CellBackwardParams<T>& a) {
         const T* s = a.saved + n * 4 * H + u;
         const V i = vload_n(s, cnt), f = vload_n(s + H, cnt);
         const V g = vload_n(s + 2 * H, cnt), og = vload_n(s + 3 * H, cnt);
-        const V tc = vtanh<T>(vload_n(a.c_out + o, cnt));
-        const V dc = (a.dc_out ? vload_n(a.dc_out + o, cnt) : vzero<T>()) + dh * og * ((T)1 - tc * tc);
-        vstore_n(dx, dc * g * i * ((T)1 - i), cnt);
-        vstore_n(dx + H, dc * vload_n(a.c + o, cnt) * f * ((T)1 - f), cnt);
-        vstore_n(dx + 2 * H, dc * i * ((T)1 - g * g), cnt);
-        vstore_n(dx + 3 * H, dh * tc * og * ((T)1 - og), cnt);
-        vstore_n(a.dc + o, dc * f, cnt);
+        const LstmGateGrads<T> gr =
+            lstm_gate_grads<T>(i, f, g, og, vtanh<T>(vload_n(a.c_out + o, cnt)), vload_n(a.c + o, cnt), dh,
+                               a.dc_out ? vload_n(a.dc_out + o, cnt) : vzero<T>());
+        vstore_n(dx, gr.di, cnt);
+        vstore_n(dx + H, gr.df, cnt);
+        vstore_n(dx + 2 * H, gr.dg, cnt);
+        vstore_n(dx + 3 * H, gr.dout, cnt);
+        vstore_n(a.dc + o, gr.dc_prev, cnt);
       } else if constexpr (Cell == kCellGru) {
         const T* s = a.saved + n * 4 * H + u;
         const V r = vload_n(s, cnt), z = vload_n(s + H, cnt);
         const V nn = vload_n(s + 2 * H, cnt), hn = vload_n(s + 3 * H, cnt);
-        const V dn = dh * ((T)1 - z) * ((T)1 - nn * nn);
-        const V dz = dh * (vload_n(a.h + o, cnt) - nn) * z * ((T)1 - z);
-        const V dr = dn * hn * r * ((T)1 - r);
+        const GruGateGrads<T> gr = gru_gate_grads<T>(dh, r, z, nn, hn, vload_n(a.h + o, cnt));
         T* dhp = a.dpre_h + n * GH + u;
-        vstore_n(dx, dr, cnt);
-        vstore_n(dx + H, dz, cnt);
-        vstore_n(dx + 2 * H, dn, cnt);
-        vstore_n(dhp, dr, cnt);
-        vstore_n(dhp + H, dz, cnt);
-        vstore_n(dhp + 2 * H, dn * r, cnt);
+        vstore_n(dx, gr.dr, cnt);
+        vstore_n(dx + H, gr.dz, cnt);
+        vstore_n(dx + 2 * H, gr.dn, cnt);
+        vstore_n(dhp, gr.dr, cnt);
+        vstore_n(dhp + H, gr.dz, cnt);
+        vstore_n(dhp + 2 * H, gr.dn * r, cnt);
         vstore_n(a.dh_direct + o, dh * z, cnt);
       } else {
         const V y = vload_n(a.h_out + o, cnt);

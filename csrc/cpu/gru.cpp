@@ -3,6 +3,7 @@
 // epilogue adds b_hh, applies the gates and updates h. Backward: one fused GEMM
 // (dhg_{t+1} @ W_hh) per step whose epilogue produces this step's gate gradients.
 #include "cpu/fused_gemm.h"
+#include "cpu/gate_grads.h"
 #include "cpu/kernels.h"
 
 namespace fastrnn {
@@ -110,16 +111,13 @@ void gru_backward(const GruBackwardParams<T>& a) {
           const T* svr = sv + n * 4 * H + u;
           const V r = vload_n(svr, cnt), z = vload_n(svr + H, cnt);
           const V nn = vload_n(svr + 2 * H, cnt), hn = vload_n(svr + 3 * H, cnt);
-          const V hp = vload_n(hprev + n * H + u, cnt);
-          const V dn = dh * ((T)1 - z) * ((T)1 - nn * nn);
-          const V dz = dh * (hp - nn) * z * ((T)1 - z);
-          const V dr = dn * hn * r * ((T)1 - r);
-          vstore_n(dxr, dr, cnt);
-          vstore_n(dxr + H, dz, cnt);
-          vstore_n(dxr + 2 * H, dn, cnt);
-          vstore_n(dhr, dr, cnt);
-          vstore_n(dhr + H, dz, cnt);
-          vstore_n(dhr + 2 * H, dn * r, cnt);
+          const GruGateGrads<T> gr = gru_gate_grads<T>(dh, r, z, nn, hn, vload_n(hprev + n * H + u, cnt));
+          vstore_n(dxr, gr.dr, cnt);
+          vstore_n(dxr + H, gr.dz, cnt);
+          vstore_n(dxr + 2 * H, gr.dn, cnt);
+          vstore_n(dhr, gr.dr, cnt);
+          vstore_n(dhr + H, gr.dz, cnt);
+          vstore_n(dhr + 2 * H, gr.dn * r, cnt);
           vstore_n(cr, dh * z, cnt);
         }
       });

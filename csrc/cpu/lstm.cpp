@@ -3,6 +3,7 @@
 // gate-major W_hh panels whose epilogue applies the nonlinearities and the cell
 // update; with a projection a second GEMM phase produces h.
 #include "cpu/fused_gemm.h"
+#include "cpu/gate_grads.h"
 #include "cpu/kernels.h"
 
 namespace fastrnn {
@@ -126,14 +127,14 @@ void lstm_backward(const LstmBackwardParams<T>& a) {
         const V gg = vload_n(g + 2 * H, cnt), o = vload_n(g + 3 * H, cnt);
         const V tc = vtanh<T>(vload_n(ct + n * H + u, cnt));
         T* dcrow = dc.get() + n * H + u;
-        const V dcv = vload_n(dcrow, cnt) + dm * o * ((T)1 - tc * tc);
-        const V cp = vload_n(cprev + n * H + u, cnt);
+        const LstmGateGrads<T> gr = lstm_gate_grads<T>(i, f, gg, o, tc, vload_n(cprev + n * H + u, cnt),
+                                                       dm, vload_n(dcrow, cnt));
         T* d = dgt + n * G4 + u;
-        vstore_n(d, dcv * gg * i * ((T)1 - i), cnt);
-        vstore_n(d + H, dcv * cp * f * ((T)1 - f), cnt);
-        vstore_n(d + 2 * H, dcv * i * ((T)1 - gg * gg), cnt);
-        vstore_n(d + 3 * H, dm * tc * o * ((T)1 - o), cnt);
-        vstore_n(dcrow, dcv * f, cnt);
+        vstore_n(d, gr.di, cnt);
+        vstore_n(d + H, gr.df, cnt);
+        vstore_n(d + 2 * H, gr.dg, cnt);
+        vstore_n(d + 3 * H, gr.dout, cnt);
+        vstore_n(dcrow, gr.dc_prev, cnt);
       };
       auto zero_gates = [&](int64_t n, int64_t u, int cnt) {
         for (int g = 0; g < 4; ++g) vstore_n(dgt + n * G4 + g * H + u, vzero<T>(), cnt);

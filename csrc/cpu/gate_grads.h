@@ -1,0 +1,45 @@
+// The pointwise backward of one LSTM and one GRU step, written once for the sequence
+// kernels (lstm.cpp, gru.cpp) and the fused step (cell.cpp). Derivatives from the saved
+// activations: d sigmoid(s) = s (1 - s), d tanh(t) = 1 - t^2.
+#pragma once
+#include "cpu/vec.h"
+
+namespace fastrnn {
+namespace cpu {
+namespace FASTRNN_ISA {
+
+// LSTM: from the saved gates i, f, g, o, the new cell state's tanh tc, the previous cell
+// state cp, dm = the gradient of o * tanh(c') and dc_in = the gradient reaching c' from later
+// steps: the pre-activation gradients (di, df, dg, do) and the gradient of c (dc_prev).
+template <typename T>
+struct LstmGateGrads {
+  vec_t<T> di, df, dg, dout, dc_prev;
+};
+
+template <typename T>
+FASTRNN_INLINE LstmGateGrads<T> lstm_gate_grads(vec_t<T> i, vec_t<T> f, vec_t<T> g, vec_t<T> o,
+                                                vec_t<T> tc, vec_t<T> cp, vec_t<T> dm,
+                                                vec_t<T> dc_in) {
+  const vec_t<T> dc = dc_in + dm * o * ((T)1 - tc * tc);
+  return {dc * g * i * ((T)1 - i), dc * cp * f * ((T)1 - f), dc * i * ((T)1 - g * g),
+          dm * tc * o * ((T)1 - o), dc * f};
+}
+
+// GRU: from dh (the gradient of h'), the saved r, z, n and hn = W_hn h + b_hn, and h: the
+// pre-activation gradients of r, z and of n's input part (the hidden side's n gradient is
+// dn * r; h's direct gradient is dh * z).
+template <typename T>
+struct GruGateGrads {
+  vec_t<T> dr, dz, dn;
+};
+
+template <typename T>
+FASTRNN_INLINE GruGateGrads<T> gru_gate_grads(vec_t<T> dh, vec_t<T> r, vec_t<T> z, vec_t<T> nn,
+                                              vec_t<T> hn, vec_t<T> hp) {
+  const vec_t<T> dn = dh * ((T)1 - z) * ((T)1 - nn * nn);
+  return {dn * hn * r * ((T)1 - r), dh * (hp - nn) * z * ((T)1 - z), dn};
+}
+
+}  // namespace FASTRNN_ISA
+}  // namespace cpu
+}  // namespace fastrnn
