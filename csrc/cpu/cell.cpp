@@ -307,13 +307,7 @@ void cell_backward_impl(const CellBackwardParams<T>& a) {
         const V r = vload_n(s, cnt), z = vload_n(s + H, cnt);
         const V nn = vload_n(s + 2 * H, cnt), hn = vload_n(s + 3 * H, cnt);
         const GruGateGrads<T> gr = gru_gate_grads<T>(dh, r, z, nn, hn, vload_n(a.h + o, cnt));
-        T* dhp = a.dpre_h + n * GH + u;
-        vstore_n(dx, gr.dr, cnt);
-        vstore_n(dx + H, gr.dz, cnt);
-        vstore_n(dx + 2 * H, gr.dn, cnt);
-        vstore_n(dhp, gr.dr, cnt);
-        vstore_n(dhp + H, gr.dz, cnt);
-        vstore_n(dhp + 2 * H, gr.dn * r, cnt);
+        store_gru_gate_grads<T>(dx, a.dpre_h + n * GH + u, gr, r, H, cnt);
         vstore_n(a.dh_direct + o, dh * z, cnt);
       } else {
         const V y = vload_n(a.h_out + o, cnt);

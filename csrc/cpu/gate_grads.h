@@ -40,6 +40,19 @@ FASTRNN_INLINE GruGateGrads<T> gru_gate_grads(vec_t<T> dh, vec_t<T> r, vec_t<T> 
   return {dn * hn * r * ((T)1 - r), dh * (hp - nn) * z * ((T)1 - z), dn};
 }
 
+// Stores them: the input side's (dr, dz, dn) at dx and the hidden side's (dr, dz, dn * r)
+// at dhg, the gates H apart.
+template <typename T>
+FASTRNN_INLINE void store_gru_gate_grads(T* dx, T* dhg, const GruGateGrads<T>& gr, vec_t<T> r,
+                                         int64_t H, int cnt) {
+  vstore_n(dx, gr.dr, cnt);
+  vstore_n(dx + H, gr.dz, cnt);
+  vstore_n(dx + 2 * H, gr.dn, cnt);
+  vstore_n(dhg, gr.dr, cnt);
+  vstore_n(dhg + H, gr.dz, cnt);
+  vstore_n(dhg + 2 * H, gr.dn * r, cnt);
+}
+
 }  // namespace FASTRNN_ISA
 }  // namespace cpu
 }  // namespace fastrnn

@@ -112,12 +112,7 @@ void gru_backward(const GruBackwardParams<T>& a) {
           const V r = vload_n(svr, cnt), z = vload_n(svr + H, cnt);
           const V nn = vload_n(svr + 2 * H, cnt), hn = vload_n(svr + 3 * H, cnt);
           const GruGateGrads<T> gr = gru_gate_grads<T>(dh, r, z, nn, hn, vload_n(hprev + n * H + u, cnt));
-          vstore_n(dxr, gr.dr, cnt);
-          vstore_n(dxr + H, gr.dz, cnt);
-          vstore_n(dxr + 2 * H, gr.dn, cnt);
-          vstore_n(dhr, gr.dr, cnt);
-          vstore_n(dhr + H, gr.dz, cnt);
-          vstore_n(dhr + 2 * H, gr.dn * r, cnt);
+          store_gru_gate_grads<T>(dxr, dhr, gr, r, H, cnt);
           vstore_n(cr, dh * z, cnt);
         }
       });
