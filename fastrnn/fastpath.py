@@ -77,14 +77,14 @@ class _Cell(torch.autograd.Function):
         h1, c1, saved = _cpu.cell_forward(k, x, h, c, w_ih, w_hh, b_ih, b_hh, True)
         ctx.kind = kind
         ctx.save_for_backward(x, h, c, w_ih, w_hh, h1, c1, saved)
-        ctx.has_bias = b_ih is not None
-        ctx.biases = (b_ih, b_hh)  # parameters, read only by a double backward
+        ctx.biases = (b_ih, b_hh)  # (None, None) without bias; the tensors only for a double backward
         return (h1, c1) if kind == "LSTM" else h1
 
     @staticmethod
     def backward(ctx, dh1, dc1=None):
         x, h, c, w_ih, w_hh, h1, c1, saved = ctx.saved_tensors
         kind = ctx.kind
+        has_bias = ctx.biases[0] is not None
         if torch.is_grad_enabled():  # create_graph=True: gradients that are differentiable
             return (None,) + _replay_grads(ctx, kind, x, h, c, w_ih, w_hh, dh1, dc1)
         k = _cpu.CELL_KINDS[kind]
@@ -94,7 +94,7 @@ class _Cell(torch.autograd.Function):
         G = CELL_GATES[kind]
         if x.shape[0] * G * w_hh.shape[1] * (x.shape[1] + w_hh.shape[1]) <= _ONE_PASS_MACS:
             dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh = _cpu.cell_backward_all(
-                k, dh1, dc1, x, h, c, w_ih, w_hh, h1, c1, saved, G, need[1], ctx.has_bias)
+                k, dh1, dc1, x, h, c, w_ih, w_hh, h1, c1, saved, G, need[1], has_bias)
             return None, dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
         dpre_x, dpre_h, dc, dh_direct = _cpu.cell_backward(k, dh1, dc1, h, c, h1, c1, saved, G)
         dx = dpre_x.mm(w_ih) if need[1] else None
@@ -106,7 +106,7 @@ class _Cell(torch.autograd.Function):
         dw_ih = dpre_x.t().mm(x) if need[4] else None
         dw_hh = dpre_h.t().mm(h) if need[5] else None
         db_ih = db_hh = None
-        if ctx.has_bias and (need[6] or need[7]):
+        if has_bias and (need[6] or need[7]):
             db_ih = dpre_x.sum(0)
             db_hh = dpre_h.sum(0) if dpre_h is not dpre_x else db_ih
         return None, dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
