@@ -189,7 +189,8 @@ PYBIND11_MODULE(_C, m) {
       "lstm_forward",
       [](int itemsize, int64_t T, int64_t N, int64_t H, int64_t R, std::uintptr_t xg, std::uintptr_t h0,
          std::uintptr_t c0, std::uintptr_t w_hh, std::uintptr_t w_hr, std::uintptr_t lengths, bool reverse,
-         std::uintptr_t y, std::uintptr_t cn, std::uintptr_t gates, std::uintptr_t cs, int num_threads) {
+         std::uintptr_t y, std::uintptr_t cn, std::uintptr_t gates, std::uintptr_t cs, int num_threads,
+         std::uintptr_t w_ch) {
         check_sizes(T, N, H, R, num_threads);
         check_lengths(lengths, T, N);
         if ((gates == 0) != (cs == 0)) throw std::invalid_argument("lstm_forward: gates and cs go together");
@@ -197,7 +198,7 @@ PYBIND11_MODULE(_C, m) {
         auto fill = [&](auto& p) {
           using T_ = std::remove_pointer_t<decltype(p.y)>;
           p = {T, N, H, R, ptr<const T_>(xg), ptr<const T_>(h0), ptr<const T_>(c0), ptr<const T_>(w_hh),
-               ptr<const T_>(w_hr), ptr<const int64_t>(lengths), reverse, ptr<T_>(y), ptr<T_>(cn),
+               ptr<const T_>(w_hr), ptr<const T_>(w_ch), ptr<const int64_t>(lengths), reverse, ptr<T_>(y), ptr<T_>(cn),
                ptr<T_>(gates), ptr<T_>(cs), num_threads};
         };
         run<LstmForwardParams>(itemsize, fastrnn::cpu::lstm_forward<float>, fastrnn::cpu::lstm_forward<double>,
@@ -205,14 +206,14 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("itemsize"), py::arg("T"), py::arg("N"), py::arg("H"), py::arg("R"), py::arg("xg"), py::arg("h0"),
       py::arg("c0"), py::arg("w_hh"), py::arg("w_hr"), py::arg("lengths"), py::arg("reverse"), py::arg("y"),
-      py::arg("cn"), py::arg("gates"), py::arg("cs"), py::arg("num_threads"));
+      py::arg("cn"), py::arg("gates"), py::arg("cs"), py::arg("num_threads"), py::arg("w_ch") = 0);
 
   m.def(
       "lstm_backward",
       [](int itemsize, int64_t T, int64_t N, int64_t H, int64_t R, std::uintptr_t dy, std::uintptr_t dcn,
          std::uintptr_t h0, std::uintptr_t c0, std::uintptr_t w_hh, std::uintptr_t w_hr, std::uintptr_t lengths,
          bool reverse, std::uintptr_t y, std::uintptr_t gates, std::uintptr_t cs, std::uintptr_t dgates,
-         std::uintptr_t dh0, std::uintptr_t dc0, std::uintptr_t dr, int num_threads) {
+         std::uintptr_t dh0, std::uintptr_t dc0, std::uintptr_t dr, int num_threads, std::uintptr_t w_ch) {
         check_sizes(T, N, H, R, num_threads);
         check_lengths(lengths, T, N);
         if (!gates || !cs) throw std::invalid_argument("lstm_backward: needs the saved gates and cs");
@@ -221,7 +222,8 @@ PYBIND11_MODULE(_C, m) {
         auto fill = [&](auto& p) {
           using T_ = std::remove_pointer_t<decltype(p.dgates)>;
           p = {T, N, H, R, ptr<const T_>(dy), ptr<const T_>(dcn), ptr<const T_>(h0), ptr<const T_>(c0),
-               ptr<const T_>(w_hh), ptr<const T_>(w_hr), ptr<const int64_t>(lengths), reverse, ptr<const T_>(y),
+               ptr<const T_>(w_hh), ptr<const T_>(w_hr), ptr<const T_>(w_ch), ptr<const int64_t>(lengths), reverse,
+               ptr<const T_>(y),
                ptr<const T_>(gates), ptr<const T_>(cs), ptr<T_>(dgates), ptr<T_>(dh0), ptr<T_>(dc0),
                w_hr ? ptr<T_>(dr) : nullptr, num_threads};
         };
@@ -231,7 +233,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("itemsize"), py::arg("T"), py::arg("N"), py::arg("H"), py::arg("R"), py::arg("dy"), py::arg("dcn"),
       py::arg("h0"), py::arg("c0"), py::arg("w_hh"), py::arg("w_hr"), py::arg("lengths"), py::arg("reverse"),
       py::arg("y"), py::arg("gates"), py::arg("cs"), py::arg("dgates"), py::arg("dh0"), py::arg("dc0"),
-      py::arg("dr"), py::arg("num_threads"));
+      py::arg("dr"), py::arg("num_threads"), py::arg("w_ch") = 0);
 
   m.def(
       "gru_forward",

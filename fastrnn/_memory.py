@@ -109,14 +109,14 @@ def use_pool(backend, t):
     float32/float64."""
     return (backend in POOLED_BACKENDS and t.device.type == "cpu"
             and t.dtype in (torch.float32, torch.float64)
-            and not torch.compiler.is_compiling()
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
             and torch._C._functorch.peek_interpreter_stack() is None)
 
 
 def linear(x, weight, bias, slot, backend=None):
     """F.linear over [T, N, I]; outside autograd and compilation, into a reused buffer;
     in eager training on the CPU kernels, into pooled memory."""
-    if x.device.type != "cpu" or torch.compiler.is_compiling():
+    if x.device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return F.linear(x, weight, bias)
     if needs_grad(x, weight, bias):
         if use_pool(backend, x):

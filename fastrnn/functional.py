@@ -24,11 +24,16 @@ from . import _validation as V
 from . import backends
 from . import fastpath
 from . import ops  # registers torch.ops.fastrnn.*
+from .backends import reference
 
-__all__ = ["rnn", "lstm", "gru", "rnn_tanh", "rnn_relu",
-           "lstm_cell", "gru_cell", "rnn_cell", "last_backend", "resolve_backend"]
+__all__ = ["rnn", "lstm", "gru", "rnn_tanh", "rnn_relu", "peephole_lstm",
+           "lstm_cell", "gru_cell", "rnn_cell", "peephole_lstm_cell", "last_backend", "resolve_backend"]
 
-MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU", "PEEPHOLE")
+# backend= value for the peephole LSTM under torch.func transforms: the recurrence as plain
+# torch ops (the custom ops' autograd cannot run inside functorch)
+TORCH_OPS = "torch-ops"
+_LSTM_MODES = ("LSTM", "PEEPHOLE")  # the modes with a cell state
 _last = {"backend": None}
 
 
@@ -51,9 +56,22 @@ def _resolve(backend, device_type, low_precision):
     return name
 
 
-def resolve_backend(backend, x):
+@torch.compiler.assume_constant_result
+def _resolve_peephole(backend, name):
+    """A backend without peephole LSTM kernels (cuda): "auto" runs the reference (torch
+    ops); asked for by name, an error."""
+    requested = backends.get_default_backend() if backend is None else backend
+    if requested == "auto":
+        return "reference"
+    raise ValueError(f"backend {name!r} has no peephole LSTM kernels; use backend='auto' "
+                     f"or 'reference' for PeepholeLSTM on {name!r} tensors")
+
+
+def resolve_backend(backend, x, peephole=False):
     """Resolve ``backend`` (None, "auto" or a name) for tensors like ``x``; records it."""
     name = _resolve(backend, x.device.type, x.dtype not in (torch.float32, torch.float64))
+    if peephole and not backends.has_peepholes(name):
+        name = _resolve_peephole(backend, name)
     if not torch.compiler.is_compiling():
         _last["backend"] = name
     return name
@@ -62,8 +80,8 @@ def resolve_backend(backend, x):
 _needs_grad = _memory.needs_grad
 
 
-def _split_weights(weights, num_layers, num_directions, has_biases, proj_size):
-    per = 2 + 2 * bool(has_biases) + (1 if proj_size > 0 else 0)
+def _split_weights(weights, num_layers, num_directions, has_biases, proj_size, peephole=False):
+    per = 2 + 2 * bool(has_biases) + (1 if proj_size > 0 else 0) + int(peephole)
     if len(weights) != per * num_layers * num_directions:
         raise ValueError(f"expected {per * num_layers * num_directions} weight tensors "
                          f"({per} per layer and direction), got {len(weights)}")
@@ -72,14 +90,15 @@ def _split_weights(weights, num_layers, num_directions, has_biases, proj_size):
         w = list(weights[k * per:(k + 1) * per])
         w_ih, w_hh = w[0], w[1]
         b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
+        w_ch = w.pop() if peephole else None
         w_hr = w[-1] if proj_size > 0 else None
-        groups.append((w_ih, w_hh, b_ih, b_hh, w_hr))
+        groups.append((w_ih, w_hh, b_ih, b_hh, w_hr, w_ch))
     return groups
 
 
 def _project(mode, x, w, slot=0, backend=None):
     """The input projection of all steps as ONE GEMM: xg [T, N, G*H] (and GRU's b_hh)."""
-    w_ih, w_hh, b_ih, b_hh, w_hr = w
+    w_ih, w_hh, b_ih, b_hh = w[:4]
     if mode == "GRU":
         if b_hh is None:
             b_hh = w_hh.new_zeros(w_hh.shape[0])
@@ -96,7 +115,7 @@ _EAGER_OPS = {"LSTM": ops.lstm_forward_eager, "GRU": ops.gru_forward_eager,
 
 def _recur(mode, xg, b_hh, h0, c0, w, lengths, reverse, backend):
     """The recurrence of one layer and direction -> (y [T, N, R], h_n [N, R], c_n|None)."""
-    w_hh, w_hr = w[1], w[4]
+    w_hh, w_hr, w_ch = w[1], w[4], w[5]
     cn = None
     # Inference in plain eager mode calls the op's body straight (arguments validated at
     # the module boundary); anything autograd, compile or export sees goes through the op.
@@ -108,6 +127,18 @@ def _recur(mode, xg, b_hh, h0, c0, w, lengths, reverse, backend):
     elif mode == "LSTM":
         training = _needs_grad(xg, h0, c0, w_hh, w_hr)
         y, cn, _, _ = ops_["LSTM"](xg, h0, c0, w_hh, w_hr, lengths, reverse, training, backend)
+    elif mode == "PEEPHOLE":
+        # traced: one graph whether or not the trace's inputs needed a gradient
+        training = _needs_grad(xg, h0, c0, w_hh, w_hr, w_ch) or torch.jit.is_tracing()
+        if backend == TORCH_OPS:
+            y, cn, _, _ = reference.lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse,
+                                                 False, w_ch)
+        elif ops_ is _OPS:
+            y, cn, _, _ = torch.ops.fastrnn.peephole_lstm_forward(
+                xg, h0, c0, w_hh, w_hr, w_ch, lengths, reverse, training, backend)
+        else:
+            y, cn, _, _ = ops.lstm_forward_eager(xg, h0, c0, w_hh, w_hr, lengths, reverse,
+                                                 training, backend, w_ch)
     else:
         y = ops_["RNN"](xg, h0, w_hh, lengths, reverse, mode == "RNN_RELU", backend)
     # frozen past each sequence's end: the final state is the last step's output
@@ -141,7 +172,7 @@ def _stack_layers(mode, x, num_layers, D, dropout, train, direction):
         if dropout > 0 and train and layer < num_layers - 1:
             x = F.dropout(x, p=dropout, training=True)
     hn = torch.stack(hns, 0)
-    cn = torch.stack(cns, 0) if mode == "LSTM" else None
+    cn = torch.stack(cns, 0) if mode in _LSTM_MODES else None
     return x, hn, cn
 
 
@@ -178,10 +209,10 @@ def rnn(mode, input, hx, weights, has_biases, num_layers, dropout, train, bidire
                           bidirectional, batch_first, proj_size, backend)
     if fast is not None:
         return fast
-    is_lstm = mode == "LSTM"
-    name = {"LSTM": "LSTM", "GRU": "GRU"}.get(mode, "RNN")
+    is_lstm = mode in _LSTM_MODES
+    name = {"LSTM": "LSTM", "GRU": "GRU", "PEEPHOLE": "PeepholeLSTM"}.get(mode, "RNN")
     D = 2 if bidirectional else 1
-    groups = _split_weights(weights, num_layers, D, has_biases, proj_size)
+    groups = _split_weights(weights, num_layers, D, has_biases, proj_size, mode == "PEEPHOLE")
     w0 = groups[0][0]
     input_size = w0.shape[1]
     hidden_size = groups[0][1].shape[1] if proj_size == 0 else groups[0][4].shape[1]
@@ -230,7 +261,8 @@ def rnn(mode, input, hx, weights, has_biases, num_layers, dropout, train, bidire
         out = x.new_zeros(T, 0, D * R) + 0 * x.sum()
         hn, cn = h0 + 0, (c0 + 0 if is_lstm else None)
     else:
-        name_resolved = resolve_backend(backend, x)
+        name_resolved = backend if backend == TORCH_OPS else \
+            resolve_backend(backend, x, peephole=mode == "PEEPHOLE")
         out, hn, cn = _run_layers(mode, x, h0, c0, groups, num_layers, bidirectional,
                                   dropout, train, lengths, name_resolved)
 
@@ -266,7 +298,8 @@ def _fast_one_step(mode, input, hx, weights, has_biases, num_layers, dropout, tr
     (``fastpath.steps_pay``: each layer and direction one call running its steps). No
     projection (proj_size), not packed. Returns None
     whenever the general path must run (which also raises every error for bad arguments)."""
-    if proj_size or not isinstance(input, torch.Tensor) or not fastpath.eager():
+    if proj_size or mode == "PEEPHOLE" or not isinstance(input, torch.Tensor) \
+            or not fastpath.eager():
         return None
     dim = input.dim()
     if dim == 3:
@@ -347,6 +380,13 @@ def _fast_one_step(mode, input, hx, weights, has_biases, num_layers, dropout, tr
 def lstm(input, hx, weights, has_biases, num_layers, dropout, train, bidirectional,
          batch_first, proj_size=0, backend=None):
     return rnn("LSTM", input, hx, weights, has_biases, num_layers, dropout, train,
+               bidirectional, batch_first, proj_size, backend)
+
+
+def peephole_lstm(input, hx, weights, has_biases, num_layers, dropout, train, bidirectional,
+                  batch_first, proj_size=0, backend=None):
+    """``weights``: per layer and direction ``w_ih, w_hh[, b_ih, b_hh][, w_hr], w_ch``."""
+    return rnn("PEEPHOLE", input, hx, weights, has_biases, num_layers, dropout, train,
                bidirectional, batch_first, proj_size, backend)
 
 
@@ -456,6 +496,27 @@ def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
     name = resolve_backend(backend, x)
     y, cn, _, _ = torch.ops.fastrnn.lstm_forward(xg, h, c, w_hh, None, None, False,
                                                  _needs_grad(xg, h, c, w_hh), name)
+    h1 = y[0]
+    return (h1, cn) if batched else (h1.squeeze(0), cn.squeeze(0))
+
+
+def peephole_lstm_cell(input, hx, w_ih, w_hh, w_ch, b_ih=None, b_hh=None, backend=None):
+    """One step of the peephole LSTM (``fastrnn.PeepholeLSTMCell``); w_ch [3H]."""
+    x, (h, c), batched = _cell_prepare("PeepholeLSTMCell", input, hx, w_ih, w_hh, 2)
+    H = w_hh.shape[1]
+    if not isinstance(w_ch, torch.Tensor) or w_ch.shape != (3 * H,):
+        raise RuntimeError(f"PeepholeLSTMCell: weight_ch must have shape [{3 * H}], got "
+                           f"{list(w_ch.shape) if isinstance(w_ch, torch.Tensor) else w_ch}")
+    bias = None if b_ih is None else b_ih + b_hh
+    xg = F.linear(x, w_ih, bias).unsqueeze(0)  # [1, N, 4H]
+    name = resolve_backend(backend, x, peephole=True)
+    training = _needs_grad(xg, h, c, w_hh, w_ch)
+    if fastpath.eager() and not training:
+        y, cn, _, _ = ops.lstm_forward_eager(xg, h, c, w_hh, None, None, False, False, name,
+                                             w_ch)
+    else:
+        y, cn, _, _ = torch.ops.fastrnn.peephole_lstm_forward(xg, h, c, w_hh, None, w_ch, None,
+                                                              False, training, name)
     h1 = y[0]
     return (h1, cn) if batched else (h1.squeeze(0), cn.squeeze(0))
 

@@ -13,6 +13,8 @@ Extra, keyword-only: ``backend=None`` (None: the global default, see
 ``fastrnn.set_backend``; or "auto", "cpu", "cuda", "numba", "reference"). After each
 eager forward, ``module.last_backend`` names the backend that ran.
 """
+import math
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
@@ -21,7 +23,8 @@ from . import backends as _backends
 from . import functional as F_
 from .backends import cuda_dispatch as _cuda_dispatch
 
-__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "PeepholeLSTM",
+           "PeepholeLSTMCell"]
 
 
 _onnx_flags = None
@@ -222,6 +225,96 @@ class RNN(_RNNBase):
         self.backend = backend
 
 
+class PeepholeLSTM(_RNNBase):
+    r"""LSTM with diagonal peephole connections (Gers, Schraudolph and Schmidhuber, 2002;
+    the ONNX ``LSTM`` operator's ``P``): the input and forget gates see the previous cell
+    state, the output gate the new one::
+
+        i_t = sigmoid(W_ii x_t + b_ii + W_hi h_{t-1} + b_hi + p_i * c_{t-1})
+        f_t = sigmoid(W_if x_t + b_if + W_hf h_{t-1} + b_hf + p_f * c_{t-1})
+        g_t = tanh(W_ig x_t + b_ig + W_hg h_{t-1} + b_hg)
+        c_t = f_t * c_{t-1} + i_t * g_t
+        o_t = sigmoid(W_io x_t + b_io + W_ho h_{t-1} + b_ho + p_o * c_t)
+        h_t = o_t * tanh(c_t)            (then W_hr h_t when proj_size > 0)
+
+    ``*`` is elementwise. Arguments, parameters, inputs and outputs are ``torch.nn.LSTM``'s,
+    plus one parameter per layer and direction: ``weight_ch_l{k}`` (``_reverse`` for the
+    reverse direction), shape ``[3 * hidden_size]``, holding ``p_i, p_f, p_o`` in that
+    order, initialised like the other weights (uniform in +-1/sqrt(hidden_size)). With the
+    peephole weights at zero it is ``torch.nn.LSTM``: ``from_torch(lstm)`` copies an
+    ``nn.LSTM``'s parameters and zeroes the peepholes.
+
+    Backends: cpu and numba (fused kernels), reference; on CUDA tensors the reference (the
+    step loop in torch ops: there are no CUDA peephole kernels). Exported to ONNX with the
+    TorchScript exporter (``dynamo=False``) it becomes the standard ``LSTM`` operator with
+    ``P`` (no proj_size there); traced or under torch.func it runs as torch ops.
+    """
+
+    _torch_class = None
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
+                 backend=None):
+        _check_backend(backend)
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, proj_size, device, dtype)
+        self.backend = backend
+        bound = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0
+        D = 2 if bidirectional else 1
+        for layer in range(num_layers):
+            for d in range(D):
+                name = f"weight_ch_l{layer}{'_reverse' if d else ''}"
+                w = nn.Parameter(torch.empty(3 * hidden_size, device=device, dtype=dtype))
+                nn.init.uniform_(w, -bound, bound)
+                setattr(self, name, w)
+                self._all_weights[layer * D + d].append(name)
+        self._flat_weights_names = [n for names in self._all_weights for n in names]
+        self._init_flat_weights()
+
+    def to_torch(self):
+        raise TypeError("PeepholeLSTM has no torch.nn counterpart (torch.nn.LSTM has no "
+                        "peepholes)")
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError("torch.jit.script cannot compile PeepholeLSTM (fastrnn's Python); "
+                           "use torch.jit.trace, torch.export or ONNX export")
+
+    @classmethod
+    def from_torch(cls, module, *, backend=None):
+        """A PeepholeLSTM with a copy of ``module``'s parameters (a ``torch.nn.LSTM``) and
+        zero peephole weights: the same function as ``module`` until trained."""
+        if not isinstance(module, nn.LSTM):
+            raise TypeError(f"PeepholeLSTM.from_torch needs a torch.nn.LSTM, got "
+                            f"{type(module).__name__}")
+        p = next(module.parameters())
+        mod = cls(**_RNNBase._torch_kwargs(module), device=p.device, dtype=p.dtype, backend=backend)
+        state = dict(module.state_dict())
+        for name in mod._flat_weights_names:
+            if name.startswith("weight_ch_"):
+                state[name] = torch.zeros_like(getattr(mod, name))
+        mod.load_state_dict(state)
+        return mod.train(module.training)
+
+    def forward(self, input, hx=None):
+        backend = self.backend
+        if torch.onnx.is_in_onnx_export() if torch.compiler.is_compiling() else _onnx_exporting():
+            from . import _onnx
+            self.__dict__["last_backend"] = "onnx"
+            return _onnx.peephole_lstm(self, input, hx)
+        if torch._C._functorch.peek_interpreter_stack() is not None:
+            backend = F_.TORCH_OPS
+            self.__dict__["last_backend"] = "torch"
+        result = F_.rnn("PEEPHOLE", input, hx, self._weights(), self.bias, self.num_layers,
+                        self.dropout, self.training, self.bidirectional, self.batch_first,
+                        self.proj_size, backend)
+        if backend != F_.TORCH_OPS:
+            self._record_backend()
+        return result
+
+
 # ----------------------------------------------------------------------------- cells
 
 class LSTMCell(_BackendMixin, nn.LSTMCell):
@@ -306,4 +399,53 @@ class RNNCell(_BackendMixin, nn.RNNCell):
         out = F_.rnn_cell(input, hx, p("weight_ih"), p("weight_hh"), p("bias_ih"), p("bias_hh"),
                           self.nonlinearity, self.backend)
         self._record_backend()
+        return out
+
+
+class PeepholeLSTMCell(_BackendMixin, nn.RNNCellBase):
+    """One step of :class:`PeepholeLSTM`: ``torch.nn.LSTMCell``'s arguments, parameters,
+    inputs and outputs, plus ``weight_ch`` [3 * hidden_size] (p_i, p_f, p_o). Not an
+    ``nn.LSTMCell`` (tools that replace those, e.g. ``quantize_dynamic``, would drop the
+    peepholes)."""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 backend=None):
+        _check_backend(backend)
+        super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device,
+                         dtype=dtype)
+        self.weight_ch = nn.Parameter(torch.empty(3 * hidden_size, device=device, dtype=dtype))
+        bound = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0
+        nn.init.uniform_(self.weight_ch, -bound, bound)
+        self.backend = backend
+
+    def to_torch(self):
+        raise TypeError("PeepholeLSTMCell has no torch.nn counterpart")
+
+    @classmethod
+    def from_torch(cls, module, *, backend=None):
+        """A PeepholeLSTMCell with a copy of an ``nn.LSTMCell``'s parameters and zero
+        peephole weights."""
+        if not isinstance(module, nn.LSTMCell):
+            raise TypeError(f"PeepholeLSTMCell.from_torch needs a torch.nn.LSTMCell, got "
+                            f"{type(module).__name__}")
+        p = next(module.parameters())
+        mod = cls(module.input_size, module.hidden_size, module.bias, device=p.device,
+                  dtype=p.dtype, backend=backend)
+        state = dict(module.state_dict(), weight_ch=torch.zeros_like(mod.weight_ch))
+        mod.load_state_dict(state)
+        return mod.train(module.training)
+
+    def extra_repr(self):
+        return super().extra_repr() + self._backend_repr()
+
+    def forward(self, input, hx=None):
+        native = _torch_native()
+        p = self._param
+        out = F_.peephole_lstm_cell(input, hx, p("weight_ih"), p("weight_hh"), p("weight_ch"),
+                                    p("bias_ih"), p("bias_hh"),
+                                    "reference" if native else self.backend)
+        if native:
+            self.__dict__["last_backend"] = "torch"
+        else:
+            self._record_backend()
         return out

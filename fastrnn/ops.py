@@ -37,8 +37,10 @@ from torch import Tensor
 from . import _memory
 from . import _validation as V
 from . import backends
+from .backends import reference
 
-__all__ = ["lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
+__all__ = ["lstm_forward", "lstm_backward", "peephole_lstm_forward", "peephole_lstm_backward",
+           "gru_forward", "gru_backward",
            "rnn_forward", "rnn_backward", "OPS"]
 
 
@@ -117,36 +119,99 @@ def _zeros_if_none(g: Optional[Tensor], like: Tensor) -> Tensor:
     return torch.zeros_like(like) if g is None else g
 
 
+def _keeps_input(xg: Tensor, training: bool, backend: str) -> bool:
+    """Whether a forward op saves its input projection ``xg`` for backward. Without
+    training it is the only thing saved (backward recomputes the activations from it).
+    With training it is kept only for a second derivative (``_gradient_graph``): on the
+    CPU, where torch.nn's layers have one too (cuDNN's have none, and on the GPU memory is
+    what limits the batch), and never while compiling (a compiled backward is first-order)."""
+    if not training:
+        return True
+    return ((xg.device.type == "cpu" or backend == "reference")
+            and not torch.compiler.is_compiling())
+
+
+def _gradient_graph(ctx, forward, inputs, grads, n_args):
+    """The first-order gradients as a differentiable graph, for ``create_graph=True``
+    (gradient penalties, Hessian-vector products): torch's autograd differentiates the
+    reference backend's forward (torch ops) replayed on the saved inputs. The fused backward
+    kernels have no derivative of their own; this costs a replay in torch ops and runs only
+    when a graph of the gradient is asked for. ``inputs``: the op's tensor arguments in
+    order, ``grads``: the incoming gradients of ``forward``'s outputs (None: unused)."""
+    if inputs[0] is None:
+        raise RuntimeError(
+            "fastrnn: a second derivative (backward through a gradient computed with "
+            "create_graph=True) of a multi-step fastrnn layer on the GPU is not supported "
+            "(nor by torch.nn's cuDNN layers): the fused kernels' backward has no derivative "
+            "and the input projection it would need is not kept. Run the layer with "
+            "backend='reference' (torch ops) where a second derivative is needed.")
+    need = ctx.needs_input_grad
+    wrt = [i for i, t in enumerate(inputs) if need[i] and t is not None]
+    pairs = [(o, g) for o, g in zip(forward(*inputs), grads) if g is not None]
+    result = [None] * n_args
+    if not wrt or not pairs:
+        return tuple(result)
+    got = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wrt],
+                              [g for _, g in pairs], create_graph=True, allow_unused=True)
+    for i, g in zip(wrt, got):
+        result[i] = g
+    return tuple(result)
+
+
 # ----------------------------------------------------------------------------- LSTM
+# The peephole LSTM (``fastrnn::peephole_lstm_*``) is the LSTM with one more argument,
+# w_ch [3H] (p_i, p_f, p_o): both ops share the bodies below (w_ch None: plain LSTM).
+
+def _check_lstm_args(op, xg, h0, c0, w_hh, w_hr, w_ch, lengths):
+    T, N, G = xg.shape if xg.dim() == 3 else (0, 0, 0)
+    H, R = G // 4, h0.shape[-1]
+    V.check_op_args(op, xg, [
+        ("xg", xg, (T, N, 4 * H)), ("h0", h0, (N, R)), ("c0", c0, (N, H)),
+        ("w_hh", w_hh, (4 * H, R)), ("w_hr", w_hr, (R, H)), ("w_ch", w_ch, (3 * H,))], lengths)
+    if w_hr is None and R != H:
+        raise RuntimeError(f"fastrnn::{op}: h0 must have shape {[N, H]} without "
+                           f"w_hr, got {list(h0.shape)}")
+
+
+def _peep(w_ch):
+    """The backend call's keyword for the peephole weights (none for a plain LSTM: the
+    backends without peepholes take no such argument)."""
+    return {} if w_ch is None else {"w_ch": w_ch}
+
 
 @torch.library.custom_op("fastrnn::lstm_forward", mutates_args=())
 def lstm_forward(xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
                  lengths: Optional[Tensor], reverse: bool, training: bool,
                  backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    T, N, G = xg.shape if xg.dim() == 3 else (0, 0, 0)
-    H, R = G // 4, h0.shape[-1]
-    V.check_op_args("lstm_forward", xg, [
-        ("xg", xg, (T, N, 4 * H)), ("h0", h0, (N, R)), ("c0", c0, (N, H)),
-        ("w_hh", w_hh, (4 * H, R)), ("w_hr", w_hr, (R, H))], lengths)
-    if w_hr is None and R != H:
-        raise RuntimeError(f"fastrnn::lstm_forward: h0 must have shape {[N, H]} without "
-                           f"w_hr, got {list(h0.shape)}")
+    _check_lstm_args("lstm_forward", xg, h0, c0, w_hh, w_hr, None, lengths)
     return lstm_forward_eager(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, backend)
 
 
-def lstm_forward_eager(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, backend):
-    """``fastrnn::lstm_forward`` without the dispatcher and its checks, for eager inference
-    with arguments validated by the caller (the dispatcher costs ~55 us a call here)."""
-    xg, h0, c0, w_hh, w_hr, lengths = _contig(xg, h0, c0, w_hh, w_hr, lengths)
+@torch.library.custom_op("fastrnn::peephole_lstm_forward", mutates_args=())
+def peephole_lstm_forward(xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor,
+                          w_hr: Optional[Tensor], w_ch: Tensor, lengths: Optional[Tensor],
+                          reverse: bool, training: bool,
+                          backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_lstm_args("peephole_lstm_forward", xg, h0, c0, w_hh, w_hr, w_ch, lengths)
+    return lstm_forward_eager(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, backend,
+                              w_ch)
+
+
+def lstm_forward_eager(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, backend,
+                       w_ch=None):
+    """``fastrnn::lstm_forward`` (``peephole_lstm_forward`` with ``w_ch``) without the
+    dispatcher and its checks, for eager inference with arguments validated by the caller
+    (the dispatcher costs ~55 us a call here)."""
+    xg, h0, c0, w_hh, w_hr, w_ch, lengths = _contig(xg, h0, c0, w_hh, w_hr, w_ch, lengths)
     y, cn, gates, cs = backends.get(backend).lstm_forward(
-        xg, h0, c0, w_hh, w_hr, lengths, reverse, training)
+        xg, h0, c0, w_hh, w_hr, lengths, reverse, training, **_peep(w_ch))
     if not training:
         gates, cs = _empty(xg), _empty(xg)
-    return tuple(_fresh([y, cn, gates, cs], [xg, h0, c0, w_hh, w_hr, lengths]))
+    return tuple(_fresh([y, cn, gates, cs], [xg, h0, c0, w_hh, w_hr, w_ch, lengths]))
 
 
-@lstm_forward.register_fake
-def _(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, backend):
+def _lstm_forward_fake(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, backend,
+                       w_ch=None):
     T, N, G = xg.shape
     H = G // 4
     R = h0.shape[-1]
@@ -157,37 +222,79 @@ def _(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, backend):
     return y, cn, xg.new_empty(0), xg.new_empty(0)
 
 
-@torch.library.custom_op("fastrnn::lstm_backward", mutates_args=())
-def lstm_backward(dy: Tensor, dcn: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor,
-                  w_hr: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
-                  y: Tensor, gates: Tensor, cs: Tensor,
-                  backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+lstm_forward.register_fake(_lstm_forward_fake)
+
+
+@peephole_lstm_forward.register_fake
+def _(xg, h0, c0, w_hh, w_hr, w_ch, lengths, reverse, training, backend):
+    return _lstm_forward_fake(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, backend)
+
+
+def _check_lstm_backward_args(op, dy, dcn, h0, c0, w_hh, w_hr, w_ch, lengths, y, gates, cs):
     T, N, R = dy.shape if dy.dim() == 3 else (0, 0, 0)
     H = c0.shape[-1]
-    V.check_op_args("lstm_backward", dy, [
+    V.check_op_args(op, dy, [
         ("dcn", dcn, (N, H)), ("h0", h0, (N, R)), ("c0", c0, (N, H)),
-        ("w_hh", w_hh, (4 * H, R)), ("w_hr", w_hr, (R, H)), ("y", y, (T, N, R)),
-        ("gates", gates, (T, N, 4 * H)), ("cs", cs, (T, N, H))], lengths)
-    ins = _contig(dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs)
+        ("w_hh", w_hh, (4 * H, R)), ("w_hr", w_hr, (R, H)), ("w_ch", w_ch, (3 * H,)),
+        ("y", y, (T, N, R)), ("gates", gates, (T, N, 4 * H)), ("cs", cs, (T, N, H))], lengths)
+
+
+def _lstm_backward_body(dy, dcn, h0, c0, w_hh, w_hr, w_ch, lengths, reverse, y, gates, cs,
+                        backend):
+    ins = _contig(dy, dcn, h0, c0, w_hh, w_hr, w_ch, y, gates, cs)
     lengths = None if lengths is None else lengths.contiguous()
-    dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs = ins
+    dy, dcn, h0, c0, w_hh, w_hr, w_ch, y, gates, cs = ins
     dgates, dh0, dc0, dr = backends.get(backend).lstm_backward(
-        dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs)
+        dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs, **_peep(w_ch))
     if w_hr is None:
         dr = _empty(dy)
     return tuple(_fresh([dgates, dh0, dc0, dr], ins + [lengths]))
 
 
-@lstm_backward.register_fake
-def _(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs, backend):
+@torch.library.custom_op("fastrnn::lstm_backward", mutates_args=())
+def lstm_backward(dy: Tensor, dcn: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor,
+                  w_hr: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
+                  y: Tensor, gates: Tensor, cs: Tensor,
+                  backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_lstm_backward_args("lstm_backward", dy, dcn, h0, c0, w_hh, w_hr, None, lengths,
+                              y, gates, cs)
+    return _lstm_backward_body(dy, dcn, h0, c0, w_hh, w_hr, None, lengths, reverse, y, gates,
+                               cs, backend)
+
+
+@torch.library.custom_op("fastrnn::peephole_lstm_backward", mutates_args=())
+def peephole_lstm_backward(dy: Tensor, dcn: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor,
+                           w_hr: Optional[Tensor], w_ch: Tensor, lengths: Optional[Tensor],
+                           reverse: bool, y: Tensor, gates: Tensor, cs: Tensor,
+                           backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_lstm_backward_args("peephole_lstm_backward", dy, dcn, h0, c0, w_hh, w_hr, w_ch,
+                              lengths, y, gates, cs)
+    return _lstm_backward_body(dy, dcn, h0, c0, w_hh, w_hr, w_ch, lengths, reverse, y, gates,
+                               cs, backend)
+
+
+def _lstm_backward_fake(dy, c0, h0, w_hr):
     T, N, R = dy.shape
     H = c0.shape[-1]
     dr = dy.new_empty(T, N, R) if w_hr is not None else dy.new_empty(0)
     return dy.new_empty(T, N, 4 * H), h0.new_empty(h0.shape), c0.new_empty(c0.shape), dr
 
 
+@lstm_backward.register_fake
+def _(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs, backend):
+    return _lstm_backward_fake(dy, c0, h0, w_hr)
+
+
+@peephole_lstm_backward.register_fake
+def _(dy, dcn, h0, c0, w_hh, w_hr, w_ch, lengths, reverse, y, gates, cs, backend):
+    return _lstm_backward_fake(dy, c0, h0, w_hr)
+
+
 def _lstm_setup(ctx, inputs, output):
-    xg, h0, c0, w_hh, w_hr, lengths, reverse, training, backend = inputs
+    if len(inputs) == 10:  # peephole_lstm_forward
+        xg, h0, c0, w_hh, w_hr, w_ch, lengths, reverse, training, backend = inputs
+    else:
+        (xg, h0, c0, w_hh, w_hr, lengths, reverse, training, backend), w_ch = inputs, None
     y, cn, gates, cs = output
     ctx.mark_non_differentiable(gates, cs)
     # No zero-filled [T, N, 4H] gradients for the saved activations (nor a zero dy/dcn
@@ -195,33 +302,67 @@ def _lstm_setup(ctx, inputs, output):
     # materialised zeros cost ~22 ms of a ~205 ms LSTM training step (T500 N64 H128).
     ctx.set_materialize_grads(False)
     ctx.reverse, ctx.training, ctx.backend = reverse, training, backend
-    # training=False saved no activations: keep xg instead to recompute them if asked
-    ctx.save_for_backward(h0, c0, w_hh, w_hr, lengths, y, gates, cs,
-                          None if training else xg)
+    ctx.save_for_backward(h0, c0, w_hh, w_hr, w_ch, lengths, y, gates, cs,
+                          xg if _keeps_input(xg, training, backend) else None)
+
+
+def _peephole_grad(dgates, cs, c0, reverse):
+    """dw_ch [3H]: i's and f's peepholes read the cell state carried into a step (cs shifted
+    by one step, c0 first), o's the step's own; sums over steps and batch (invalid steps
+    have zero gate gradients)."""
+    H = c0.shape[-1]
+    if reverse:
+        body, first, inner = dgates[:-1], dgates[-1], cs[1:]
+    else:
+        body, first, inner = dgates[1:], dgates[0], cs[:-1]
+    d_if = [(first[:, k * H:(k + 1) * H] * c0).sum(0) for k in (0, 1)]
+    if body.shape[0] > 0:
+        d_if = [d + (body[..., k * H:(k + 1) * H] * inner).sum((0, 1))
+                for k, d in zip((0, 1), d_if)]
+    return torch.cat(d_if + [(dgates[..., 3 * H:] * cs).sum((0, 1))])
 
 
 def _lstm_backward_fn(ctx, dy, dcn, _dgates_unused, _dcs_unused):
-    h0, c0, w_hh, w_hr, lengths, y, gates, cs, xg = ctx.saved_tensors
-    if not ctx.training:
-        y, _, gates, cs = torch.ops.fastrnn.lstm_forward(
-            xg, h0, c0, w_hh, w_hr, lengths, ctx.reverse, True, ctx.backend)
+    h0, c0, w_hh, w_hr, w_ch, lengths, y, gates, cs, xg = ctx.saved_tensors
+    peep = w_ch is not None
+    n_args = 10 if peep else 9
+    if torch.is_grad_enabled():  # create_graph=True
+        rev = ctx.reverse
+        if peep:
+            return _gradient_graph(
+                ctx, lambda *a: reference.lstm_forward(*a[:5], lengths, rev, False, a[5])[:2],
+                (xg, h0, c0, w_hh, w_hr, w_ch), (dy, dcn), n_args)
+        return _gradient_graph(
+            ctx, lambda *a: reference.lstm_forward(*a, lengths, rev, False)[:2],
+            (xg, h0, c0, w_hh, w_hr), (dy, dcn), n_args)
+    if not ctx.training:  # nothing saved: recompute the activations
+        y, _, gates, cs = lstm_forward_eager(
+            xg, h0, c0, w_hh, w_hr, lengths, ctx.reverse, True, ctx.backend, w_ch)
     dy = _zeros_if_none(dy, y)
     dcn = _zeros_if_none(dcn, c0)
-    dgates, dh0, dc0, dr = torch.ops.fastrnn.lstm_backward(
-        dy, dcn, h0, c0, w_hh, w_hr, lengths, ctx.reverse, y, gates, cs, ctx.backend)
+    if peep:
+        dgates, dh0, dc0, dr = torch.ops.fastrnn.peephole_lstm_backward(
+            dy, dcn, h0, c0, w_hh, w_hr, w_ch, lengths, ctx.reverse, y, gates, cs, ctx.backend)
+    else:
+        dgates, dh0, dc0, dr = torch.ops.fastrnn.lstm_backward(
+            dy, dcn, h0, c0, w_hh, w_hr, lengths, ctx.reverse, y, gates, cs, ctx.backend)
     need = ctx.needs_input_grad
-    dw_hh = dw_hr = None
+    dw_hh = dw_hr = dw_ch = None
     if need[3]:
         dw_hh = _grad_w_hh(dgates, y, h0, ctx.reverse)  # [4H, R]
     if w_hr is not None and need[4]:
         H = c0.shape[-1]
         m = gates[..., 3 * H:] * torch.tanh(cs)  # [T, N, H]
         dw_hr = _gemm_tn(dr, _mask(m, _valid(lengths, y.shape[0])))  # [R, H]
-    return (dgates if need[0] else None, dh0 if need[1] else None,
-            dc0 if need[2] else None, dw_hh, dw_hr, None, None, None, None)
+    if peep and need[5]:
+        dw_ch = _peephole_grad(dgates, cs, c0, ctx.reverse)  # [3H]
+    grads = [dgates if need[0] else None, dh0 if need[1] else None,
+             dc0 if need[2] else None, dw_hh, dw_hr]
+    return tuple(grads + ([dw_ch] if peep else []) + [None] * 4)
 
 
 lstm_forward.register_autograd(_lstm_backward_fn, setup_context=_lstm_setup)
+peephole_lstm_forward.register_autograd(_lstm_backward_fn, setup_context=_lstm_setup)
 
 
 # ----------------------------------------------------------------------------- GRU
@@ -282,12 +423,18 @@ def _gru_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(saved)
     ctx.set_materialize_grads(False)  # see _lstm_setup
     ctx.reverse, ctx.training, ctx.backend = reverse, training, backend
-    ctx.save_for_backward(h0, w_hh, lengths, y, saved, None if training else xg,
-                          None if training else b_hh)
+    keep = _keeps_input(xg, training, backend)
+    ctx.save_for_backward(h0, w_hh, lengths, y, saved, xg if keep else None,
+                          b_hh if keep else None)
 
 
 def _gru_backward_fn(ctx, dy, _dsaved_unused):
     h0, w_hh, lengths, y, saved, xg, b_hh = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True
+        rev = ctx.reverse
+        return _gradient_graph(
+            ctx, lambda *a: reference.gru_forward(*a, lengths, rev, False)[:1],
+            (xg, h0, w_hh, b_hh), (dy,), 8)
     if not ctx.training:  # nothing saved: recompute the activations
         y, saved = torch.ops.fastrnn.gru_forward(
             xg, h0, w_hh, b_hh, lengths, ctx.reverse, True, ctx.backend)
@@ -361,11 +508,17 @@ def _rnn_setup(ctx, inputs, output):
     xg, h0, w_hh, lengths, reverse, relu, backend = inputs
     ctx.reverse, ctx.relu, ctx.backend = reverse, relu, backend
     ctx.set_materialize_grads(False)  # see _lstm_setup
-    ctx.save_for_backward(h0, w_hh, lengths, output)
+    ctx.save_for_backward(h0, w_hh, lengths, output,
+                          xg if _keeps_input(xg, True, backend) else None)
 
 
 def _rnn_backward_fn(ctx, dy):
-    h0, w_hh, lengths, y = ctx.saved_tensors
+    h0, w_hh, lengths, y, xg = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True
+        rev, relu = ctx.reverse, ctx.relu
+        return _gradient_graph(
+            ctx, lambda *a: (reference.rnn_forward(*a, lengths, rev, relu),),
+            (xg, h0, w_hh), (dy,), 7)
     dy = _zeros_if_none(dy, y)
     dxg, dh0 = torch.ops.fastrnn.rnn_backward(
         dy, h0, w_hh, lengths, ctx.reverse, ctx.relu, y, ctx.backend)
@@ -380,20 +533,20 @@ rnn_forward.register_autograd(_rnn_backward_fn, setup_context=_rnn_setup)
 
 def _no_second_derivative(ctx, *grads):
     raise RuntimeError(
-        "fastrnn: a second derivative (backward through a gradient computed with "
-        "create_graph=True) of a multi-step fastrnn layer is not supported: its backward "
-        "kernels have no derivative of their own. Cells and one-step calls support it. For a "
-        "whole sequence, compute it with torch.nn's module on the same weights "
-        "(module.to_torch()), or run the layer under torch.func, which uses torch's own op.")
+        "fastrnn: the backward ops (fastrnn::*_backward) are first-order and have no "
+        "derivative of their own. Differentiate the forward ops instead: with "
+        "create_graph=True their autograd builds the gradient's graph itself.")
 
 
-for _op in (lstm_backward, gru_backward, rnn_backward):
+for _op in (lstm_backward, peephole_lstm_backward, gru_backward, rnn_backward):
     _op.register_autograd(_no_second_derivative, setup_context=lambda ctx, inputs, output: None)
 
 
 OPS = {
     "lstm_forward": torch.ops.fastrnn.lstm_forward,
     "lstm_backward": torch.ops.fastrnn.lstm_backward,
+    "peephole_lstm_forward": torch.ops.fastrnn.peephole_lstm_forward,
+    "peephole_lstm_backward": torch.ops.fastrnn.peephole_lstm_backward,
     "gru_forward": torch.ops.fastrnn.gru_forward,
     "gru_backward": torch.ops.fastrnn.gru_backward,
     "rnn_forward": torch.ops.fastrnn.rnn_forward,

@@ -225,17 +225,83 @@ def test_jit_script_layers_behave_like_torch_nn(kind):
     assert hasattr(ours, "forward") == hasattr(theirs, "forward")
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
-def test_second_derivative_of_a_sequence_is_a_clear_error(kind):
-    layer = getattr(fastrnn, kind)(3, 4, dtype=F64)
-    x = torch.randn(5, 2, 3, dtype=F64, requires_grad=True)
-    (g,) = torch.autograd.grad(layer(x)[0].sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="second derivative.*to_torch"):
-        g.sum().backward()
-    # torch.func's transforms run torch's own op: Hessian-vector products work there
+_SECOND_ORDER = [  # kind, extra constructor arguments, packed
+    ("LSTM", {}, False), ("LSTM", dict(num_layers=2, bidirectional=True), False),
+    ("LSTM", dict(proj_size=3), False), ("LSTM", dict(bidirectional=True), True),
+    ("GRU", {}, False), ("GRU", dict(num_layers=2, bidirectional=True), True),
+    ("RNN", {}, False), ("RNN", dict(nonlinearity="relu", bidirectional=True), True),
+]
+
+
+def _second_order_case(kind, kw, packed, batch_first=False):
+    torch.manual_seed(0)
+    layer = getattr(fastrnn, kind)(3, 4, dtype=F64, batch_first=batch_first, **kw)
+    x = torch.randn(*((2, 5, 3) if batch_first else (5, 2, 3)), dtype=F64, requires_grad=True)
+    names = [n for n, _ in layer.named_parameters()]
+
+    def run(module, x, *ps):
+        inp = x
+        if packed:
+            inp = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 3]),
+                                                          batch_first=batch_first)
+        out, hn = torch.func.functional_call(module, dict(zip(names, ps)), (inp,)) \
+            if ps else module(inp)
+        if packed:
+            out = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=batch_first)[0]
+        hn = hn if isinstance(hn, tuple) else (hn,)
+        return (out,) + hn
+    return layer, x, run
+
+
+@pytest.mark.parametrize("kind,kw,packed", _SECOND_ORDER)
+def test_sequence_double_backward_gradgradcheck(kind, kw, packed):
+    """create_graph=True through a whole sequence gives differentiable gradients: float64
+    gradgradcheck over the input and every parameter, the fused kernels' path."""
+    layer, x, run = _second_order_case(kind, kw, packed)
+    assert torch.autograd.gradgradcheck(lambda *a: run(layer, *a), (x,) + tuple(layer.parameters()))
+    assert layer.last_backend not in ("torch", "reference")  # fastrnn's kernels ran
+
+
+@pytest.mark.parametrize("kind,kw,packed", _SECOND_ORDER)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_sequence_gradient_penalty_matches_torch_nn(kind, kw, packed, batch_first):
+    """A gradient penalty (the gradient's norm, differentiated again) gives torch.nn's
+    second-order gradients for the input and every parameter."""
+    layer, x, run = _second_order_case(kind, kw, packed, batch_first)
+    theirs = layer.to_torch()
+    results = []
+    for module in (layer, theirs):
+        xi = x.detach().clone().requires_grad_()
+        outs = run(module, xi)
+        loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=F64).view_as(o)).sum()
+                   for o in outs)
+        params = list(module.parameters())
+        grads = torch.autograd.grad(loss, [xi] + params, create_graph=True)
+        penalty = sum((g ** 2).sum() for g in grads)
+        results.append(torch.autograd.grad(penalty, [xi] + params))
+    for name, a, b in zip(["input"] + [n for n, _ in layer.named_parameters()], *results):
+        torch.testing.assert_close(a, b, msg=lambda m: f"{name}: {m}")
+
+
+def test_backward_op_has_no_derivative_of_its_own():
+    T, N, H = 3, 2, 4
+    args = [torch.randn(T, N, H, dtype=F64, requires_grad=True), torch.zeros(N, H, dtype=F64),
+            torch.randn(H, H, dtype=F64), None, False, False,
+            torch.randn(T, N, H, dtype=F64), "reference"]
+    dxg, _ = torch.ops.fastrnn.rnn_backward(*args)
+    with pytest.raises(RuntimeError, match="first-order.*forward ops"):
+        dxg.sum().backward()
+
+
+def test_torch_func_hessian_of_a_sequence():
+    """torch.func's transforms run torch's own op: Hessians match torch.nn's."""
+    layer = fastrnn.GRU(3, 4, dtype=F64)
+    x = torch.randn(5, 2, 3, dtype=F64)
     params = {k: v.detach() for k, v in layer.named_parameters()}
     hess = torch.func.hessian(lambda x: torch.func.functional_call(layer, params, (x,))[0].sum())
-    assert hess(x.detach()[:2]).shape == (2, 2, 3, 2, 2, 3)
+    theirs = layer.to_torch()
+    want = torch.func.hessian(lambda x: theirs(x)[0].sum())
+    torch.testing.assert_close(hess(x[:2]), want(x[:2]))
 
 
 def test_torch_export_and_aotinductor_package_round_trip(tmp_path):

@@ -20,6 +20,7 @@ struct LstmForwardParams {
   const T* c0;              // [N, H]
   const T* w_hh;            // [4H, R]
   const T* w_hr;            // [R, H] or nullptr (no projection)
+  const T* w_ch;            // [3H] peephole weights p_i, p_f, p_o, or nullptr (plain LSTM)
   const int64_t* lengths;   // [N] or nullptr
   bool reverse;
   T* y;                     // [T, N, R]  h after each step
@@ -38,6 +39,7 @@ struct LstmBackwardParams {
   const T* c0;              // [N, H]
   const T* w_hh;            // [4H, R]
   const T* w_hr;            // [R, H] or nullptr
+  const T* w_ch;            // [3H] or nullptr, as in LstmForwardParams
   const int64_t* lengths;   // [N] or nullptr
   bool reverse;
   const T* y;               // [T, N, R]

@@ -25,6 +25,19 @@ FASTRNN_INLINE LstmGateGrads<T> lstm_gate_grads(vec_t<T> i, vec_t<T> f, vec_t<T>
           dm * tc * o * ((T)1 - o), dc * f};
 }
 
+// The peephole LSTM (peephole weights pi, pf, po): c' also feeds o's pre-activation, and
+// c (cp) feeds i's and f's, which adds to the gradients of c' and of c.
+template <typename T>
+FASTRNN_INLINE LstmGateGrads<T> lstm_gate_grads(vec_t<T> i, vec_t<T> f, vec_t<T> g, vec_t<T> o,
+                                                vec_t<T> tc, vec_t<T> cp, vec_t<T> dm,
+                                                vec_t<T> dc_in, vec_t<T> pi, vec_t<T> pf,
+                                                vec_t<T> po) {
+  const vec_t<T> dout = dm * tc * o * ((T)1 - o);
+  const vec_t<T> dc = dc_in + dm * o * ((T)1 - tc * tc) + dout * po;
+  const vec_t<T> di = dc * g * i * ((T)1 - i), df = dc * cp * f * ((T)1 - f);
+  return {di, df, dc * i * ((T)1 - g * g), dout, dc * f + di * pi + df * pf};
+}
+
 // GRU: from dh (the gradient of h'), the saved r, z, n and hn = W_hn h + b_hn, and h: the
 // pre-activation gradients of r, z and of n's input part (the hidden side's n gradient is
 // dn * r; h's direct gradient is dh * z).

@@ -1,5 +1,6 @@
 // Fused LSTM recurrence, forward and backward (torch.nn semantics, gates i,f,g,o;
-// optional projection h = W_hr (o * tanh(c))). Per step ONE fused GEMM over the
+// optional projection h = W_hr (o * tanh(c)); optional diagonal peepholes w_ch: i and f
+// see c_{t-1}, o sees c_t). Per step ONE fused GEMM over the
 // gate-major W_hh panels whose epilogue applies the nonlinearities and the cell
 // update; with a projection a second GEMM phase produces h.
 #include "cpu/fused_gemm.h"
@@ -52,11 +53,19 @@ void lstm_forward(const LstmForwardParams<T>& a) {
           return;
         }
         const T* x = xgt + n * G4 + u;
-        const V i = vsigmoid<T>(acc[0] + vload_n(x, cnt));
-        const V f = vsigmoid<T>(acc[1] + vload_n(x + H, cnt));
+        const V cp = vload_n(crow, cnt);
+        V pre_i = acc[0] + vload_n(x, cnt), pre_f = acc[1] + vload_n(x + H, cnt);
+        V pre_o = acc[3] + vload_n(x + 3 * H, cnt);
+        if (a.w_ch) {  // peepholes: i and f see c_{t-1}
+          pre_i = pre_i + vload_n(a.w_ch + u, cnt) * cp;
+          pre_f = pre_f + vload_n(a.w_ch + H + u, cnt) * cp;
+        }
+        const V i = vsigmoid<T>(pre_i);
+        const V f = vsigmoid<T>(pre_f);
         const V g = vtanh<T>(acc[2] + vload_n(x + 2 * H, cnt));
-        const V o = vsigmoid<T>(acc[3] + vload_n(x + 3 * H, cnt));
-        const V cnew = f * vload_n(crow, cnt) + i * g;
+        const V cnew = f * cp + i * g;
+        if (a.w_ch) pre_o = pre_o + vload_n(a.w_ch + 2 * H + u, cnt) * cnew;  // o sees c_t
+        const V o = vsigmoid<T>(pre_o);
         const V h = o * vtanh<T>(cnew);
         vstore_n(crow, cnew, cnt);
         if (ct) vstore_n(ct + n * H + u, cnew, cnt);
@@ -127,8 +136,11 @@ void lstm_backward(const LstmBackwardParams<T>& a) {
         const V gg = vload_n(g + 2 * H, cnt), o = vload_n(g + 3 * H, cnt);
         const V tc = vtanh<T>(vload_n(ct + n * H + u, cnt));
         T* dcrow = dc.get() + n * H + u;
-        const LstmGateGrads<T> gr = lstm_gate_grads<T>(i, f, gg, o, tc, vload_n(cprev + n * H + u, cnt),
-                                                       dm, vload_n(dcrow, cnt));
+        const V cp = vload_n(cprev + n * H + u, cnt);
+        const LstmGateGrads<T> gr =
+            a.w_ch ? lstm_gate_grads<T>(i, f, gg, o, tc, cp, dm, vload_n(dcrow, cnt), vload_n(a.w_ch + u, cnt),
+                                        vload_n(a.w_ch + H + u, cnt), vload_n(a.w_ch + 2 * H + u, cnt))
+                   : lstm_gate_grads<T>(i, f, gg, o, tc, cp, dm, vload_n(dcrow, cnt));
         T* d = dgt + n * G4 + u;
         vstore_n(d, gr.di, cnt);
         vstore_n(d + H, gr.df, cnt);

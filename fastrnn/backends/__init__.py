@@ -55,6 +55,11 @@ GRU (gate order r, z, n as torch.nn):
     dxg   [T, N, 3H]  gradient w.r.t. xg (pre-activations of r, z and of n's input
                       part); the gradient w.r.t. hg is dxg with its n block * r
     dh0   [N, H]
+Peephole LSTM (backends with ``PEEPHOLES = True``: cpu, numba, reference): the LSTM
+  functions with one more keyword argument, ``w_ch`` [3H] (p_i, p_f, p_o; None: plain LSTM)
+    math: i = sig(pre_i + p_i*c) ; f = sig(pre_f + p_f*c) ; c' = f*c + i*g ;
+          o = sig(pre_o + p_o*c') ; m = o*tanh(c')
+    dgates includes the peepholes' terms; dW_ch is reduced by the op layer from dgates and cs.
 Elman RNN (nonlinearity tanh or relu):
   rnn_forward(xg, h0, w_hh, lengths, reverse, relu) -> y
     xg [T, N, H] = x @ W_ih^T + b_ih + b_hh ; h' = act(xg + h @ w_hh^T)
@@ -275,6 +280,12 @@ def resolve_cached(name, device_type):
     if hit is None:
         hit = _resolved[key] = resolve(name, device_type)
     return hit
+
+
+def has_peepholes(name):
+    """Whether backend ``name`` runs the peephole LSTM (its lstm_forward/lstm_backward take
+    ``w_ch``; module attribute ``PEEPHOLES``)."""
+    return getattr(get(name), "PEEPHOLES", False)
 
 
 def get(name):

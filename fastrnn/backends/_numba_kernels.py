@@ -244,10 +244,11 @@ def _keep_valid(dst, src, lens, n0, nr, t):
 
 # --------------------------------------------------------------------------- LSTM
 @njit(parallel=True, **_JIT)
-def lstm_forward(xg, h0, c0, w_hh, w_hr, use_proj, lens, reverse, training,
+def lstm_forward(xg, h0, c0, w_hh, w_hr, use_proj, w_ch, peep, lens, reverse, training,
                  y, cn, gates, cs, nthreads):
     """xg [T,N,4H], h0 [N,R], c0 [N,H], w_hh [4H,R], w_hr [R,H] (if use_proj),
-    lens [N] int64 -> y [T,N,R], cn [N,H], gates [T,N,4H] and cs [T,N,H] (if training)."""
+    w_ch [3H] (peepholes p_i, p_f, p_o, if peep), lens [N] int64 -> y [T,N,R], cn [N,H],
+    gates [T,N,4H] and cs [T,N,H] (if training)."""
     T = xg.shape[0]
     N = xg.shape[1]
     H = c0.shape[1]
@@ -285,11 +286,20 @@ def lstm_forward(xg, h0, c0, w_hh, w_hr, use_proj, lens, reverse, training,
                             g = gates[t, n] if training else gscr[r]
                             hm = mb[r] if use_proj else hb[r]
                             for u in range(H):
-                                i_ = sigmoid(pre[r, u])
-                                f_ = sigmoid(pre[r, H + u])
+                                cp = cb[r, u]
+                                pi_ = pre[r, u]
+                                pf_ = pre[r, H + u]
+                                po_ = pre[r, 3 * H + u]
+                                if peep:  # i and f see c_{t-1}
+                                    pi_ += w_ch[u] * cp
+                                    pf_ += w_ch[H + u] * cp
+                                i_ = sigmoid(pi_)
+                                f_ = sigmoid(pf_)
                                 g_ = tanh(pre[r, 2 * H + u])
-                                o_ = sigmoid(pre[r, 3 * H + u])
-                                cc = f_ * cb[r, u] + i_ * g_
+                                cc = f_ * cp + i_ * g_
+                                if peep:  # o sees c_t
+                                    po_ += w_ch[2 * H + u] * cc
+                                o_ = sigmoid(po_)
                                 cb[r, u] = cc
                                 hm[u] = o_ * tanh(cc)
                                 g[u] = i_
@@ -316,10 +326,11 @@ def lstm_forward(xg, h0, c0, w_hh, w_hr, use_proj, lens, reverse, training,
 
 
 @njit(parallel=True, **_JIT)
-def lstm_backward(dy, dcn, c0, w_hhT, w_hrT, use_proj, lens, reverse, gates, cs,
+def lstm_backward(dy, dcn, c0, w_hhT, w_hrT, use_proj, w_ch, peep, lens, reverse, gates, cs,
                   dgates, dh0, dc0, dr, nthreads):
     """dy [T,N,R], dcn [N,H], c0 [N,H], w_hhT [R,4H] (= w_hh^T), w_hrT [H,R] (= w_hr^T),
-    gates [T,N,4H], cs [T,N,H] -> dgates [T,N,4H], dh0 [N,R], dc0 [N,H], dr [T,N,R]."""
+    w_ch [3H] (if peep), gates [T,N,4H], cs [T,N,H] -> dgates [T,N,4H], dh0 [N,R],
+    dc0 [N,H], dr [T,N,R]."""
     T = dy.shape[0]
     N = dy.shape[1]
     R = dy.shape[2]
@@ -381,12 +392,16 @@ def lstm_backward(dy, dcn, c0, w_hhT, w_hrT, use_proj, lens, reverse, gates, cs,
                             o_ = g[3 * H + u]
                             tc = tanh(cs[t, n, u])
                             dmu = dmr[u]
+                            do = dmu * tc * o_ * (one - o_)
                             dcc = dc[r, u] + dmu * o_ * (one - tc * tc)
+                            if peep:  # c_t feeds o's pre-activation
+                                dcc += do * w_ch[2 * H + u]
                             a = dcc * g_ * i_ * (one - i_)
                             bf = dcc * cp[u] * f_ * (one - f_)
                             cg = dcc * i_ * (one - g_ * g_)
-                            do = dmu * tc * o_ * (one - o_)
                             dc[r, u] = dcc * f_
+                            if peep:  # c_{t-1} feeds i's and f's
+                                dc[r, u] += a * w_ch[u] + bf * w_ch[H + u]
                             dg[u] = a
                             dg[H + u] = bf
                             dg[2 * H + u] = cg

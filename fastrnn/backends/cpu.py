@@ -33,6 +33,9 @@ else:
         _C.pool_set_limit(int(float(os.environ[_POOL_ENV]) * 2**20))
 
 
+PEEPHOLES = True  # lstm_forward/lstm_backward take w_ch (the backend contract)
+
+
 def _disabled():
     return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
@@ -162,10 +165,10 @@ def set_pool_limit(megabytes):
     _C.pool_set_limit(int(megabytes * 2**20))
 
 
-def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training):
+def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, w_ch=None):
     require_tensors("lstm_forward", xg=xg, h0=h0, c0=c0, w_hh=w_hh)
-    xg, h0, c0, w_hh, w_hr = map(_dense, (xg, h0, c0, w_hh, w_hr))
-    _check(xg, h0, c0, w_hh, w_hr)
+    xg, h0, c0, w_hh, w_hr, w_ch = map(_dense, (xg, h0, c0, w_hh, w_hr, w_ch))
+    _check(xg, h0, c0, w_hh, w_hr, w_ch)
     T, N, G = xg.shape
     H = G // 4
     R = w_hh.shape[1]
@@ -176,15 +179,15 @@ def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training):
     cs = _out(T, N, H, like=xg) if training else xg.new_empty(0)
     _C.lstm_forward(xg.element_size(), T, N, H, R, _ptr(xg), _ptr(h0), _ptr(c0), _ptr(w_hh),
                     _ptr(w_hr), _ptr(lengths), bool(reverse), _ptr(y), _ptr(cn), _ptr(gates),
-                    _ptr(cs), _threads())
+                    _ptr(cs), _threads(), _ptr(w_ch))
     return y, cn, gates, cs
 
 
-def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs):
+def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs, w_ch=None):
     require_tensors("lstm_backward", dy=dy, dcn=dcn, h0=h0, c0=c0, w_hh=w_hh, y=y, gates=gates, cs=cs)
-    dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs = map(
-        _dense, (dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs))
-    _check(dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs)
+    dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs, w_ch = map(
+        _dense, (dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs, w_ch))
+    _check(dy, dcn, h0, c0, w_hh, w_hr, y, gates, cs, w_ch)
     T, N, R = dy.shape
     H = c0.shape[1]
     lengths = _lengths(lengths, T, N)
@@ -194,7 +197,7 @@ def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs):
     dr = _out(T, N, R, like=dy) if w_hr is not None else dy.new_empty(0)
     _C.lstm_backward(dy.element_size(), T, N, H, R, _ptr(dy), _ptr(dcn), _ptr(h0), _ptr(c0),
                      _ptr(w_hh), _ptr(w_hr), _ptr(lengths), bool(reverse), _ptr(y), _ptr(gates),
-                     _ptr(cs), _ptr(dgates), _ptr(dh0), _ptr(dc0), _ptr(dr), _threads())
+                     _ptr(cs), _ptr(dgates), _ptr(dh0), _ptr(dc0), _ptr(dr), _threads(), _ptr(w_ch))
     return dgates, dh0, dc0, dr
 
 

@@ -34,6 +34,9 @@ _launch_lock = threading.Lock()  # workqueue: one parallel launch at a time
 _import_error = None
 
 
+PEEPHOLES = True  # lstm_forward/lstm_backward take w_ch (the backend contract)
+
+
 def _import_numba_reason():
     global _import_error
     if _import_error is None:
@@ -127,7 +130,14 @@ def _transposed(w):
 
 # ----------------------------------------------------------------------------- LSTM
 
-def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training):
+def _peepholes(w_ch, like):
+    """(array, flag) for the kernels: the [3H] peephole weights, or a dummy and False."""
+    if w_ch is None:
+        return like.new_zeros(1).numpy(), False
+    return _np(w_ch), True
+
+
+def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, w_ch=None):
     k = _k()
     T, N, G = xg.shape
     H = G // 4
@@ -144,13 +154,13 @@ def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training):
         gates_np, cs_np = _dummy3(xg), _dummy3(xg)
     use_proj = w_hr is not None
     _run(k.lstm_forward, _np(xg), _np(h0), _np(c0), _np(w_hh),
-         _np(w_hr) if use_proj else _dummy2(xg), use_proj,
+         _np(w_hr) if use_proj else _dummy2(xg), use_proj, *_peepholes(w_ch, xg),
          _lens(lengths, T, N), bool(reverse), bool(training),
          y.numpy(), cn.numpy(), gates_np, cs_np)
     return y, cn, gates, cs
 
 
-def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs):
+def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs, w_ch=None):
     k = _k()
     T, N, R = dy.shape
     H = c0.shape[-1]
@@ -160,7 +170,7 @@ def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs):
     use_proj = w_hr is not None
     dr = _out(T, N, R, like=dy) if use_proj else dy.new_empty(0)
     _run(k.lstm_backward, _np(dy), _np(dcn), _np(c0), _transposed(w_hh),
-         _transposed(w_hr) if use_proj else _dummy2(dy), use_proj,
+         _transposed(w_hr) if use_proj else _dummy2(dy), use_proj, *_peepholes(w_ch, dy),
          _lens(lengths, T, N), bool(reverse), _np(gates), _np(cs),
          dgates.numpy(), dh0.numpy(), dc0.numpy(),
          dr.numpy() if use_proj else _dummy3(dy))

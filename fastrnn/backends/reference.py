@@ -10,6 +10,9 @@ Sizes: T steps, N batch, H hidden, R recurrent width (proj_size or H).
 import torch
 
 
+PEEPHOLES = True  # lstm_forward/lstm_backward take w_ch (the backend contract)
+
+
 def unavailable_reason():
     return None  # needs nothing but torch
 
@@ -37,6 +40,15 @@ def _prev(seq, t, first, reverse):
     return seq[t - 1] if t > 0 else first
 
 
+def _stack(per_step, reverse, empty):
+    """Per-step results listed in processing order -> [T, ...] in time order. Built with
+    torch.stack, not written into a preallocated tensor, so that the forward functions are
+    also an efficient differentiable replay (the ops' double backward differentiates them)."""
+    if not per_step:
+        return empty  # T == 0
+    return torch.stack(per_step[::-1] if reverse else per_step)
+
+
 def _d_sigmoid(s):  # from the activated value
     return s * (1 - s)
 
@@ -47,22 +59,26 @@ def _d_tanh(th):  # from the activated value
 
 # ----------------------------------------------------------------------------- LSTM
 
-def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training):
+def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, w_ch=None):
     T, N, G = xg.shape
     H = G // 4
     R = h0.shape[-1]
     valid = _valid_mask(lengths, T)
-    y = xg.new_empty(T, N, R)  # h after each step
-    cs = xg.new_empty(T, N, H)  # c after each step
-    gates = xg.new_empty(T, N, 4 * H) if training else xg.new_empty(0)
+    ys, cs, gates = [], [], []  # h, c and the activated gates after each step
     h, c = h0, c0
     for t in _steps(T, reverse):
         pre = xg[t] + h @ w_hh.t()  # [N, 4H]
-        i = torch.sigmoid(pre[:, 0 * H:1 * H])
-        f = torch.sigmoid(pre[:, 1 * H:2 * H])
+        pre_i, pre_f, pre_o = pre[:, 0 * H:1 * H], pre[:, 1 * H:2 * H], pre[:, 3 * H:4 * H]
+        if w_ch is not None:  # peepholes: i and f see c_{t-1}
+            pre_i = pre_i + w_ch[0 * H:1 * H] * c
+            pre_f = pre_f + w_ch[1 * H:2 * H] * c
+        i = torch.sigmoid(pre_i)
+        f = torch.sigmoid(pre_f)
         g = torch.tanh(pre[:, 2 * H:3 * H])
-        o = torch.sigmoid(pre[:, 3 * H:4 * H])
         c_new = f * c + i * g  # [N, H]
+        if w_ch is not None:  # o sees c_t
+            pre_o = pre_o + w_ch[2 * H:3 * H] * c_new
+        o = torch.sigmoid(pre_o)
         m = o * torch.tanh(c_new)  # [N, H]
         h_new = m if w_hr is None else m @ w_hr.t()  # [N, R]
         act = torch.cat([i, f, g, o], dim=1)
@@ -71,18 +87,18 @@ def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training):
             c_new = torch.where(v, c_new, c)
             h_new = torch.where(v, h_new, h)
             act = torch.where(v, act, torch.zeros_like(act))
-        y[t] = h_new
-        cs[t] = c_new
-        if training:
-            gates[t] = act
+        ys.append(h_new)
+        cs.append(c_new)
+        gates.append(act)
         h, c = h_new, c_new
-    cn = c.clone()
+    y, cn = _stack(ys, reverse, xg.new_empty(0, N, R)), c.clone()
     if not training:
-        cs = xg.new_empty(0)
-    return y, cn, gates, cs
+        return y, cn, xg.new_empty(0), xg.new_empty(0)
+    return (y, cn, _stack(gates, reverse, xg.new_empty(0, N, 4 * H)),
+            _stack(cs, reverse, xg.new_empty(0, N, H)))
 
 
-def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs):
+def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs, w_ch=None):
     T, N, R = dy.shape
     H = c0.shape[-1]
     valid = _valid_mask(lengths, T)
@@ -99,15 +115,17 @@ def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs):
         c_prev = _prev(cs, t, c0, reverse)
         tc = torch.tanh(cs[t])
         dm = dh_t if w_hr is None else dh_t @ w_hr  # [N, H]
+        do = dm * tc * _d_sigmoid(o)
         dc_t = dc + dm * o * _d_tanh(tc)  # total gradient w.r.t. c after step t
-        dpre = torch.cat([
-            dc_t * g * _d_sigmoid(i),
-            dc_t * c_prev * _d_sigmoid(f),
-            dc_t * i * _d_tanh(g),
-            dm * tc * _d_sigmoid(o),
-        ], dim=1)  # [N, 4H]
+        if w_ch is not None:  # c_t also feeds o's pre-activation
+            dc_t = dc_t + do * w_ch[2 * H:3 * H]
+        di = dc_t * g * _d_sigmoid(i)
+        df = dc_t * c_prev * _d_sigmoid(f)
+        dpre = torch.cat([di, df, dc_t * i * _d_tanh(g), do], dim=1)  # [N, 4H]
         dh_prev = dpre @ w_hh  # [N, R]
         dc_prev = dc_t * f
+        if w_ch is not None:  # c_{t-1} also feeds i's and f's pre-activations
+            dc_prev = dc_prev + di * w_ch[0 * H:1 * H] + df * w_ch[1 * H:2 * H]
         if valid is None:
             dgates[t] = dpre
             if w_hr is not None:
@@ -129,8 +147,7 @@ def gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training):
     T, N, G = xg.shape
     H = G // 3
     valid = _valid_mask(lengths, T)
-    y = xg.new_empty(T, N, H)
-    saved = xg.new_empty(T, N, 4 * H) if training else xg.new_empty(0)
+    ys, saved = [], []  # h and the activations [r, z, n, hn] after each step
     h = h0
     for t in _steps(T, reverse):
         hg = h @ w_hh.t() + b_hh  # [N, 3H]
@@ -144,11 +161,11 @@ def gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training):
             v = valid[t]
             h_new = torch.where(v, h_new, h)
             act = torch.where(v, act, torch.zeros_like(act))
-        y[t] = h_new
-        if training:
-            saved[t] = act
+        ys.append(h_new)
+        saved.append(act)
         h = h_new
-    return y, saved
+    y = _stack(ys, reverse, xg.new_empty(0, N, H))
+    return y, _stack(saved, reverse, xg.new_empty(0, N, 4 * H)) if training else xg.new_empty(0)
 
 
 def gru_backward(dy, h0, w_hh, lengths, reverse, y, saved):
@@ -184,16 +201,16 @@ def gru_backward(dy, h0, w_hh, lengths, reverse, y, saved):
 def rnn_forward(xg, h0, w_hh, lengths, reverse, relu):
     T, N, H = xg.shape
     valid = _valid_mask(lengths, T)
-    y = xg.new_empty(T, N, H)
+    ys = []
     h = h0
     for t in _steps(T, reverse):
         pre = xg[t] + h @ w_hh.t()
         h_new = torch.relu(pre) if relu else torch.tanh(pre)
         if valid is not None:
             h_new = torch.where(valid[t], h_new, h)
-        y[t] = h_new
+        ys.append(h_new)
         h = h_new
-    return y
+    return _stack(ys, reverse, xg.new_empty(0, N, H))
 
 
 def rnn_backward(dy, h0, w_hh, lengths, reverse, relu, y):
