@@ -295,7 +295,7 @@ PYBIND11_MODULE(_C, m) {
       [](int itemsize, int cell, int64_t N, int64_t I, int64_t H, std::uintptr_t x, std::uintptr_t h,
          std::uintptr_t c, std::uintptr_t w_ih, std::uintptr_t w_hh, std::uintptr_t b_ih, std::uintptr_t b_hh,
          std::uintptr_t h_out, std::uintptr_t c_out, std::uintptr_t saved, int num_threads, int64_t T,
-         bool reverse, int64_t x_step, int64_t x_row) {
+         bool reverse, int64_t x_step, int64_t x_row, std::uintptr_t w_ch) {
         check_cell(cell);
         check_sizes(T, N, H, I, num_threads);
         if (x_row < 0 || x_step < 0 || (x_row && x_row < I))
@@ -307,12 +307,14 @@ PYBIND11_MODULE(_C, m) {
         if (lstm) {
           require(c, "c (LSTM)");
           require(c_out, "c_out (LSTM)");
+        } else if (w_ch) {
+          throw std::invalid_argument("cell_forward: peepholes (w_ch) are for the LSTM cell");
         }
         auto fill = [&](auto& p) {
           using T_ = std::remove_pointer_t<decltype(p.h_out)>;
           p = {N, I, H, cell, ptr<const T_>(x), ptr<const T_>(h), ptr<const T_>(c), ptr<const T_>(w_ih),
                ptr<const T_>(w_hh), ptr<const T_>(b_ih), ptr<const T_>(b_hh), ptr<T_>(h_out), ptr<T_>(c_out),
-               ptr<T_>(saved), num_threads, T, reverse, x_step, x_row};
+               ptr<T_>(saved), num_threads, T, reverse, x_step, x_row, ptr<const T_>(w_ch)};
         };
         run<CellForwardParams>(itemsize, fastrnn::cpu::cell_forward<float>, fastrnn::cpu::cell_forward<double>,
                                fill);
@@ -321,7 +323,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("itemsize"), py::arg("cell"), py::arg("N"), py::arg("I"), py::arg("H"), py::arg("x"), py::arg("h"),
       py::arg("c"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("h_out"),
       py::arg("c_out"), py::arg("saved"), py::arg("num_threads"), py::arg("T") = 1, py::arg("reverse") = false,
-      py::arg("x_step") = 0, py::arg("x_row") = 0);
+      py::arg("x_step") = 0, py::arg("x_row") = 0, py::arg("w_ch") = 0);
 
   m.def(
       "cell_backward",
@@ -329,8 +331,12 @@ PYBIND11_MODULE(_C, m) {
          std::uintptr_t h, std::uintptr_t c, std::uintptr_t h_out, std::uintptr_t c_out, std::uintptr_t saved,
          std::uintptr_t dpre_x, std::uintptr_t dpre_h, std::uintptr_t dc, std::uintptr_t dh_direct, int64_t I,
          std::uintptr_t x, std::uintptr_t w_ih, std::uintptr_t w_hh, std::uintptr_t dx, std::uintptr_t dh,
-         std::uintptr_t dw_ih, std::uintptr_t dw_hh, std::uintptr_t db_ih, std::uintptr_t db_hh) {
+         std::uintptr_t dw_ih, std::uintptr_t dw_hh, std::uintptr_t db_ih, std::uintptr_t db_hh,
+         std::uintptr_t w_ch, std::uintptr_t dw_ch) {
         check_cell(cell);
+        if ((w_ch || dw_ch) && cell != fastrnn::kCellLstm)
+          throw std::invalid_argument("cell_backward: peepholes (w_ch, dw_ch) are for the LSTM cell");
+        if (dw_ch && !w_ch) throw std::invalid_argument("cell_backward: dw_ch needs w_ch");
         check_sizes(1, N, H, H, 1);
         if (dw_ih) {  // the weight products too
           check_sizes(1, N, H, I, 1);
@@ -353,12 +359,18 @@ PYBIND11_MODULE(_C, m) {
           p = {N, H, cell, ptr<const T_>(dh_out), ptr<const T_>(dc_out), ptr<const T_>(h), ptr<const T_>(c),
                ptr<const T_>(h_out), ptr<const T_>(c_out), ptr<const T_>(saved), ptr<T_>(dpre_x), ptr<T_>(dpre_h),
                ptr<T_>(dc), ptr<T_>(dh_direct), I, ptr<const T_>(x), ptr<const T_>(w_ih), ptr<const T_>(w_hh),
-               ptr<T_>(dx), ptr<T_>(dh), ptr<T_>(dw_ih), ptr<T_>(dw_hh), ptr<T_>(db_ih), ptr<T_>(db_hh)};
+               ptr<T_>(dx), ptr<T_>(dh), ptr<T_>(dw_ih), ptr<T_>(dw_hh), ptr<T_>(db_ih), ptr<T_>(db_hh),
+               ptr<const T_>(w_ch), ptr<T_>(dw_ch)};
         };
         run<CellBackwardParams>(itemsize, fastrnn::cpu::cell_backward<float>, fastrnn::cpu::cell_backward<double>,
                                 fill);
       },
-      "the pointwise backward of one cell step (see CellBackwardParams)");
+      "the pointwise backward of one cell step (see CellBackwardParams)", py::arg("itemsize"), py::arg("cell"),
+      py::arg("N"), py::arg("H"), py::arg("dh_out"), py::arg("dc_out"), py::arg("h"), py::arg("c"),
+      py::arg("h_out"), py::arg("c_out"), py::arg("saved"), py::arg("dpre_x"), py::arg("dpre_h"), py::arg("dc"),
+      py::arg("dh_direct"), py::arg("I"), py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("dx"),
+      py::arg("dh"), py::arg("dw_ih"), py::arg("dw_hh"), py::arg("db_ih"), py::arg("db_hh"), py::arg("w_ch") = 0,
+      py::arg("dw_ch") = 0);
 
   m.def(
       "rnn_backward",

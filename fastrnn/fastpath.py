@@ -28,7 +28,10 @@ __all__ = ["eager", "usable", "cell", "steps", "steps_pay", "CELL_GATES", "MAX_S
            "MAX_STEPS", "MIN_PACKED_ROWS"]
 
 _FLOATS = (torch.float32, torch.float64)
-CELL_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+CELL_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1, "PEEPHOLE": 4}
+# the kernel's cell kind ("PEEPHOLE": the LSTM cell with peephole weights w_ch)
+_KINDS = {**_cpu.CELL_KINDS, "PEEPHOLE": _cpu.CELL_KINDS["LSTM"]}
+_WITH_C = ("LSTM", "PEEPHOLE")
 
 _is_compiling = torch.compiler.is_compiling
 _is_tracing = torch.jit.is_tracing
@@ -67,36 +70,38 @@ def usable(tensors, strided_first=False):
 
 
 class _Cell(torch.autograd.Function):
-    """One cell step with autograd: inputs (kind, x, h, c, w_ih, w_hh, b_ih, b_hh); outputs
-    (h', c') for LSTM, h' otherwise. The saved tensors are those the kernel's backward
-    reads (for LSTM: the activated gates and c'; GRU: r, z, n and W_hn h + b_hn)."""
+    """One cell step with autograd: inputs (kind, x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch);
+    outputs (h', c') for LSTM and PEEPHOLE, h' otherwise. The saved tensors are those the
+    kernel's backward reads (for LSTM: the activated gates and c'; GRU: r, z, n and
+    W_hn h + b_hn)."""
 
     @staticmethod
-    def forward(ctx, kind, x, h, c, w_ih, w_hh, b_ih, b_hh):
-        k = _cpu.CELL_KINDS[kind]
-        h1, c1, saved = _cpu.cell_forward(k, x, h, c, w_ih, w_hh, b_ih, b_hh, True)
+    def forward(ctx, kind, x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch):
+        h1, c1, saved = _cpu.cell_forward(_KINDS[kind], x, h, c, w_ih, w_hh, b_ih, b_hh, True,
+                                          w_ch)
         ctx.kind = kind
-        ctx.save_for_backward(x, h, c, w_ih, w_hh, h1, c1, saved)
+        ctx.save_for_backward(x, h, c, w_ih, w_hh, h1, c1, saved, w_ch)
         ctx.biases = (b_ih, b_hh)  # (None, None) without bias; the tensors only for a double backward
-        return (h1, c1) if kind == "LSTM" else h1
+        return (h1, c1) if kind in _WITH_C else h1
 
     @staticmethod
     def backward(ctx, dh1, dc1=None):
-        x, h, c, w_ih, w_hh, h1, c1, saved = ctx.saved_tensors
+        x, h, c, w_ih, w_hh, h1, c1, saved, w_ch = ctx.saved_tensors
         kind = ctx.kind
         has_bias = ctx.biases[0] is not None
         if torch.is_grad_enabled():  # create_graph=True: gradients that are differentiable
-            return (None,) + _replay_grads(ctx, kind, x, h, c, w_ih, w_hh, dh1, dc1)
-        k = _cpu.CELL_KINDS[kind]
+            return (None,) + _replay_grads(ctx, kind, x, h, c, w_ih, w_hh, w_ch, dh1, dc1)
+        k = _KINDS[kind]
         dh1 = dh1.contiguous()
         dc1 = None if dc1 is None else dc1.contiguous()
         need = ctx.needs_input_grad
         G = CELL_GATES[kind]
         if x.shape[0] * G * w_hh.shape[1] * (x.shape[1] + w_hh.shape[1]) <= _ONE_PASS_MACS:
-            dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh = _cpu.cell_backward_all(
-                k, dh1, dc1, x, h, c, w_ih, w_hh, h1, c1, saved, G, need[1], has_bias)
-            return None, dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
-        dpre_x, dpre_h, dc, dh_direct = _cpu.cell_backward(k, dh1, dc1, h, c, h1, c1, saved, G)
+            dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_ch = _cpu.cell_backward_all(
+                k, dh1, dc1, x, h, c, w_ih, w_hh, h1, c1, saved, G, need[1], has_bias, w_ch)
+            return None, dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_ch
+        dpre_x, dpre_h, dc, dh_direct, dw_ch = _cpu.cell_backward(
+            k, dh1, dc1, h, c, h1, c1, saved, G, w_ch)
         dx = dpre_x.mm(w_ih) if need[1] else None
         dh = None
         if need[2]:
@@ -109,21 +114,34 @@ class _Cell(torch.autograd.Function):
         if has_bias and (need[6] or need[7]):
             db_ih = dpre_x.sum(0)
             db_hh = dpre_h.sum(0) if dpre_h is not dpre_x else db_ih
-        return None, dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
+        return None, dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_ch
 
 
 _ATEN_CELLS = {"LSTM": torch._VF.lstm_cell, "GRU": torch._VF.gru_cell,
                "RNN_TANH": torch._VF.rnn_tanh_cell, "RNN_RELU": torch._VF.rnn_relu_cell}
 
 
-def _replay_grads(ctx, kind, x, h, c, w_ih, w_hh, dh1, dc1):
+def _peephole_cell(x, hx, w_ih, w_hh, b_ih, b_hh, w_ch):
+    """The peephole LSTM step in torch ops (the reference backend's, one step)."""
+    from .backends import reference
+    xg = torch.nn.functional.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
+    y, cn, _, _ = reference.lstm_forward(xg.unsqueeze(0), hx[0], hx[1], w_hh, None, None,
+                                         False, False, w_ch)
+    return y[0], cn
+
+
+def _replay_grads(ctx, kind, x, h, c, w_ih, w_hh, w_ch, dh1, dc1):
     """The step's gradients as a graph (double backward: gradient penalties, Hessian-vector
-    products): torch's own cell op, which has a second derivative, replayed on the saved
-    inputs and differentiated with ``create_graph``. Costs one more step; only then."""
+    products): torch's own cell op, which has a second derivative (the peephole cell: its
+    torch ops), replayed on the saved inputs and differentiated with ``create_graph``.
+    Costs one more step; only then."""
     b_ih, b_hh = ctx.biases
-    ins = [x, h, c, w_ih, w_hh, b_ih, b_hh]
+    ins = [x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch]
     want = [i for i, t in enumerate(ins) if t is not None and ctx.needs_input_grad[i + 1]]
-    if kind == "LSTM":
+    if kind == "PEEPHOLE":
+        outs = _peephole_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh, w_ch)
+        grad_outs = (dh1, dc1)
+    elif kind == "LSTM":
         outs = _ATEN_CELLS[kind](x, (h, c), w_ih, w_hh, b_ih, b_hh)
         grad_outs = (dh1, dc1)
     else:
@@ -148,18 +166,19 @@ _ONE_PASS_MACS = 1 << 20
 _cell_apply = super(torch.autograd.Function, _Cell).apply
 
 
-def cell(kind, x, h, c, w_ih, w_hh, b_ih, b_hh):
-    """One step of ``kind`` ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"): x [N, I], h (and c)
-    [N, H]; returns (h', c') for LSTM, else h'. Arguments already checked by the caller
-    (``usable`` and the shapes)."""
+def cell(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch=None):
+    """One step of ``kind`` ("LSTM", "GRU", "RNN_TANH", "RNN_RELU", "PEEPHOLE" with the
+    peephole weights w_ch [3H]): x [N, I], h (and c) [N, H]; returns (h', c') for LSTM and
+    PEEPHOLE, else h'. Arguments already checked by the caller (``usable`` and the shapes)."""
     if torch.is_grad_enabled() and (x.requires_grad or h.requires_grad or w_ih.requires_grad
                                     or w_hh.requires_grad
                                     or (c is not None and c.requires_grad)
                                     or (b_ih is not None and b_ih.requires_grad)
-                                    or (b_hh is not None and b_hh.requires_grad)):
-        return _cell_apply(kind, x, h, c, w_ih, w_hh, b_ih, b_hh)
-    h1, c1, _ = _cpu.cell_forward(_cpu.CELL_KINDS[kind], x, h, c, w_ih, w_hh, b_ih, b_hh, False)
-    return (h1, c1) if kind == "LSTM" else h1
+                                    or (b_hh is not None and b_hh.requires_grad)
+                                    or (w_ch is not None and w_ch.requires_grad)):
+        return _cell_apply(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch)
+    h1, c1, _ = _cpu.cell_forward(_KINDS[kind], x, h, c, w_ih, w_hh, b_ih, b_hh, False, w_ch)
+    return (h1, c1) if kind in _WITH_C else h1
 
 
 # Inference over a sequence: the steps of one layer and direction in one call, each step's
@@ -182,7 +201,7 @@ def steps_pay(T, N):
     return (N <= MAX_STEPS_ROWS and T <= MAX_STEPS) or N >= MIN_PACKED_ROWS
 
 
-def steps(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse):
+def steps(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, w_ch=None):
     """Inference: ``kind``'s steps over x [T, N, I] (any strides over T and N) from h (and
     c) [N, H], backwards with ``reverse`` -> (y [T, N, H], c_n [N, H] or None)."""
-    return _cpu.cell_forward_seq(_cpu.CELL_KINDS[kind], x, h, c, w_ih, w_hh, b_ih, b_hh, reverse)
+    return _cpu.cell_forward_seq(_KINDS[kind], x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, w_ch)

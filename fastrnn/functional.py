@@ -298,8 +298,7 @@ def _fast_one_step(mode, input, hx, weights, has_biases, num_layers, dropout, tr
     (``fastpath.steps_pay``: each layer and direction one call running its steps). No
     projection (proj_size), not packed. Returns None
     whenever the general path must run (which also raises every error for bad arguments)."""
-    if proj_size or mode == "PEEPHOLE" or not isinstance(input, torch.Tensor) \
-            or not fastpath.eager():
+    if proj_size or not isinstance(input, torch.Tensor) or not fastpath.eager():
         return None
     dim = input.dim()
     if dim == 3:
@@ -316,9 +315,10 @@ def _fast_one_step(mode, input, hx, weights, has_biases, num_layers, dropout, tr
     elif T == 0 or not fastpath.steps_pay(T, N):
         return None
     D = 2 if bidirectional else 1
-    per = 2 + 2 * bool(has_biases)
+    peep = mode == "PEEPHOLE"
+    per = 2 + 2 * bool(has_biases) + peep  # (w_ch last)
     LD = num_layers * D
-    is_lstm = mode == "LSTM"
+    is_lstm = mode in _LSTM_MODES
     G = fastpath.CELL_GATES[mode]
     if len(weights) != per * LD or N == 0:
         return None
@@ -344,7 +344,8 @@ def _fast_one_step(mode, input, hx, weights, has_biases, num_layers, dropout, tr
     for k in range(LD):
         w_ih, w_hh = weights[k * per], weights[k * per + 1]
         if w_hh.shape != (G * H, H) or w_ih.shape[0] != G * H or (
-                k >= D and w_ih.shape[1] != D * H):
+                k >= D and w_ih.shape[1] != D * H) or (
+                peep and weights[(k + 1) * per - 1].shape != (3 * H,)):
             return None
     if T > 1 and _needs_grad(input, h0, c0, *weights):
         return None
@@ -357,12 +358,13 @@ def _fast_one_step(mode, input, hx, weights, has_biases, num_layers, dropout, tr
     def direction(x, k, reverse):
         w = weights[k * per:(k + 1) * per]
         b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
+        w_ch = w[-1] if peep else None
         c_k = c0[k] if is_lstm else None
         if T == 1:
-            out = fastpath.cell(mode, x, h0[k], c_k, w[0], w[1], b_ih, b_hh)
+            out = fastpath.cell(mode, x, h0[k], c_k, w[0], w[1], b_ih, b_hh, w_ch)
             y, cn = out if is_lstm else (out, None)
             return y, y, cn
-        y, cn = fastpath.steps(mode, x, h0[k], c_k, w[0], w[1], b_ih, b_hh, reverse)
+        y, cn = fastpath.steps(mode, x, h0[k], c_k, w[0], w[1], b_ih, b_hh, reverse, w_ch)
         return y, (y[0] if reverse else y[-1]), cn
 
     x, hn, cn = _stack_layers(mode, x, num_layers, D, dropout, train, direction)
@@ -439,7 +441,7 @@ def _cell_prepare(kind, input, hx, w_ih, w_hh, n_states):
     return x, states, batched
 
 
-def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend):
+def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend, w_ch=None):
     """A cell call in plain eager mode on the compiled CPU kernels: one fused step
     (``fastrnn.fastpath``). None whenever the general path must run (which also raises
     every error for bad arguments)."""
@@ -448,8 +450,10 @@ def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend):
     dim = input.dim()
     if dim not in (1, 2) or input.shape[-1] != w_ih.shape[1]:
         return None
-    is_lstm = mode == "LSTM"
+    is_lstm = mode in _LSTM_MODES
     H = w_hh.shape[1]
+    if mode == "PEEPHOLE" and (not isinstance(w_ch, torch.Tensor) or w_ch.shape != (3 * H,)):
+        return None
     GH = fastpath.CELL_GATES[mode] * H
     if w_hh.shape[0] != GH or w_ih.shape[0] != GH:
         return None
@@ -475,12 +479,12 @@ def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend):
         if not isinstance(h, torch.Tensor) or h.shape != input.shape[:-1] + (H,):
             return None
         h = h if dim == 2 else h.unsqueeze(0)
-    if not fastpath.usable((x, h, c, w_ih, w_hh, b_ih, b_hh)) or not _fast_backend(backend):
+    if not fastpath.usable((x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch)) or not _fast_backend(backend):
         return None
     if h is None:
         h = x.new_zeros((N, H))
         c = x.new_zeros((N, H)) if is_lstm else None
-    out = fastpath.cell(mode, x, h, c, w_ih, w_hh, b_ih, b_hh)
+    out = fastpath.cell(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch)
     if dim == 2:
         return out
     return (out[0].squeeze(0), out[1].squeeze(0)) if is_lstm else out.squeeze(0)
@@ -502,6 +506,9 @@ def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
 
 def peephole_lstm_cell(input, hx, w_ih, w_hh, w_ch, b_ih=None, b_hh=None, backend=None):
     """One step of the peephole LSTM (``fastrnn.PeepholeLSTMCell``); w_ch [3H]."""
+    fast = _fast_cell("PEEPHOLE", input, hx, w_ih, w_hh, b_ih, b_hh, backend, w_ch)
+    if fast is not None:
+        return fast
     x, (h, c), batched = _cell_prepare("PeepholeLSTMCell", input, hx, w_ih, w_hh, 2)
     H = w_hh.shape[1]
     if not isinstance(w_ch, torch.Tensor) or w_ch.shape != (3 * H,):

@@ -336,8 +336,12 @@ def _lstm_backward_fn(ctx, dy, dcn, _dgates_unused, _dcs_unused):
             ctx, lambda *a: reference.lstm_forward(*a, lengths, rev, False)[:2],
             (xg, h0, c0, w_hh, w_hr), (dy, dcn), n_args)
     if not ctx.training:  # nothing saved: recompute the activations
-        y, _, gates, cs = lstm_forward_eager(
-            xg, h0, c0, w_hh, w_hr, lengths, ctx.reverse, True, ctx.backend, w_ch)
+        if peep:
+            y, _, gates, cs = torch.ops.fastrnn.peephole_lstm_forward(
+                xg, h0, c0, w_hh, w_hr, w_ch, lengths, ctx.reverse, True, ctx.backend)
+        else:
+            y, _, gates, cs = torch.ops.fastrnn.lstm_forward(
+                xg, h0, c0, w_hh, w_hr, lengths, ctx.reverse, True, ctx.backend)
     dy = _zeros_if_none(dy, y)
     dcn = _zeros_if_none(dcn, c0)
     if peep:

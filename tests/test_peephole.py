@@ -366,3 +366,38 @@ def test_onnx_export_limits_are_clear_errors():
     module = _module(F32, proj_size=3).eval()
     with pytest.raises(Exception, match="proj_size > 0 is not supported"):
         torch.onnx.export(module, (torch.randn(4, 2, 5),), io.BytesIO(), dynamo=False)
+
+
+@pytest.mark.parametrize("T,N", [(1, 1), (1, 5), (6, 2), (6, 33)])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_step_by_step_paths(cpu_backend, T, N, batch_first):
+    """One-step calls (fused cell steps, with autograd) and inference over short or wide
+    sequences (fused steps in one call) give the equations' numbers."""
+    module = _module(F64, num_layers=2, bidirectional=True, batch_first=batch_first,
+                     backend=cpu_backend)
+    x = torch.randn(T, N, 5, dtype=F64, requires_grad=True)
+    hx = (torch.randn(4, N, 6, dtype=F64), torch.randn(4, N, 6, dtype=F64))
+    want = _oracle(module, x, hx)
+    with torch.no_grad():
+        y, (hn, cn) = module(x.transpose(0, 1) if batch_first else x, hx)
+    y = y.transpose(0, 1) if batch_first else y
+    for a, b in zip((y, hn, cn), want):
+        torch.testing.assert_close(a, b.detach(), **TOL[F64])
+    y, (hn, cn) = module(x.transpose(0, 1) if batch_first else x, hx)
+    y = y.transpose(0, 1) if batch_first else y
+    for a, b in zip(_grads(module, x, (y, hn, cn)), _grads(module, x, want)):
+        torch.testing.assert_close(a, b, **TOL[F64])
+
+
+@pytest.mark.parametrize("N", [1, 7])
+def test_cell_double_backward(cpu_backend, N):
+    cell = fastrnn.PeepholeLSTMCell(4, 5, dtype=F64, backend=cpu_backend)
+    x = torch.randn(N, 4, dtype=F64, requires_grad=True)
+    h = torch.randn(N, 5, dtype=F64, requires_grad=True)
+    c = torch.randn(N, 5, dtype=F64, requires_grad=True)
+    names = [n for n, _ in cell.named_parameters()]
+
+    def f(x, h, c, *ps):
+        return torch.func.functional_call(cell, dict(zip(names, ps)), (x, (h, c)))
+    assert torch.autograd.gradcheck(f, (x, h, c) + tuple(cell.parameters()))
+    assert torch.autograd.gradgradcheck(f, (x, h, c) + tuple(cell.parameters()))

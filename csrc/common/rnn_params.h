@@ -135,6 +135,7 @@ struct CellForwardParams {
   // x's element strides between steps and between rows (its last dimension dense); 0 means
   // dense [T, N, I]: N*I and I. A batch-first input [N, T, I] passes I and T*I.
   int64_t x_step = 0, x_row = 0;
+  const T* w_ch = nullptr;  // [3H] LSTM peephole weights p_i, p_f, p_o, or nullptr
 };
 
 template <typename T>
@@ -164,6 +165,8 @@ struct CellBackwardParams {
   T* dw_hh;                 // [G*H, H]
   T* db_ih;                 // [G*H] or nullptr (no bias)
   T* db_hh;                 // [G*H] or nullptr (no bias)
+  const T* w_ch = nullptr;  // [3H] LSTM peepholes (as CellForwardParams), or nullptr
+  T* dw_ch = nullptr;       // [3H] their gradient (with w_ch)
 };
 
 }  // namespace fastrnn

@@ -113,11 +113,19 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
   auto epilogue = [&](int64_t n, int64_t u, int cnt, const V* px, const V* ph) {
     const T* b = bx + u;
     if constexpr (Cell == kCellLstm) {
-      const V i = vsigmoid<T>(px[0] + vload_n(b, cnt));
-      const V f = vsigmoid<T>(px[1] + vload_n(b + H, cnt));
+      const V cp = vload_n(st.c + n * H + u, cnt);
+      V pre_i = px[0] + vload_n(b, cnt), pre_f = px[1] + vload_n(b + H, cnt);
+      V pre_o = px[3] + vload_n(b + 3 * H, cnt);
+      if (a.w_ch) {  // peepholes: i and f see c, o sees c'
+        pre_i = pre_i + vload_n(a.w_ch + u, cnt) * cp;
+        pre_f = pre_f + vload_n(a.w_ch + H + u, cnt) * cp;
+      }
+      const V i = vsigmoid<T>(pre_i);
+      const V f = vsigmoid<T>(pre_f);
       const V g = vtanh<T>(px[2] + vload_n(b + 2 * H, cnt));
-      const V o = vsigmoid<T>(px[3] + vload_n(b + 3 * H, cnt));
-      const V cn = f * vload_n(st.c + n * H + u, cnt) + i * g;
+      const V cn = f * cp + i * g;
+      if (a.w_ch) pre_o = pre_o + vload_n(a.w_ch + 2 * H + u, cnt) * cn;
+      const V o = vsigmoid<T>(pre_o);
       vstore_n(st.c_out + n * H + u, cn, cnt);
       vstore_n(st.h_out + n * H + u, o * vtanh<T>(cn), cnt);
       if (st.saved) {
@@ -284,6 +292,7 @@ void cell_backward_impl(const CellBackwardParams<T>& a) {
   constexpr int G = gates_of<Cell>();
   using V = vec_t<T>;
   const int64_t N = a.N, H = a.H, GH = G * H;
+  if (a.dw_ch) std::fill(a.dw_ch, a.dw_ch + 3 * H, T(0));
   for (int64_t n = 0; n < N; ++n)
     for (int64_t u = 0; u < H; u += W) {
       const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
@@ -294,9 +303,18 @@ void cell_backward_impl(const CellBackwardParams<T>& a) {
         const T* s = a.saved + n * 4 * H + u;
         const V i = vload_n(s, cnt), f = vload_n(s + H, cnt);
         const V g = vload_n(s + 2 * H, cnt), og = vload_n(s + 3 * H, cnt);
+        const V cn = vload_n(a.c_out + o, cnt), cp = vload_n(a.c + o, cnt);
+        const V dcn = a.dc_out ? vload_n(a.dc_out + o, cnt) : vzero<T>();
         const LstmGateGrads<T> gr =
-            lstm_gate_grads<T>(i, f, g, og, vtanh<T>(vload_n(a.c_out + o, cnt)), vload_n(a.c + o, cnt), dh,
-                               a.dc_out ? vload_n(a.dc_out + o, cnt) : vzero<T>());
+            a.w_ch ? lstm_gate_grads<T>(i, f, g, og, vtanh<T>(cn), cp, dh, dcn, vload_n(a.w_ch + u, cnt),
+                                        vload_n(a.w_ch + H + u, cnt), vload_n(a.w_ch + 2 * H + u, cnt))
+                   : lstm_gate_grads<T>(i, f, g, og, vtanh<T>(cn), cp, dh, dcn);
+        if (a.dw_ch) {  // the peepholes' gradients: i's and f's read c, o's c'
+          T* d = a.dw_ch + u;
+          vstore_n(d, vload_n(d, cnt) + gr.di * cp, cnt);
+          vstore_n(d + H, vload_n(d + H, cnt) + gr.df * cp, cnt);
+          vstore_n(d + 2 * H, vload_n(d + 2 * H, cnt) + gr.dout * cn, cnt);
+        }
         vstore_n(dx, gr.di, cnt);
         vstore_n(dx + H, gr.df, cnt);
         vstore_n(dx + 2 * H, gr.dg, cnt);

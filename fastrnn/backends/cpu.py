@@ -265,10 +265,11 @@ def _opt_ptr(t):
     return 0 if t is None else t.data_ptr()
 
 
-def cell_forward(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, training):
-    """One step, input projection fused in. x [N, I], h/c [N, H] (c: LSTM only), every
-    tensor contiguous, CPU, one float dtype. Returns (h_out, c_out|None, saved|None);
-    ``saved`` ([N, 4H], LSTM and GRU) only when ``training``."""
+def cell_forward(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, training, w_ch=None):
+    """One step, input projection fused in. x [N, I], h/c [N, H] (c: LSTM only), w_ch [3H]
+    (LSTM peepholes, or None), every tensor contiguous, CPU, one float dtype. Returns
+    (h_out, c_out|None, saved|None); ``saved`` ([N, 4H], LSTM and GRU) only when
+    ``training``."""
     N, I = x.shape
     H = w_hh.shape[1]
     dtype = x.dtype
@@ -279,11 +280,12 @@ def cell_forward(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, training):
                     0 if c is None else c.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(),
                     0 if b_ih is None else b_ih.data_ptr(), 0 if b_hh is None else b_hh.data_ptr(),
                     h_out.data_ptr(), 0 if c_out is None else c_out.data_ptr(),
-                    0 if saved is None else saved.data_ptr(), max(1, torch.get_num_threads()))
+                    0 if saved is None else saved.data_ptr(), max(1, torch.get_num_threads()),
+                    1, False, 0, 0, _opt_ptr(w_ch))
     return h_out, c_out, saved
 
 
-def cell_forward_seq(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse):
+def cell_forward_seq(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, w_ch=None):
     """``T`` inference steps of ``cell_forward`` in one call, the state carried: x [T, N, I]
     (any strides over T and N; its last dimension dense) -> (y [T, N, H], c_n [N, H] or
     None)."""
@@ -300,26 +302,28 @@ def cell_forward_seq(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse):
                     0 if c is None else c.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(),
                     0 if b_ih is None else b_ih.data_ptr(), 0 if b_hh is None else b_hh.data_ptr(),
                     y.data_ptr(), 0 if c_out is None else c_out.data_ptr(), 0,
-                    max(1, torch.get_num_threads()), T, bool(reverse), x_step, x_row)
+                    max(1, torch.get_num_threads()), T, bool(reverse), x_step, x_row, _opt_ptr(w_ch))
     return y, c_out
 
 
-def cell_backward(kind, dh_out, dc_out, h, c, h_out, c_out, saved, G):
+def cell_backward(kind, dh_out, dc_out, h, c, h_out, c_out, saved, G, w_ch=None):
     """The pointwise backward of ``cell_forward``: (dpre_x [N, G*H], dpre_h [N, G*H] (GRU;
     else the same tensor as dpre_x), dc [N, H] (LSTM) or None, dh_direct [N, H] (GRU) or
-    None). The products with the weights are left to the caller (``cell_backward_all``
-    does them too)."""
+    None, dw_ch [3H] (with w_ch) or None). The products with the weights are left to the
+    caller (``cell_backward_all`` does them too)."""
     N, H = dh_out.shape
     dpre_x = dh_out.new_empty((N, G * H))
     gru = kind == _GRU
     dpre_h = dh_out.new_empty((N, G * H)) if gru else dpre_x
     dc = dh_out.new_empty((N, H)) if kind == _LSTM else None
     dh_direct = dh_out.new_empty((N, H)) if gru else None
+    dw_ch = None if w_ch is None else dh_out.new_empty((3 * H,))
     _C.cell_backward(dh_out.element_size(), kind, N, H, dh_out.data_ptr(), _opt_ptr(dc_out),
                      _opt_ptr(h), _opt_ptr(c), _opt_ptr(h_out), _opt_ptr(c_out), _opt_ptr(saved),
                      dpre_x.data_ptr(), dpre_h.data_ptr() if gru else 0, _opt_ptr(dc),
-                     _opt_ptr(dh_direct), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-    return dpre_x, dpre_h, dc, dh_direct
+                     _opt_ptr(dh_direct), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, _opt_ptr(w_ch),
+                     _opt_ptr(dw_ch))
+    return dpre_x, dpre_h, dc, dh_direct, dw_ch
 
 
 _scratch = threading.local()
@@ -339,10 +343,10 @@ def _scratch_ptr(numel, dtype):
 
 
 def cell_backward_all(kind, dh_out, dc_out, x, h, c, w_ih, w_hh, h_out, c_out, saved, G,
-                      need_dx, has_bias):
+                      need_dx, has_bias, w_ch=None):
     """The whole backward of ``cell_forward`` in one call, one pass over the weights (for
     few rows): (dx [N, I] or None, dh [N, H], dc [N, H] or None, dw_ih, dw_hh, db_ih|None,
-    db_hh|None)."""
+    db_hh|None, dw_ch|None)."""
     N, H = dh_out.shape
     I = x.shape[1]
     GH = G * H
@@ -359,10 +363,12 @@ def cell_backward_all(kind, dh_out, dc_out, x, h, c, w_ih, w_hh, h_out, c_out, s
     # LSTM and RNN: both biases get the same gradient. One tensor serves both (autograd
     # copies a gradient it is handed twice before keeping it as a .grad).
     db_hh = (torch.empty((GH,), dtype=dtype) if gru else db_ih) if has_bias else None
+    dw_ch = None if w_ch is None else torch.empty((3 * H,), dtype=dtype)
     _C.cell_backward(es, kind, N, H, dh_out.data_ptr(), _opt_ptr(dc_out), h.data_ptr(),
                      _opt_ptr(c), h_out.data_ptr(), _opt_ptr(c_out), _opt_ptr(saved),
                      sp, sp + N * GH * es if gru else 0, _opt_ptr(dc),
                      sp + 2 * N * GH * es if gru else 0, I, x.data_ptr(), w_ih.data_ptr(),
                      w_hh.data_ptr(), _opt_ptr(dx), dh.data_ptr(), dw_ih.data_ptr(),
-                     dw_hh.data_ptr(), _opt_ptr(db_ih), _opt_ptr(db_hh))
-    return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
+                     dw_hh.data_ptr(), _opt_ptr(db_ih), _opt_ptr(db_hh), _opt_ptr(w_ch),
+                     _opt_ptr(dw_ch))
+    return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_ch
