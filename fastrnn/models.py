@@ -1,17 +1,23 @@
-"""The six IMDB sentiment models: Embedding -> RNN/LSTM/GRU (uni- or bidirectional) -> Linear.
+"""The IMDB sentiment models: Embedding -> RNN/LSTM/GRU (uni- or bidirectional) -> Linear
+(the assignment's six), and the same with the peephole LSTM (``peephole``, ``bipeephole``).
 
 ``build_model(name, impl)`` builds the same network on torch.nn or on fastrnn layers.
 Both are created from the same seed with identical initial weights: the torch.nn model is
 built first and its ``state_dict`` is loaded into the fastrnn one (fastrnn's layers are
-drop-ins with torch.nn's parameter names and shapes).
+drop-ins with torch.nn's parameter names and shapes). torch.nn has no peephole LSTM: the
+"torch" side of the peephole models is ``PeepholeLSTMLoop``, the step loop in torch ops a
+user would write without fastrnn.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
-__all__ = ["MODEL_NAMES", "IMPLS", "SentimentRNN", "build_model", "build_pair",
-           "fastrnn_layers_available", "count_parameters", "init_forget_bias"]
+__all__ = ["MODEL_NAMES", "ALL_MODEL_NAMES", "IMPLS", "SentimentRNN", "PeepholeLSTMLoop",
+           "build_model", "build_pair", "fastrnn_layers_available", "count_parameters",
+           "init_forget_bias", "torch_side_label"]
 
 #: name -> (recurrent layer kind, bidirectional)
 MODELS = {
@@ -21,15 +27,71 @@ MODELS = {
     "birnn": ("RNN", True),
     "bilstm": ("LSTM", True),
     "bigru": ("GRU", True),
+    "peephole": ("PeepholeLSTM", False),
+    "bipeephole": ("PeepholeLSTM", True),
 }
-MODEL_NAMES = tuple(MODELS)
+#: the assignment's six (the job's default)
+MODEL_NAMES = ("rnn", "lstm", "gru", "birnn", "bilstm", "bigru")
+ALL_MODEL_NAMES = tuple(MODELS)
 IMPLS = ("fastrnn", "torch")
 DISPLAY = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU",
-           "birnn": "Bi-RNN", "bilstm": "Bi-LSTM", "bigru": "Bi-GRU"}
+           "birnn": "Bi-RNN", "bilstm": "Bi-LSTM", "bigru": "Bi-GRU",
+           "peephole": "Peephole", "bipeephole": "Bi-Peephole"}
+
+
+def torch_side_label(name):
+    """What the "torch" implementation of model ``name`` is (for reports)."""
+    return "torch step loop" if MODELS[name][0] == "PeepholeLSTM" else "torch.nn"
+
+
+class PeepholeLSTMLoop(nn.Module):
+    """The peephole LSTM as a user writes it without fastrnn: a Python loop over the steps
+    in torch ops, one layer, uni- or bidirectional, time-major, no initial state. The
+    parameters are ``fastrnn.PeepholeLSTM``'s (names, shapes, initialisation), so the two
+    load each other's ``state_dict``. Returns ``(output, (h_n, c_n))`` like ``nn.LSTM``."""
+
+    mode = "LSTM"  # (init_forget_bias)
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False):
+        super().__init__()
+        if num_layers != 1:
+            raise ValueError("PeepholeLSTMLoop: one layer")
+        self.hidden_size, self.bidirectional = hidden_size, bidirectional
+        H, bound = hidden_size, 1.0 / math.sqrt(hidden_size)
+        self._suffixes = ["_l0", "_l0_reverse"][:2 if bidirectional else 1]
+        for sfx in self._suffixes:
+            for name, shape in (("weight_ih", (4 * H, input_size)), ("weight_hh", (4 * H, H)),
+                                ("bias_ih", (4 * H,)), ("bias_hh", (4 * H,))):
+                self.register_parameter(name + sfx, nn.Parameter(
+                    torch.empty(shape).uniform_(-bound, bound)))
+        for sfx in self._suffixes:  # fastrnn.PeepholeLSTM registers these last
+            self.register_parameter("weight_ch" + sfx, nn.Parameter(
+                torch.empty(3 * H).uniform_(-bound, bound)))
+
+    def _direction(self, x, sfx, reverse):
+        w_ih, w_hh = getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx)
+        p_i, p_f, p_o = getattr(self, "weight_ch" + sfx).chunk(3)
+        xg = x @ w_ih.t() + getattr(self, "bias_ih" + sfx) + getattr(self, "bias_hh" + sfx)
+        h = c = x.new_zeros(x.shape[1], self.hidden_size)
+        ys = []
+        for t in (range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])):
+            i, f, g, o = (xg[t] + h @ w_hh.t()).chunk(4, 1)
+            i = torch.sigmoid(i + p_i * c)
+            f = torch.sigmoid(f + p_f * c)
+            c = f * c + i * torch.tanh(g)
+            h = torch.sigmoid(o + p_o * c) * torch.tanh(c)
+            ys.append(h)
+        return torch.stack(ys[::-1] if reverse else ys), h, c
+
+    def forward(self, x):  # x [T, N, I]
+        outs = [self._direction(x, sfx, d == 1) for d, sfx in enumerate(self._suffixes)]
+        y = torch.cat([o[0] for o in outs], -1)
+        return y, (torch.stack([o[1] for o in outs]), torch.stack([o[2] for o in outs]))
 
 
 def _fastrnn_layer(kind):
-    """fastrnn.RNN / LSTM / GRU; ImportError with the reason when the package lacks them."""
+    """fastrnn.RNN / LSTM / GRU / PeepholeLSTM; ImportError with the reason when the package
+    lacks them."""
     try:
         from fastrnn import nn as fnn
     except ImportError as exc:
@@ -93,7 +155,7 @@ def _make(name, layer_cls, layer_kwargs, **sizes):
     try:
         kind, bidirectional = MODELS[name]
     except KeyError:
-        raise ValueError(f"model must be one of {MODEL_NAMES}, got {name!r}") from None
+        raise ValueError(f"model must be one of {ALL_MODEL_NAMES}, got {name!r}") from None
     return SentimentRNN(kind, bidirectional, layer_cls, layer_kwargs=layer_kwargs, **sizes)
 
 
@@ -135,7 +197,9 @@ def build_model(name, impl="torch", *, seed=0, vocab_size=10000, embed_dim=100, 
     # the caller seeds next (batch order, ...) is the same for both implementations.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        reference = _make(name, getattr(nn, kind) if kind else None, None, **sizes)
+        torch_cls = PeepholeLSTMLoop if kind == "PeepholeLSTM" else getattr(nn, kind) \
+            if kind else None
+        reference = _make(name, torch_cls, None, **sizes)
         if forget_bias is not None:
             init_forget_bias(reference.rnn, forget_bias)
         if impl == "torch":

@@ -1,4 +1,5 @@
-"""The six models and the fastrnn-imdb job, end to end in quick mode on a tiny fixture (CPU)."""
+"""The six models (and the two peephole ones) and the fastrnn-imdb job, end to end in quick
+mode on a tiny fixture (CPU)."""
 import json
 import math
 import subprocess
@@ -11,8 +12,8 @@ from fastrnn import imdb as job
 from fastrnn.backends import available_backends
 from fastrnn.datasets import download as dl
 from fastrnn.datasets import imdb as imdb_data
-from fastrnn.models import MODEL_NAMES, build_model, build_pair, count_parameters, \
-    fastrnn_layers_available
+from fastrnn.models import ALL_MODEL_NAMES, MODEL_NAMES, build_model, build_pair, \
+    count_parameters, fastrnn_layers_available
 
 from fixtures.imdb_fixture import make_reviews, write_tar
 
@@ -43,7 +44,7 @@ def archive(tmp_path):
 
 # ----------------------------------------------------------------------------- models
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", ALL_MODEL_NAMES)
 def test_torch_model_shapes(name):
     model = build_model(name, "torch", **SMALL)
     bi = name.startswith("bi")
@@ -75,7 +76,7 @@ def test_bad_names():
 
 
 @needs_fastrnn
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", ALL_MODEL_NAMES)
 def test_fastrnn_model_matches_torch(name):
     pair = build_pair(name, seed=3, backend=BACKEND, **SMALL)
     sd_t, sd_f = pair["torch"].state_dict(), pair["fastrnn"].state_dict()
@@ -89,7 +90,7 @@ def test_fastrnn_model_matches_torch(name):
     for impl, m in pair.items():
         out = m(x)
         out.sum().backward()
-        outs[impl] = (out, m.rnn.weight_hh_l0.grad, m.embedding.weight.grad)
+        outs[impl] = (out, m.embedding.weight.grad) + tuple(p.grad for p in m.rnn.parameters())
     for a, b in zip(outs["torch"], outs["fastrnn"]):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
@@ -194,6 +195,25 @@ def test_job_end_to_end_quick(tmp_path, archive, capsys):
     # the synthetic task is easy: the gated models learn it
     best = max(r["test_accuracy"] for r in summary["results"])
     assert best > 0.6
+
+
+@needs_fastrnn
+def test_job_peephole_models(tmp_path, archive):
+    """--models peephole,bipeephole: the torch side is the step loop, labelled so."""
+    out = tmp_path / "peephole"
+    assert _run_quick(archive, out, "fastrnn,torch", models="peephole,bipeephole") == 0
+    summary = _check_outputs(out, ["peephole", "bipeephole"], ["fastrnn", "torch"])
+    for c in summary["comparisons"]:
+        assert c["identical_initial_weights"] and c["initial_logit_max_abs_diff"] < 1e-5
+        assert abs(c["final_train_loss_diff"]) < 1e-3
+    report = (out / "report.md").read_text()
+    assert "| Peephole | torch | torch step loop |" in report
+    assert "| Bi-Peephole | fastrnn | " + BACKEND + " |" in report
+
+
+def test_default_models_are_the_assignments_six():
+    args = job.resolve_config(job.build_parser().parse_args([]))
+    assert args.models == ["rnn", "lstm", "gru", "birnn", "bilstm", "bigru"]
 
 
 def test_job_torch_only(tmp_path, archive):
@@ -325,7 +345,8 @@ def test_export_onnx_scores_the_test_set_with_onnxruntime(tmp_path, archive):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     out = tmp_path / "onnx"
-    job.main(["--quick", "--data", str(archive), "--models", "lstm,bigru", "--impl", "fastrnn",
+    job.main(["--quick", "--data", str(archive), "--models", "lstm,bigru,bipeephole",
+              "--impl", "fastrnn",
               "--device", "cpu", "--backend", BACKEND, "--hidden-size", "8", "--maxlen", "32",
               "--batch-size", "8", "--eval-batch-size", "16", "--epochs", "1", "--out",
               str(out), "--no-progress", "--threads", "1", "--export-onnx"])
