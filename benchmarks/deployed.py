@@ -11,6 +11,10 @@ one implementation only:
 * ``fastrnn`` / ``torch``: import torch (and fastrnn), load the same weights, run under
   ``torch.inference_mode()``.
 
+The ``peephole`` cases: torch.nn has no peephole LSTM, so the ONNX file is fastrnn.PeepholeLSTM's
+export (the standard LSTM operator with its peephole input P), and the "torch" side is the
+step loop in torch ops a user writes (``fastrnn.models.PeepholeLSTMLoop``).
+
 Each process makes ``--warmup`` untimed calls, then ``--calls`` timed ones, and reports their
 median. The processes alternate (onnxruntime, fastrnn, torch, onnxruntime, ...) for
 ``--rounds`` rounds, so a drift of the machine's speed touches all sides alike; the speedup of
@@ -32,7 +36,7 @@ import sys
 import tempfile
 import time
 
-CELLS = ("rnn", "lstm", "gru")
+CELLS = ("rnn", "lstm", "gru", "peephole")
 IMPLS = ("onnxruntime", "fastrnn", "torch")
 
 
@@ -83,7 +87,11 @@ def _worker_torch(args, use_fastrnn):
     meta = json.load(open(os.path.join(args.dir, "meta.json")))
     if use_fastrnn:
         import fastrnn
-        mod = getattr(fastrnn, cell.upper())(meta["I"], meta["H"], bidirectional=bi)
+        cls = fastrnn.PeepholeLSTM if cell == "peephole" else getattr(fastrnn, cell.upper())
+        mod = cls(meta["I"], meta["H"], bidirectional=bi)
+    elif cell == "peephole":
+        from fastrnn.models import PeepholeLSTMLoop
+        mod = PeepholeLSTMLoop(meta["I"], meta["H"], bidirectional=bi)
     else:
         mod = getattr(torch.nn, cell.upper())(meta["I"], meta["H"], bidirectional=bi)
     mod.load_state_dict(torch.load(os.path.join(args.dir, "state.pt")))
@@ -114,7 +122,11 @@ def _export(case, T, I, H, folder):
 
     cell, bi, N = _parse_case(case)
     torch.manual_seed(0)
-    ref = getattr(torch.nn, cell.upper())(I, H, bidirectional=bi).eval()
+    if cell == "peephole":
+        import fastrnn
+        ref = fastrnn.PeepholeLSTM(I, H, bidirectional=bi).eval()
+    else:
+        ref = getattr(torch.nn, cell.upper())(I, H, bidirectional=bi).eval()
     x = torch.randn(T, N, I, generator=torch.Generator().manual_seed(1))
 
     class SequenceOnly(torch.nn.Module):

@@ -34,6 +34,9 @@ import sys
 from collections import OrderedDict
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+# peers besides torch.nn and onnxruntime, with their column labels (the peephole suite: the
+# step loop in torch ops a user writes, and fastrnn.LSTM of the same size)
+EXTRA_PEERS = {"torch_loop": "torch step loop", "fastrnn_lstm": "fastrnn LSTM"}
 IMPLS = ("fastrnn_alone", "fastrnn", "torch", "onnxruntime")
 SHAPE_RE = re.compile(r"T(\d+)-N(\d+)-I(\d+)-H(\d+)")
 
@@ -340,6 +343,11 @@ def build_rows(cases, gemm_rates=None, spread="iqr", targets=False, cache_gbps=N
         row["speedup vs torch.nn"] = f"{ratio['torch']:.2f}x" if ratio.get("torch") else ""
         row["speedup vs best peer"] = (f"{ratio['best']:.2f}x"
                                        if ratio.get("best") and ort_t else "")
+        for peer in (paired or {}):  # other peers of the round (the peephole suite's)
+            if peer in EXTRA_PEERS:
+                label = EXTRA_PEERS[peer]
+                row[f"{label} ms"] = _ms(med[peer]) if med.get(peer) else ""
+                row[f"speedup vs {label}"] = f"{ratio[peer]:.2f}x" if ratio.get(peer) else ""
         row["rounds"] = str(len(paired["fastrnn"])) if paired else ""
         rate = gemm_rates.get(info.get("device", "cpu")) or info.get("gemm_gflops")
         flops = _flops_of(info)
@@ -433,7 +441,8 @@ def _sort_key(item):
 
 
 def section_title(info):
-    kind = {"imdb-model": "IMDB models", "step": "Step by step"}.get(info.get("kind"), "Layers")
+    kind = {"imdb-model": "IMDB models", "step": "Step by step",
+            "peephole": "Peephole LSTM"}.get(info.get("kind"), "Layers")
     mode = {"infer": "inference", "train": "training step (forward + backward)"}.get(
         info.get("mode"), info.get("mode", "?"))
     return f"{kind}, {info.get('device', '?').upper()}, {mode}"

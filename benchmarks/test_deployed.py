@@ -18,6 +18,7 @@ def test_deployed_quick(capsys):
     spec = importlib.util.spec_from_file_location("deployed", os.path.join(HERE, "deployed.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    mod.main(["--quick", "--cases", "lstm-bi-N1", "--threads", "1"])
+    mod.main(["--quick", "--cases", "lstm-bi-N1,peephole-bi-N1", "--threads", "1"])
     out = capsys.readouterr().out
     assert "| lstm-bi N=1 T=20 |" in out
+    assert "| peephole-bi N=1 T=20 |" in out
