@@ -38,8 +38,19 @@ QUICK = {"train_size": 512, "test_size": 512, "epochs": 1, "maxlen": 100,
 # 84.8, 86.6, 87.0, 87.2%): the last epochs at a small rate settle instead of overfitting.
 DEFAULTS = {"train_size": None, "test_size": None, "epochs": 5, "maxlen": 500,
             "lr_schedule": "cosine"}
+LENGTHS_MODES = {"off": (False,), "on": (True,), "both": (False, True)}
+# Length-aware batches: an epoch's shuffled reviews are sorted by length within chunks of
+# this many batches, cut into batches, and the batches shuffled (seeded): each batch pads to
+# its own longest review, and the batches still mix across the whole training set.
+BUCKET_BATCHES = 50
 CHART_SPEED_ACCURACY = "imdb_speed_accuracy.png"
 CHART_SPEEDUP = "imdb_speedup.png"
+
+
+def display(key):
+    """A result's model key (``lstm``, or ``lstm+len`` for its length-aware run) as shown."""
+    name, _, variant = key.partition("+")
+    return DISPLAY[name] + (" (lengths)" if variant else "")
 
 
 def _csv_choice(allowed):
@@ -105,6 +116,12 @@ def build_parser():
                    help="also export each trained fastrnn model to ONNX (<out>/<model>.onnx) "
                         "and score the test set with onnxruntime, alone in a process of its "
                         "own (needs onnx and onnxruntime: pip install 'fastrnn[onnx]')")
+    p.add_argument("--lengths", choices=tuple(LENGTHS_MODES), default="off",
+                   help="length-aware training and inference: each review runs over its own "
+                        "words only (up to maxlen), batches from length buckets; fastrnn "
+                        "through its in-kernel lengths, torch.nn through pack_padded_sequence. "
+                        "off (default: padded to maxlen, the assignment's), on, or both "
+                        "(every model twice, side by side)")
     p.add_argument("--select-epoch", choices=("last", "best-val"), default="last",
                    help="weights tested at the end: the last epoch's (default) or the epoch "
                         "with the best validation accuracy (needs --val-size)")
@@ -169,6 +186,64 @@ def prepare_data(args, progress=True):
     return (*tensors, info)
 
 
+def review_lengths(ids):
+    """[N] int64: the words of each pre-padded row (ids > 0; at least 1)."""
+    return (ids != 0).sum(1).clamp(min=1)
+
+
+def post_padded(ids, lengths):
+    """Pre-padded rows [N, T] (padding first) -> the same words first, padding after."""
+    T = ids.shape[1]
+    t = torch.arange(T, device=ids.device)
+    src = ((T - lengths)[:, None] + t[None, :]).clamp(max=T - 1)
+    return torch.where(t[None, :] < lengths[:, None], ids.gather(1, src), 0)
+
+
+def bucketed_batches(lengths, batch_size, generator):
+    """Training batches (index tensors) of reviews of similar length: a random permutation,
+    sorted by length within chunks of ``BUCKET_BATCHES`` batches, cut into batches, the
+    batches in random order. Reproducible from ``generator``."""
+    order = torch.randperm(len(lengths), generator=generator)
+    batches = []
+    for chunk in order.split(batch_size * BUCKET_BATCHES):
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+        batches += list(chunk.split(batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+
+
+class Split:
+    """One data split on the device: pre-padded ids x [N, maxlen], labels y [N]; for
+    length-aware runs also the post-padded ids and each review's length (CPU)."""
+
+    def __init__(self, x, y, with_lengths):
+        self.x, self.y = x, y
+        self.lengths = self.x_post = None
+        if with_lengths:
+            self.lengths = review_lengths(x).cpu()
+            self.x_post = post_padded(x, self.lengths.to(x.device))
+
+    def __len__(self):
+        return len(self.y)
+
+    def batch(self, idx, lengths):
+        """(ids, labels, lengths or None) of the reviews ``idx`` (a CPU index tensor); with
+        ``lengths`` the post-padded ids cut at the batch's longest review."""
+        dev = self.x.device
+        if not lengths:
+            i = idx.to(dev)
+            return self.x[i], self.y[i], None
+        lb = self.lengths[idx]
+        i = idx.to(dev)
+        return self.x_post[i, :int(lb.max())], self.y[i], lb
+
+    def eval_batches(self, batch_size, lengths):
+        """Inference batches in order; length-aware: sorted by length (each batch pads to
+        its own longest review)."""
+        order = torch.argsort(self.lengths, stable=True) if lengths else \
+            torch.arange(len(self.y))
+        return list(order.split(batch_size))
+
+
 # --------------------------------------------------------------------------- train / eval
 
 def _sync(device):
@@ -184,8 +259,9 @@ def _forget_bias(args):
 class Run:
     """One (model, implementation) pair being trained."""
 
-    def __init__(self, name, impl, args, device, total_steps=None):
-        self.name, self.impl, self.device = name, impl, device
+    def __init__(self, name, impl, args, device, total_steps=None, lengths=False):
+        self.name, self.impl, self.device, self.lengths = name, impl, device, lengths
+        self.key = name + ("+len" if lengths else "")
         self.model = build_model(name, impl, seed=args.seed, vocab_size=args.num_words,
                                  embed_dim=args.embed_dim, hidden_size=args.hidden_size,
                                  backend=args.backend if impl == "fastrnn" else None,
@@ -197,14 +273,14 @@ class Run:
         self.loss_fn = nn.BCEWithLogitsLoss()
         self.clip = args.clip
         self.epochs = []
-        self.result = {"model": name, "display": DISPLAY[name], "impl": impl,
-                       "parameters": count_parameters(self.model)}
+        self.result = {"model": self.key, "display": display(self.key), "impl": impl,
+                       "lengths": lengths, "parameters": count_parameters(self.model)}
         if impl == "fastrnn":
             self.result["backend"] = _fastrnn_backend_name(args.backend, device)
 
-    def step(self, xb, yb):
+    def step(self, xb, yb, lb=None):
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(xb)
+        logits = self.model(xb, lb)
         loss = self.loss_fn(logits, yb)
         loss.backward()
         if self.clip:
@@ -217,39 +293,38 @@ class Run:
         self.steps_done += 1
         return loss.detach(), ((logits.detach() > 0).float() == yb).sum()
 
-    def warmup(self, xb, yb):
+    def warmup(self, xb, yb, lb=None):
         """One forward+backward (no update) and one inference pass, timed apart: JIT
         compilation, allocator growth and library initialisation stay out of the timings."""
         t0 = time.perf_counter()
         self.model.train()
-        self.loss_fn(self.model(xb), yb).backward()
+        self.loss_fn(self.model(xb, lb), yb).backward()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.eval()
         with torch.inference_mode():
-            self.model(xb)
+            self.model(xb, lb)
         _sync(self.device)
         self.result["warmup_seconds"] = time.perf_counter() - t0
         ran = getattr(self.model.rnn, "last_backend", None)  # fastrnn layers record it
         if ran:
             self.result["backend"] = ran
 
-    def train_epoch(self, epoch, x, y, order, batch_size, progress):
+    def train_epoch(self, epoch, split, batches, progress):
+        """One epoch over ``batches`` (CPU index tensors into ``split``)."""
         from tqdm.auto import tqdm
 
         self.model.train()
-        n = len(order)
+        n = sum(len(b) for b in batches)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
-        batches = range(0, n, batch_size)
-        bar = tqdm(batches, desc=f"train {DISPLAY[self.name]:7s} {self.impl:7s} "
+        bar = tqdm(batches, desc=f"train {display(self.key):7s} {self.impl:7s} "
                                  f"epoch {epoch}", unit="batch", leave=False, mininterval=1.0,
                    disable=not progress)
         _sync(self.device)
         t0 = time.perf_counter()
-        for start in bar:
-            idx = order[start:start + batch_size]
-            xb, yb = x[idx], y[idx]
-            loss, corr = self.step(xb, yb)
+        for idx in bar:
+            xb, yb, lb = split.batch(idx, self.lengths)
+            loss, corr = self.step(xb, yb, lb)
             loss_sum += loss * len(idx)
             correct += corr
         _sync(self.device)
@@ -260,20 +335,21 @@ class Run:
         return rec
 
     @torch.inference_mode()
-    def evaluate(self, x, y, batch_size, progress):
+    def evaluate(self, split, batch_size, progress):
         from tqdm.auto import tqdm
 
         self.model.eval()
-        n = len(y)
+        n = len(split)
         correct = torch.zeros((), device=self.device)
-        bar = tqdm(range(0, n, batch_size), desc=f"eval  {DISPLAY[self.name]:7s} "
-                                                 f"{self.impl:7s}", unit="batch",
+        bar = tqdm(split.eval_batches(batch_size, self.lengths),
+                   desc=f"eval  {display(self.key):7s} {self.impl:7s}", unit="batch",
                    leave=False, mininterval=1.0, disable=not progress)
         _sync(self.device)
         t0 = time.perf_counter()
-        for start in bar:
-            logits = self.model(x[start:start + batch_size])
-            correct += ((logits > 0).float() == y[start:start + batch_size]).sum()
+        for idx in bar:
+            xb, yb, lb = split.batch(idx, self.lengths)
+            logits = self.model(xb, lb)
+            correct += ((logits > 0).float() == yb).sum()
         _sync(self.device)
         seconds = time.perf_counter() - t0
         return float(correct) / n, seconds
@@ -313,7 +389,7 @@ def _fastrnn_backend_name(backend, device):
         return f"unresolved ({exc})"
 
 
-def _initial_agreement(name, args, device, xb):
+def _initial_agreement(name, args, device, batch):
     """Max |logit difference| of the two implementations before training (same weights)."""
     models = {impl: build_model(name, impl, seed=args.seed, vocab_size=args.num_words,
                                 embed_dim=args.embed_dim, hidden_size=args.hidden_size,
@@ -322,8 +398,9 @@ def _initial_agreement(name, args, device, xb):
               for impl in IMPLS}
     sd_t, sd_f = models["torch"].state_dict(), models["fastrnn"].state_dict()
     same_weights = sd_t.keys() == sd_f.keys() and all(torch.equal(sd_t[k], sd_f[k]) for k in sd_t)
+    xb, _, lb = batch
     with torch.inference_mode():
-        out = {impl: m.eval()(xb) for impl, m in models.items()}
+        out = {impl: m.eval()(xb, lb) for impl, m in models.items()}
     return same_weights, float((out["torch"] - out["fastrnn"]).abs().max())
 
 
@@ -348,7 +425,7 @@ def _export_and_score_onnx(run, x_test, y_test, args):
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{run.name}.onnx"
+    path = out / f"{run.key}.onnx"
     model = run.model.eval()
     example = x_test[:2].cpu()
     with warnings.catch_warnings():
@@ -418,28 +495,39 @@ def _run(args, progress):
         raise SystemExit("fastrnn-imdb: no training or no test reviews to use")
     best_val = getattr(args, "select_epoch", "last") == "best-val"
 
+    variants = LENGTHS_MODES[getattr(args, "lengths", "off")]
+    with_lengths = any(variants)
+    train = Split(x_train, y_train, with_lengths)
+    test = Split(x_test, y_test, with_lengths)
+    val_split = Split(x_val, y_val, with_lengths) if n_val else None
+    if with_lengths:
+        data_info["mean_train_length"] = float(train.lengths.float().mean())
     results, comparisons = [], []
     t_start = time.perf_counter()
-    for name in args.models:
+    for name, lengths in ((m, v) for m in args.models for v in variants):
+        key = name + ("+len" if lengths else "")
         total_steps = args.epochs * math.ceil(n_train / args.batch_size)
-        runs = [Run(name, impl, args, device, total_steps) for impl in args.impl]
-        warm = slice(0, min(args.batch_size, n_train))
+        runs = [Run(name, impl, args, device, total_steps, lengths) for impl in args.impl]
+        warm = torch.arange(min(args.batch_size, n_train))
         for r in runs:
-            r.warmup(x_train[warm], y_train[warm])
+            r.warmup(*train.batch(warm, lengths))
         for epoch in range(1, args.epochs + 1):
-            # the same batch order for every implementation
+            # the same batches, in the same order, for every implementation
             g = torch.Generator().manual_seed(args.seed * 1000 + epoch)
-            order = torch.randperm(n_train, generator=g).to(device)
+            if lengths:
+                batches = bucketed_batches(train.lengths, args.batch_size, g)
+            else:
+                batches = list(torch.randperm(n_train, generator=g).split(args.batch_size))
             for r in runs:
-                rec = r.train_epoch(epoch, x_train, y_train, order, args.batch_size, progress)
+                rec = r.train_epoch(epoch, train, batches, progress)
                 val = ""
                 if n_val:
-                    rec["val_accuracy"] = r.evaluate(x_val, y_val, args.eval_batch_size,
+                    rec["val_accuracy"] = r.evaluate(val_split, args.eval_batch_size,
                                                      progress)[0]
                     val = f"  val acc {rec['val_accuracy']:.4f}"
                     if best_val:
                         r.keep_if_best(epoch, rec["val_accuracy"])
-                print(f"  {DISPLAY[name]:7s} {r.impl:7s} epoch {epoch}/{args.epochs}: "
+                print(f"  {display(key):7s} {r.impl:7s} epoch {epoch}/{args.epochs}: "
                       f"loss {rec['loss']:.4f}  train acc {rec['train_accuracy']:.4f}{val}  "
                       f"{rec['seconds']:.1f} s ({rec['samples_per_s']:.0f} samples/s)",
                       file=sys.stderr)
@@ -447,17 +535,18 @@ def _run(args, progress):
         for r in runs:
             if best_val:
                 r.restore_best()
-            acc, secs = r.evaluate(x_test, y_test, args.eval_batch_size, progress)
+            acc, secs = r.evaluate(test, args.eval_batch_size, progress)
             by_impl[r.impl] = r.finish(acc, secs, n_train, n_test)
-            if r.impl == "fastrnn" and getattr(args, "export_onnx", False):
+            # (a length-aware model is not exported: ONNX's padded LSTM is not what it learnt)
+            if r.impl == "fastrnn" and getattr(args, "export_onnx", False) and not lengths:
                 _export_and_score_onnx(r, x_test, y_test, args)
             results.append(by_impl[r.impl])
         if len(by_impl) == 2:
-            same, diff = _initial_agreement(name, args, device, x_train[warm])
+            same, diff = _initial_agreement(name, args, device, train.batch(warm, lengths))
             f, t = by_impl["fastrnn"], by_impl["torch"]
             acc_diff = 100.0 * (f["test_accuracy"] - t["test_accuracy"])
             comparisons.append({
-                "model": name, "display": DISPLAY[name],
+                "model": key, "display": display(key),
                 "train_speedup": f["train_samples_per_s"] / t["train_samples_per_s"],
                 "inference_speedup": f["inference_samples_per_s"] / t["inference_samples_per_s"],
                 "accuracy_diff_pp": acc_diff,
@@ -607,7 +696,7 @@ def write_charts(summary, out):
     results = summary["results"]
     models = list(dict.fromkeys(r["model"] for r in results))
     impls = list(dict.fromkeys(r["impl"] for r in results))
-    labels = [DISPLAY[m] for m in models]
+    labels = [display(m) for m in models]
     get = {(r["model"], r["impl"]): r for r in results}
     colors = {"fastrnn": "#1f77b4", "torch": "#ff7f0e"}
     x = np.arange(len(models))
@@ -651,7 +740,7 @@ def write_charts(summary, out):
         bars = ax.bar(xc + (j - 0.5) * 0.4, [comp[m][key] for m in cm], 0.4, label=title)
         ax.bar_label(bars, fmt="%.2fx", fontsize=8)
     ax.axhline(1.0, color="gray", lw=0.8, ls="--")
-    ax.set_xticks(xc, [DISPLAY[m] for m in cm])
+    ax.set_xticks(xc, [display(m) for m in cm])
     ax.set_ylabel("fastrnn / torch.nn speed")
     ax.set_title("fastrnn speed relative to torch.nn (> 1: fastrnn faster)")
     ax.legend()

@@ -40,8 +40,9 @@ DISPLAY = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU",
 
 
 def torch_side_label(name):
-    """What the "torch" implementation of model ``name`` is (for reports)."""
-    return "torch step loop" if MODELS[name][0] == "PeepholeLSTM" else "torch.nn"
+    """What the "torch" implementation of model ``name`` is (for reports; a ``+len``
+    suffix, the job's length-aware run, is ignored)."""
+    return "torch step loop" if MODELS[name.split("+")[0]][0] == "PeepholeLSTM" else "torch.nn"
 
 
 class PeepholeLSTMLoop(nn.Module):
@@ -68,7 +69,7 @@ class PeepholeLSTMLoop(nn.Module):
             self.register_parameter("weight_ch" + sfx, nn.Parameter(
                 torch.empty(3 * H).uniform_(-bound, bound)))
 
-    def _direction(self, x, sfx, reverse):
+    def _direction(self, x, sfx, reverse, lengths=None):
         w_ih, w_hh = getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx)
         p_i, p_f, p_o = getattr(self, "weight_ch" + sfx).chunk(3)
         xg = x @ w_ih.t() + getattr(self, "bias_ih" + sfx) + getattr(self, "bias_hh" + sfx)
@@ -78,15 +79,27 @@ class PeepholeLSTMLoop(nn.Module):
             i, f, g, o = (xg[t] + h @ w_hh.t()).chunk(4, 1)
             i = torch.sigmoid(i + p_i * c)
             f = torch.sigmoid(f + p_f * c)
-            c = f * c + i * torch.tanh(g)
-            h = torch.sigmoid(o + p_o * c) * torch.tanh(c)
+            c_new = f * c + i * torch.tanh(g)
+            h_new = torch.sigmoid(o + p_o * c_new) * torch.tanh(c_new)
+            if lengths is not None:
+                valid = (t < lengths).unsqueeze(1)
+                c_new, h_new = torch.where(valid, c_new, c), torch.where(valid, h_new, h)
+            h, c = h_new, c_new
             ys.append(h)
         return torch.stack(ys[::-1] if reverse else ys), h, c
 
-    def forward(self, x):  # x [T, N, I]
-        outs = [self._direction(x, sfx, d == 1) for d, sfx in enumerate(self._suffixes)]
+    def forward(self, x):  # x [T, N, I], or a PackedSequence
+        packed = isinstance(x, nn.utils.rnn.PackedSequence)
+        lengths = None
+        if packed:  # padded in the caller's order; the state frozen past each length
+            x, lengths = nn.utils.rnn.pad_packed_sequence(x)
+            lengths = lengths.to(x.device)
+        outs = [self._direction(x, sfx, d == 1, lengths) for d, sfx in enumerate(self._suffixes)]
         y = torch.cat([o[0] for o in outs], -1)
-        return y, (torch.stack([o[1] for o in outs]), torch.stack([o[2] for o in outs]))
+        h, c = torch.stack([o[1] for o in outs]), torch.stack([o[2] for o in outs])
+        if packed:
+            y = nn.utils.rnn.pack_padded_sequence(y, lengths.cpu(), enforce_sorted=False)
+        return y, (h, c)
 
 
 def _fastrnn_layer(kind):
@@ -133,8 +146,14 @@ class SentimentRNN(nn.Module):
                              **(layer_kwargs or {}))
         self.classifier = nn.Linear(hidden_size * (2 if bidirectional else 1), 1)
 
-    def features(self, ids):  # ids [N, T] int64 -> [N, H or 2H]
+    def features(self, ids, lengths=None):  # ids [N, T] int64 -> [N, H or 2H]
         x = self.embedding(ids.t())  # [T, N, E]
+        if lengths is not None:  # post-padded ids: each review runs over its own words only
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+            _, h = self.rnn(packed)
+            h = h[0] if isinstance(h, tuple) else h
+            # the final states: forward after the last word, reverse after the first
+            return torch.cat([h[-2], h[-1]], dim=1) if self.bidirectional else h[-1]
         y, h = self.rnn(x)
         if isinstance(h, tuple):  # LSTM: (h_n, c_n)
             h = h[0]
@@ -147,8 +166,12 @@ class SentimentRNN(nn.Module):
         reverse = y[first, torch.arange(N, device=ids.device), H:]  # [N, H]
         return torch.cat([h[-2], reverse], dim=1)
 
-    def forward(self, ids):  # ids [N, T] int64
-        return self.classifier(self.features(ids)).squeeze(1)
+    def forward(self, ids, lengths=None):
+        """ids [N, T] int64, Keras-style pre-padded; or, with ``lengths`` [N] (each
+        review's number of words), post-padded (words first): then the recurrent layer runs
+        over each review's own words only (a PackedSequence: torch.nn's packed path,
+        fastrnn's in-kernel lengths)."""
+        return self.classifier(self.features(ids, lengths)).squeeze(1)
 
 
 def _make(name, layer_cls, layer_kwargs, **sizes):

@@ -358,3 +358,68 @@ def test_export_onnx_scores_the_test_set_with_onnxruntime(tmp_path, archive):
         assert r["onnxruntime_test_accuracy"] == r["test_accuracy"]
         assert r["onnxruntime_samples_per_s"] > 0
     assert "onnxruntime infer samples/s" in (out / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------- length-aware
+
+def test_post_padding_and_lengths():
+    pre = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 9], [0, 0, 0, 0, 8]])
+    lengths = job.review_lengths(pre)
+    assert lengths.tolist() == [3, 5, 1]
+    assert job.post_padded(pre, lengths).tolist() == [[5, 6, 7, 0, 0], [1, 2, 3, 4, 9],
+                                                      [8, 0, 0, 0, 0]]
+    assert job.review_lengths(torch.zeros(1, 4, dtype=torch.long)).tolist() == [1]
+
+
+def test_bucketed_batches_cover_every_review_once_and_are_reproducible():
+    lengths = torch.randint(1, 500, (1000,), generator=torch.Generator().manual_seed(0))
+    a = job.bucketed_batches(lengths, 8, torch.Generator().manual_seed(3))
+    b = job.bucketed_batches(lengths, 8, torch.Generator().manual_seed(3))
+    c = job.bucketed_batches(lengths, 8, torch.Generator().manual_seed(4))
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == len(b) == 125
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    assert sorted(torch.cat(a).tolist()) == list(range(1000))
+    # similar lengths per batch: far less padding than random batches of the same size
+    padded = sum(len(i) * int(lengths[i].max()) for i in a)
+    random_batches = torch.randperm(1000, generator=torch.Generator().manual_seed(5)).split(8)
+    assert padded < 0.6 * sum(len(i) * int(lengths[i].max()) for i in random_batches)
+
+
+@pytest.mark.parametrize("name", ALL_MODEL_NAMES)
+@pytest.mark.parametrize("impl", ["torch", "fastrnn"])
+def test_lengths_run_each_review_over_its_own_words(name, impl):
+    """With lengths, a batch's logits are each review's alone, without any padding."""
+    if impl == "fastrnn" and NO_FASTRNN:
+        pytest.skip(NO_FASTRNN)
+    model = build_model(name, impl, seed=2, backend=BACKEND if impl == "fastrnn" else None,
+                        **SMALL).eval()
+    gen = torch.Generator().manual_seed(1)
+    pre = torch.randint(1, 50, (4, 9), generator=gen)
+    for n, k in enumerate([0, 3, 8, 5]):
+        pre[n, :k] = 0  # pre-padding: lengths 9, 6, 1, 4
+    lengths = job.review_lengths(pre)
+    post = job.post_padded(pre, lengths)[:, :int(lengths.max())]
+    with torch.no_grad():
+        batch = model(post, lengths)
+        alone = torch.stack([model(pre[n:n + 1, 9 - int(lengths[n]):])[0] for n in range(4)])
+    torch.testing.assert_close(batch, alone, rtol=1e-5, atol=1e-6)
+
+
+@needs_fastrnn
+def test_job_lengths_both(tmp_path, archive):
+    out = tmp_path / "lengths"
+    assert job.main(["--quick", "--data", str(archive), "--models", "lstm,bigru", "--impl",
+                     "fastrnn,torch", "--device", "cpu", "--backend", BACKEND, "--hidden-size",
+                     "8", "--maxlen", "32", "--batch-size", "8", "--eval-batch-size", "16",
+                     "--epochs", "2", "--out", str(out), "--no-progress", "--seed", "1",
+                     "--threads", "1", "--lengths", "both"]) == 0
+    summary = json.loads((out / "results.json").read_text())
+    keys = [(r["model"], r["impl"], r["lengths"]) for r in summary["results"]]
+    assert keys == [(m + s, i, bool(s)) for m in ("lstm", "bigru") for s in ("", "+len")
+                    for i in ("fastrnn", "torch")]
+    for c in summary["comparisons"]:
+        assert c["identical_initial_weights"] and c["initial_logit_max_abs_diff"] < 1e-5
+        assert abs(c["final_train_loss_diff"]) < 1e-3
+    assert summary["data"]["mean_train_length"] < 32
+    report = (out / "report.md").read_text()
+    assert "| Bi-GRU (lengths) | fastrnn |" in report and "| LSTM | torch |" in report
