@@ -10,6 +10,14 @@ Reported per model and implementation: parameters, training seconds per epoch an
 samples/s, inference samples/s, test accuracy; per model the fastrnn/torch speed ratios
 and the accuracy difference. Written to ``--out``: ``results.json``, ``report.md`` and
 two PNG charts; the table is also printed.
+
+Several processes: ``torchrun --standalone --nproc_per_node N -m fastrnn.imdb ...`` trains
+each model with DistributedDataParallel (gloo on the CPU, nccl on GPUs, one GPU per
+process): every process takes every N-th batch of each epoch's batch list, so a step's
+global batch is N x ``--batch-size`` (the list's trailing batches that do not fill a step
+on every process are skipped); the learning rate is used as given (to follow the
+linear-scaling rule, pass N x the single-process rate). Rank 0 evaluates and writes the
+report; samples/s count all processes.
 """
 from __future__ import annotations
 
@@ -122,6 +130,8 @@ def build_parser():
                         "through its in-kernel lengths, torch.nn through pack_padded_sequence. "
                         "off (default: padded to maxlen, the assignment's), on, or both "
                         "(every model twice, side by side)")
+    p.add_argument("--save-models", action="store_true",
+                   help="write each trained model's state_dict to <out>/<model>-<impl>.pt")
     p.add_argument("--select-epoch", choices=("last", "best-val"), default="last",
                    help="weights tested at the end: the last epoch's (default) or the epoch "
                         "with the best validation accuracy (needs --val-size)")
@@ -244,6 +254,71 @@ class Split:
         return list(order.split(batch_size))
 
 
+# --------------------------------------------------------------------------- processes
+
+class Processes:
+    """The processes of a run: one, or those torchrun started (``WORLD_SIZE`` > 1), joined in
+    a process group (gloo on the CPU, nccl on GPUs: one per process, ``LOCAL_RANK``)."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.active = self.world > 1
+        self.main = self.rank == 0
+
+    def start(self, device):
+        """Join the process group; returns this process's device."""
+        if not self.active:
+            return device
+        import torch.distributed as dist
+        if device.type == "cuda":
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+            backend = "nccl"
+        else:
+            backend = "gloo"
+            # torchrun --standalone: every process on this host; gloo otherwise picks the
+            # interface of the host name, where the rendezvous can hang
+            if os.environ.get("MASTER_ADDR", "") in ("localhost", "127.0.0.1") and \
+                    sys.platform.startswith("linux"):
+                os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        if not dist.is_initialized():
+            dist.init_process_group(backend)
+        return device
+
+    def stop(self):
+        if self.active:
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.barrier()
+                dist.destroy_process_group()
+
+    def wrap(self, model, device):
+        """``model`` for training: under DistributedDataParallel with several processes."""
+        if not self.active:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                       else None)
+
+    def shard(self, batches):
+        """This process's batches: every ``world``-th, the trailing ones that would not give
+        every process a batch left out (all processes run the same number of steps)."""
+        if not self.active:
+            return batches
+        n = len(batches) // self.world * self.world
+        return batches[self.rank:n:self.world]
+
+    def total(self, value):
+        """``value`` (a tensor) summed over the processes."""
+        if self.active:
+            import torch.distributed as dist
+            value = value.clone()
+            dist.all_reduce(value)
+        return value
+
+
 # --------------------------------------------------------------------------- train / eval
 
 def _sync(device):
@@ -259,14 +334,17 @@ def _forget_bias(args):
 class Run:
     """One (model, implementation) pair being trained."""
 
-    def __init__(self, name, impl, args, device, total_steps=None, lengths=False):
+    def __init__(self, name, impl, args, device, total_steps=None, lengths=False,
+                 procs=None):
         self.name, self.impl, self.device, self.lengths = name, impl, device, lengths
+        self.procs = procs or Processes()
         self.key = name + ("+len" if lengths else "")
         self.model = build_model(name, impl, seed=args.seed, vocab_size=args.num_words,
                                  embed_dim=args.embed_dim, hidden_size=args.hidden_size,
                                  backend=args.backend if impl == "fastrnn" else None,
                                  forget_bias=_forget_bias(args))
         self.model.to(device)
+        self.train_model = self.procs.wrap(self.model, device)  # DDP under torchrun
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         self.lr, self.steps_done, self.total_steps = args.lr, 0, total_steps
         self.cosine = getattr(args, "lr_schedule", "constant") == "cosine" and bool(total_steps)
@@ -280,7 +358,7 @@ class Run:
 
     def step(self, xb, yb, lb=None):
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(xb, lb)
+        logits = self.train_model(xb, lb)
         loss = self.loss_fn(logits, yb)
         loss.backward()
         if self.clip:
@@ -298,7 +376,7 @@ class Run:
         compilation, allocator growth and library initialisation stay out of the timings."""
         t0 = time.perf_counter()
         self.model.train()
-        self.loss_fn(self.model(xb, lb), yb).backward()
+        self.loss_fn(self.train_model(xb, lb), yb).backward()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.eval()
         with torch.inference_mode():
@@ -314,12 +392,13 @@ class Run:
         from tqdm.auto import tqdm
 
         self.model.train()
+        batches = self.procs.shard(batches)
         n = sum(len(b) for b in batches)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         bar = tqdm(batches, desc=f"train {display(self.key):7s} {self.impl:7s} "
                                  f"epoch {epoch}", unit="batch", leave=False, mininterval=1.0,
-                   disable=not progress)
+                   disable=not progress or not self.procs.main)
         _sync(self.device)
         t0 = time.perf_counter()
         for idx in bar:
@@ -329,8 +408,12 @@ class Run:
             correct += corr
         _sync(self.device)
         seconds = time.perf_counter() - t0
-        rec = {"epoch": epoch, "seconds": seconds, "samples_per_s": n / seconds,
-               "loss": float(loss_sum) / n, "train_accuracy": float(correct) / n}
+        # every process's samples (the processes run in step: their epochs take as long)
+        totals = self.procs.total(torch.stack([loss_sum, correct,
+                                               torch.tensor(float(n), device=self.device)]))
+        loss_sum, correct, n = float(totals[0]), float(totals[1]), int(totals[2])
+        rec = {"epoch": epoch, "seconds": seconds, "samples": n, "samples_per_s": n / seconds,
+               "loss": loss_sum / n, "train_accuracy": correct / n}
         self.epochs.append(rec)
         return rec
 
@@ -372,7 +455,7 @@ class Run:
             "epochs": self.epochs,
             "train_seconds_per_epoch": float(np.mean(secs)),
             "train_seconds_per_epoch_min": float(np.min(secs)),
-            "train_samples_per_s": float(n_train / np.mean(secs)),
+            "train_samples_per_s": float(self.epochs[-1]["samples"] / np.mean(secs)),
             "inference_seconds": infer_seconds,
             "inference_samples_per_s": n_test / infer_seconds,
             "test_accuracy": accuracy,
@@ -404,14 +487,18 @@ def _initial_agreement(name, args, device, batch):
     return same_weights, float((out["torch"] - out["fastrnn"]).abs().max())
 
 
-def run(args, progress=True):
-    """Run the comparison; returns the results dict (also what results.json holds)."""
+def run(args, progress=True, procs=None):
+    """Run the comparison; returns the results dict (also what results.json holds; under
+    torchrun, rank 0's, the other processes' being None)."""
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    procs = procs or Processes()
     try:
-        return _run(args, progress)
+        summary = _run(args, progress, procs)
+        return summary if procs.main else None
     finally:
+        procs.stop()
         torch.set_num_threads(threads)
 
 
@@ -461,8 +548,9 @@ def _export_and_score_onnx(run, x_test, y_test, args):
     })
 
 
-def _run(args, progress):
-    device = torch.device(args.device)
+def _run(args, progress, procs):
+    device = procs.start(torch.device(args.device))
+    progress = progress and procs.main
     if device.type == "cuda" and args.backend is None and "fastrnn" in args.impl:
         # fastrnn's own CUDA kernels against torch.nn: `auto` would hand some layers to
         # cuDNN (fastrnn.backends.cuda_dispatch), and the comparison would be cuDNN with itself
@@ -506,8 +594,9 @@ def _run(args, progress):
     t_start = time.perf_counter()
     for name, lengths in ((m, v) for m in args.models for v in variants):
         key = name + ("+len" if lengths else "")
-        total_steps = args.epochs * math.ceil(n_train / args.batch_size)
-        runs = [Run(name, impl, args, device, total_steps, lengths) for impl in args.impl]
+        total_steps = args.epochs * (math.ceil(n_train / args.batch_size) // procs.world)
+        runs = [Run(name, impl, args, device, total_steps, lengths, procs)
+                for impl in args.impl]
         warm = torch.arange(min(args.batch_size, n_train))
         for r in runs:
             r.warmup(*train.batch(warm, lengths))
@@ -527,14 +616,21 @@ def _run(args, progress):
                     val = f"  val acc {rec['val_accuracy']:.4f}"
                     if best_val:
                         r.keep_if_best(epoch, rec["val_accuracy"])
+                if not procs.main:
+                    continue
                 print(f"  {display(key):7s} {r.impl:7s} epoch {epoch}/{args.epochs}: "
                       f"loss {rec['loss']:.4f}  train acc {rec['train_accuracy']:.4f}{val}  "
                       f"{rec['seconds']:.1f} s ({rec['samples_per_s']:.0f} samples/s)",
                       file=sys.stderr)
+        if not procs.main:  # rank 0 tests and reports
+            continue
         by_impl = {}
         for r in runs:
             if best_val:
                 r.restore_best()
+            if getattr(args, "save_models", False):
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                torch.save(r.model.state_dict(), Path(args.out) / f"{r.key}-{r.impl}.pt")
             acc, secs = r.evaluate(test, args.eval_batch_size, progress)
             by_impl[r.impl] = r.finish(acc, secs, n_train, n_test)
             # (a length-aware model is not exported: ONNX's padded LSTM is not what it learnt)
@@ -555,9 +651,11 @@ def _run(args, progress):
                 "initial_logit_max_abs_diff": diff,
                 "final_train_loss_diff": f["final_train_loss"] - t["final_train_loss"],
             })
+    env = _environment(device, args)
+    env["processes"] = procs.world  # torchrun: DistributedDataParallel over this many
     return {
         "config": {k: v for k, v in vars(args).items()},
-        "environment": _environment(device, args),
+        "environment": env,
         "data": data_info,
         "results": results,
         "comparisons": comparisons,
@@ -765,9 +863,16 @@ def write_report(summary, out, charts):
         f"{env.get('fastrnn', '?')}.", "",
         f"Data: {data['train_reviews']} training / {data['test_reviews']} test reviews from "
         f"`{data['source']}`, vocabulary {cfg['num_words']}, pre-padded/truncated to "
-        f"{cfg['maxlen']} steps.", "",
+        f"{cfg['maxlen']} steps"
+        + (f"; the length-aware runs ((lengths) rows) take each review over its own words "
+           f"only (mean {data['mean_train_length']:.0f} steps in training), in batches of "
+           f"similar lengths" if data.get("mean_train_length") else "") + ".", "",
         f"Training: {cfg['epochs']} epoch(s), Adam lr {cfg['lr']}"
-        f"{_schedule_text(cfg)}, batch {cfg['batch_size']}, "
+        f"{_schedule_text(cfg)}, batch {cfg['batch_size']}"
+        + (f" per process x {env['processes']} processes (DistributedDataParallel, "
+           f"global batch {cfg['batch_size'] * env['processes']})"
+           if env.get("processes", 1) > 1 else "")
+        + ", "
         f"gradient clipping {cfg['clip'] or 'off'}, LSTM forget-gate bias "
         f"{cfg.get('forget_bias', 1.0)} at init, hidden {cfg['hidden_size']}, embedding "
         f"{cfg['embed_dim']}, seed {cfg['seed']}. Inference batch {cfg['eval_batch_size']}. "
@@ -839,6 +944,8 @@ def main(argv=None):
         summary = run(args, progress=progress)
     except (ImdbNotFoundError, ImdbFormatError) as exc:
         raise SystemExit(f"fastrnn-imdb: {exc}") from exc
+    if summary is None:  # not rank 0 of a torchrun job: rank 0 reports
+        return 0
     out = write_outputs(summary, args.out)
     print(format_table(summary))
     for note in accuracy_notes(summary):

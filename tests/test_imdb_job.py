@@ -2,6 +2,7 @@
 mode on a tiny fixture (CPU)."""
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -423,3 +424,31 @@ def test_job_lengths_both(tmp_path, archive):
     assert summary["data"]["mean_train_length"] < 32
     report = (out / "report.md").read_text()
     assert "| Bi-GRU (lengths) | fastrnn |" in report and "| LSTM | torch |" in report
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+@needs_fastrnn
+def test_torchrun_two_processes_train_like_one_process(tmp_path, archive):
+    """torchrun with 2 processes (gloo, DistributedDataParallel), batch 4 per process, gives
+    the weights of one process over the same global batches of 8."""
+    common = ["--quick", "--data", str(archive), "--models", "bilstm", "--impl", "fastrnn",
+              "--device", "cpu", "--backend", BACKEND, "--hidden-size", "8", "--maxlen", "32",
+              "--eval-batch-size", "16", "--epochs", "2", "--no-progress", "--seed", "1",
+              "--lr", "0.01", "--threads", "1", "--save-models"]
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "fastrnn.imdb"] + common + ["--batch-size", "4", "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert job.main(common + ["--batch-size", "8", "--out", str(tmp_path / "one")]) == 0
+    a = torch.load(tmp_path / "two" / "bilstm-fastrnn.pt")
+    b = torch.load(tmp_path / "one" / "bilstm-fastrnn.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
+    summary = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert summary["environment"]["processes"] == 2
+    assert summary["results"][0]["epochs"][0]["samples"] == 32  # both processes' reviews
+    assert "per process x 2 processes" in (tmp_path / "two" / "report.md").read_text()
