@@ -42,6 +42,16 @@ def last_backend():
     return _last["backend"]
 
 
+_warned = set()
+
+
+def _warn_once(key, message):
+    if key not in _warned:
+        _warned.add(key)
+        import warnings
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
 @torch.compiler.assume_constant_result
 def _resolve(backend, device_type, low_precision):
     # Evaluated eagerly even under torch.compile (it imports modules, reads the
@@ -50,6 +60,10 @@ def _resolve(backend, device_type, low_precision):
     if name in ("cpu", "numba") and low_precision:
         requested = backends.get_default_backend() if backend is None else backend
         if requested == "auto":
+            _warn_once("low-precision-cpu",
+                       "fastrnn: float16/bfloat16 on the CPU runs the reference backend (a "
+                       "step loop in torch ops, much slower than the fused kernels, which "
+                       "take float32 and float64): convert the model with .float() for speed")
             return "reference"  # compiled CPU kernels: float32/float64 only
         raise TypeError(f"backend {name!r} supports float32 and float64 only; use "
                         f"backend='reference' for other dtypes")

@@ -165,13 +165,16 @@ def prepare_data(args, progress=True):
     from tqdm.auto import tqdm
 
     from .datasets import load_data, pad_sequences
-    from .datasets.imdb import load_corpus
+    from .datasets.imdb import find_source, load_corpus
 
     t0 = time.perf_counter()
+    # the data located (or downloaded, or the error explaining how to get it) before any bar
+    source = find_source(args.data, download_missing=not args.no_download, progress=progress)
+    args_data = str(source)
     with tqdm(total=4, desc="prepare data", unit="step", disable=not progress) as bar:
-        corpus = load_corpus(args.data, download=not args.no_download, progress=progress)
+        corpus = load_corpus(args_data, download=not args.no_download, progress=progress)
         bar.update(1)
-        (xtr, ytr), (xte, yte) = load_data(args.data, num_words=args.num_words, seed=args.seed,
+        (xtr, ytr), (xte, yte) = load_data(args_data, num_words=args.num_words, seed=args.seed,
                                            download=not args.no_download, progress=progress)
         bar.update(1)
         xtr, ytr = xtr[:args.train_size], ytr[:args.train_size]
@@ -464,6 +467,48 @@ class Run:
         return self.result
 
 
+# A run's speedups mean little when the machine's speed moved under it (another job, a
+# noisy neighbour): the report flags a spread of the GEMM rate beyond this factor.
+MACHINE_SPREAD_LIMIT = 1.25
+
+
+def _sample_machine(machine, device, size=512, repeats=5):
+    """Append the machine's current fp32 GEMM rate (GFLOP/s, best of ``repeats``
+    ``size``^3 products on ``device``, a few ms) and the 1-minute load average."""
+    a = torch.randn(size, size, device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        a @ a
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    machine["gemm_gflops"].append(2 * size ** 3 / best / 1e9)
+    if hasattr(os, "getloadavg"):
+        machine["load_average"].append(os.getloadavg()[0])
+
+
+def machine_notes(summary):
+    """Warnings about the machine's speed during the run (from its GEMM-rate samples)."""
+    m = summary.get("environment", {}).get("machine_samples") or {}
+    rates = [r for r in m.get("gemm_gflops", []) if r > 0]
+    notes = []
+    if len(rates) >= 2 and max(rates) / min(rates) > MACHINE_SPREAD_LIMIT:
+        notes.append(f"The machine's speed moved during the run: a 512^3 fp32 GEMM ran at "
+                     f"{min(rates):.0f}-{max(rates):.0f} GFLOP/s across the models "
+                     f"({max(rates) / min(rates):.2f}x apart), so the speed figures, and the "
+                     f"speedups of models measured at different times, are unreliable; rerun on "
+                     f"a quiet machine.")
+    env = summary.get("environment", {})
+    loads = m.get("load_average", [])
+    ours = env.get("torch_threads", 1) * env.get("processes", 1)  # this run's own threads
+    if loads and max(loads) > ours + 1:
+        notes.append(f"The load average reached {max(loads):.1f} while this run kept {ours} "
+                     f"thread(s) busy: other processes competed for the CPUs, and the speed "
+                     f"figures are unreliable.")
+    return notes
+
+
 def _fastrnn_backend_name(backend, device):
     try:
         from .backends import resolve
@@ -592,7 +637,9 @@ def _run(args, progress, procs):
         data_info["mean_train_length"] = float(train.lengths.float().mean())
     results, comparisons = [], []
     t_start = time.perf_counter()
+    machine = {"gemm_gflops": [], "load_average": []}  # the machine's speed, per model and at the end
     for name, lengths in ((m, v) for m in args.models for v in variants):
+        _sample_machine(machine, device)
         key = name + ("+len" if lengths else "")
         total_steps = args.epochs * (math.ceil(n_train / args.batch_size) // procs.world)
         runs = [Run(name, impl, args, device, total_steps, lengths, procs)
@@ -651,8 +698,10 @@ def _run(args, progress, procs):
                 "initial_logit_max_abs_diff": diff,
                 "final_train_loss_diff": f["final_train_loss"] - t["final_train_loss"],
             })
+    _sample_machine(machine, device)
     env = _environment(device, args)
     env["processes"] = procs.world  # torchrun: DistributedDataParallel over this many
+    env["machine_samples"] = machine
     return {
         "config": {k: v for k, v in vars(args).items()},
         "environment": env,
@@ -746,7 +795,7 @@ def _validation_text(summary):
 
 
 def accuracy_notes(summary):
-    notes = []
+    notes = machine_notes(summary)
     cfg = summary["config"]
     held_out = summary["data"].get("val_reviews", 0)
     if cfg.get("quick") or (summary["data"]["train_reviews"] + held_out < 25000):

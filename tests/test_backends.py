@@ -108,6 +108,24 @@ def test_environment_variable(monkeypatch):
         backends.get_default_backend()
 
 
+@pytest.mark.parametrize("value,on", [("", False), ("0", False), ("off", False),
+                                      (" No ", False), ("false", False), ("1", True),
+                                      ("on", True), ("TRUE", True), ("yes", True)])
+def test_disable_extension_flag_is_read_one_way(monkeypatch, value, on):
+    """FASTRNN_DISABLE_EXTENSION: the backend registry and the cpu backend agree on every
+    spelling (one parser, fastrnn._env.flag)."""
+    from fastrnn import _env
+    from fastrnn.backends import cpu
+    monkeypatch.setenv(DISABLE, value)
+    assert _env.flag(DISABLE) is on
+    assert backends.extension_disabled() is on
+    assert cpu._disabled() is on
+    if on:
+        assert "cpu" not in backends.available_backends()
+    elif cpu._IMPORT_ERROR is None:
+        assert "cpu" in backends.available_backends()
+
+
 def test_precedence_argument_then_set_backend_then_environment(monkeypatch):
     _fake_available(monkeypatch, "numba")
     monkeypatch.setenv(backends.ENV_VAR, "numba")
@@ -272,3 +290,25 @@ def test_numba_threading_layer_and_concurrent_calls():
                          timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "workqueue"
+
+
+def test_checkout_shadowing_an_installed_build_is_named_and_warned_once(monkeypatch):
+    """A source tree without _C imported ahead of an installed build: the reason says so
+    and how to fix it, and ``auto`` warns once that it falls back."""
+    from fastrnn.backends import cpu
+    monkeypatch.setattr(cpu, "_C", None)
+    monkeypatch.setattr(cpu, "shadowed_build", lambda: "/site-packages/fastrnn")
+    monkeypatch.delenv(DISABLE, raising=False)
+    why = cpu.unavailable_reason()
+    assert "/site-packages/fastrnn" in why and "shadows the installed build" in why
+    assert "pip install --no-build-isolation -e ." in why
+    real_load = backends._load
+    monkeypatch.setattr(backends, "_load",
+                        lambda name: (None, why) if name == "cpu" else real_load(name))
+    monkeypatch.setattr(backends, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="shadows the installed build"):
+        assert backends.resolve("auto", "cpu") != "cpu"
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backends.resolve("auto", "cpu")  # once only

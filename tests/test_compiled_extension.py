@@ -3,15 +3,14 @@ instruction-set build agrees with torch.nn, and thread counts do not change resu
 
 In CI (FASTRNN_REQUIRE_EXTENSION=1) a missing extension is a failure, not a skip: the
 suite must prove the fused kernels ran, not a fallback."""
-import os
 
 import pytest
 import torch
 
 import fastrnn
-from fastrnn import backends
+from fastrnn import _env, backends
 
-REQUIRED = os.environ.get("FASTRNN_REQUIRE_EXTENSION", "") not in ("", "0")
+REQUIRED = _env.flag("FASTRNN_REQUIRE_EXTENSION")
 AVAILABLE = backends.availability()["cpu"] is None
 
 if not AVAILABLE and not REQUIRED:

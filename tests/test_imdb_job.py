@@ -452,3 +452,21 @@ def test_torchrun_two_processes_train_like_one_process(tmp_path, archive):
     assert summary["environment"]["processes"] == 2
     assert summary["results"][0]["epochs"][0]["samples"] == 32  # both processes' reviews
     assert "per process x 2 processes" in (tmp_path / "two" / "report.md").read_text()
+
+
+def test_machine_speed_moving_is_flagged():
+    quiet = {"environment": {"torch_threads": 2, "machine_samples": {
+        "gemm_gflops": [200.0, 210.0, 195.0], "load_average": [1.2, 2.1, 2.0]}}}
+    assert job.machine_notes(quiet) == []
+    noisy = {"environment": {"torch_threads": 2, "machine_samples": {
+        "gemm_gflops": [200.0, 120.0], "load_average": [2.0, 4.3]}}}
+    notes = job.machine_notes(noisy)
+    assert any("120-200 GFLOP/s" in n and "unreliable" in n for n in notes)
+    assert any("load average reached 4.3" in n for n in notes)
+
+
+def test_results_record_the_machine_speed(tmp_path, archive):
+    out = tmp_path / "m"
+    assert _run_quick(archive, out, "torch", models="gru") == 0
+    samples = json.loads((out / "results.json").read_text())["environment"]["machine_samples"]
+    assert len(samples["gemm_gflops"]) == 2 and all(r > 0 for r in samples["gemm_gflops"])

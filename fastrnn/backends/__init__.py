@@ -87,6 +87,8 @@ import importlib
 import os
 import threading
 
+from .. import _env
+
 BACKENDS = ("cpu", "cuda", "numba", "reference")
 ENV_VAR = "FASTRNN_BACKEND"
 
@@ -124,7 +126,7 @@ _FIX = {
 
 def extension_disabled():
     """True when $FASTRNN_DISABLE_EXTENSION asks to ignore the compiled extensions."""
-    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+    return _env.flag(DISABLE_ENV)
 
 
 def _disabled_reason():
@@ -224,6 +226,19 @@ def _default_and_source():
 _AUTO_ORDER = {"cpu": ("cpu", "numba", "reference"), "cuda": ("cuda", "reference")}
 
 
+_warned = set()
+
+
+def _warn_fallback(why):
+    """Warn once per process when ``auto`` falls back from the compiled CPU kernels for a
+    reason the user did not choose: a checkout shadowing an installed build."""
+    if why and "shadows the installed build" in why and "shadow" not in _warned:
+        _warned.add("shadow")
+        import warnings
+        warnings.warn(f"fastrnn: running the slower fallback backends because {why}",
+                      RuntimeWarning, stacklevel=3)
+
+
 def resolve(name, device_type):
     """Return the backend *name* that will run for tensors on ``device_type``.
 
@@ -235,9 +250,11 @@ def resolve(name, device_type):
         name, source = _normalise(name), "backend= argument"
     if name == "auto":
         for cand in _AUTO_ORDER.get(device_type, ("reference",)):
-            mod, _ = _load(cand)
+            mod, why = _load(cand)
             if mod is not None:
                 return cand
+            if cand == "cpu":
+                _warn_fallback(why)
         return "reference"
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")

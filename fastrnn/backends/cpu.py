@@ -13,6 +13,7 @@ import threading
 import torch
 import torch.utils.dlpack
 
+from .. import _env
 from .._validation import require_tensors
 
 _C = None
@@ -37,13 +38,43 @@ PEEPHOLES = True  # lstm_forward/lstm_backward take w_ch (the backend contract)
 
 
 def _disabled():
-    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return _env.flag(DISABLE_ENV)
+
+
+def shadowed_build():
+    """Where an installed fastrnn with a compiled ``_C`` lives when the fastrnn imported here
+    (e.g. a source checkout, first on sys.path when Python starts in it) has none: the
+    imported tree shadows that build. None otherwise."""
+    if _C is not None:
+        return None
+    try:
+        from importlib import metadata
+        dist = metadata.distribution("fastrnn")
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # fastrnn/
+        for f in dist.files or ():
+            name = str(f)
+            if name.startswith("fastrnn/_C") and name.endswith((".so", ".pyd")):
+                installed = os.path.dirname(os.path.abspath(str(dist.locate_file(f))))
+                if installed != here and os.path.exists(os.path.join(installed, os.path.basename(name))):
+                    return installed
+    except Exception:  # no installed distribution, or unreadable metadata
+        return None
+    return None
 
 
 def unavailable_reason():
     if _disabled():
         return f"disabled by the environment variable {DISABLE_ENV}"
     if _C is None:
+        shadow = shadowed_build()
+        if shadow:
+            here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            return (f"fastrnn was imported from {here}, which has no compiled extension, "
+                    f"while the installed fastrnn at {shadow} has one: the source tree shadows "
+                    "the installed build (Python started in the checkout puts it first on "
+                    "sys.path). Run from outside the checkout (`pytest`, not `python -m "
+                    "pytest`), or install for development in editable mode: "
+                    "`pip install --no-build-isolation -e .`")
         return ("the compiled extension fastrnn._C is not built or failed to import "
                 f"({_IMPORT_ERROR}); reinstall with `pip install .` from the fastrnn source tree "
                 "(needs a C++17 compiler; CMake and pybind11 come from the build requirements)")

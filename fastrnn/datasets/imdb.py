@@ -53,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import _env
 from . import text as _text
 from .download import DownloadError, cache_dir, download, sha256_file
 
@@ -135,7 +136,8 @@ def _not_found_message(reason):
         f"  3. the cache folder {cache} (set by $FASTRNN_CACHE, else $XDG_CACHE_HOME/fastrnn):"
         f" put {ARCHIVE_NAME} (or aclImdb/ or imdb.npz) there, e.g.\n"
         f"       mkdir -p {cache} && curl -L -o {cache / ARCHIVE_NAME} {URL}\n"
-        f"  or let fastrnn download it (needs network access; unset {OFFLINE_ENV}).")
+        f"  or let fastrnn download it (needs network access"
+        + (f"; unset {OFFLINE_ENV}" if _env.flag(OFFLINE_ENV) else "") + ").")
 
 
 def _resolve_dir(d: Path):
@@ -172,7 +174,7 @@ def find_source(path=None, *, download_missing=True, progress=True) -> Path:
         found = _resolve_dir(cache)
         if found is not None:
             return found
-    offline = os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    offline = _env.flag(OFFLINE_ENV)
     if not download_missing or offline:
         why = "downloading is disabled" + (f" (${OFFLINE_ENV} is set)" if offline else "")
         raise ImdbNotFoundError(_not_found_message(f"nothing given or cached, and {why}"))
