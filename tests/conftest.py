@@ -1,4 +1,25 @@
-"""pytest fixtures: the ``cpu_backend`` parametrisation (every available CPU backend)."""
+"""pytest fixtures: the ``cpu_backend`` parametrisation (every available CPU backend).
+
+Where a test goes (one oracle per contract: torch.nn for what the modules promise, the
+reference backend for what a backend promises):
+  modules against torch.nn ........ test_modules.py (layers), test_equivalence.py (grids
+                                     of configurations), test_partial_grads.py (subsets of
+                                     inputs needing a gradient), test_fastpath.py (cells,
+                                     one-step calls, fused inference steps)
+  the peephole LSTM ............... test_peephole.py (against its equations)
+  ops and backends ................ test_ops.py (opcheck, gradcheck, backends against the
+                                     reference), test_backend_contract.py, test_backends.py
+                                     (choice, settings), test_fuzz.py (random shapes)
+  compiled pieces ................. test_compiled_extension.py, test_pack_cache.py,
+                                     test_buffer_pool.py, test_pool.py
+  CUDA ............................ test_cuda.py, test_cuda_dispatch.py (skip without a GPU)
+  deployment ...................... test_export.py (ONNX, TorchScript, torch.func, AOTI,
+                                     second derivatives)
+  errors .......................... test_errors.py (bad input: clear errors, no kernel run)
+  IMDB data and job ............... test_datasets.py, test_imdb_job.py; test_info.py
+Helpers shared by several files live in rnn_cases.py; fixture data is built by the tests
+(fixtures/), nothing is downloaded.
+"""
 import pytest
 
 from rnn_cases import CPU_BACKENDS
