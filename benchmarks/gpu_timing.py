@@ -14,7 +14,7 @@ inference: 2x, at the IMDB shape T=500 N=64 I=100 H=128 and at N=1).
 
 Variants (--variants): ``auto`` (the defaults: the cluster schedule on sm_90),
 ``small`` / ``large`` (per-step launches with that FASTRNN_CUDA_TILE),
-``step`` (FASTRNN_CUDA_PERSISTENT=0, the tile chosen by size), ``persistent`` (=1: one cooperative launch per
+``step`` (FASTRNN_CUDA_SCHEDULE=step, the tile chosen by size), ``persistent`` (FASTRNN_CUDA_SCHEDULE=grid: one cooperative launch per
 layer-direction, grid barrier per step), ``cluster`` (=cluster: one launch of
 thread-block clusters, cluster barrier per step). Every fastrnn result is checked against cuDNN's before it is timed.
 """
@@ -38,11 +38,11 @@ SHAPES = {  # name -> (T, N, I, H)
 CELLS = ("lstm", "gru", "rnn")
 VARIANTS = {
     "auto": {},
-    "small": {"FASTRNN_CUDA_TILE": "small", "FASTRNN_CUDA_PERSISTENT": "0"},
-    "large": {"FASTRNN_CUDA_TILE": "large", "FASTRNN_CUDA_PERSISTENT": "0"},
-    "persistent": {"FASTRNN_CUDA_PERSISTENT": "1"},
-    "cluster": {"FASTRNN_CUDA_PERSISTENT": "cluster"},
-    "step": {"FASTRNN_CUDA_PERSISTENT": "0"},
+    "small": {"FASTRNN_CUDA_TILE": "small", "FASTRNN_CUDA_SCHEDULE": "step"},
+    "large": {"FASTRNN_CUDA_TILE": "large", "FASTRNN_CUDA_SCHEDULE": "step"},
+    "persistent": {"FASTRNN_CUDA_SCHEDULE": "grid"},
+    "cluster": {"FASTRNN_CUDA_SCHEDULE": "cluster"},
+    "step": {"FASTRNN_CUDA_SCHEDULE": "step"},
 }
 TARGETS = {("train", "lstm"): 1.5, ("train", "gru"): 1.5, ("train", "rnn"): 2.0,
            ("infer", "lstm"): 2.0, ("infer", "gru"): 2.0, ("infer", "rnn"): 2.0}

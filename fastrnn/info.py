@@ -124,7 +124,8 @@ def info() -> Info:
     if avail.get("cpu") is not None:
         isa = None  # the kernels are not in use
     env_names = (backends.ENV_VAR, getattr(backends, "DISABLE_ENV", "FASTRNN_DISABLE_EXTENSION"),
-                 "FASTRNN_CPU_ISA", "FASTRNN_CUDA_TILE", "FASTRNN_CUDA_PERSISTENT",
+                 "FASTRNN_CPU_ISA", "FASTRNN_CUDA_TILE", "FASTRNN_CUDA_SCHEDULE",
+                 "FASTRNN_CUDA_PERSISTENT",
                  "FASTRNN_CUDA_DISPATCH", "NUMBA_NUM_THREADS",
                  "NUMBA_THREADING_LAYER", "NUMBA_CACHE_DIR", "OMP_NUM_THREADS")
     return Info(

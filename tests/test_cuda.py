@@ -421,19 +421,39 @@ def test_persistent_falls_back_per_step_with_projection():
     assert _cuda_emu.last_launch_count() == 2 * 4 + 1
 
 
-def test_persistent_env(monkeypatch):
+def test_schedule_env(monkeypatch):
     monkeypatch.delenv(cb.PERSISTENT_ENV, raising=False)
+    monkeypatch.delenv(cb.SCHEDULE_ENV, raising=False)
     assert cb.persistent_mode() == cb.PERSIST_DEFAULT
-    for word, mode in [("auto", cb.PERSIST_DEFAULT), ("0", cb.PERSIST_NONE),
-                       ("step", cb.PERSIST_NONE), ("grid", cb.PERSIST_GRID),
-                       ("cluster", cb.PERSIST_CLUSTER), (" Cluster ", cb.PERSIST_CLUSTER)]:
-        monkeypatch.setenv(cb.PERSISTENT_ENV, word)
+    for word, mode in [("auto", cb.PERSIST_DEFAULT), ("step", cb.PERSIST_NONE),
+                       ("grid", cb.PERSIST_GRID), ("cluster", cb.PERSIST_CLUSTER),
+                       (" Cluster ", cb.PERSIST_CLUSTER)]:
+        monkeypatch.setenv(cb.SCHEDULE_ENV, word)
         assert cb.persistent_mode() == mode, word
+    monkeypatch.setenv(cb.SCHEDULE_ENV, "1")  # the old spellings are not schedule names
+    with pytest.raises(ValueError, match="FASTRNN_CUDA_SCHEDULE.*step, grid, cluster"):
+        cb.persistent_mode()
     lib = RecordingLib()
     xg, h0, c0, w_hh, w_hr, _ = _lstm_args()
-    monkeypatch.setenv(cb.PERSISTENT_ENV, "cluster")
+    monkeypatch.setenv(cb.SCHEDULE_ENV, "cluster")
     cb.KernelRunner(lib, "cpu").lstm_forward(xg, h0, c0, w_hh, w_hr, None, False, True)
     assert lib.calls[-1][1]["persistent"] == 2
+
+
+def test_former_persistent_env_still_read_with_a_deprecation_warning(monkeypatch):
+    monkeypatch.delenv(cb.SCHEDULE_ENV, raising=False)
+    monkeypatch.setattr(cb, "_deprecation_warned", False)
+    monkeypatch.setenv(cb.PERSISTENT_ENV, "0")
+    with pytest.warns(DeprecationWarning, match="FASTRNN_CUDA_SCHEDULE"):
+        assert cb.persistent_mode() == cb.PERSIST_NONE
+    for word, mode in [("step", cb.PERSIST_NONE), ("grid", cb.PERSIST_GRID),
+                       ("cluster", cb.PERSIST_CLUSTER), ("1", cb.PERSIST_GRID)]:
+        monkeypatch.setenv(cb.PERSISTENT_ENV, word)
+        assert cb.persistent_mode() == mode, word
+    monkeypatch.setenv(cb.SCHEDULE_ENV, "step")  # the new name wins
+    monkeypatch.setenv(cb.PERSISTENT_ENV, "cluster")
+    assert cb.persistent_mode() == cb.PERSIST_NONE
+    monkeypatch.delenv(cb.SCHEDULE_ENV)
     monkeypatch.setenv(cb.PERSISTENT_ENV, "1")
     assert cb.persistent_mode() == cb.PERSIST_GRID
     lib = RecordingLib()
@@ -445,6 +465,10 @@ def test_persistent_env(monkeypatch):
     assert lib.calls[-1][1]["persistent"] == 0
     monkeypatch.setenv(cb.PERSISTENT_ENV, "maybe")
     with pytest.raises(ValueError, match="FASTRNN_CUDA_PERSISTENT"):
+        cb.persistent_mode()
+    monkeypatch.delenv(cb.PERSISTENT_ENV)
+    monkeypatch.setenv(cb.SCHEDULE_ENV, "maybe")
+    with pytest.raises(ValueError, match="FASTRNN_CUDA_SCHEDULE"):
         cb.persistent_mode()
 
 
@@ -649,13 +673,13 @@ GPU_MODULE_GRID = [
 
 
 @needs_gpu
-@pytest.mark.parametrize("persistent", ["0", "1", "cluster"],
+@pytest.mark.parametrize("persistent", ["step", "grid", "cluster"],
                          ids=["per_step", "persistent", "persistent_cluster"])
 @pytest.mark.parametrize("case", GPU_MODULE_GRID, ids=lambda c: "-".join(
     f"{k}{v}" for k, v in c.items()))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_gpu_modules_match_cudnn(dtype, case, persistent, no_tf32, monkeypatch):
-    monkeypatch.setenv(cb.PERSISTENT_ENV, persistent)
+    monkeypatch.setenv(cb.SCHEDULE_ENV, persistent)
     # torch.nn runs cuDNN on CUDA for float32/float64; half types are compared against
     # the float32 cuDNN result.
     ref_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
@@ -694,11 +718,11 @@ def test_gpu_runs_on_the_current_stream(no_tf32):
 
 
 @needs_gpu
-@pytest.mark.parametrize("persistent", ["0", "1", "cluster"],
+@pytest.mark.parametrize("persistent", ["step", "grid", "cluster"],
                          ids=["per_step", "persistent", "persistent_cluster"])
 def test_gpu_cuda_graph_capture(persistent, no_tf32, monkeypatch):
     """No allocation or sync inside the kernels: the recurrence captures into a graph."""
-    monkeypatch.setenv(cb.PERSISTENT_ENV, persistent)
+    monkeypatch.setenv(cb.SCHEDULE_ENV, persistent)
     c = make_case("gru", 10, 4, 32, torch.float32, "cuda", packed=False, seed=6)
     want = cb.gru_forward(c["xg"], c["h0"], c["w_hh"], c["b_hh"], None, False, False)[0]
     s = torch.cuda.Stream()

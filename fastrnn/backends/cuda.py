@@ -17,8 +17,8 @@ This module prepares what the kernels take and nothing else:
   * raw pointers and the caller's current stream.
 
 Tile shape: ``$FASTRNN_CUDA_TILE`` = ``small`` | ``large`` | ``auto`` (default; see
-``choose_tile``). ``$FASTRNN_CUDA_PERSISTENT`` picks how a layer-direction's steps are
-scheduled (see ``persistent_mode``): ``0`` one launch per step; ``1`` (or ``grid``) ONE
+``choose_tile``). ``$FASTRNN_CUDA_SCHEDULE`` picks how a layer-direction's steps are
+scheduled (see ``persistent_mode``): ``step`` one launch per step; ``grid`` ONE
 cooperative launch with the block's recurrent weights resident in shared memory and a
 grid-wide barrier between steps; ``cluster`` one launch of thread-block clusters (sm_90+),
 one cluster per tile of batch rows, so each step waits only for the blocks that produce
@@ -50,7 +50,8 @@ except Exception as exc:  # built without nvcc, or a broken build
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 TILE_ENV = "FASTRNN_CUDA_TILE"
 TILE_SMALL, TILE_LARGE = 0, 1
-PERSISTENT_ENV = "FASTRNN_CUDA_PERSISTENT"
+SCHEDULE_ENV = "FASTRNN_CUDA_SCHEDULE"
+PERSISTENT_ENV = "FASTRNN_CUDA_PERSISTENT"  # the former name (and spellings), deprecated
 PERSIST_NONE, PERSIST_GRID, PERSIST_CLUSTER = 0, 1, 2
 # The default: measured fastest on an H200 in every case of benchmarks/gpu_timing.py
 # (cluster <= grid < per step; README, "GPU"), and it falls back by itself.
@@ -122,16 +123,34 @@ _PERSIST_WORDS = {
 }
 
 
+SCHEDULES = {"step": PERSIST_NONE, "grid": PERSIST_GRID, "cluster": PERSIST_CLUSTER}
+_deprecation_warned = False
+
+
 def persistent_mode():
-    """How ``$FASTRNN_CUDA_PERSISTENT`` asks the steps to be scheduled: PERSIST_NONE (one
-    launch per step), PERSIST_GRID or PERSIST_CLUSTER; unset or ``auto``: PERSIST_DEFAULT."""
-    env = os.environ.get(PERSISTENT_ENV, "auto").strip().lower()
+    """How ``$FASTRNN_CUDA_SCHEDULE`` (``step``, ``grid``, ``cluster``; unset or ``auto``:
+    PERSIST_DEFAULT) asks the steps to be scheduled: PERSIST_NONE (one launch per step),
+    PERSIST_GRID or PERSIST_CLUSTER. The former ``$FASTRNN_CUDA_PERSISTENT`` (0/1/cluster
+    and on/off spellings) is still read, with a deprecation warning, when the new one is
+    unset."""
+    global _deprecation_warned
+    env = os.environ.get(SCHEDULE_ENV, "").strip().lower()
     if env in ("", "auto"):
-        return PERSIST_DEFAULT
-    if env in _PERSIST_WORDS:
-        return _PERSIST_WORDS[env]
-    raise ValueError(f"{PERSISTENT_ENV}={env!r}: expected auto, 0 (per step), 1 (grid) "
-                     f"or cluster")
+        old = os.environ.get(PERSISTENT_ENV, "").strip().lower()
+        if old in ("", "auto"):
+            return PERSIST_DEFAULT
+        if not _deprecation_warned:
+            _deprecation_warned = True
+            import warnings
+            warnings.warn(f"{PERSISTENT_ENV} is deprecated: use {SCHEDULE_ENV}=step|grid|cluster",
+                          DeprecationWarning, stacklevel=2)
+        if old in _PERSIST_WORDS:
+            return _PERSIST_WORDS[old]
+        raise ValueError(f"{PERSISTENT_ENV}={old!r}: expected auto, 0 (per step), 1 (grid) "
+                         f"or cluster; it is deprecated: use {SCHEDULE_ENV}=step|grid|cluster")
+    if env in SCHEDULES:
+        return SCHEDULES[env]
+    raise ValueError(f"{SCHEDULE_ENV}={env!r}: expected step, grid, cluster or auto")
 
 
 # ----------------------------------------------------------------------------- runner
