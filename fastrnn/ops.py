@@ -38,6 +38,7 @@ from . import _memory
 from . import _validation as V
 from . import backends
 from .backends import reference
+from .backends._common import valid_mask
 
 __all__ = ["lstm_forward", "lstm_backward", "peephole_lstm_forward", "peephole_lstm_backward",
            "gru_forward", "gru_backward",
@@ -85,12 +86,7 @@ def _grad_w_hh(dg: Tensor, y: Tensor, h0: Tensor, reverse: bool) -> Tensor:
     return out
 
 
-def _valid(lengths: Optional[Tensor], T: int) -> Optional[Tensor]:
-    """[T, N, 1] bool mask of valid steps, or None."""
-    if lengths is None:
-        return None
-    t = torch.arange(T, device=lengths.device)
-    return (t[:, None] < lengths[None, :]).unsqueeze(-1)
+_valid = valid_mask  # [T, N, 1] bool mask of valid steps, or None
 
 
 def _mask(x: Tensor, valid: Optional[Tensor]) -> Tensor:

@@ -14,6 +14,7 @@ import torch
 import torch.utils.dlpack
 
 from .. import _env
+from ._common import ptr
 from .._validation import require_tensors
 
 _C = None
@@ -123,8 +124,7 @@ def _dense(t):
     return out
 
 
-def _ptr(t):
-    return 0 if t is None or t.numel() == 0 else t.data_ptr()
+_ptr = ptr
 
 
 def _lengths(lengths, T, N):
@@ -293,6 +293,7 @@ _LSTM, _GRU = CELL_KINDS["LSTM"], CELL_KINDS["GRU"]
 
 
 def _opt_ptr(t):
+    """``ptr`` for the step path's tensors, never empty: no numel() call per argument."""
     return 0 if t is None else t.data_ptr()
 
 

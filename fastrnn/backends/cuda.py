@@ -39,6 +39,7 @@ import os
 import torch
 
 from .._validation import require_tensors
+from ._common import ptr
 
 try:
     from fastrnn import _cuda as _lib
@@ -155,8 +156,7 @@ def persistent_mode():
 
 # ----------------------------------------------------------------------------- runner
 
-def _ptr(t):
-    return 0 if t is None or t.numel() == 0 else t.data_ptr()
+_ptr = ptr
 
 
 class KernelRunner:

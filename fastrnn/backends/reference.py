@@ -9,6 +9,8 @@ Sizes: T steps, N batch, H hidden, R recurrent width (proj_size or H).
 """
 import torch
 
+from ._common import valid_mask
+
 
 PEEPHOLES = True  # lstm_forward/lstm_backward take w_ch (the backend contract)
 
@@ -24,12 +26,7 @@ def _steps(T, reverse):
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-def _valid_mask(lengths, T):
-    """[T, N, 1] bool, True where step t of sequence n is valid; None when all are."""
-    if lengths is None:
-        return None
-    t = torch.arange(T, device=lengths.device)
-    return (t[:, None] < lengths[None, :]).unsqueeze(-1)
+_valid_mask = valid_mask  # [T, N, 1] bool: step t of sequence n is valid; None when all are
 
 
 def _prev(seq, t, first, reverse):
