@@ -14,11 +14,15 @@ Forward ops (differentiable, autograd registered here):
   fastrnn::gru_forward(xg, h0, w_hh, b_hh, lengths?, reverse, training, backend)
       -> (y, saved)
   fastrnn::rnn_forward(xg, h0, w_hh, lengths?, reverse, relu, backend) -> y
+  fastrnn::peephole_lstm_forward(xg, h0, c0, w_hh, w_hr?, w_ch, lengths?, reverse, training,
+                                 backend) -> (y, cn, gates, cs)   (w_ch [3H]: p_i, p_f, p_o)
 Backward ops (the recurrent part of the gradient, called from the forward ops' backward):
   fastrnn::lstm_backward(dy, dcn, h0, c0, w_hh, w_hr?, lengths?, reverse, y, gates, cs,
                          backend) -> (dgates, dh0, dc0, dr)
   fastrnn::gru_backward(dy, h0, w_hh, lengths?, reverse, y, saved, backend) -> (dxg, dh0)
   fastrnn::rnn_backward(dy, h0, w_hh, lengths?, reverse, relu, y, backend) -> (dxg, dh0)
+  fastrnn::peephole_lstm_backward(dy, dcn, h0, c0, w_hh, w_hr?, w_ch, lengths?, reverse, y,
+                                  gates, cs, backend) -> (dgates, dh0, dc0, dr)
 
 The weight gradients are computed here, after the backend's backward loop, as one GEMM
 over all steps each: dW_hh = dgates^T @ h_prev (h_prev is y shifted by one step, h0 first),
@@ -27,7 +31,12 @@ as two GEMMs/sums over the r,z block and the n block).
 The saved activations (gates, cs, saved) are outputs marked non-differentiable; with
 ``training=False`` they are empty tensors and nothing is saved (fastrnn.functional passes
 training=False when no gradient can be needed; if one is asked for anyway, backward
-recomputes the activations from the saved inputs).
+recomputes the activations from the saved inputs). The peephole weights' gradient is
+reduced here too: dW_ch = sums of dgates_i * c_prev, dgates_f * c_prev and dgates_o * c.
+
+Second derivatives: with ``create_graph=True`` a forward op's backward differentiates the
+reference backend's forward (torch ops) replayed on the saved inputs instead of calling the
+backward op (``_gradient_graph``); the input projection xg is kept for that on the CPU.
 """
 from typing import List, Optional, Tuple
 
