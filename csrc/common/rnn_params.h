@@ -5,8 +5,8 @@
 // its comment. `lengths` (nullable) gives each sequence's length in [1, T]; step t
 // of sequence n is valid when t < lengths[n]; on invalid steps the state is frozen
 // (outputs repeat the state carried in) and gradients pass through unchanged.
-// `reverse` processes t = T-1 .. 0. These structs are shared by the CPU and CUDA
-// kernels and know nothing of torch.
+// `reverse` processes t = T-1 .. 0. These are the CPU kernels' parameters (the CUDA
+// kernels take theirs from csrc/cuda/api.h); they know nothing of torch.
 #pragma once
 #include <cstdint>
 

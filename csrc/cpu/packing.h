@@ -1,0 +1,137 @@
+// Packed weight panels for the fused GEMM (fused_gemm.h) and the kernels' scratch buffers.
+//
+// B is packed into panels of NB vectors (NB*W columns), once per weight (the pack cache
+// keeps the panels across calls while the weights' bytes stay the same), so that one tile
+// of the output holds what the epilogue needs together: for the forward LSTM a panel is
+// the i, f, g, o rows of the same W hidden units ("gate-major"), elsewhere NB consecutive
+// column blocks ("unit" packing).
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <typeinfo>
+
+#include "cpu/buffer_pool.h"
+#include "cpu/pack_cache.h"
+#include "cpu/vec.h"
+
+namespace fastrnn {
+namespace cpu {
+// Depends on the instruction set this translation unit is compiled for (the vector width
+// above all), so it lives in that ISA's namespace: the same template instantiated by two
+// ISA builds would otherwise be one linker symbol (see fused_gemm.h).
+namespace FASTRNN_ISA {
+
+// A kernel's scratch (packed weights, state, carries): zero-filled, 64-byte aligned, and
+// taken from / returned to the buffer pool, so a call does not page-fault it in afresh
+// (first-touch faults would cost more than the packing itself).
+struct PoolFree {
+  size_t bytes = 0;
+  void operator()(void* p) const { pool_put(p, bytes); }
+};
+template <typename T>
+using Buffer = std::unique_ptr<T[], PoolFree>;
+
+template <typename T>
+Buffer<T> make_buffer(int64_t n) {
+  const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T) + 63) / 64 * 64;
+  void* p = pool_get(bytes);
+  std::memset(p, 0, bytes);
+  return Buffer<T>(static_cast<T*>(p), PoolFree{bytes});
+}
+
+// Gate-major packing of W [G*H, K] (rows g*H + u) used as B = W^T:
+// panel p holds units p*W .. p*W+W-1, layout [K][G][W]. Units >= H are zero.
+template <typename T, int G>
+Buffer<T> pack_gate_major(const T* w, int64_t H, int64_t K, int64_t* panels_out) {
+  constexpr int W = Vec<T>::W;
+  const int64_t P = (H + W - 1) / W;
+  Buffer<T> buf = make_buffer<T>(P * K * G * W);  // zero-filled: units >= H stay 0
+  T* out = buf.get();
+  // Source rows are read in order (each row of W is one (g, u) pair); the writes stride
+  // by G*W within a panel that stays in L1.
+  for (int64_t p = 0; p < P; ++p)
+    for (int g = 0; g < G; ++g)
+      for (int l = 0; l < W; ++l) {
+        const int64_t u = p * W + l;
+        if (u >= H) break;
+        const T* src = w + (g * H + u) * K;
+        T* dst = out + (p * K * G + g) * W + l;
+        for (int64_t k = 0; k < K; ++k) dst[k * G * W] = src[k];
+      }
+  *panels_out = P;
+  return buf;
+}
+
+// Unit packing of B [K, cols] with NB vectors per panel. `transposed` means the
+// source holds B^T, i.e. w is [cols, K] (B[k][c] = w[c*K + k]); otherwise w is
+// [K, cols]. Layout per panel: [K][NB*W]; columns >= cols are zero.
+template <typename T, int NB>
+Buffer<T> pack_units(const T* w, int64_t K, int64_t cols, bool transposed, int64_t* panels_out) {
+  constexpr int W = Vec<T>::W;
+  constexpr int PW = NB * W;
+  const int64_t P = (cols + PW - 1) / PW;
+  Buffer<T> buf = make_buffer<T>(P * K * PW);
+  T* out = buf.get();
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t k = 0; k < K; ++k)
+      for (int c = 0; c < PW; ++c) {
+        const int64_t col = p * PW + c;
+        T v = T(0);
+        if (col < cols) v = transposed ? w[col * K + k] : w[k * cols + col];
+        out[(p * K + k) * PW + c] = v;
+      }
+  *panels_out = P;
+  return buf;
+}
+
+// Packed weights through the pack cache (cpu/pack_cache.h): `pack(src, &panels)` packs
+// the `src_elems` values at `w`. On a miss the source is copied first and packed from the
+// copy, so the entry's packed buffer is exactly what its saved source packs to.
+template <typename T>
+using Packed = std::shared_ptr<const T>;
+
+template <typename T, typename PackFn>
+Packed<T> cached_pack(const T* w, int64_t src_elems, int64_t kind, int64_t d0, int64_t d1,
+                      int64_t* panels_out, PackFn&& pack) {
+  const size_t src_bytes = static_cast<size_t>(src_elems) * sizeof(T);
+  if (!pack_cache_accepts(src_bytes)) {
+    Buffer<T> buf = pack(w, panels_out);
+    const size_t bytes = buf.get_deleter().bytes;
+    return Packed<T>(buf.release(), PoolFree{bytes});
+  }
+  const PackKey key{w, src_bytes, typeid(T).hash_code(), {kind, d0, d1, Vec<T>::W}};
+  if (auto hit = pack_cache_find(key, panels_out)) return std::static_pointer_cast<const T>(hit);
+  std::vector<unsigned char> source(reinterpret_cast<const unsigned char*>(w),
+                                    reinterpret_cast<const unsigned char*>(w) + src_bytes);
+  Buffer<T> buf = pack(reinterpret_cast<const T*>(source.data()), panels_out);
+  const size_t bytes = buf.get_deleter().bytes;
+  Packed<T> packed(buf.release(), PoolFree{bytes});
+  pack_cache_put(key, std::move(source), packed, bytes, *panels_out);
+  return packed;
+}
+
+// The cached forms of the two packings (kind: G for gate-major, 100 + NB (+ 1000 when
+// transposed) for unit packing).
+template <typename T, int G>
+Packed<T> pack_gate_major_cached(const T* w, int64_t H, int64_t K, int64_t* panels_out) {
+  return cached_pack<T>(w, G * H * K, G, H, K, panels_out, [&](const T* src, int64_t* p) {
+    return pack_gate_major<T, G>(src, H, K, p);
+  });
+}
+
+template <typename T, int NB>
+Packed<T> pack_units_cached(const T* w, int64_t K, int64_t cols, bool transposed,
+                            int64_t* panels_out) {
+  return cached_pack<T>(w, K * cols, 100 + NB + (transposed ? 1000 : 0), K, cols, panels_out,
+                        [&](const T* src, int64_t* p) {
+                          return pack_units<T, NB>(src, K, cols, transposed, p);
+                        });
+}
+
+}  // namespace FASTRNN_ISA
+}  // namespace cpu
+}  // namespace fastrnn
