@@ -23,7 +23,7 @@ CELLS = ("rnn", "lstm", "gru")
 DIRECTIONS = ("uni", "bi")
 MODES = ("infer", "train")
 
-# name -> (T, N, I, H). "imdb" is the shape of the IMDB task and of the issue-6/7 targets.
+# name -> (T, N, I, H). "imdb" is the shape of the IMDB task and of the project's CPU speed targets.
 FULL_SHAPES = {
     "imdb": (500, 64, 100, 128),
     "n1": (500, 1, 100, 128),

@@ -151,7 +151,7 @@ def gemm_gflops():
 @pytest.fixture(scope="session")
 def cache_gbps():
     """L2 read bandwidth (GB/s, speedup_table.measure_cache_gbps), measured once per
-    session; recorded for batch-1 CPU inference cases (issue 7's W_hh stream limit)."""
+    session; recorded for batch-1 CPU inference cases (the table's W_hh stream limit)."""
     from speedup_table import measure_cache_gbps
 
     cache = []

@@ -9,8 +9,8 @@ Each case times what a user waits for, interleaved in one process: a forward
 (inference: torch.no_grad, eval) or a forward + backward of a sum loss (train), of a
 single-layer unidirectional module with the same weights, synchronised, median over
 --reps after --warmup runs, CUDA-event timed. Speedup = cuDNN / fastrnn (> 1: fastrnn
-is faster); "target" is the issue's goal for that case (fwd+bwd: 1.5x LSTM/GRU, 2x RNN;
-inference: 2x, at the IMDB shape T=500 N=64 I=100 H=128 and at N=1).
+is faster); "target" is the project's GPU speed target for that case (fwd+bwd: 1.5x
+LSTM/GRU, 2x RNN; inference: 2x, at the IMDB shape T=500 N=64 I=100 H=128 and at N=1).
 
 Variants (--variants): ``auto`` (the defaults: the cluster schedule on sm_90),
 ``small`` / ``large`` (per-step launches with that FASTRNN_CUDA_TILE),

@@ -40,9 +40,9 @@ EXTRA_PEERS = {"torch_loop": "torch step loop", "fastrnn_lstm": "fastrnn LSTM"}
 IMPLS = ("fastrnn_alone", "fastrnn", "torch", "onnxruntime")
 SHAPE_RE = re.compile(r"T(\d+)-N(\d+)-I(\d+)-H(\d+)")
 
-# Speed targets of issues 6 and 7 (CPU, fp32, 2 threads). Keyed by (mode, shape-without-T
-# check); each entry: minimum speedup over torch.nn, and whether fastrnn must also beat
-# onnxruntime (issue 7: faster than the best of torch.nn and onnxruntime).
+# The project's CPU speed targets (fp32, 2 threads, the IMDB shape T500 I100 H128). Keyed by
+# (mode, N); each entry: the minimum speedup over torch.nn per cell. In inference fastrnn must
+# also beat onnxruntime (be faster than the best of torch.nn and onnxruntime; see target_for).
 _TARGETS = {
     # (mode, N): {cell: min speedup over torch.nn}
     ("train", 64): {"rnn": 2.5, "lstm": 1.8, "gru": 2.5},
@@ -77,7 +77,8 @@ def case_flops(cell, T, N, I, H, bidirectional=False, mode="infer", layers=1):
 
 def weight_stream_bytes(cell, T, H, bidirectional=False, dtype_bytes=4):
     """Bytes of W_hh read by a forward pass at batch 1: every step reads all of
-    ``W_hh [G*H, H]`` once per direction (the issue-7 cache-bandwidth limit's numerator)."""
+    ``W_hh [G*H, H]`` once per direction (the numerator of the batch-1 cache-bandwidth
+    limit)."""
     return (2 if bidirectional else 1) * T * GATES[cell] * H * H * dtype_bytes
 
 
@@ -109,13 +110,13 @@ def _read_sweep():
 
 def measure_cache_gbps(threads=None, kb_per_thread=256, iters=1000, repeats=7):
     """L2 read bandwidth in GB/s: every thread reads its own ``kb_per_thread`` KB (past L1,
-    inside L2 on the machines this was written for) over and over, with vector loads (numba,
+    inside L2 on current x86 cores) over and over, with vector loads (numba,
     fastmath: the sum vectorises); best of ``repeats``. ``threads`` defaults to torch's.
 
-    This is the denominator of issue 7's batch-1 limit (the bytes of W_hh read per step over
-    the L2 bandwidth). It replaced a ``torch.mv`` measurement that reached only ~45 GB/s here
-    (MKL's gemv does not stream at L2 speed), against ~195-215 GB/s for 2 threads from this
-    sweep and from a hand-written AVX-512 C++ loop (99-113 GB/s per core).
+    This is the denominator of the batch-1 W_hh stream limit (the bytes of W_hh read per step
+    over the L2 bandwidth). A plain sweep rather than a timed ``torch.mv``: MKL's gemv does
+    not stream at L2 speed, so it would understate the bandwidth several-fold, while this
+    sweep reaches what a hand-written vectorised loop does.
     """
     import time
 
@@ -238,7 +239,7 @@ def _flops_of(info):
 
 
 def target_for(info):
-    """The issue-6/7 target for a case: (min speedup over torch.nn, must beat onnxruntime)
+    """The project's CPU speed target for a case: (min speedup over torch.nn, must beat onnxruntime)
     or None when the case has no target."""
     if info.get("device") != "cpu" or info.get("dtype", "float32") != "float32":
         return None
@@ -529,7 +530,7 @@ def main(argv=None):
                     help="measure that bandwidth now (each thread re-reading 256 KB, numba)")
     ap.add_argument("--spread", choices=("iqr", "stddev", "none"), default="iqr")
     ap.add_argument("--targets", action="store_true",
-                    help="add a column checking the issue-6/7 speed targets")
+                    help="add a column checking the project's CPU speed targets")
     ap.add_argument("--single", action="store_true", help="one table instead of sections")
     ap.add_argument("--unpaired", action="store_true",
                     help="speedups as ratios of the separate medians, ignoring per-round pairs")

@@ -1,8 +1,8 @@
 """Memory for the layers' large tensors: reused scratch, pooled outputs, and the autograd
 helpers that put their results there.
 
-Why: a fresh multi-MB tensor pays first-touch page faults on every call (measured here:
-26 ms for 65 MB against a 4 ms fill of a reused one). Inference projections go into a
+Why: a fresh multi-MB tensor pays first-touch page faults on every call, which costs
+several times more than refilling a reused one. Inference projections go into a
 per-thread scratch buffer; in eager training on the CPU kernels (compiled or numba), the
 projection, its input gradient, the final state's gradient and the GRU's hidden-side
 gradient come from a buffer pool (the compiled extension's, or ``fastrnn._pool``).
@@ -28,8 +28,8 @@ _scratch = threading.local()
 def projection_buffer(numel, like, slot):
     """A reusable buffer for an inference-time input projection (never returned to the
     caller: the recurrence op consumes it). A fresh multi-MB tensor costs first-touch
-    page faults on every call (measured here: 26 ms for 65 MB against a 4 ms fill of a
-    reused one), which is what the ops would otherwise pay per layer and direction.
+    page faults on every call (several times the cost of refilling a reused one), which
+    is what the ops would otherwise pay per layer and direction.
     One buffer per thread, dtype, device and slot (the two directions of a layer are
     projected before either runs), grown when needed."""
     bufs = getattr(_scratch, "bufs", None)
@@ -59,9 +59,8 @@ def pooled_empty(*shape, like, backend):
 class PooledLinear(torch.autograd.Function):
     """F.linear over [T, N, I] for training with the CPU kernels, whose output (the
     [T, N, G*H] projection) and input gradient come from a buffer pool instead of fresh
-    memory. A fresh projection costs first-touch page faults each step
-    (measured here: ~15 ms of a ~205 ms LSTM training step at T500 N64 H128, 2 threads);
-    the pool hands back the block the previous step freed."""
+    memory. A fresh projection costs first-touch page faults each step (a noticeable
+    share of an LSTM training step); the pool hands back the block the previous step freed."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, backend):
@@ -132,7 +131,7 @@ class FinalState(torch.autograd.Function):
     """``y[index]`` (the final state) whose gradient ``dy`` is built in pooled memory.
 
     ``y[index]``'s own backward allocates a fresh zero [T, N, R] tensor, paying first-touch
-    page faults every training step (~6 ms for 16 MB here) when a model reads only h_n,
+    page faults every training step when a model reads only h_n,
     as the IMDB classifiers do; the pool hands back last step's block instead."""
 
     @staticmethod

@@ -1,11 +1,10 @@
 """Reusable memory for large CPU outputs when the compiled extension's pool is absent.
 
-Why: a fresh multi-MB tensor pays first-touch page faults on every training step (measured
-here: ~0.4 ms per MB, 26 ms for a 65 MB LSTM gate buffer, against ~4 ms to refill a reused
-one), and glibc returns such blocks to the system as soon as they are freed, so the next
-step faults them in again. The compiled CPU backend has a caching pool in C++
-(``fastrnn._C.pooled_empty``); this module gives the numba backend and the op layer the same
-thing in Python.
+Why: a fresh multi-MB tensor pays first-touch page faults on every training step, which
+costs several times more than refilling a reused one, and glibc returns such blocks to the
+system as soon as they are freed, so the next step faults them in again. The compiled CPU
+backend has a caching pool in C++ (``fastrnn._C.pooled_empty``); this module gives the numba
+backend and the op layer the same thing in Python.
 
 How: the pool owns numpy byte arrays. A tensor handed out is ``torch.from_numpy`` of a view
 of one of them; the tensor keeps that view (and so the block) alive, and the block is free

@@ -162,7 +162,7 @@ def _replay_grads(ctx, kind, x, h, c, w_ih, w_hh, w_ch, dh1, dc1):
 _ONE_PASS_MACS = 1 << 20
 
 # Function.apply's Python wrapper only adds functorch handling, which the fast path never
-# needs (``eager()``): the C++ apply saves ~3 us per step.
+# needs (``eager()``): the C++ apply skips that Python layer's per-step overhead.
 _cell_apply = super(torch.autograd.Function, _Cell).apply
 
 
@@ -183,14 +183,13 @@ def cell(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch=None):
 
 # Inference over a sequence: the steps of one layer and direction in one call, each step's
 # projection fused into its recurrent product (``steps``), instead of the projection of all
-# steps as one GEMM and then the recurrence kernel. Measured here (2 cores, I=100, H=128/256,
-# 1 and 2 threads), fused against separate:
-#  * N <= 4 (dot products off the weights): 1.3-3x faster up to T=64 (it saves the ~100 us
-#    fixed cost of a projection call, a packed-weight check and the thread team), slower on
-#    long sequences (~6 us a step against ~3 at N=1);
-#  * N >= 32 (packed panels): 1.05-1.5x faster at any T (the projection [T, N, G*H] is never
-#    written to memory and read back: 65 MB at T=500, N=64, LSTM H=128);
-#  * between, within +-20% either way: the sequence kernels stay.
+# steps as one GEMM and then the recurrence kernel. Fused against separate:
+#  * N <= MAX_STEPS_ROWS (dot products off the weights): faster on short sequences (it saves
+#    the fixed cost of a projection call, a packed-weight check and the thread team), slower
+#    on long ones, where its per-step cost outweighs that fixed saving (hence MAX_STEPS);
+#  * N >= MIN_PACKED_ROWS (packed panels): faster at any T (the projection [T, N, G*H], tens
+#    of MB for long sequences at large batch, is never written to memory and read back);
+#  * between, neither is reliably faster: the sequence kernels stay.
 MAX_STEPS_ROWS = 4
 MAX_STEPS = 64
 MIN_PACKED_ROWS = 32

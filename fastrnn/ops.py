@@ -112,8 +112,8 @@ def _gemm_tn(a: Tensor, b: Tensor) -> Tensor:
 
 def _mul(a: Tensor, b: Tensor, backend: str) -> Tensor:
     """a * b; on the CPU kernels in eager mode into pooled memory (a fresh [T, N, H] product
-    page-faults in on every training step: 5.9 ms against 2.5 ms into a reused buffer at
-    T500 N64 H128, measured here)."""
+    pays first-touch page faults on every training step, which costs more than writing
+    into a reused buffer)."""
     plain = type(a) is torch.Tensor and type(b) is torch.Tensor  # not traced (fake/functional)
     if not plain or torch.is_grad_enabled() or not _memory.use_pool(backend, a):
         return a * b
@@ -206,7 +206,7 @@ def lstm_forward_eager(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, backe
                        w_ch=None):
     """``fastrnn::lstm_forward`` (``peephole_lstm_forward`` with ``w_ch``) without the
     dispatcher and its checks, for eager inference with arguments validated by the caller
-    (the dispatcher costs ~55 us a call here)."""
+    (the dispatcher's per-call overhead is significant for short sequences)."""
     xg, h0, c0, w_hh, w_hr, w_ch, lengths = _contig(xg, h0, c0, w_hh, w_hr, w_ch, lengths)
     y, cn, gates, cs = backends.get(backend).lstm_forward(
         xg, h0, c0, w_hh, w_hr, lengths, reverse, training, **_peep(w_ch))
@@ -303,8 +303,8 @@ def _lstm_setup(ctx, inputs, output):
     y, cn, gates, cs = output
     ctx.mark_non_differentiable(gates, cs)
     # No zero-filled [T, N, 4H] gradients for the saved activations (nor a zero dy/dcn
-    # when unused): backward gets None and fills only what it needs. Measured: the
-    # materialised zeros cost ~22 ms of a ~205 ms LSTM training step (T500 N64 H128).
+    # when unused): backward gets None and fills only what it needs, since materialising
+    # those zeros is a noticeable share of an LSTM training step.
     ctx.set_materialize_grads(False)
     ctx.reverse, ctx.training, ctx.backend = reverse, training, backend
     ctx.save_for_backward(h0, c0, w_hh, w_hr, w_ch, lengths, y, gates, cs,
@@ -455,7 +455,7 @@ def _gru_backward_fn(ctx, dy, _dsaved_unused):
     if need[2] or need[3]:
         # The hidden side's pre-activation gradient is dxg for r and z, dxg_n * r for n.
         # Two GEMMs over views (dxg's r,z block read in place) instead of one over a
-        # concatenated [T, N, 3H] copy: measured ~7 ms less per GRU training step here.
+        # concatenated [T, N, 3H] copy, which saves writing and re-reading that copy.
         H = h0.shape[-1]
         r = _mask(saved[..., :H], _valid(lengths, y.shape[0]))
         d_rz, d_n = dxg[..., :2 * H], _mul(dxg[..., 2 * H:], r, ctx.backend)  # view, [T, N, H]

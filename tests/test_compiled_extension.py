@@ -85,7 +85,7 @@ def test_thread_count_does_not_change_results(threads, batch):
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "LSTM_PROJ", "GRU", "RNN"])
-@pytest.mark.parametrize("threads", [2, 3, 5])  # 5 > this machine's cores: oversubscribed
+@pytest.mark.parametrize("threads", [2, 3, 5])  # 5: more threads than a small machine's cores
 @pytest.mark.parametrize("reverse", [False, True])
 def test_phase_barrier_across_thread_counts(mode, threads, reverse):
     """At batch 1 the threads split the weight panels and meet at the phase barrier every

@@ -384,7 +384,7 @@ def test_kernel_steps_both_paths(kind, N):
 @pytest.mark.parametrize("T,N", [(1, 1), (3, 2), (200, 1), (3, 40)])
 def test_kernels_flush_denormals_and_restore_the_callers_mode(T, N):
     """Denormal inputs count as zero inside the CPU kernels (x86 FTZ/DAZ, which keeps
-    vanishing gradients from running ~100x slower) and the caller's floating-point mode is
+    vanishing gradients from running many times slower) and the caller's floating-point mode is
     restored afterwards."""
     tiny = 1e-39  # a float32 denormal
     layer = fastrnn.RNN(1, 1, bias=False, nonlinearity="relu")  # relu(denormal) != 0

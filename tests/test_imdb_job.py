@@ -141,8 +141,8 @@ def _run_quick(archive, out, impls, models=",".join(MODEL_NAMES)):
                      "--maxlen", "32", "--batch-size", "8", "--eval-batch-size", "16",
                      "--epochs", "2", "--out", str(out), "--no-progress", "--seed", "1",
                      "--lr", "0.01",
-                     # one thread: on a busy machine, two spinning threads per process cost
-                     # this tiny job 4-5x in wall time
+                     # one thread: on a busy machine, two spinning threads per process
+                     # multiply this tiny job's wall time
                      "--threads", "1"])
 
 

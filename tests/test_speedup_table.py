@@ -43,7 +43,7 @@ IMDB = "T500-N64-I100-H128"
 
 
 def test_case_flops_from_shape():
-    # The issue-6 LSTM inference limit: 2*T*N*(I+H)*4H FLOPs at T500-N64-I100-H128.
+    # The LSTM inference GEMM limit's FLOPs: 2*T*N*(I+H)*4H at T500-N64-I100-H128.
     lstm = st.case_flops("lstm", 500, 64, 100, 128)
     assert lstm == 2 * 500 * 64 * 228 * 512
     assert st.case_flops("lstm", 500, 64, 100, 128, mode="train") == 3 * lstm

@@ -123,9 +123,9 @@ FASTRNN_INLINE void vstore_n(T* p, vec_t<T> v, int cnt) {
 // Denormal (subnormal) floats flushed to zero, inputs and results, while in scope (x86:
 // MXCSR's FTZ and DAZ bits; restored on exit). Every kernel thread holds one: gradients that
 // vanish back through a long sequence reach the denormal range, where each arithmetic
-// instruction on them takes ~100 cycles on Intel cores (measured: an IMDB LSTM training step,
-// T=500 N=64, took 3.7 s instead of 0.16 s for its first ~8 steps, in these kernels and in
-// the GEMMs that consume their gradients). Values below 1.2e-38 (float) / 2.2e-308 (double)
+// instruction on them takes on the order of 100 cycles on Intel cores, enough to make a
+// long-sequence training step many times slower, in these kernels and in the GEMMs that
+// consume their gradients. Values below 1.2e-38 (float) / 2.2e-308 (double)
 // become 0, as in TensorFlow's CPU kernels.
 class FlushDenormals {
  public:

@@ -54,8 +54,9 @@ TILE_SMALL, TILE_LARGE = 0, 1
 SCHEDULE_ENV = "FASTRNN_CUDA_SCHEDULE"
 PERSISTENT_ENV = "FASTRNN_CUDA_PERSISTENT"  # the former name (and spellings), deprecated
 PERSIST_NONE, PERSIST_GRID, PERSIST_CLUSTER = 0, 1, 2
-# The default: measured fastest on an H200 in every case of benchmarks/gpu_timing.py
-# (cluster <= grid < per step; README, "GPU"), and it falls back by itself.
+# The default: one launch for the whole sequence with a barrier per step only within a
+# cluster (no grid-wide barrier, no launch per step), the fastest of the three in every case
+# of benchmarks/gpu_timing.py on an H200 (README, "GPU"); it falls back by itself.
 PERSIST_DEFAULT = PERSIST_CLUSTER
 
 

@@ -6,11 +6,10 @@ CUDA schedule, same run, same weights; see ``benchmarks/results/2026-11-26-gpu-h
 For a layer (cell, dtype, hidden size H), the rows of that cell and dtype at the measured H
 nearest to H (log scale) decide: fastrnn runs where it was faster than cuDNN in every one of
 those rows (inference and training, every batch measured), cuDNN otherwise. A dtype with no
-rows runs cuDNN (torch's default). What that gives today (H200, fp32, TF32 off):
-LSTM/GRU at H <= 181 cuDNN (its persistent small-H kernel: fastrnn 0.24-0.55x), at
-H 182-362 fastrnn (1.4-1.6x at H=256), above cuDNN; RNN cuDNN everywhere (0.26-1.04x);
-bfloat16 fastrnn everywhere (torch's bf16 RNNs took 9-21 ms where fp32 took 1-3 ms:
-fastrnn 2.7-7.8x); float16 and float64 cuDNN (not measured).
+rows runs cuDNN (torch's default). What the table (H200, fp32, TF32 off) gives:
+LSTM/GRU at H <= 181 cuDNN (its persistent small-H kernel is faster), at H 182-362
+fastrnn, above cuDNN; RNN cuDNN everywhere; bfloat16 fastrnn everywhere (torch's bf16
+RNNs run far slower than its fp32 ones); float16 and float64 cuDNN (no rows).
 
 ``FASTRNN_CUDA_DISPATCH`` = ``auto`` (this rule; the default), ``fastrnn`` (always fastrnn's
 kernels) or ``cudnn`` (always torch's). An explicit ``backend="cuda"`` (module argument,

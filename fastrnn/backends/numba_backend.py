@@ -9,16 +9,16 @@ thread count.
 Threads: numba's parallel kernels run on numba's thread pool, sized to
 ``torch.get_num_threads()``. Unless ``$NUMBA_THREADING_LAYER`` says otherwise, the
 pool is numba's ``workqueue`` layer: its ``omp`` layer shares torch's bundled
-libgomp, and measured here, once it had run, torch's own CPU ops got 2-60x slower
-(its worker threads compete with torch's). ``workqueue`` is not re-entrant, so kernel
+libgomp, and once it has run, torch's own CPU ops get many times slower (its worker
+threads compete with torch's). ``workqueue`` is not re-entrant, so kernel
 launches are serialised with a lock (each launch uses every thread anyway).
 
 Compilation: every kernel is ``@njit(cache=True)``: the first call on a machine
-compiles it (measured here: 2-5 s per kernel and dtype, about a minute for all
-twelve), later processes load it from numba's cache in ``__pycache__`` (or
-``$NUMBA_CACHE_DIR``) in well under a second.
+compiles it (seconds per kernel and dtype, so the first use of all of them takes
+a while), later processes load it from numba's cache in ``__pycache__`` (or
+``$NUMBA_CACHE_DIR``) far faster.
 
-Per-call overhead is about 0.1-0.2 ms (argument typing and the parallel launch), which
+Each call has a fixed overhead (argument typing and the parallel launch), which
 matters only for step-by-step use (cells in a Python loop) at tiny sizes.
 """
 import os
