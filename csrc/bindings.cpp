@@ -295,12 +295,13 @@ PYBIND11_MODULE(_C, m) {
       [](int itemsize, int cell, int64_t N, int64_t I, int64_t H, std::uintptr_t x, std::uintptr_t h,
          std::uintptr_t c, std::uintptr_t w_ih, std::uintptr_t w_hh, std::uintptr_t b_ih, std::uintptr_t b_hh,
          std::uintptr_t h_out, std::uintptr_t c_out, std::uintptr_t saved, int num_threads, int64_t T,
-         bool reverse, int64_t x_step, int64_t x_row, std::uintptr_t w_ch) {
+         bool reverse, int64_t x_step, int64_t x_row, std::uintptr_t w_ch, std::uintptr_t lengths) {
         check_cell(cell);
         check_sizes(T, N, H, I, num_threads);
         if (x_row < 0 || x_step < 0 || (x_row && x_row < I))
           throw std::invalid_argument("cell_forward: x's strides must be 0 (dense) or leave its rows whole");
         if (T > 1 && saved) throw std::invalid_argument("cell_forward: several steps are for inference (no saved)");
+        check_lengths(lengths, T, N);
         const bool lstm = cell == fastrnn::kCellLstm;
         for (auto [p, what] : {std::pair{x, "x"}, {h, "h"}, {w_ih, "w_ih"}, {w_hh, "w_hh"}, {h_out, "h_out"}})
           require(p, what);
@@ -314,7 +315,8 @@ PYBIND11_MODULE(_C, m) {
           using T_ = std::remove_pointer_t<decltype(p.h_out)>;
           p = {N, I, H, cell, ptr<const T_>(x), ptr<const T_>(h), ptr<const T_>(c), ptr<const T_>(w_ih),
                ptr<const T_>(w_hh), ptr<const T_>(b_ih), ptr<const T_>(b_hh), ptr<T_>(h_out), ptr<T_>(c_out),
-               ptr<T_>(saved), num_threads, T, reverse, x_step, x_row, ptr<const T_>(w_ch)};
+               ptr<T_>(saved), num_threads, T, reverse, x_step, x_row, ptr<const T_>(w_ch),
+               ptr<const int64_t>(lengths)};
         };
         run<CellForwardParams>(itemsize, fastrnn::cpu::cell_forward<float>, fastrnn::cpu::cell_forward<double>,
                                fill);
@@ -323,7 +325,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("itemsize"), py::arg("cell"), py::arg("N"), py::arg("I"), py::arg("H"), py::arg("x"), py::arg("h"),
       py::arg("c"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("h_out"),
       py::arg("c_out"), py::arg("saved"), py::arg("num_threads"), py::arg("T") = 1, py::arg("reverse") = false,
-      py::arg("x_step") = 0, py::arg("x_row") = 0, py::arg("w_ch") = 0);
+      py::arg("x_step") = 0, py::arg("x_row") = 0, py::arg("w_ch") = 0, py::arg("lengths") = 0);
 
   m.def(
       "cell_backward",

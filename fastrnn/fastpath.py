@@ -200,7 +200,10 @@ def steps_pay(T, N):
     return (N <= MAX_STEPS_ROWS and T <= MAX_STEPS) or N >= MIN_PACKED_ROWS
 
 
-def steps(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, w_ch=None):
+def steps(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, w_ch=None, lengths=None):
     """Inference: ``kind``'s steps over x [T, N, I] (any strides over T and N) from h (and
-    c) [N, H], backwards with ``reverse`` -> (y [T, N, H], c_n [N, H] or None)."""
-    return _cpu.cell_forward_seq(_KINDS[kind], x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, w_ch)
+    c) [N, H], backwards with ``reverse`` -> (y [T, N, H], c_n [N, H] or None). With
+    ``lengths`` [N] the state is frozen past each sequence's end (the backend contract's
+    semantics: y repeats it)."""
+    return _cpu.cell_forward_seq(_KINDS[kind], x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, w_ch,
+                                 lengths)

@@ -164,8 +164,23 @@ def _recur(mode, xg, b_hh, h0, c0, w, lengths, reverse, backend):
     return y, hn, cn
 
 
+def _fused_steps_apply(mode, x, h0, c0, w, backend):
+    """Whether a layer-direction's inference runs as fused steps (``fastpath.steps``, one
+    kernel call, each step's projection fused in) on this general path: PackedSequence
+    input (per-sequence lengths) and layers above the first reach it; unpacked input is
+    routed earlier (``_fast_one_step``)."""
+    w_ih, w_hh, b_ih, b_hh, w_hr, w_ch = w
+    return (backend == "cpu" and w_hr is None and mode in fastpath.CELL_GATES
+            and fastpath.eager() and fastpath.steps_pay(x.shape[0], x.shape[1])
+            and not _needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch)
+            and fastpath.usable((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch)))
+
+
 def _layer_direction(mode, x, h0, c0, w, lengths, reverse, backend):
     """One layer, one direction. x [T, N, I] -> (y [T, N, R], h_n [N, R], c_n [N, H]|None)."""
+    if _fused_steps_apply(mode, x, h0, c0, w, backend):
+        y, cn = fastpath.steps(mode, x, h0, c0, w[0], w[1], w[2], w[3], reverse, w[5], lengths)
+        return y, (y[0] if reverse else y[-1]), cn
     xg, b_hh = _project(mode, x, w, slot=int(reverse), backend=backend)
     return _recur(mode, xg, b_hh, h0, c0, w, lengths, reverse, backend)
 
@@ -201,6 +216,19 @@ def _run_layers(mode, x, h0, c0, groups, num_layers, bidirectional, dropout, tra
 
 
 def _packed_to_padded(data, batch_sizes):
+    """Packed data [sum(len), I] -> (padded [T, N, I] in packed (sorted) order, lengths,
+    a repacking function for the output [T, N, F]). Eager: torch's C++ pad/pack loops
+    (differentiable); traced or compiled: masks and indexing, which the tracers know."""
+    if fastpath.eager():
+        padded, lengths = torch._VF._pad_packed_sequence(data, batch_sizes, False, 0.0,
+                                                         batch_sizes.numel())
+        return padded, lengths, lambda out: torch._VF._pack_padded_sequence(
+            out, lengths, False)[0]
+    x, lengths, mask = _masked_packed_to_padded(data, batch_sizes)
+    return x, lengths, lambda out: out[mask]
+
+
+def _masked_packed_to_padded(data, batch_sizes):
     """Packed data [sum(len), I] -> padded [T, N, I] in packed (sorted) order, lengths."""
     T, N = batch_sizes.numel(), int(batch_sizes[0])
     mask = torch.arange(N).unsqueeze(0) < batch_sizes.unsqueeze(1)  # [T, N], CPU
@@ -239,7 +267,7 @@ def rnn(mode, input, hx, weights, has_biases, num_layers, dropout, train, bidire
         data, batch_sizes, sorted_indices, unsorted_indices = input
         V.check_floating("input", data, w0, ValueError)
         V.check_device("input", data, w0)
-        x, lengths_cpu, pack_mask = _packed_to_padded(data, batch_sizes)
+        x, lengths_cpu, repack = _packed_to_padded(data, batch_sizes)
         if int(lengths_cpu[-1]) < x.shape[0]:  # some sequence shorter than T
             lengths = lengths_cpu.to(x.device)
         batched = True
@@ -281,7 +309,7 @@ def rnn(mode, input, hx, weights, has_biases, num_layers, dropout, train, bidire
                                   dropout, train, lengths, name_resolved)
 
     if packed:
-        out = PackedSequence(out[pack_mask], batch_sizes, sorted_indices, unsorted_indices)
+        out = PackedSequence(repack(out), batch_sizes, sorted_indices, unsorted_indices)
         if unsorted_indices is not None:
             hn = hn.index_select(1, unsorted_indices)
             cn = cn.index_select(1, unsorted_indices) if is_lstm else None

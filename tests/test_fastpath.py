@@ -395,3 +395,26 @@ def test_kernels_flush_denormals_and_restore_the_callers_mode(T, N):
     assert layer.last_backend == "cpu"
     assert torch.all(y == 0)  # relu(0 * 0 + 1 * denormal) computed as relu(0)
     assert float(torch.tensor([tiny]) * 1.0) != 0.0  # this thread's mode is back
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("N", [3, 40])
+def test_packed_inference_runs_fused_steps_with_lengths(kind, N, monkeypatch):
+    """PackedSequence inference (per-sequence lengths) runs the fused steps, the state frozen
+    past each sequence's end: outputs and final states equal torch.nn's packed ones."""
+    n_steps = _count_calls(monkeypatch, "steps")
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, kind)(5, 6, num_layers=2, bidirectional=True, dtype=F64)
+    fast = getattr(fastrnn, kind)(5, 6, num_layers=2, bidirectional=True, dtype=F64)
+    fast.load_state_dict(ref.state_dict())
+    lengths = torch.randint(1, 10, (N,), generator=torch.Generator().manual_seed(1))
+    lengths[0] = 9
+    x = torch.randn(9, N, 5, dtype=F64)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    with torch.no_grad():
+        ours, theirs = fast(packed), ref(packed)
+    assert n_steps["n"] == 4  # 2 layers x 2 directions
+    torch.testing.assert_close(ours[0].data, theirs[0].data)
+    for a, b in zip(ours[1] if kind == "LSTM" else (ours[1],),
+                    theirs[1] if kind == "LSTM" else (theirs[1],)):
+        torch.testing.assert_close(a, b)

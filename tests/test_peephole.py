@@ -116,6 +116,12 @@ def test_packed_and_batch_first(cpu_backend, batch_first):
         torch.testing.assert_close(a, b, **TOL[F64])
     for a, b in zip(_grads(module, x, (y, hn, cn)), _grads(module, x, want)):
         torch.testing.assert_close(a, b, **TOL[F64])
+    with torch.no_grad():  # inference: the fused steps with lengths on the cpu backend
+        out, (hn, cn) = module(packed)
+    y, _ = pad_packed_sequence(out, batch_first=batch_first)
+    y = y.transpose(0, 1) if batch_first else y
+    for a, b in zip((y, hn, cn), want):
+        torch.testing.assert_close(a, b.detach(), **TOL[F64])
 
 
 def test_unbatched(cpu_backend):

@@ -136,6 +136,9 @@ struct CellForwardParams {
   // dense [T, N, I]: N*I and I. A batch-first input [N, T, I] passes I and T*I.
   int64_t x_step = 0, x_row = 0;
   const T* w_ch = nullptr;  // [3H] LSTM peephole weights p_i, p_f, p_o, or nullptr
+  // With T_ > 1: [N] per-sequence lengths (state frozen from step lengths[n] on, as in the
+  // sequence kernels), or nullptr (every sequence T_ long).
+  const int64_t* lengths = nullptr;
 };
 
 template <typename T>

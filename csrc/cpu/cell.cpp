@@ -106,11 +106,17 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
   struct Step {
     const T *x, *h, *c;
     T *h_out, *c_out, *saved;
-  } st{a.x, a.h, a.c, a.h_out, a.c_out, a.saved};
+    int64_t t;
+  } st{a.x, a.h, a.c, a.h_out, a.c_out, a.saved, 0};
 
   // px: G pre-activation vectors of the input side (with the hidden side added, except
   // for GRU); ph: GRU's hidden side.
   auto epilogue = [&](int64_t n, int64_t u, int cnt, const V* px, const V* ph) {
+    if (a.lengths && st.t >= a.lengths[n]) {  // past this sequence's end: the state frozen
+      vstore_n(st.h_out + n * H + u, vload_n(st.h + n * H + u, cnt), cnt);
+      if constexpr (Cell == kCellLstm) vstore_n(st.c_out + n * H + u, vload_n(st.c + n * H + u, cnt), cnt);
+      return;
+    }
     const T* b = bx + u;
     if constexpr (Cell == kCellLstm) {
       const V cp = vload_n(st.c + n * H + u, cnt);
@@ -163,6 +169,7 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
   auto set_step = [&](int64_t s) {
     if (a.T_ == 1) return;
     const int64_t t = a.reverse ? a.T_ - 1 - s : s;
+    st.t = t;
     st.x = a.x + t * x_step;
     st.h = s == 0 ? a.h : a.h_out + (a.reverse ? t + 1 : t - 1) * N * H;
     st.c = s == 0 ? a.c : a.c_out;  // read, then overwritten in place element by element

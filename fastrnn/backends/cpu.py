@@ -317,7 +317,7 @@ def cell_forward(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, training, w_ch=None):
     return h_out, c_out, saved
 
 
-def cell_forward_seq(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, w_ch=None):
+def cell_forward_seq(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, w_ch=None, lengths=None):
     """``T`` inference steps of ``cell_forward`` in one call, the state carried: x [T, N, I]
     (any strides over T and N; its last dimension dense) -> (y [T, N, H], c_n [N, H] or
     None)."""
@@ -334,7 +334,8 @@ def cell_forward_seq(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, w_ch=None):
                     0 if c is None else c.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(),
                     0 if b_ih is None else b_ih.data_ptr(), 0 if b_hh is None else b_hh.data_ptr(),
                     y.data_ptr(), 0 if c_out is None else c_out.data_ptr(), 0,
-                    max(1, torch.get_num_threads()), T, bool(reverse), x_step, x_row, _opt_ptr(w_ch))
+                    max(1, torch.get_num_threads()), T, bool(reverse), x_step, x_row, _opt_ptr(w_ch),
+                    _ptr(_lengths(lengths, T, N)))
     return y, c_out
 
 
