@@ -217,15 +217,24 @@ def _run_layers(mode, x, h0, c0, groups, num_layers, bidirectional, dropout, tra
 
 def _packed_to_padded(data, batch_sizes):
     """Packed data [sum(len), I] -> (padded [T, N, I] in packed (sorted) order, lengths,
-    a repacking function for the output [T, N, F]). Eager: torch's C++ pad/pack loops
-    (differentiable); traced or compiled: masks and indexing, which the tracers know."""
-    if fastpath.eager():
-        padded, lengths = torch._VF._pad_packed_sequence(data, batch_sizes, False, 0.0,
-                                                         batch_sizes.numel())
-        return padded, lengths, lambda out: torch._VF._pack_padded_sequence(
-            out, lengths, False)[0]
-    x, lengths, mask = _masked_packed_to_padded(data, batch_sizes)
-    return x, lengths, lambda out: out[mask]
+    a repacking function for the output [T, N, F]). Eager: one gather each way
+    (index_select; its backward one scatter-add), the indices computed on the CPU from
+    batch_sizes. (torch's own pad_packed_sequence copies slice by slice, and its backward
+    copies the whole gradient once per distinct length.) Traced or compiled: masks and
+    indexing, which the tracers know."""
+    if not fastpath.eager():
+        x, lengths, mask = _masked_packed_to_padded(data, batch_sizes)
+        return x, lengths, lambda out: out[mask]
+    T, N = batch_sizes.numel(), int(batch_sizes[0])
+    mask = torch.arange(N).unsqueeze(0) < batch_sizes.unsqueeze(1)  # [T, N], CPU
+    lengths = mask.sum(0)  # [N] int64, non-increasing
+    valid = mask.view(-1).nonzero().squeeze(1)  # [sum(len)]: packed order is row-major
+    pos = torch.full((T * N,), data.shape[0], dtype=torch.long)  # pads: an appended zero row
+    pos[valid] = torch.arange(valid.numel())
+    src = torch.cat([data, data.new_zeros(1, data.shape[-1])])
+    padded = src.index_select(0, pos.to(data.device)).view(T, N, data.shape[-1])
+    valid = valid.to(data.device)
+    return padded, lengths, lambda out: out.reshape(T * N, out.shape[-1]).index_select(0, valid)
 
 
 def _masked_packed_to_padded(data, batch_sizes):

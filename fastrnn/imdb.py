@@ -246,8 +246,10 @@ class Split:
             i = idx.to(dev)
             return self.x[i], self.y[i], None
         lb = self.lengths[idx]
+        order = torch.argsort(lb, descending=True, stable=True)  # packs without reordering
+        idx, lb = idx[order], lb[order]
         i = idx.to(dev)
-        return self.x_post[i, :int(lb.max())], self.y[i], lb
+        return self.x_post[i, :int(lb[0])], self.y[i], lb
 
     def eval_batches(self, batch_size, lengths):
         """Inference batches in order; length-aware: sorted by length (each batch pads to

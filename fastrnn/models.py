@@ -149,7 +149,10 @@ class SentimentRNN(nn.Module):
     def features(self, ids, lengths=None):  # ids [N, T] int64 -> [N, H or 2H]
         x = self.embedding(ids.t())  # [T, N, E]
         if lengths is not None:  # post-padded ids: each review runs over its own words only
-            packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+            lengths = lengths.cpu()
+            # a batch already sorted by length (the job's are) packs without a reordering copy
+            is_sorted = bool((lengths[:-1] >= lengths[1:]).all())
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=is_sorted)
             _, h = self.rnn(packed)
             h = h[0] if isinstance(h, tuple) else h
             # the final states: forward after the last word, reverse after the first
