@@ -126,7 +126,9 @@ def info() -> Info:
     env_names = (backends.ENV_VAR, getattr(backends, "DISABLE_ENV", "FASTRNN_DISABLE_EXTENSION"),
                  "FASTRNN_CPU_ISA", "FASTRNN_CUDA_TILE", "FASTRNN_CUDA_SCHEDULE",
                  "FASTRNN_CUDA_PERSISTENT",
-                 "FASTRNN_CUDA_DISPATCH", "NUMBA_NUM_THREADS",
+                 "FASTRNN_CUDA_DISPATCH", "FASTRNN_CPU_POOL_MB", "FASTRNN_CPU_PACK_CACHE_MB",
+                 "FASTRNN_POOL_MB", "FASTRNN_CACHE", "FASTRNN_IMDB_PATH", "FASTRNN_OFFLINE",
+                 "NUMBA_NUM_THREADS",
                  "NUMBA_THREADING_LAYER", "NUMBA_CACHE_DIR", "OMP_NUM_THREADS")
     return Info(
         version=_version(),
