@@ -440,7 +440,9 @@ def test_torchrun_two_processes_train_like_one_process(tmp_path, archive):
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "fastrnn.imdb"] + common + ["--batch-size", "4", "--out", str(tmp_path / "two")],
-        capture_output=True, text=True, env=env, timeout=600)
+        # from outside the checkout: `-m` would import the source tree (no compiled extension
+        # in it) ahead of the installed package
+        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     assert job.main(common + ["--batch-size", "8", "--out", str(tmp_path / "one")]) == 0
     a = torch.load(tmp_path / "two" / "bilstm-fastrnn.pt")
