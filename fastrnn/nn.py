@@ -170,10 +170,8 @@ _TORCH_FORWARD = {"LSTM": nn.LSTM.forward, "GRU": nn.GRU.forward, "RNN_TANH": nn
                   "RNN_RELU": nn.RNN.forward}
 
 
-class LSTM(_RNNBase):
-    """Drop-in for ``torch.nn.LSTM`` (same arguments, parameters and outputs)."""
-
-    _torch_class = nn.LSTM
+class _LSTMBase(_RNNBase):
+    """nn.LSTM's constructor and state checks, for LSTM and PeepholeLSTM."""
 
     # nn.LSTM's own argument checks for its (h_0, c_0) state, which nn.LSTM.forward calls
     # (it runs while traced or exported)
@@ -188,6 +186,12 @@ class LSTM(_RNNBase):
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional, proj_size, device, dtype)
         self.backend = backend
+
+
+class LSTM(_LSTMBase):
+    """Drop-in for ``torch.nn.LSTM`` (same arguments, parameters and outputs)."""
+
+    _torch_class = nn.LSTM
 
 
 class GRU(_RNNBase):
@@ -225,7 +229,7 @@ class RNN(_RNNBase):
         self.backend = backend
 
 
-class PeepholeLSTM(_RNNBase):
+class PeepholeLSTM(_LSTMBase):
     r"""LSTM with diagonal peephole connections (Gers, Schraudolph and Schmidhuber, 2002;
     the ONNX ``LSTM`` operator's ``P``): the input and forget gates see the previous cell
     state, the output gate the new one::
@@ -245,23 +249,16 @@ class PeepholeLSTM(_RNNBase):
     ``nn.LSTM``'s parameters and zeroes the peepholes.
 
     Backends: cpu and numba (fused kernels), reference; on CUDA tensors the reference (the
-    step loop in torch ops: there are no CUDA peephole kernels). Exported to ONNX with the
-    TorchScript exporter (``dynamo=False``) it becomes the standard ``LSTM`` operator with
-    ``P`` (no proj_size there); traced or under torch.func it runs as torch ops.
+    step loop in torch ops: there are no CUDA peephole kernels). Exported to ONNX (either
+    exporter) it becomes the standard ``LSTM`` operator with ``P`` (no proj_size there);
+    traced, the trace records fastrnn's op; under torch.func it runs as torch ops.
     """
-
-    _torch_class = None
-    get_expected_cell_size = nn.LSTM.get_expected_cell_size
-    check_forward_args = nn.LSTM.check_forward_args
-    permute_hidden = nn.LSTM.permute_hidden
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
                  backend=None):
-        _check_backend(backend)
-        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, proj_size, device, dtype)
-        self.backend = backend
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, device, dtype, backend=backend)
         bound = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0
         D = 2 if bidirectional else 1
         for layer in range(num_layers):
