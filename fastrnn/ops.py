@@ -95,7 +95,6 @@ def _grad_w_hh(dg: Tensor, y: Tensor, h0: Tensor, reverse: bool) -> Tensor:
     return out
 
 
-_valid = valid_mask  # [T, N, 1] bool mask of valid steps, or None
 
 
 def _mask(x: Tensor, valid: Optional[Tensor]) -> Tensor:
@@ -362,7 +361,7 @@ def _lstm_backward_fn(ctx, dy, dcn, _dgates_unused, _dcs_unused):
     if w_hr is not None and need[4]:
         H = c0.shape[-1]
         m = gates[..., 3 * H:] * torch.tanh(cs)  # [T, N, H]
-        dw_hr = _gemm_tn(dr, _mask(m, _valid(lengths, y.shape[0])))  # [R, H]
+        dw_hr = _gemm_tn(dr, _mask(m, valid_mask(lengths, y.shape[0])))  # [R, H]
     if peep and need[5]:
         dw_ch = _peephole_grad(dgates, cs, c0, ctx.reverse)  # [3H]
     grads = [dgates if need[0] else None, dh0 if need[1] else None,
@@ -457,7 +456,7 @@ def _gru_backward_fn(ctx, dy, _dsaved_unused):
         # Two GEMMs over views (dxg's r,z block read in place) instead of one over a
         # concatenated [T, N, 3H] copy, which saves writing and re-reading that copy.
         H = h0.shape[-1]
-        r = _mask(saved[..., :H], _valid(lengths, y.shape[0]))
+        r = _mask(saved[..., :H], valid_mask(lengths, y.shape[0]))
         d_rz, d_n = dxg[..., :2 * H], _mul(dxg[..., 2 * H:], r, ctx.backend)  # view, [T, N, H]
         if need[2]:
             dw_hh = torch.cat([_grad_w_hh(d_rz, y, h0, ctx.reverse),

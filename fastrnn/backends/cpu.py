@@ -124,7 +124,6 @@ def _dense(t):
     return out
 
 
-_ptr = ptr
 
 
 def _lengths(lengths, T, N):
@@ -208,9 +207,9 @@ def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, w_ch=None):
     cn = _out(N, H, like=xg)
     gates = _out(T, N, 4 * H, like=xg) if training else xg.new_empty(0)
     cs = _out(T, N, H, like=xg) if training else xg.new_empty(0)
-    _C.lstm_forward(xg.element_size(), T, N, H, R, _ptr(xg), _ptr(h0), _ptr(c0), _ptr(w_hh),
-                    _ptr(w_hr), _ptr(lengths), bool(reverse), _ptr(y), _ptr(cn), _ptr(gates),
-                    _ptr(cs), _threads(), _ptr(w_ch))
+    _C.lstm_forward(xg.element_size(), T, N, H, R, ptr(xg), ptr(h0), ptr(c0), ptr(w_hh),
+                    ptr(w_hr), ptr(lengths), bool(reverse), ptr(y), ptr(cn), ptr(gates),
+                    ptr(cs), _threads(), ptr(w_ch))
     return y, cn, gates, cs
 
 
@@ -226,9 +225,9 @@ def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs, w
     dh0 = _out(N, R, like=dy)
     dc0 = _out(N, H, like=dy)
     dr = _out(T, N, R, like=dy) if w_hr is not None else dy.new_empty(0)
-    _C.lstm_backward(dy.element_size(), T, N, H, R, _ptr(dy), _ptr(dcn), _ptr(h0), _ptr(c0),
-                     _ptr(w_hh), _ptr(w_hr), _ptr(lengths), bool(reverse), _ptr(y), _ptr(gates),
-                     _ptr(cs), _ptr(dgates), _ptr(dh0), _ptr(dc0), _ptr(dr), _threads(), _ptr(w_ch))
+    _C.lstm_backward(dy.element_size(), T, N, H, R, ptr(dy), ptr(dcn), ptr(h0), ptr(c0),
+                     ptr(w_hh), ptr(w_hr), ptr(lengths), bool(reverse), ptr(y), ptr(gates),
+                     ptr(cs), ptr(dgates), ptr(dh0), ptr(dc0), ptr(dr), _threads(), ptr(w_ch))
     return dgates, dh0, dc0, dr
 
 
@@ -241,8 +240,8 @@ def gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training):
     lengths = _lengths(lengths, T, N)
     y = _out(T, N, H, like=xg)
     saved = _out(T, N, 4 * H, like=xg) if training else xg.new_empty(0)
-    _C.gru_forward(xg.element_size(), T, N, H, _ptr(xg), _ptr(h0), _ptr(w_hh), _ptr(b_hh),
-                   _ptr(lengths), bool(reverse), _ptr(y), _ptr(saved), _threads())
+    _C.gru_forward(xg.element_size(), T, N, H, ptr(xg), ptr(h0), ptr(w_hh), ptr(b_hh),
+                   ptr(lengths), bool(reverse), ptr(y), ptr(saved), _threads())
     return y, saved
 
 
@@ -254,8 +253,8 @@ def gru_backward(dy, h0, w_hh, lengths, reverse, y, saved):
     lengths = _lengths(lengths, T, N)
     dxg = _out(T, N, 3 * H, like=dy)
     dh0 = _out(N, H, like=dy)
-    _C.gru_backward(dy.element_size(), T, N, H, _ptr(dy), _ptr(h0), _ptr(w_hh), _ptr(lengths),
-                    bool(reverse), _ptr(y), _ptr(saved), _ptr(dxg), _ptr(dh0), _threads())
+    _C.gru_backward(dy.element_size(), T, N, H, ptr(dy), ptr(h0), ptr(w_hh), ptr(lengths),
+                    bool(reverse), ptr(y), ptr(saved), ptr(dxg), ptr(dh0), _threads())
     return dxg, dh0
 
 
@@ -266,8 +265,8 @@ def rnn_forward(xg, h0, w_hh, lengths, reverse, relu):
     T, N, H = xg.shape
     lengths = _lengths(lengths, T, N)
     y = _out(T, N, H, like=xg)
-    _C.rnn_forward(xg.element_size(), T, N, H, _ptr(xg), _ptr(h0), _ptr(w_hh), _ptr(lengths),
-                   bool(reverse), bool(relu), _ptr(y), _threads())
+    _C.rnn_forward(xg.element_size(), T, N, H, ptr(xg), ptr(h0), ptr(w_hh), ptr(lengths),
+                   bool(reverse), bool(relu), ptr(y), _threads())
     return y
 
 
@@ -279,8 +278,8 @@ def rnn_backward(dy, h0, w_hh, lengths, reverse, relu, y):
     lengths = _lengths(lengths, T, N)
     dxg = _out(T, N, H, like=dy)
     dh0 = _out(N, H, like=dy)
-    _C.rnn_backward(dy.element_size(), T, N, H, _ptr(dy), _ptr(h0), _ptr(w_hh), _ptr(lengths),
-                    bool(reverse), bool(relu), _ptr(y), _ptr(dxg), _ptr(dh0), _threads())
+    _C.rnn_backward(dy.element_size(), T, N, H, ptr(dy), ptr(h0), ptr(w_hh), ptr(lengths),
+                    bool(reverse), bool(relu), ptr(y), ptr(dxg), ptr(dh0), _threads())
     return dxg, dh0
 
 
@@ -335,7 +334,7 @@ def cell_forward_seq(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, w_ch=None, 
                     0 if b_ih is None else b_ih.data_ptr(), 0 if b_hh is None else b_hh.data_ptr(),
                     y.data_ptr(), 0 if c_out is None else c_out.data_ptr(), 0,
                     max(1, torch.get_num_threads()), T, bool(reverse), x_step, x_row, _opt_ptr(w_ch),
-                    _ptr(_lengths(lengths, T, N)))
+                    ptr(_lengths(lengths, T, N)))
     return y, c_out
 
 

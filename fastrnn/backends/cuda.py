@@ -157,7 +157,6 @@ def persistent_mode():
 
 # ----------------------------------------------------------------------------- runner
 
-_ptr = ptr
 
 
 class KernelRunner:
@@ -228,9 +227,9 @@ class KernelRunner:
             ctx, kw = self._common(xg, N, H)
             with ctx:
                 self.lib.lstm_forward(
-                    T=T, N=N, H=H, R=R, xg=_ptr(xg), h0=_ptr(h0), w_hh=_ptr(w_l),
-                    w_hr=_ptr(w_hr), lengths=_ptr(lengths), reverse=bool(reverse), y=_ptr(y),
-                    c=_ptr(c), gates=_ptr(gates), cs=_ptr(cs), m=_ptr(m), **kw)
+                    T=T, N=N, H=H, R=R, xg=ptr(xg), h0=ptr(h0), w_hh=ptr(w_l),
+                    w_hr=ptr(w_hr), lengths=ptr(lengths), reverse=bool(reverse), y=ptr(y),
+                    c=ptr(c), gates=ptr(gates), cs=ptr(cs), m=ptr(m), **kw)
         return y, c.to(xg.dtype), gates, cs
 
     def lstm_backward(self, dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs):
@@ -254,10 +253,10 @@ class KernelRunner:
         ctx, kw = self._common(dy, N, max(H, R))
         with ctx:
             self.lib.lstm_backward(
-                T=T, N=N, H=H, R=R, dy=_ptr(dy), c0=_ptr(c0), w_hh_t=_ptr(w_t),
-                w_hr_t=_ptr(w_hr_t), lengths=_ptr(lengths), reverse=bool(reverse),
-                gates=_ptr(gates), cs=_ptr(cs), dgates=_ptr(dgates), dh0=_ptr(dh0),
-                dh_carry=_ptr(carry), dc=_ptr(dc), dr=_ptr(dr), **kw)
+                T=T, N=N, H=H, R=R, dy=ptr(dy), c0=ptr(c0), w_hh_t=ptr(w_t),
+                w_hr_t=ptr(w_hr_t), lengths=ptr(lengths), reverse=bool(reverse),
+                gates=ptr(gates), cs=ptr(cs), dgates=ptr(dgates), dh0=ptr(dh0),
+                dh_carry=ptr(carry), dc=ptr(dc), dr=ptr(dr), **kw)
         return dgates, dh0, dc.to(dy.dtype), dr
 
     # -- GRU
@@ -275,8 +274,8 @@ class KernelRunner:
             ctx, kw = self._common(xg, N, H)
             with ctx:
                 self.lib.gru_forward(
-                    T=T, N=N, H=H, xg=_ptr(xg), h0=_ptr(h0), w_hh=_ptr(w_l), b_hh=_ptr(b_hh),
-                    lengths=_ptr(lengths), reverse=bool(reverse), y=_ptr(y), saved=_ptr(saved),
+                    T=T, N=N, H=H, xg=ptr(xg), h0=ptr(h0), w_hh=ptr(w_l), b_hh=ptr(b_hh),
+                    lengths=ptr(lengths), reverse=bool(reverse), y=ptr(y), saved=ptr(saved),
                     **kw)
         return y, saved
 
@@ -296,9 +295,9 @@ class KernelRunner:
         ctx, kw = self._common(dy, N, H)
         with ctx:
             self.lib.gru_backward(
-                T=T, N=N, H=H, dy=_ptr(dy), h0=_ptr(h0), w_hh_t=_ptr(w_t),
-                lengths=_ptr(lengths), reverse=bool(reverse), y=_ptr(y), saved=_ptr(saved),
-                dxg=_ptr(dxg), dh0=_ptr(dh0), dh_carry=_ptr(carry), dhg=_ptr(dhg), **kw)
+                T=T, N=N, H=H, dy=ptr(dy), h0=ptr(h0), w_hh_t=ptr(w_t),
+                lengths=ptr(lengths), reverse=bool(reverse), y=ptr(y), saved=ptr(saved),
+                dxg=ptr(dxg), dh0=ptr(dh0), dh_carry=ptr(carry), dhg=ptr(dhg), **kw)
         return dxg, dh0
 
     # -- Elman RNN
@@ -313,8 +312,8 @@ class KernelRunner:
             ctx, kw = self._common(xg, N, H)
             with ctx:
                 self.lib.rnn_forward(
-                    T=T, N=N, H=H, xg=_ptr(xg), h0=_ptr(h0), w_hh=_ptr(w),
-                    lengths=_ptr(lengths), reverse=bool(reverse), relu=bool(relu), y=_ptr(y),
+                    T=T, N=N, H=H, xg=ptr(xg), h0=ptr(h0), w_hh=ptr(w),
+                    lengths=ptr(lengths), reverse=bool(reverse), relu=bool(relu), y=ptr(y),
                     **kw)
         return y
 
@@ -333,9 +332,9 @@ class KernelRunner:
         ctx, kw = self._common(dy, N, H)
         with ctx:
             self.lib.rnn_backward(
-                T=T, N=N, H=H, dy=_ptr(dy), w_hh_t=_ptr(w_t), lengths=_ptr(lengths),
-                reverse=bool(reverse), relu=bool(relu), y=_ptr(y), dxg=_ptr(dxg),
-                dh0=_ptr(dh0), dh_carry=_ptr(carry), **kw)
+                T=T, N=N, H=H, dy=ptr(dy), w_hh_t=ptr(w_t), lengths=ptr(lengths),
+                reverse=bool(reverse), relu=bool(relu), y=ptr(y), dxg=ptr(dxg),
+                dh0=ptr(dh0), dh_carry=ptr(carry), **kw)
         return dxg, dh0
 
 

@@ -26,9 +26,6 @@ def _steps(T, reverse):
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-_valid_mask = valid_mask  # [T, N, 1] bool: step t of sequence n is valid; None when all are
-
-
 def _prev(seq, t, first, reverse):
     """State carried into step t: seq[t-1] (forward) / seq[t+1] (reverse), or ``first``."""
     T = seq.shape[0]
@@ -60,7 +57,7 @@ def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, w_ch=None):
     T, N, G = xg.shape
     H = G // 4
     R = h0.shape[-1]
-    valid = _valid_mask(lengths, T)
+    valid = valid_mask(lengths, T)
     ys, cs, gates = [], [], []  # h, c and the activated gates after each step
     h, c = h0, c0
     for t in _steps(T, reverse):
@@ -98,7 +95,7 @@ def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, w_ch=None):
 def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs, w_ch=None):
     T, N, R = dy.shape
     H = c0.shape[-1]
-    valid = _valid_mask(lengths, T)
+    valid = valid_mask(lengths, T)
     dgates = dy.new_zeros(T, N, 4 * H)
     dr = dy.new_zeros(T, N, R) if w_hr is not None else dy.new_empty(0)
     dh = torch.zeros_like(h0)  # gradient w.r.t. the state carried into the step just done
@@ -143,7 +140,7 @@ def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs, w
 def gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training):
     T, N, G = xg.shape
     H = G // 3
-    valid = _valid_mask(lengths, T)
+    valid = valid_mask(lengths, T)
     ys, saved = [], []  # h and the activations [r, z, n, hn] after each step
     h = h0
     for t in _steps(T, reverse):
@@ -167,7 +164,7 @@ def gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training):
 
 def gru_backward(dy, h0, w_hh, lengths, reverse, y, saved):
     T, N, H = dy.shape
-    valid = _valid_mask(lengths, T)
+    valid = valid_mask(lengths, T)
     dxg = dy.new_zeros(T, N, 3 * H)
     dh = torch.zeros_like(h0)
     for t in reversed(_steps(T, reverse)):
@@ -197,7 +194,7 @@ def gru_backward(dy, h0, w_hh, lengths, reverse, y, saved):
 
 def rnn_forward(xg, h0, w_hh, lengths, reverse, relu):
     T, N, H = xg.shape
-    valid = _valid_mask(lengths, T)
+    valid = valid_mask(lengths, T)
     ys = []
     h = h0
     for t in _steps(T, reverse):
@@ -212,7 +209,7 @@ def rnn_forward(xg, h0, w_hh, lengths, reverse, relu):
 
 def rnn_backward(dy, h0, w_hh, lengths, reverse, relu, y):
     T, N, H = dy.shape
-    valid = _valid_mask(lengths, T)
+    valid = valid_mask(lengths, T)
     dxg = dy.new_zeros(T, N, H)
     dh = torch.zeros_like(h0)
     for t in reversed(_steps(T, reverse)):
