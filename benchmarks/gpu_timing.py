@@ -35,7 +35,7 @@ SHAPES = {  # name -> (T, N, I, H)
     "h512": (500, 64, 100, 512),
     "fastrnns": (100, 64, 512, 512),
 }
-CELLS = ("lstm", "gru", "rnn")
+CELLS = ("lstm", "gru", "rnn", "peephole")
 VARIANTS = {
     "auto": {},
     "small": {"FASTRNN_CUDA_TILE": "small", "FASTRNN_CUDA_SCHEDULE": "step"},
@@ -46,6 +46,10 @@ VARIANTS = {
 }
 TARGETS = {("train", "lstm"): 1.5, ("train", "gru"): 1.5, ("train", "rnn"): 2.0,
            ("infer", "lstm"): 2.0, ("infer", "gru"): 2.0, ("infer", "rnn"): 2.0}
+# cuDNN has no peephole LSTM: the ``peephole`` cell is fastrnn.PeepholeLSTM (peepholes zero,
+# so its outputs are checked against cuDNN's) timed against cuDNN's plain LSTM; its aim is
+# the cost of the peepholes, at most 1.1x an LSTM's time (a speedup of at least 1/1.1).
+TARGETS.update({("train", "peephole"): round(1 / 1.1, 2), ("infer", "peephole"): round(1 / 1.1, 2)})
 
 
 def _import_fastrnn():
@@ -59,9 +63,12 @@ def _import_fastrnn():
 
 def make_modules(fastrnn, cell, I, H, dtype, device, backend):
     torch.manual_seed(0)
-    tcls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
-    fcls = {"lstm": fastrnn.LSTM, "gru": fastrnn.GRU, "rnn": fastrnn.RNN}[cell]
+    tcls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN,
+            "peephole": torch.nn.LSTM}[cell]
     ref = tcls(I, H, device=device, dtype=dtype)
+    if cell == "peephole":  # zero peepholes: the same function as ref, all the extra work
+        return ref, fastrnn.PeepholeLSTM.from_torch(ref, backend=backend)
+    fcls = {"lstm": fastrnn.LSTM, "gru": fastrnn.GRU, "rnn": fastrnn.RNN}[cell]
     fast = fcls(I, H, device=device, dtype=dtype, backend=backend)
     fast.load_state_dict(ref.state_dict(), strict=True)
     return ref, fast
@@ -139,7 +146,7 @@ def run(args):
             dtype = dtypes[dname]
             if dname != "fp32" and shape not in ("imdb", "n1") and not args.all_dtypes:
                 continue  # other dtypes at the IMDB shapes only, unless asked
-            for cell in CELLS:
+            for cell in args.cells.split(","):
                 ref, fast = make_modules(fastrnn, cell, I, H, dtype, args.device, args.backend)
                 x = torch.randn(T, N, I, device=args.device, dtype=dtype)
                 for mode in ("infer", "train"):
@@ -197,6 +204,7 @@ def main(argv=None):
     p.add_argument("--all-dtypes", action="store_true", help="non-fp32 dtypes at every shape")
     p.add_argument("--variants", default="auto,small,large,persistent",
                    help=f"comma-separated, from {list(VARIANTS)}")
+    p.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated, from {list(CELLS)}")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--quick", action="store_true", help="T <= 50, imdb and n1 shapes")

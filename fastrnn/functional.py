@@ -72,13 +72,13 @@ def _resolve(backend, device_type, low_precision):
 
 @torch.compiler.assume_constant_result
 def _resolve_peephole(backend, name):
-    """A backend without peephole LSTM kernels (cuda): "auto" runs the reference (torch
-    ops); asked for by name, an error."""
+    """A backend without peephole LSTM kernels (every built-in one has them; a registered
+    one may not): "auto" runs the reference (torch ops); asked for by name, an error."""
     requested = backends.get_default_backend() if backend is None else backend
     if requested == "auto":
         return "reference"
     raise ValueError(f"backend {name!r} has no peephole LSTM kernels; use backend='auto' "
-                     f"or 'reference' for PeepholeLSTM on {name!r} tensors")
+                     f"or 'reference' for PeepholeLSTM")
 
 
 def resolve_backend(backend, x, peephole=False):

@@ -248,8 +248,8 @@ class PeepholeLSTM(_LSTMBase):
     peephole weights at zero it is ``torch.nn.LSTM``: ``from_torch(lstm)`` copies an
     ``nn.LSTM``'s parameters and zeroes the peepholes.
 
-    Backends: cpu and numba (fused kernels), reference; on CUDA tensors the reference (the
-    step loop in torch ops: there are no CUDA peephole kernels). Exported to ONNX (either
+    Backends: every one: cpu, numba and cuda (the fused kernels, peephole terms in their step
+    epilogues), reference. Exported to ONNX (either
     exporter) it becomes the standard ``LSTM`` operator with ``P`` (no proj_size there);
     traced, the trace records fastrnn's op; under torch.func it runs as torch ops.
     """

@@ -30,7 +30,7 @@ needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU and fastrnn
 EMU = cb.emulator()
 needs_emu = pytest.mark.skipif(EMU is None, reason="fastrnn._cuda_emu not built (no nvcc)")
 
-CELLS = ("lstm", "lstm_proj", "gru", "rnn_tanh", "rnn_relu")
+CELLS = ("lstm", "lstm_proj", "peephole", "peephole_proj", "gru", "rnn_tanh", "rnn_relu")
 
 
 # ============================================================ 1. Python side, CPU only
@@ -193,6 +193,22 @@ def test_runner_passes_pointers_and_flags():
     assert cn.dtype == torch.float64 and y.shape == (3, 2, 3)
 
 
+def test_runner_passes_the_peepholes():
+    lib = RecordingLib()
+    run = cb.KernelRunner(lib, "cpu")
+    xg, h0, c0, w_hh, w_hr, _ = _lstm_args(H=4)
+    w_ch = torch.randn(12)
+    y, cn, gates, cs = run.lstm_forward(xg, h0, c0, w_hh, w_hr, None, False, True, w_ch=w_ch)
+    assert lib.calls[-1][1]["w_ch"] == w_ch.data_ptr()
+    run.lstm_backward(torch.randn_like(y), torch.randn_like(cn), h0, c0, w_hh, w_hr, None,
+                      False, y, gates, cs, w_ch=w_ch)
+    assert lib.calls[-1][0] == "lstm_backward" and lib.calls[-1][1]["w_ch"] == w_ch.data_ptr()
+    run.lstm_forward(xg, h0, c0, w_hh, w_hr, None, False, True)
+    assert lib.calls[-1][1]["w_ch"] == 0  # plain LSTM
+    with pytest.raises(ValueError, match="w_ch has shape"):
+        run.lstm_forward(xg, h0, c0, w_hh, w_hr, None, False, True, w_ch=torch.randn(16))
+
+
 def test_runner_half_state_is_float32():
     lib = RecordingLib()
     run = cb.KernelRunner(lib, "cpu")
@@ -251,6 +267,15 @@ def _rand(*shape, dtype, device, scale=1.0, gen=None):
         device=device, dtype=dtype)
 
 
+def _is_lstm(cell):
+    return cell.startswith(("lstm", "peephole"))
+
+
+def _peep(c):
+    """The peephole keyword of the LSTM contract functions, when the case has one."""
+    return {"w_ch": c["w_ch"]} if "w_ch" in c else {}
+
+
 def make_case(cell, T, N, H, dtype, device, packed, seed=0, proj=3):
     """Random contract inputs for one cell, plus the backward's upstream gradients."""
     g = torch.Generator().manual_seed(seed)
@@ -261,11 +286,15 @@ def make_case(cell, T, N, H, dtype, device, packed, seed=0, proj=3):
         lengths[0] = T
         lengths = lengths.to(device)
     ws = 1.0 / H ** 0.5
-    if cell.startswith("lstm"):
-        R = proj if cell == "lstm_proj" else H
-        return dict(xg=r(T, N, 4 * H), h0=r(N, R), c0=r(N, H), w_hh=r(4 * H, R, scale=ws),
-                    w_hr=r(R, H, scale=ws) if cell == "lstm_proj" else None,
+    if _is_lstm(cell):
+        projected = cell.endswith("_proj")
+        R = proj if projected else H
+        case = dict(xg=r(T, N, 4 * H), h0=r(N, R), c0=r(N, H), w_hh=r(4 * H, R, scale=ws),
+                    w_hr=r(R, H, scale=ws) if projected else None,
                     lengths=lengths, dy=r(T, N, R), dcn=r(N, H))
+        if cell.startswith("peephole"):
+            case["w_ch"] = r(3 * H, scale=0.5)
+        return case
     if cell == "gru":
         return dict(xg=r(T, N, 3 * H), h0=r(N, H), w_hh=r(3 * H, H, scale=ws), b_hh=r(3 * H),
                     lengths=lengths, dy=r(T, N, H))
@@ -275,11 +304,11 @@ def make_case(cell, T, N, H, dtype, device, packed, seed=0, proj=3):
 
 def run_contract(be, cell, c, reverse):
     """Forward (training) + backward of one cell through backend ``be``; every output."""
-    if cell.startswith("lstm"):
+    if _is_lstm(cell):
         y, cn, gates, cs = be.lstm_forward(c["xg"], c["h0"], c["c0"], c["w_hh"], c["w_hr"],
-                                           c["lengths"], reverse, True)
+                                           c["lengths"], reverse, True, **_peep(c))
         grads = be.lstm_backward(c["dy"], c["dcn"], c["h0"], c["c0"], c["w_hh"], c["w_hr"],
-                                 c["lengths"], reverse, y, gates, cs)
+                                 c["lengths"], reverse, y, gates, cs, **_peep(c))
         outs = dict(y=y, cn=cn, gates=gates, cs=cs)
         names = ("dgates", "dh0", "dc0", "dr")
     elif cell == "gru":
@@ -299,9 +328,9 @@ def run_contract(be, cell, c, reverse):
 
 
 def run_inference(be, cell, c, reverse):
-    if cell.startswith("lstm"):
+    if _is_lstm(cell):
         y, cn, gates, cs = be.lstm_forward(c["xg"], c["h0"], c["c0"], c["w_hh"], c["w_hr"],
-                                           c["lengths"], reverse, False)
+                                           c["lengths"], reverse, False, **_peep(c))
         return dict(y=y, cn=cn)
     if cell == "gru":
         y, _ = be.gru_forward(c["xg"], c["h0"], c["w_hh"], c["b_hh"], c["lengths"], reverse,
@@ -590,6 +619,67 @@ def test_emulated_modules_match_torch_nn(case, persistent, monkeypatch):
     compare_modules(case, torch.float64, "cpu", "reference", dict(rtol=1e-9, atol=1e-10))
 
 
+PEEPHOLE_GRID = [dict(layers=2, bidir=True, packed=True, proj=0),
+                 dict(layers=1, bidir=False, packed=False, proj=3),
+                 dict(layers=2, bidir=False, packed=True, proj=2)]
+
+
+def compare_peephole_modules(case, dtype, device, backend, tol):
+    """fastrnn.PeepholeLSTM with ``backend`` on ``device`` against the same module on CPU
+    float64 with the CPU kernels (numba where the extension is off): outputs, final states
+    and the gradients of x, hx and every parameter (the peepholes' included)."""
+    oracle = backends.resolve("auto", "cpu")
+    if oracle == "reference":
+        pytest.skip("needs the CPU kernels or numba as the oracle")
+    T, N, I, H = 6, 4, 5, 7
+    D = 2 if case["bidir"] else 1
+    R = case["proj"] or H
+    torch.manual_seed(0)
+    want_mod = fastrnn.PeepholeLSTM(I, H, num_layers=case["layers"], bidirectional=case["bidir"],
+                                    proj_size=case["proj"], dtype=torch.float64, backend=oracle)
+    with torch.no_grad():  # peepholes large enough to matter
+        for name, p in want_mod.named_parameters():
+            if name.startswith("weight_ch"):
+                p.uniform_(-0.8, 0.8)
+    got_mod = fastrnn.PeepholeLSTM(I, H, num_layers=case["layers"], bidirectional=case["bidir"],
+                                   proj_size=case["proj"], dtype=dtype, device=device,
+                                   backend=backend)
+    got_mod.load_state_dict(want_mod.state_dict())
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(T, N, I, generator=g, dtype=torch.float64)
+    h0 = torch.randn(case["layers"] * D, N, R, generator=g, dtype=torch.float64)
+    c0 = torch.randn(case["layers"] * D, N, H, generator=g, dtype=torch.float64)
+    lengths = torch.tensor([6, 2, 5, 1]) if case["packed"] else None
+    results = []
+    for mod, dt, dev in ((want_mod, torch.float64, "cpu"), (got_mod, dtype, device)):
+        xs, hs, cs = (t.to(device=dev, dtype=dt).requires_grad_() for t in (x, h0, c0))
+        out, hn = _run_module(mod, xs, lengths, (hs, cs))
+        w = torch.linspace(-1, 1, out.numel(), dtype=torch.float64, device=dev).view_as(out)
+        loss = (out.double() * w).sum() + sum((h.double() ** 2).sum() for h in hn)
+        grads = torch.autograd.grad(loss, [xs, hs, cs] + list(mod.parameters()))
+        results.append([out] + hn + list(grads))
+    names = ["out", "hn", "cn", "dx", "dh0", "dc0"] + [n for n, _ in want_mod.named_parameters()]
+    for name, a, b in zip(names, results[1], results[0]):
+        a, b = a.double().cpu(), b.double().cpu()
+        torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=tol["atol"] * (1 + b.abs().max().item()),
+                                   msg=lambda m: f"{name}: {m}")
+    return got_mod
+
+
+@needs_emu
+@pytest.mark.parametrize("persistent", [0, 1, 2], ids=["per_step", "persistent",
+                                                      "persistent_cluster"])
+@pytest.mark.parametrize("case", PEEPHOLE_GRID, ids=lambda c: "-".join(
+    f"{k}{v}" for k, v in c.items()))
+def test_emulated_peephole_modules_match_cpu_kernels(case, persistent, monkeypatch):
+    """The whole PeepholeLSTM (layers, directions, packing, projection, the op layer's dW_ch
+    reduction) on the CUDA kernel code, emulated, standing in for the "reference" backend."""
+    monkeypatch.setitem(backends._cache, "reference",
+                        (cb.emulator(persistent=persistent), None))
+    compare_peephole_modules(case, torch.float64, "cpu", "reference",
+                             dict(rtol=1e-9, atol=1e-10))
+
+
 @needs_emu
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=str)
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
@@ -684,6 +774,23 @@ def test_gpu_modules_match_cudnn(dtype, case, persistent, no_tf32, monkeypatch):
     # the float32 cuDNN result.
     ref_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
     fmod = compare_modules(case, dtype, "cuda", "cuda", TOL[dtype], ref_dtype=ref_dtype)
+    assert fmod.last_backend == "cuda"
+
+
+@needs_gpu
+@pytest.mark.parametrize("persistent", ["step", "grid", "cluster"],
+                         ids=["per_step", "persistent", "persistent_cluster"])
+@pytest.mark.parametrize("case", PEEPHOLE_GRID, ids=lambda c: "-".join(
+    f"{k}{v}" for k, v in c.items()))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gpu_peephole_modules_match_cpu(dtype, case, persistent, no_tf32, monkeypatch):
+    """PeepholeLSTM has no cuDNN twin: the CUDA kernels in every dtype against the CPU
+    kernels in float64; auto picks the CUDA kernels."""
+    monkeypatch.setenv(cb.SCHEDULE_ENV, persistent)
+    fmod = compare_peephole_modules(case, dtype, "cuda", "cuda", TOL[dtype])
+    assert fmod.last_backend == "cuda"
+    fmod.backend = "auto"
+    fmod(torch.randn(3, 2, 5, device="cuda", dtype=dtype))
     assert fmod.last_backend == "cuda"
 
 

@@ -32,6 +32,7 @@ struct LstmForwardArgs {
   const void* h0;          // [N, R]
   const void* w_hh;        // [H, 4, R]   unit-major W_hh
   const void* w_hr;        // [R, H]      W_hr as in torch, or nullptr (no projection)
+  const void* w_ch;        // [3H]        peepholes p_i, p_f, p_o, or nullptr (plain LSTM)
   const int64_t* lengths;  // [N] or nullptr
   bool reverse;
   void* y;                 // [T, N, R]   h after each step
@@ -49,6 +50,7 @@ struct LstmBackwardArgs {
   const void* c0;          // [N, H]
   const void* w_hh_t;      // [R, 4H]     W_hh transposed
   const void* w_hr_t;      // [H, R]      W_hr transposed, or nullptr
+  const void* w_ch;        // [3H]        peepholes, or nullptr
   const int64_t* lengths;  // [N] or nullptr
   bool reverse;
   const void* gates;       // [T, N, 4H]  from the forward

@@ -45,7 +45,7 @@ void def_rnn_api(py::module_& m) {
       "lstm_forward",
       [](int dtype, int T, int N, int H, int R, ptr_t xg, ptr_t h0, ptr_t w_hh, ptr_t w_hr,
          ptr_t lengths, bool reverse, ptr_t y, ptr_t c, ptr_t gates, ptr_t cs, ptr_t m_ws,
-         int tile, ptr_t stream, int persistent) {
+         int tile, ptr_t stream, int persistent, ptr_t w_ch) {
         const char* fn = "lstm_forward";
         check_common(fn, dtype, T, N, H, tile, persistent);
         require(R >= 1, fn, "R must be >= 1");
@@ -53,19 +53,19 @@ void def_rnn_api(py::module_& m) {
         require((gates == 0) == (cs == 0), fn, "gates and cs must both be given (training) or neither");
         require((w_hr == 0) == (m_ws == 0), fn, "w_hr and m must both be given (projection) or neither");
         require(w_hr != 0 || R == H, fn, "R must equal H without a projection");
-        LstmForwardArgs a{T, N, H, R, cp(xg), cp(h0), cp(w_hh), cp(w_hr), lp(lengths), reverse,
+        LstmForwardArgs a{T, N, H, R, cp(xg), cp(h0), cp(w_hh), cp(w_hr), cp(w_ch), lp(lengths), reverse,
                           mp(y), mp(c), mp(gates), mp(cs), mp(m_ws), tile, persistent};
         py::gil_scoped_release nogil;
         B::lstm_forward(dtype, a, mp(stream));
       },
       arg("dtype"), arg("T"), arg("N"), arg("H"), arg("R"), arg("xg"), arg("h0"), arg("w_hh"),
       arg("w_hr"), arg("lengths"), arg("reverse"), arg("y"), arg("c"), arg("gates"), arg("cs"),
-      arg("m"), arg("tile"), arg("stream"), arg("persistent") = 0);
+      arg("m"), arg("tile"), arg("stream"), arg("persistent") = 0, arg("w_ch") = 0);
   m.def(
       "lstm_backward",
       [](int dtype, int T, int N, int H, int R, ptr_t dy, ptr_t c0, ptr_t w_hh_t, ptr_t w_hr_t,
          ptr_t lengths, bool reverse, ptr_t gates, ptr_t cs, ptr_t dgates, ptr_t dh0,
-         ptr_t dh_carry, ptr_t dc, ptr_t dr, int tile, ptr_t stream, int persistent) {
+         ptr_t dh_carry, ptr_t dc, ptr_t dr, int tile, ptr_t stream, int persistent, ptr_t w_ch) {
         const char* fn = "lstm_backward";
         check_common(fn, dtype, T, N, H, tile, persistent);
         require(R >= 1, fn, "R must be >= 1");
@@ -73,7 +73,7 @@ void def_rnn_api(py::module_& m) {
                           {"dgates", dgates}, {"dh0", dh0}, {"dh_carry", dh_carry}, {"dc", dc}});
         require((w_hr_t == 0) == (dr == 0), fn, "w_hr_t and dr must both be given (projection) or neither");
         require(w_hr_t != 0 || R == H, fn, "R must equal H without a projection");
-        LstmBackwardArgs a{T, N, H, R, cp(dy), cp(c0), cp(w_hh_t), cp(w_hr_t), lp(lengths),
+        LstmBackwardArgs a{T, N, H, R, cp(dy), cp(c0), cp(w_hh_t), cp(w_hr_t), cp(w_ch), lp(lengths),
                            reverse, cp(gates), cp(cs), mp(dgates), mp(dh0), mp(dh_carry), mp(dc),
                            mp(dr), tile, persistent};
         py::gil_scoped_release nogil;
@@ -81,7 +81,8 @@ void def_rnn_api(py::module_& m) {
       },
       arg("dtype"), arg("T"), arg("N"), arg("H"), arg("R"), arg("dy"), arg("c0"), arg("w_hh_t"),
       arg("w_hr_t"), arg("lengths"), arg("reverse"), arg("gates"), arg("cs"), arg("dgates"),
-      arg("dh0"), arg("dh_carry"), arg("dc"), arg("dr"), arg("tile"), arg("stream"), arg("persistent") = 0);
+      arg("dh0"), arg("dh_carry"), arg("dc"), arg("dr"), arg("tile"), arg("stream"), arg("persistent") = 0,
+      arg("w_ch") = 0);
   m.def(
       "gru_forward",
       [](int dtype, int T, int N, int H, ptr_t xg, ptr_t h0, ptr_t w_hh, ptr_t b_hh,

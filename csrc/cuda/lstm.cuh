@@ -1,4 +1,6 @@
 // LSTM (gates i, f, g, o) step epilogues and time-loop drivers. See api.h for shapes.
+// With peepholes (w_ch set): i and f also see p_i*c_{t-1}, p_f*c_{t-1}, and o sees
+// p_o*c_t; the backward adds their terms to dc (dW_ch is reduced by the caller).
 //
 // Forward, per step: one tile launch over (n, unit j) with G = 4, A = h_{t-1} [N, R],
 // W = unit-major W_hh [H, 4, R]; the epilogue adds xg, applies the gate nonlinearities
@@ -29,6 +31,7 @@ struct LstmFwdEpi {
   T* m;                    // [N, H] projection workspace or nullptr
   const int64_t* lengths;
   int t, H, R;
+  const T* w_ch;           // [3H] peepholes p_i, p_f, p_o, or nullptr (plain LSTM)
 
   // What operator()(n, j) will read from the big per-step streams.
   FASTRNN_HD void prefetch(int n, int j) const { prefetch_gates<4>(xg, n, j, H); }
@@ -44,11 +47,19 @@ struct LstmFwdEpi {
       return;
     }
     const T* x = xg + static_cast<size_t>(n) * 4 * H;
-    const A i = act_sigmoid(to_acc(x[j]) + acc[0]);
-    const A f = act_sigmoid(to_acc(x[H + j]) + acc[1]);
+    const A cp = c[nh];
+    A pre_i = to_acc(x[j]) + acc[0], pre_f = to_acc(x[H + j]) + acc[1];
+    A pre_o = to_acc(x[3 * H + j]) + acc[3];
+    if (w_ch != nullptr) {  // peepholes: i and f see c_{t-1}
+      pre_i += to_acc(w_ch[j]) * cp;
+      pre_f += to_acc(w_ch[H + j]) * cp;
+    }
+    const A i = act_sigmoid(pre_i);
+    const A f = act_sigmoid(pre_f);
     const A g = act_tanh(to_acc(x[2 * H + j]) + acc[2]);
-    const A o = act_sigmoid(to_acc(x[3 * H + j]) + acc[3]);
-    const A cn = f * c[nh] + i * g;
+    const A cn = f * cp + i * g;
+    if (w_ch != nullptr) pre_o += to_acc(w_ch[2 * H + j]) * cn;  // o sees c_t
+    const A o = act_sigmoid(pre_o);
     c[nh] = cn;
     const A h = o * act_tanh(cn);
     if (m != nullptr)
@@ -96,6 +107,7 @@ struct LstmBwdEpi {
   T* dh0;                  // [N, R] final launch only
   const int64_t* lengths;
   int t, H, R;
+  const T* w_ch;           // [3H] peepholes p_i, p_f, p_o, or nullptr (plain LSTM)
 
   FASTRNN_HD void prefetch(int n, int j) const {
     if (gates == nullptr) return;  // the final launch reads no step data
@@ -129,12 +141,19 @@ struct LstmBwdEpi {
     const A i = to_acc(gt[j]), f = to_acc(gt[H + j]), g = to_acc(gt[2 * H + j]),
             o = to_acc(gt[3 * H + j]);
     const A tc = act_tanh(to_acc(cs[nh]));
-    const A dct = dc[nh] + dh * o * d_tanh(tc);
-    dg[j] = from_acc<T>(dct * g * d_sigmoid(i));
-    dg[H + j] = from_acc<T>(dct * to_acc(cprev[nh]) * d_sigmoid(f));
+    const A d_o = dh * tc * d_sigmoid(o);
+    A dct = dc[nh] + dh * o * d_tanh(tc);
+    if (w_ch != nullptr) dct += d_o * to_acc(w_ch[2 * H + j]);  // c_t feeds o
+    const A d_i = dct * g * d_sigmoid(i);
+    const A d_f = dct * to_acc(cprev[nh]) * d_sigmoid(f);
+    dg[j] = from_acc<T>(d_i);
+    dg[H + j] = from_acc<T>(d_f);
     dg[2 * H + j] = from_acc<T>(dct * i * d_tanh(g));
-    dg[3 * H + j] = from_acc<T>(dh * tc * d_sigmoid(o));
-    dc[nh] = dct * f;
+    dg[3 * H + j] = from_acc<T>(d_o);
+    A dcp = dct * f;
+    if (w_ch != nullptr)  // c_{t-1} feeds i and f
+      dcp += d_i * to_acc(w_ch[j]) + d_f * to_acc(w_ch[H + j]);
+    dc[nh] = dcp;
   }
 };
 
@@ -181,6 +200,7 @@ struct LstmFwdSteps {
   T* cs;
   T* m;                    // projection workspace or nullptr
   const int64_t* lengths;
+  const T* w_ch;           // peepholes or nullptr
 
   FASTRNN_HD int count() const { return T_; }
   FASTRNN_HD const T* hprev(int s) const {
@@ -191,7 +211,7 @@ struct LstmFwdSteps {
     const int t = time_of(s, T_, reverse);
     return Epi{offset(xg, t, size_t(N) * 4 * H), hprev(s), offset(y, t, size_t(N) * R), c,
                offset(gates, t, size_t(N) * 4 * H), offset(cs, t, size_t(N) * H), m, lengths,
-               t, H, R};
+               t, H, R, w_ch};
   }
 };
 
@@ -214,6 +234,7 @@ struct LstmBwdSteps {
   acc_t<T>* carry;         // nullptr with a projection (LstmProjBwdEpi owns it)
   acc_t<T>* dc;
   const int64_t* lengths;
+  const T* w_ch;           // peepholes or nullptr
 
   FASTRNN_HD int count() const { return T_ + 1; }
   FASTRNN_HD int step(int i) const { return T_ - 1 - i; }
@@ -232,6 +253,7 @@ struct LstmBwdSteps {
     e.lengths = lengths;
     e.H = H;
     e.R = R;
+    e.w_ch = w_ch;
     if (s < 0) {
       e.t = -1;
       e.dh0 = dh0;
@@ -256,7 +278,8 @@ void lstm_forward_steps(const LstmForwardArgs& a, Launcher& l) {
   LstmFwdSteps<T> st{a.T, a.N, a.H, a.R, a.reverse, static_cast<const T*>(a.xg),
                      static_cast<const T*>(a.h0), static_cast<const T*>(a.w_hh),
                      static_cast<T*>(a.y), static_cast<A*>(a.c), static_cast<T*>(a.gates),
-                     static_cast<T*>(a.cs), proj ? static_cast<T*>(a.m) : nullptr, a.lengths};
+                     static_cast<T*>(a.cs), proj ? static_cast<T*>(a.m) : nullptr, a.lengths,
+                     static_cast<const T*>(a.w_ch)};
   if (!proj) {
     run_steps(l, st, a.tile, a.persistent);
     return;
@@ -280,7 +303,7 @@ void lstm_backward_steps(const LstmBackwardArgs& a, Launcher& l) {
                      static_cast<const T*>(a.gates), static_cast<const T*>(a.cs),
                      static_cast<T*>(a.dgates), static_cast<T*>(a.dh0),
                      proj ? nullptr : static_cast<A*>(a.dh_carry), static_cast<A*>(a.dc),
-                     a.lengths};
+                     a.lengths, static_cast<const T*>(a.w_ch)};
   if (!proj) {
     run_steps(l, st, a.tile, a.persistent);
     return;

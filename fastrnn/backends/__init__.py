@@ -55,7 +55,7 @@ GRU (gate order r, z, n as torch.nn):
     dxg   [T, N, 3H]  gradient w.r.t. xg (pre-activations of r, z and of n's input
                       part); the gradient w.r.t. hg is dxg with its n block * r
     dh0   [N, H]
-Peephole LSTM (backends with ``PEEPHOLES = True``: cpu, numba, reference): the LSTM
+Peephole LSTM (backends with ``PEEPHOLES = True``: all four built-in ones): the LSTM
   functions with one more keyword argument, ``w_ch`` [3H] (p_i, p_f, p_o; None: plain LSTM)
     math: i = sig(pre_i + p_i*c) ; f = sig(pre_f + p_f*c) ; c' = f*c + i*g ;
           o = sig(pre_o + p_o*c') ; m = o*tanh(c')

@@ -48,6 +48,7 @@ except Exception as exc:  # built without nvcc, or a broken build
     _lib = None
     _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
+PEEPHOLES = True  # lstm_forward/lstm_backward take w_ch (the backend contract)
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 TILE_ENV = "FASTRNN_CUDA_TILE"
 TILE_SMALL, TILE_LARGE = 0, 1
@@ -162,6 +163,8 @@ def persistent_mode():
 class KernelRunner:
     """The backend functions over one kernel library (``_cuda`` or ``_cuda_emu``)."""
 
+    PEEPHOLES = True
+
     def __init__(self, lib, device_type, tile=None, persistent=None):
         self.lib = lib
         self.device_type = device_type
@@ -206,14 +209,15 @@ class KernelRunner:
         return ctx, dict(dtype=DTYPE_CODES[ref.dtype], tile=tile, stream=stream,
                          persistent=persistent)
 
-    # -- LSTM
-    def lstm_forward(self, xg, h0, c0, w_hh, w_hr, lengths, reverse, training):
+    # -- LSTM (w_ch: the peephole LSTM's p_i, p_f, p_o; None: plain LSTM)
+    def lstm_forward(self, xg, h0, c0, w_hh, w_hr, lengths, reverse, training, w_ch=None):
         require_tensors("lstm_forward", xg=xg, h0=h0, c0=c0, w_hh=w_hh)
         T, N, G = xg.shape
         H, R = G // 4, h0.shape[-1]
         self._check("lstm_forward", {
             "xg": (xg, (T, N, 4 * H)), "h0": (h0, (N, R)), "c0": (c0, (N, H)),
-            "w_hh": (w_hh, (4 * H, R)), "w_hr": (w_hr, (R, H))}, xg, lengths, N)
+            "w_hh": (w_hh, (4 * H, R)), "w_hr": (w_hr, (R, H)), "w_ch": (w_ch, (3 * H,))},
+            xg, lengths, N)
         if w_hr is None and R != H:
             raise ValueError(f"fastrnn cuda.lstm_forward: h0 has width {R} != H={H} "
                              f"without a projection")
@@ -229,17 +233,19 @@ class KernelRunner:
                 self.lib.lstm_forward(
                     T=T, N=N, H=H, R=R, xg=ptr(xg), h0=ptr(h0), w_hh=ptr(w_l),
                     w_hr=ptr(w_hr), lengths=ptr(lengths), reverse=bool(reverse), y=ptr(y),
-                    c=ptr(c), gates=ptr(gates), cs=ptr(cs), m=ptr(m), **kw)
+                    c=ptr(c), gates=ptr(gates), cs=ptr(cs), m=ptr(m), w_ch=ptr(w_ch), **kw)
         return y, c.to(xg.dtype), gates, cs
 
-    def lstm_backward(self, dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs):
+    def lstm_backward(self, dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs,
+                      w_ch=None):
         require_tensors("lstm_backward", dy=dy, dcn=dcn, h0=h0, c0=c0, w_hh=w_hh, y=y, gates=gates, cs=cs)
         T, N, R = dy.shape
         H = c0.shape[-1]
         self._check("lstm_backward", {
             "dy": (dy, (T, N, R)), "dcn": (dcn, (N, H)), "h0": (h0, (N, R)),
             "c0": (c0, (N, H)), "w_hh": (w_hh, (4 * H, R)), "w_hr": (w_hr, (R, H)),
-            "gates": (gates, (T, N, 4 * H)), "cs": (cs, (T, N, H))}, dy, lengths, N)
+            "gates": (gates, (T, N, 4 * H)), "cs": (cs, (T, N, H)), "w_ch": (w_ch, (3 * H,))},
+            dy, lengths, N)
         acc = acc_dtype(dy.dtype)
         dgates = dy.new_empty(T, N, 4 * H)
         dh0 = dy.new_empty(N, R)
@@ -256,7 +262,7 @@ class KernelRunner:
                 T=T, N=N, H=H, R=R, dy=ptr(dy), c0=ptr(c0), w_hh_t=ptr(w_t),
                 w_hr_t=ptr(w_hr_t), lengths=ptr(lengths), reverse=bool(reverse),
                 gates=ptr(gates), cs=ptr(cs), dgates=ptr(dgates), dh0=ptr(dh0),
-                dh_carry=ptr(carry), dc=ptr(dc), dr=ptr(dr), **kw)
+                dh_carry=ptr(carry), dc=ptr(dc), dr=ptr(dr), w_ch=ptr(w_ch), **kw)
         return dgates, dh0, dc.to(dy.dtype), dr
 
     # -- GRU
@@ -351,12 +357,13 @@ def emulator(tile=None, persistent=False):
 _runner = KernelRunner(_lib, "cuda")
 
 
-def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training):
-    return _runner.lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training)
+def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, w_ch=None):
+    return _runner.lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, w_ch=w_ch)
 
 
-def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs):
-    return _runner.lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs)
+def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs, w_ch=None):
+    return _runner.lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs,
+                                 w_ch=w_ch)
 
 
 def gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training):
