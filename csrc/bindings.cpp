@@ -163,6 +163,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("isa", &fastrnn::cpu::isa, "the instruction set build in use");
   m.def("set_isa", &fastrnn::cpu::set_isa, py::arg("name"));
   m.def("supported_isas", &fastrnn::cpu::supported_isas);
+  m.def("team_flush_denormals", &fastrnn::cpu::team_flush_denormals, py::arg("threads"),
+        py::arg("on"), "denormals flushed (on) or the saved mode restored (off) in every "
+        "thread of the caller's OpenMP team (torch's intra-op threads and BLAS)");
   m.def("pooled_empty", &pooled_empty, py::arg("shape"), py::arg("itemsize"),
         "uninitialised tensor memory from fastrnn's CPU buffer pool, as a DLPack capsule");
   m.def("pool_cached_bytes", &fastrnn::cpu::pool_cached_bytes);

@@ -9,6 +9,7 @@ gradient come from a buffer pool (the compiled extension's, or ``fastrnn._pool``
 
 Below the op layer: ``fastrnn.ops`` and ``fastrnn.functional`` both use it.
 """
+import contextlib
 import threading
 
 import torch
@@ -56,6 +57,16 @@ def pooled_empty(*shape, like, backend):
     return _pool.empty(*shape, dtype=like.dtype)
 
 
+def denormals_flushed(backend, *tensors):
+    """The context fastrnn's backward runs its GEMMs in: denormals flushed in torch's
+    intra-op threads with the compiled CPU kernels (``backends.cpu.DenormalsFlushed``), on
+    plain tensors only (not while tracing or compiling); otherwise a no-op."""
+    if backend != "cpu" or not all(type(t) is torch.Tensor for t in tensors if t is not None):
+        return contextlib.nullcontext()
+    from .backends import cpu as cpu_backend
+    return cpu_backend.DenormalsFlushed()
+
+
 class PooledLinear(torch.autograd.Function):
     """F.linear over [T, N, I] for training with the CPU kernels, whose output (the
     [T, N, G*H] projection) and input gradient come from a buffer pool instead of fresh
@@ -72,6 +83,11 @@ class PooledLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        with denormals_flushed(ctx.backend, g):
+            return PooledLinear._backward(ctx, g)
+
+    @staticmethod
+    def _backward(ctx, g):
         x, weight = ctx.saved_tensors
         T, N, I = x.shape
         g2 = g.reshape(T * N, g.shape[-1])

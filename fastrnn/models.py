@@ -147,17 +147,20 @@ class SentimentRNN(nn.Module):
         self.classifier = nn.Linear(hidden_size * (2 if bidirectional else 1), 1)
 
     def features(self, ids, lengths=None):  # ids [N, T] int64 -> [N, H or 2H]
-        x = self.embedding(ids.t())  # [T, N, E]
         if lengths is not None:  # post-padded ids: each review runs over its own words only
             lengths = lengths.cpu()
             # a batch already sorted by length (the job's are) packs without a reordering copy
             is_sorted = bool((lengths[:-1] >= lengths[1:]).all())
-            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=is_sorted)
+            # the ids are packed, then embedded: the same PackedSequence as packing the
+            # embedded batch, without copying the embeddings (and their gradient) step by step
+            pids = nn.utils.rnn.pack_padded_sequence(ids.t(), lengths, enforce_sorted=is_sorted)
+            packed = nn.utils.rnn.PackedSequence(self.embedding(pids.data), pids.batch_sizes,
+                                                 pids.sorted_indices, pids.unsorted_indices)
             _, h = self.rnn(packed)
             h = h[0] if isinstance(h, tuple) else h
             # the final states: forward after the last word, reverse after the first
             return torch.cat([h[-2], h[-1]], dim=1) if self.bidirectional else h[-1]
-        y, h = self.rnn(x)
+        y, h = self.rnn(self.embedding(ids.t()))  # [T, N, E] in
         if isinstance(h, tuple):  # LSTM: (h_n, c_n)
             h = h[0]
         if not self.bidirectional:

@@ -369,8 +369,19 @@ def _lstm_backward_fn(ctx, dy, dcn, _dgates_unused, _dcs_unused):
     return tuple(grads + ([dw_ch] if peep else []) + [None] * 4)
 
 
-lstm_forward.register_autograd(_lstm_backward_fn, setup_context=_lstm_setup)
-peephole_lstm_forward.register_autograd(_lstm_backward_fn, setup_context=_lstm_setup)
+def _flushing(backward_fn):
+    """``backward_fn`` run with denormals flushed in torch's threads (CPU kernels, eager):
+    its GEMMs consume the kernels' gate gradients (``_memory.denormals_flushed``)."""
+    def backward(ctx, *grads):
+        with _memory.denormals_flushed(ctx.backend, *grads):
+            return backward_fn(ctx, *grads)
+    backward.__name__ = backward_fn.__name__
+    backward.__doc__ = backward_fn.__doc__
+    return backward
+
+
+lstm_forward.register_autograd(_flushing(_lstm_backward_fn), setup_context=_lstm_setup)
+peephole_lstm_forward.register_autograd(_flushing(_lstm_backward_fn), setup_context=_lstm_setup)
 
 
 # ----------------------------------------------------------------------------- GRU
@@ -467,7 +478,7 @@ def _gru_backward_fn(ctx, dy, _dsaved_unused):
             None, None, None, None)
 
 
-gru_forward.register_autograd(_gru_backward_fn, setup_context=_gru_setup)
+gru_forward.register_autograd(_flushing(_gru_backward_fn), setup_context=_gru_setup)
 
 
 # ----------------------------------------------------------------------------- Elman RNN
@@ -536,7 +547,7 @@ def _rnn_backward_fn(ctx, dy):
             None, None, None, None)
 
 
-rnn_forward.register_autograd(_rnn_backward_fn, setup_context=_rnn_setup)
+rnn_forward.register_autograd(_flushing(_rnn_backward_fn), setup_context=_rnn_setup)
 
 
 def _no_second_derivative(ctx, *grads):

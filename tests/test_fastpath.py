@@ -3,6 +3,8 @@ kernel call. It must give the op path's numbers (outputs, final states, every gr
 torch.nn's, be taken exactly when nothing needs the op layer, and never change an error."""
 import itertools
 
+import platform
+
 import pytest
 import torch
 
@@ -395,6 +397,52 @@ def test_kernels_flush_denormals_and_restore_the_callers_mode(T, N):
     assert layer.last_backend == "cpu"
     assert torch.all(y == 0)  # relu(0 * 0 + 1 * denormal) computed as relu(0)
     assert float(torch.tensor([tiny]) * 1.0) != 0.0  # this thread's mode is back
+
+
+def _tiny_product():
+    """A [64, 64] GEMM whose every product is a float32 denormal (1e-25 * 1e-16) and whose
+    sums stay denormal: all zero where the running thread flushes denormals."""
+    a = torch.full((64, 256), 1e-25)
+    b = torch.full((256, 64), 1e-16)
+    return a @ b
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 FTZ/DAZ")
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_backward_gemms_flush_denormals_in_every_torch_thread(threads):
+    """fastrnn's backward runs its GEMMs with denormals flushed in every thread of torch's
+    team (their products would otherwise be denormals), and restores each thread's mode."""
+    from fastrnn.backends import cpu
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert _tiny_product().abs().min() > 0  # denormals, every entry (every thread)
+        with cpu.DenormalsFlushed():
+            assert torch.all(_tiny_product() == 0)
+            with cpu.DenormalsFlushed():  # nests
+                assert torch.all(_tiny_product() == 0)
+            assert torch.all(_tiny_product() == 0)
+        assert _tiny_product().abs().min() > 0  # every thread's mode is back
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN", "PeepholeLSTM"])
+def test_sequence_backward_runs_with_denormals_flushed(kind, monkeypatch):
+    from fastrnn.backends import cpu
+    calls = []
+    real = cpu._C.team_flush_denormals
+    monkeypatch.setattr(cpu._C, "team_flush_denormals",
+                        lambda threads, on: (calls.append(on), real(threads, on)))
+    layer = getattr(fastrnn, kind)(3, 4)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    out = layer(x)[0]
+    assert calls == []
+    out.sum().backward()
+    assert layer.last_backend == "cpu"
+    # the op's backward and the input projection's, each entered and left
+    assert calls.count(True) == calls.count(False) >= 2 and calls[0] is True
+    assert _tiny_product().abs().min() > 0
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])

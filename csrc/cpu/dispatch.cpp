@@ -2,8 +2,14 @@
 // compiled in and supported by this processor, unless set_isa() says otherwise.
 #include "cpu/dispatch.h"
 
+#include <omp.h>
+
 #include <stdexcept>
 #include <string>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "cpu/kernels.h"
 
@@ -94,6 +100,28 @@ FASTRNN_DISPATCH(rnn_forward, RnnForwardParams)
 FASTRNN_DISPATCH(rnn_backward, RnnBackwardParams)
 FASTRNN_DISPATCH(cell_forward, CellForwardParams)
 FASTRNN_DISPATCH(cell_backward, CellBackwardParams)
+
+void team_flush_denormals(int threads, bool on) {
+#if defined(__x86_64__)
+  if (threads < 1) threads = 1;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    thread_local unsigned saved = 0;
+    thread_local int depth = 0;
+    if (on) {
+      if (depth++ == 0) {
+        saved = _mm_getcsr();
+        _mm_setcsr(saved | 0x8040u);  // FTZ | DAZ
+      }
+    } else if (depth > 0 && --depth == 0) {
+      _mm_setcsr(saved);
+    }
+  }
+#else
+  (void)threads;
+  (void)on;
+#endif
+}
 
 }  // namespace cpu
 }  // namespace fastrnn

@@ -13,6 +13,12 @@ std::string isa();                            // the build in use: avx512, avx2 
 void set_isa(const std::string& name);        // "auto" or one of supported_isas()
 std::vector<std::string> supported_isas();    // compiled in and supported by this CPU
 
+// Denormals flushed to zero (x86 FTZ/DAZ) in every thread of the calling thread's OpenMP
+// team of `threads` threads, the team torch's intra-op work and BLAS run on (one libgomp
+// per process): on = true saves each thread's mode and sets the flush, on = false restores
+// the saved mode. Calls nest (a count per thread). Elsewhere than x86-64: no effect.
+void team_flush_denormals(int threads, bool on);
+
 template <typename T> void lstm_forward(const LstmForwardParams<T>& p);
 template <typename T> void lstm_backward(const LstmBackwardParams<T>& p);
 template <typename T> void gru_forward(const GruForwardParams<T>& p);

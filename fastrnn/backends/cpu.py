@@ -139,6 +139,26 @@ def _threads():
     return max(1, torch.get_num_threads())
 
 
+class DenormalsFlushed:
+    """Context: denormals flushed to zero (x86 FTZ/DAZ) in every thread of the caller's
+    OpenMP team, the threads torch's intra-op work and BLAS run on, restored on exit.
+    fastrnn's backward runs its weight- and input-gradient GEMMs on the gate gradients of
+    its kernels inside it: gradients that vanish back through a long sequence are tiny, and
+    their products in a GEMM land in the denormal range, where every instruction costs
+    ~100 cycles on Intel cores (the kernels themselves flush; see docs/cpu-backend.md)."""
+
+    __slots__ = ("threads",)
+
+    def __enter__(self):
+        self.threads = _threads()
+        _C.team_flush_denormals(self.threads, True)
+        return self
+
+    def __exit__(self, *exc):
+        _C.team_flush_denormals(self.threads, False)
+        return False
+
+
 def _empty(*shape, like):
     """Uninitialised output memory from the extension's buffer pool (blocks come back
     when torch frees the tensor, so a training loop stops paying first-touch page
