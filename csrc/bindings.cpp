@@ -96,11 +96,12 @@ struct PooledTensor {
   DLManagedTensor managed;
   std::vector<int64_t> shape;
   size_t bytes;
+  size_t capacity;  // of the pool block
 };
 
 void pooled_deleter(DLManagedTensor* self) {
   auto* t = static_cast<PooledTensor*>(self->manager_ctx);
-  fastrnn::cpu::pool_put(self->dl_tensor.data, t->bytes);
+  fastrnn::cpu::pool_put(self->dl_tensor.data, t->capacity);
   delete t;
 }
 
@@ -124,7 +125,7 @@ py::object pooled_empty(const std::vector<int64_t>& shape, int itemsize) {
   t->shape = shape;
   t->bytes = numel * static_cast<size_t>(itemsize);
   try {
-    t->managed.dl_tensor.data = fastrnn::cpu::pool_get(t->bytes);
+    t->managed.dl_tensor.data = fastrnn::cpu::pool_get(t->bytes, &t->capacity);
   } catch (...) {
     delete t;
     throw;
@@ -169,6 +170,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("pooled_empty", &pooled_empty, py::arg("shape"), py::arg("itemsize"),
         "uninitialised tensor memory from fastrnn's CPU buffer pool, as a DLPack capsule");
   m.def("pool_cached_bytes", &fastrnn::cpu::pool_cached_bytes);
+  m.def("pool_size_class", &fastrnn::cpu::pool_size_class, py::arg("bytes"),
+        "the bytes a request of `bytes` is rounded up to");
   m.def("pool_limit", &fastrnn::cpu::pool_limit);
   m.def("pool_set_limit", &fastrnn::cpu::pool_set_limit, py::arg("bytes"));
   m.def("pool_release", &fastrnn::cpu::pool_release);

@@ -81,3 +81,35 @@ def test_training_steps_reuse_and_stay_correct(cpu):
         for a, b in zip(g, g_ref):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert cpu.pool_cached_bytes() > 0  # saved activations went back to the pool
+
+
+def test_size_classes():
+    from fastrnn.backends import cpu
+    sc = cpu._C.pool_size_class
+    assert sc(0) == 64 and sc(1) == 64 and sc(100) == 128 and sc(1 << 20) == 1 << 20
+    assert sc((1 << 20) + 1) == (1 << 20) + (1 << 17)  # 8 classes per power of two
+    prev = 0
+    for n in [1000, 4096, 65536, 999_999, 1 << 20, 1_234_567, 26_214_400, 65_536_000, 3 << 30]:
+        c = sc(n)
+        assert n <= c <= max(n + 63, n * 1.125) and c % 64 == 0 and c >= prev
+        prev = c
+
+
+def test_a_freed_block_serves_a_close_smaller_size(cpu):
+    """Batches of varying length ask for varying sizes: a cached block of at least the
+    size asked for and at most 1.5 times it is reused (no fresh, page-faulting memory)."""
+    like = torch.zeros(1)
+    a = cpu._empty(229, 64, 512, like=like)  # 30 MB: one step's gates at T=229
+    ptr = a.data_ptr()
+    del a
+    gc.collect()
+    b = cpu._empty(200, 64, 512, like=like)  # smaller, within 1.5x: the same block
+    assert b.data_ptr() == ptr
+    b.fill_(1.0)
+    del b
+    gc.collect()
+    c = cpu._empty(100, 64, 512, like=like)  # under 2/3 of it: not that block
+    assert c.data_ptr() != ptr
+    d = cpu._empty(229, 64, 512, like=like)  # the block is still cached for its own size
+    assert d.data_ptr() == ptr
+    assert torch.all(d.fill_(2.0) == 2.0) and torch.all(c.fill_(3.0) == 3.0)

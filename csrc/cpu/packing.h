@@ -29,8 +29,8 @@ namespace FASTRNN_ISA {
 // taken from / returned to the buffer pool, so a call does not page-fault it in afresh
 // (first-touch faults would cost more than the packing itself).
 struct PoolFree {
-  size_t bytes = 0;
-  void operator()(void* p) const { pool_put(p, bytes); }
+  size_t capacity = 0;
+  void operator()(void* p) const { pool_put(p, capacity); }
 };
 template <typename T>
 using Buffer = std::unique_ptr<T[], PoolFree>;
@@ -38,9 +38,10 @@ using Buffer = std::unique_ptr<T[], PoolFree>;
 template <typename T>
 Buffer<T> make_buffer(int64_t n) {
   const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T) + 63) / 64 * 64;
-  void* p = pool_get(bytes);
+  size_t capacity = 0;
+  void* p = pool_get(bytes, &capacity);
   std::memset(p, 0, bytes);
-  return Buffer<T>(static_cast<T*>(p), PoolFree{bytes});
+  return Buffer<T>(static_cast<T*>(p), PoolFree{capacity});
 }
 
 // Gate-major packing of W [G*H, K] (rows g*H + u) used as B = W^T:
@@ -100,7 +101,7 @@ Packed<T> cached_pack(const T* w, int64_t src_elems, int64_t kind, int64_t d0, i
   const size_t src_bytes = static_cast<size_t>(src_elems) * sizeof(T);
   if (!pack_cache_accepts(src_bytes)) {
     Buffer<T> buf = pack(w, panels_out);
-    const size_t bytes = buf.get_deleter().bytes;
+    const size_t bytes = buf.get_deleter().capacity;
     return Packed<T>(buf.release(), PoolFree{bytes});
   }
   const PackKey key{w, src_bytes, typeid(T).hash_code(), {kind, d0, d1, Vec<T>::W}};
@@ -108,7 +109,7 @@ Packed<T> cached_pack(const T* w, int64_t src_elems, int64_t kind, int64_t d0, i
   std::vector<unsigned char> source(reinterpret_cast<const unsigned char*>(w),
                                     reinterpret_cast<const unsigned char*>(w) + src_bytes);
   Buffer<T> buf = pack(reinterpret_cast<const T*>(source.data()), panels_out);
-  const size_t bytes = buf.get_deleter().bytes;
+  const size_t bytes = buf.get_deleter().capacity;
   Packed<T> packed(buf.release(), PoolFree{bytes});
   pack_cache_put(key, std::move(source), packed, bytes, *panels_out);
   return packed;
