@@ -202,10 +202,10 @@ PYBIND11_MODULE(_C, m) {
         if ((gates == 0) != (cs == 0)) throw std::invalid_argument("lstm_forward: gates and cs go together");
         if (!w_hr && R != H) throw std::invalid_argument("lstm_forward: R != H needs w_hr");
         auto fill = [&](auto& p) {
-          using T_ = std::remove_pointer_t<decltype(p.y)>;
-          p = {T, N, H, R, ptr<const T_>(xg), ptr<const T_>(h0), ptr<const T_>(c0), ptr<const T_>(w_hh),
-               ptr<const T_>(w_hr), ptr<const T_>(w_ch), ptr<const int64_t>(lengths), reverse, ptr<T_>(y), ptr<T_>(cn),
-               ptr<T_>(gates), ptr<T_>(cs), num_threads};
+          using scalar_t = std::remove_pointer_t<decltype(p.y)>;
+          p = {T, N, H, R, ptr<const scalar_t>(xg), ptr<const scalar_t>(h0), ptr<const scalar_t>(c0), ptr<const scalar_t>(w_hh),
+               ptr<const scalar_t>(w_hr), ptr<const scalar_t>(w_ch), ptr<const int64_t>(lengths), reverse, ptr<scalar_t>(y), ptr<scalar_t>(cn),
+               ptr<scalar_t>(gates), ptr<scalar_t>(cs), num_threads};
         };
         run<LstmForwardParams>(itemsize, fastrnn::cpu::lstm_forward<float>, fastrnn::cpu::lstm_forward<double>,
                                fill);
@@ -226,12 +226,12 @@ PYBIND11_MODULE(_C, m) {
         if (w_hr && !dr) throw std::invalid_argument("lstm_backward: a projection needs dr");
         if (!w_hr && R != H) throw std::invalid_argument("lstm_backward: R != H needs w_hr");
         auto fill = [&](auto& p) {
-          using T_ = std::remove_pointer_t<decltype(p.dgates)>;
-          p = {T, N, H, R, ptr<const T_>(dy), ptr<const T_>(dcn), ptr<const T_>(h0), ptr<const T_>(c0),
-               ptr<const T_>(w_hh), ptr<const T_>(w_hr), ptr<const T_>(w_ch), ptr<const int64_t>(lengths), reverse,
-               ptr<const T_>(y),
-               ptr<const T_>(gates), ptr<const T_>(cs), ptr<T_>(dgates), ptr<T_>(dh0), ptr<T_>(dc0),
-               w_hr ? ptr<T_>(dr) : nullptr, num_threads};
+          using scalar_t = std::remove_pointer_t<decltype(p.dgates)>;
+          p = {T, N, H, R, ptr<const scalar_t>(dy), ptr<const scalar_t>(dcn), ptr<const scalar_t>(h0), ptr<const scalar_t>(c0),
+               ptr<const scalar_t>(w_hh), ptr<const scalar_t>(w_hr), ptr<const scalar_t>(w_ch), ptr<const int64_t>(lengths), reverse,
+               ptr<const scalar_t>(y),
+               ptr<const scalar_t>(gates), ptr<const scalar_t>(cs), ptr<scalar_t>(dgates), ptr<scalar_t>(dh0), ptr<scalar_t>(dc0),
+               w_hr ? ptr<scalar_t>(dr) : nullptr, num_threads};
         };
         run<LstmBackwardParams>(itemsize, fastrnn::cpu::lstm_backward<float>,
                                 fastrnn::cpu::lstm_backward<double>, fill);
@@ -250,9 +250,9 @@ PYBIND11_MODULE(_C, m) {
         check_lengths(lengths, T, N);
         if (!b_hh) throw std::invalid_argument("gru_forward: b_hh is required (zeros when bias=False)");
         auto fill = [&](auto& p) {
-          using T_ = std::remove_pointer_t<decltype(p.y)>;
-          p = {T, N, H, ptr<const T_>(xg), ptr<const T_>(h0), ptr<const T_>(w_hh), ptr<const T_>(b_hh),
-               ptr<const int64_t>(lengths), reverse, ptr<T_>(y), ptr<T_>(saved), num_threads};
+          using scalar_t = std::remove_pointer_t<decltype(p.y)>;
+          p = {T, N, H, ptr<const scalar_t>(xg), ptr<const scalar_t>(h0), ptr<const scalar_t>(w_hh), ptr<const scalar_t>(b_hh),
+               ptr<const int64_t>(lengths), reverse, ptr<scalar_t>(y), ptr<scalar_t>(saved), num_threads};
         };
         run<GruForwardParams>(itemsize, fastrnn::cpu::gru_forward<float>, fastrnn::cpu::gru_forward<double>, fill);
       },
@@ -269,9 +269,9 @@ PYBIND11_MODULE(_C, m) {
         check_lengths(lengths, T, N);
         if (!saved) throw std::invalid_argument("gru_backward: needs the saved activations");
         auto fill = [&](auto& p) {
-          using T_ = std::remove_pointer_t<decltype(p.dxg)>;
-          p = {T, N, H, ptr<const T_>(dy), ptr<const T_>(h0), ptr<const T_>(w_hh), ptr<const int64_t>(lengths),
-               reverse, ptr<const T_>(y), ptr<const T_>(saved), ptr<T_>(dxg), ptr<T_>(dh0), num_threads};
+          using scalar_t = std::remove_pointer_t<decltype(p.dxg)>;
+          p = {T, N, H, ptr<const scalar_t>(dy), ptr<const scalar_t>(h0), ptr<const scalar_t>(w_hh), ptr<const int64_t>(lengths),
+               reverse, ptr<const scalar_t>(y), ptr<const scalar_t>(saved), ptr<scalar_t>(dxg), ptr<scalar_t>(dh0), num_threads};
         };
         run<GruBackwardParams>(itemsize, fastrnn::cpu::gru_backward<float>, fastrnn::cpu::gru_backward<double>,
                                fill);
@@ -287,9 +287,9 @@ PYBIND11_MODULE(_C, m) {
         check_sizes(T, N, H, H, num_threads);
         check_lengths(lengths, T, N);
         auto fill = [&](auto& p) {
-          using T_ = std::remove_pointer_t<decltype(p.y)>;
-          p = {T, N, H, ptr<const T_>(xg), ptr<const T_>(h0), ptr<const T_>(w_hh), ptr<const int64_t>(lengths),
-               reverse, relu, ptr<T_>(y), num_threads};
+          using scalar_t = std::remove_pointer_t<decltype(p.y)>;
+          p = {T, N, H, ptr<const scalar_t>(xg), ptr<const scalar_t>(h0), ptr<const scalar_t>(w_hh), ptr<const int64_t>(lengths),
+               reverse, relu, ptr<scalar_t>(y), num_threads};
         };
         run<RnnForwardParams>(itemsize, fastrnn::cpu::rnn_forward<float>, fastrnn::cpu::rnn_forward<double>, fill);
       },
@@ -318,10 +318,10 @@ PYBIND11_MODULE(_C, m) {
           throw std::invalid_argument("cell_forward: peepholes (w_ch) are for the LSTM cell");
         }
         auto fill = [&](auto& p) {
-          using T_ = std::remove_pointer_t<decltype(p.h_out)>;
-          p = {N, I, H, cell, ptr<const T_>(x), ptr<const T_>(h), ptr<const T_>(c), ptr<const T_>(w_ih),
-               ptr<const T_>(w_hh), ptr<const T_>(b_ih), ptr<const T_>(b_hh), ptr<T_>(h_out), ptr<T_>(c_out),
-               ptr<T_>(saved), num_threads, T, reverse, x_step, x_row, ptr<const T_>(w_ch),
+          using scalar_t = std::remove_pointer_t<decltype(p.h_out)>;
+          p = {N, I, H, cell, ptr<const scalar_t>(x), ptr<const scalar_t>(h), ptr<const scalar_t>(c), ptr<const scalar_t>(w_ih),
+               ptr<const scalar_t>(w_hh), ptr<const scalar_t>(b_ih), ptr<const scalar_t>(b_hh), ptr<scalar_t>(h_out), ptr<scalar_t>(c_out),
+               ptr<scalar_t>(saved), num_threads, T, reverse, x_step, x_row, ptr<const scalar_t>(w_ch),
                ptr<const int64_t>(lengths)};
         };
         run<CellForwardParams>(itemsize, fastrnn::cpu::cell_forward<float>, fastrnn::cpu::cell_forward<double>,
@@ -363,12 +363,12 @@ PYBIND11_MODULE(_C, m) {
           require(h_out, "h_out");
         }
         auto fill = [&](auto& p) {
-          using T_ = std::remove_pointer_t<decltype(p.dpre_x)>;
-          p = {N, H, cell, ptr<const T_>(dh_out), ptr<const T_>(dc_out), ptr<const T_>(h), ptr<const T_>(c),
-               ptr<const T_>(h_out), ptr<const T_>(c_out), ptr<const T_>(saved), ptr<T_>(dpre_x), ptr<T_>(dpre_h),
-               ptr<T_>(dc), ptr<T_>(dh_direct), I, ptr<const T_>(x), ptr<const T_>(w_ih), ptr<const T_>(w_hh),
-               ptr<T_>(dx), ptr<T_>(dh), ptr<T_>(dw_ih), ptr<T_>(dw_hh), ptr<T_>(db_ih), ptr<T_>(db_hh),
-               ptr<const T_>(w_ch), ptr<T_>(dw_ch)};
+          using scalar_t = std::remove_pointer_t<decltype(p.dpre_x)>;
+          p = {N, H, cell, ptr<const scalar_t>(dh_out), ptr<const scalar_t>(dc_out), ptr<const scalar_t>(h), ptr<const scalar_t>(c),
+               ptr<const scalar_t>(h_out), ptr<const scalar_t>(c_out), ptr<const scalar_t>(saved), ptr<scalar_t>(dpre_x), ptr<scalar_t>(dpre_h),
+               ptr<scalar_t>(dc), ptr<scalar_t>(dh_direct), I, ptr<const scalar_t>(x), ptr<const scalar_t>(w_ih), ptr<const scalar_t>(w_hh),
+               ptr<scalar_t>(dx), ptr<scalar_t>(dh), ptr<scalar_t>(dw_ih), ptr<scalar_t>(dw_hh), ptr<scalar_t>(db_ih), ptr<scalar_t>(db_hh),
+               ptr<const scalar_t>(w_ch), ptr<scalar_t>(dw_ch)};
         };
         run<CellBackwardParams>(itemsize, fastrnn::cpu::cell_backward<float>, fastrnn::cpu::cell_backward<double>,
                                 fill);
@@ -388,9 +388,9 @@ PYBIND11_MODULE(_C, m) {
         check_sizes(T, N, H, H, num_threads);
         check_lengths(lengths, T, N);
         auto fill = [&](auto& p) {
-          using T_ = std::remove_pointer_t<decltype(p.dxg)>;
-          p = {T, N, H, ptr<const T_>(dy), ptr<const T_>(h0), ptr<const T_>(w_hh), ptr<const int64_t>(lengths),
-               reverse, relu, ptr<const T_>(y), ptr<T_>(dxg), ptr<T_>(dh0), num_threads};
+          using scalar_t = std::remove_pointer_t<decltype(p.dxg)>;
+          p = {T, N, H, ptr<const scalar_t>(dy), ptr<const scalar_t>(h0), ptr<const scalar_t>(w_hh), ptr<const int64_t>(lengths),
+               reverse, relu, ptr<const scalar_t>(y), ptr<scalar_t>(dxg), ptr<scalar_t>(dh0), num_threads};
         };
         run<RnnBackwardParams>(itemsize, fastrnn::cpu::rnn_backward<float>, fastrnn::cpu::rnn_backward<double>,
                                fill);

@@ -30,25 +30,25 @@ constexpr int64_t kParallelMacs = int64_t(1) << 18;
 
 // out[n * ldo + j] = dot(w[j, :K], a[n * lda : n * lda + K]) for rows j in [j0, j1): four weight rows at a
 // time, each row block kept in L1 across the batch rows.
-template <typename T>
-void rowdots(const T* __restrict w, int64_t K, const T* __restrict a, int64_t lda, int64_t N, int64_t j0,
-             int64_t j1, T* __restrict out, int64_t ldo) {
-  constexpr int W = Vec<T>::W;
-  using V = vec_t<T>;
+template <typename scalar_t>
+void rowdots(const scalar_t* __restrict w, int64_t K, const scalar_t* __restrict a, int64_t lda, int64_t N, int64_t j0,
+             int64_t j1, scalar_t* __restrict out, int64_t ldo) {
+  constexpr int W = Vec<scalar_t>::W;
+  using V = vec_t<scalar_t>;
   const int64_t Kfull = K / W * W;
   const int tail = static_cast<int>(K - Kfull);
   int64_t j = j0;
   for (; j + 4 <= j1; j += 4) {
-    const T* w0 = w + j * K;
+    const scalar_t* w0 = w + j * K;
     for (int64_t n = 0; n < N; ++n) {
-      const T* an = a + n * lda;
-      V acc0 = vzero<T>(), acc1 = vzero<T>(), acc2 = vzero<T>(), acc3 = vzero<T>();
+      const scalar_t* an = a + n * lda;
+      V acc0 = vzero<scalar_t>(), acc1 = vzero<scalar_t>(), acc2 = vzero<scalar_t>(), acc3 = vzero<scalar_t>();
       for (int64_t k = 0; k < Kfull; k += W) {
-        const V av = vload<T>(an + k);
-        acc0 += vload<T>(w0 + k) * av;
-        acc1 += vload<T>(w0 + K + k) * av;
-        acc2 += vload<T>(w0 + 2 * K + k) * av;
-        acc3 += vload<T>(w0 + 3 * K + k) * av;
+        const V av = vload<scalar_t>(an + k);
+        acc0 += vload<scalar_t>(w0 + k) * av;
+        acc1 += vload<scalar_t>(w0 + K + k) * av;
+        acc2 += vload<scalar_t>(w0 + 2 * K + k) * av;
+        acc3 += vload<scalar_t>(w0 + 3 * K + k) * av;
       }
       if (tail) {
         const V av = vload_n(an + Kfull, tail);
@@ -57,20 +57,20 @@ void rowdots(const T* __restrict w, int64_t K, const T* __restrict a, int64_t ld
         acc2 += vload_n(w0 + 2 * K + Kfull, tail) * av;
         acc3 += vload_n(w0 + 3 * K + Kfull, tail) * av;
       }
-      T* o = out + n * ldo + j;
-      o[0] = vhsum<T>(acc0);
-      o[1] = vhsum<T>(acc1);
-      o[2] = vhsum<T>(acc2);
-      o[3] = vhsum<T>(acc3);
+      scalar_t* o = out + n * ldo + j;
+      o[0] = vhsum<scalar_t>(acc0);
+      o[1] = vhsum<scalar_t>(acc1);
+      o[2] = vhsum<scalar_t>(acc2);
+      o[3] = vhsum<scalar_t>(acc3);
     }
   }
   for (; j < j1; ++j)
     for (int64_t n = 0; n < N; ++n) {
-      const T* an = a + n * lda;
-      V acc = vzero<T>();
-      for (int64_t k = 0; k < Kfull; k += W) acc += vload<T>(w + j * K + k) * vload<T>(an + k);
+      const scalar_t* an = a + n * lda;
+      V acc = vzero<scalar_t>();
+      for (int64_t k = 0; k < Kfull; k += W) acc += vload<scalar_t>(w + j * K + k) * vload<scalar_t>(an + k);
       if (tail) acc += vload_n(w + j * K + Kfull, tail) * vload_n(an + Kfull, tail);
-      out[n * ldo + j] = vhsum<T>(acc);
+      out[n * ldo + j] = vhsum<scalar_t>(acc);
     }
 }
 
@@ -79,21 +79,21 @@ constexpr int gates_of() {
   return Cell == kCellLstm ? 4 : Cell == kCellGru ? 3 : 1;
 }
 
-template <typename T, int Cell>
-void cell_forward_impl(const CellForwardParams<T>& a) {
-  constexpr int W = Vec<T>::W;
+template <typename scalar_t, int Cell>
+void cell_forward_impl(const CellForwardParams<scalar_t>& a) {
+  constexpr int W = Vec<scalar_t>::W;
   constexpr int G = gates_of<Cell>();
   constexpr bool kGru = Cell == kCellGru;
-  using V = vec_t<T>;
+  using V = vec_t<scalar_t>;
   const int64_t N = a.N, I = a.I, H = a.H, GH = G * H;
 
   // Biases: GRU keeps the two sides apart (b_hn sits inside the reset gate's product);
   // the others add both to one pre-activation.
-  Buffer<T> bias = make_buffer<T>(2 * GH);
-  T* bx = bias.get();
-  T* bh = bias.get() + GH;
+  Buffer<scalar_t> bias = make_buffer<scalar_t>(2 * GH);
+  scalar_t* bx = bias.get();
+  scalar_t* bh = bias.get() + GH;
   for (int64_t j = 0; j < GH; ++j) {
-    const T bi = a.b_ih ? a.b_ih[j] : T(0), bb = a.b_hh ? a.b_hh[j] : T(0);
+    const scalar_t bi = a.b_ih ? a.b_ih[j] : scalar_t(0), bb = a.b_hh ? a.b_hh[j] : scalar_t(0);
     if (kGru) {
       bx[j] = bi;
       bh[j] = bb;
@@ -102,10 +102,10 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
     }
   }
 
-  // The step being computed (several with T_ > 1): its input, state in and out.
+  // The step being computed (several with T > 1): its input, state in and out.
   struct Step {
-    const T *x, *h, *c;
-    T *h_out, *c_out, *saved;
+    const scalar_t *x, *h, *c;
+    scalar_t *h_out, *c_out, *saved;
     int64_t t;
   } st{a.x, a.h, a.c, a.h_out, a.c_out, a.saved, 0};
 
@@ -117,7 +117,7 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
       if constexpr (Cell == kCellLstm) vstore_n(st.c_out + n * H + u, vload_n(st.c + n * H + u, cnt), cnt);
       return;
     }
-    const T* b = bx + u;
+    const scalar_t* b = bx + u;
     if constexpr (Cell == kCellLstm) {
       const V cp = vload_n(st.c + n * H + u, cnt);
       V pre_i = px[0] + vload_n(b, cnt), pre_f = px[1] + vload_n(b + H, cnt);
@@ -126,31 +126,31 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
         pre_i = pre_i + vload_n(a.w_ch + u, cnt) * cp;
         pre_f = pre_f + vload_n(a.w_ch + H + u, cnt) * cp;
       }
-      const V i = vsigmoid<T>(pre_i);
-      const V f = vsigmoid<T>(pre_f);
-      const V g = vtanh<T>(px[2] + vload_n(b + 2 * H, cnt));
+      const V i = vsigmoid<scalar_t>(pre_i);
+      const V f = vsigmoid<scalar_t>(pre_f);
+      const V g = vtanh<scalar_t>(px[2] + vload_n(b + 2 * H, cnt));
       const V cn = f * cp + i * g;
       if (a.w_ch) pre_o = pre_o + vload_n(a.w_ch + 2 * H + u, cnt) * cn;
-      const V o = vsigmoid<T>(pre_o);
+      const V o = vsigmoid<scalar_t>(pre_o);
       vstore_n(st.c_out + n * H + u, cn, cnt);
-      vstore_n(st.h_out + n * H + u, o * vtanh<T>(cn), cnt);
+      vstore_n(st.h_out + n * H + u, o * vtanh<scalar_t>(cn), cnt);
       if (st.saved) {
-        T* s = st.saved + n * 4 * H + u;
+        scalar_t* s = st.saved + n * 4 * H + u;
         vstore_n(s, i, cnt);
         vstore_n(s + H, f, cnt);
         vstore_n(s + 2 * H, g, cnt);
         vstore_n(s + 3 * H, o, cnt);
       }
     } else if constexpr (kGru) {
-      const T* c = bh + u;
+      const scalar_t* c = bh + u;
       const V hn = ph[2] + vload_n(c + 2 * H, cnt);
-      const V r = vsigmoid<T>(px[0] + vload_n(b, cnt) + ph[0] + vload_n(c, cnt));
-      const V z = vsigmoid<T>(px[1] + vload_n(b + H, cnt) + ph[1] + vload_n(c + H, cnt));
-      const V nn = vtanh<T>(px[2] + vload_n(b + 2 * H, cnt) + r * hn);
+      const V r = vsigmoid<scalar_t>(px[0] + vload_n(b, cnt) + ph[0] + vload_n(c, cnt));
+      const V z = vsigmoid<scalar_t>(px[1] + vload_n(b + H, cnt) + ph[1] + vload_n(c + H, cnt));
+      const V nn = vtanh<scalar_t>(px[2] + vload_n(b + 2 * H, cnt) + r * hn);
       const V hp = vload_n(st.h + n * H + u, cnt);
-      vstore_n(st.h_out + n * H + u, ((T)1 - z) * nn + z * hp, cnt);
+      vstore_n(st.h_out + n * H + u, ((scalar_t)1 - z) * nn + z * hp, cnt);
       if (st.saved) {
-        T* s = st.saved + n * 4 * H + u;
+        scalar_t* s = st.saved + n * 4 * H + u;
         vstore_n(s, r, cnt);
         vstore_n(s + H, z, cnt);
         vstore_n(s + 2 * H, nn, cnt);
@@ -158,7 +158,7 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
       }
     } else {
       const V pre = px[0] + vload_n(b, cnt);
-      vstore_n(st.h_out + n * H + u, Cell == kCellRnnRelu ? vrelu<T>(pre) : vtanh<T>(pre), cnt);
+      vstore_n(st.h_out + n * H + u, Cell == kCellRnnRelu ? vrelu<scalar_t>(pre) : vtanh<scalar_t>(pre), cnt);
     }
   };
 
@@ -167,8 +167,8 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
 
   const int64_t x_row = a.x_row ? a.x_row : I, x_step = a.x_step ? a.x_step : N * I;
   auto set_step = [&](int64_t s) {
-    if (a.T_ == 1) return;
-    const int64_t t = a.reverse ? a.T_ - 1 - s : s;
+    if (a.T == 1) return;
+    const int64_t t = a.reverse ? a.T - 1 - s : s;
     st.t = t;
     st.x = a.x + t * x_step;
     st.h = s == 0 ? a.h : a.h_out + (a.reverse ? t + 1 : t - 1) * N * H;
@@ -177,14 +177,14 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
   };
 
   if (N <= kDirectRows) {
-    Buffer<T> pre = make_buffer<T>(2 * N * GH);
-    T* px = pre.get();
-    T* ph = pre.get() + N * GH;
-    for (int64_t s = 0; s < a.T_; ++s) {
+    Buffer<scalar_t> pre = make_buffer<scalar_t>(2 * N * GH);
+    scalar_t* px = pre.get();
+    scalar_t* ph = pre.get() + N * GH;
+    for (int64_t s = 0; s < a.T; ++s) {
       set_step(s);
       auto dots = [&](int64_t j0, int64_t j1) {
-        rowdots<T>(a.w_ih, I, st.x, x_row, N, j0, j1, px, GH);
-        rowdots<T>(a.w_hh, H, st.h, H, N, j0, j1, ph, GH);
+        rowdots<scalar_t>(a.w_ih, I, st.x, x_row, N, j0, j1, px, GH);
+        rowdots<scalar_t>(a.w_hh, H, st.h, H, N, j0, j1, ph, GH);
       };
       if (nt > 1) {
 #pragma omp parallel num_threads(nt)
@@ -216,13 +216,13 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
   // column blocks per panel for the Elman RNN.
   constexpr int NB = G == 1 ? 4 : G;
   int64_t P = 0, P2 = 0;
-  Packed<T> wx, wh;
+  Packed<scalar_t> wx, wh;
   if constexpr (G == 1) {
-    wx = pack_units_cached<T, 4>(a.w_ih, I, H, /*transposed=*/true, &P);
-    wh = pack_units_cached<T, 4>(a.w_hh, H, H, /*transposed=*/true, &P2);
+    wx = pack_units_cached<scalar_t, 4>(a.w_ih, I, H, /*transposed=*/true, &P);
+    wh = pack_units_cached<scalar_t, 4>(a.w_hh, H, H, /*transposed=*/true, &P2);
   } else {
-    wx = pack_gate_major_cached<T, G>(a.w_ih, H, I, &P);
-    wh = pack_gate_major_cached<T, G>(a.w_hh, H, H, &P2);
+    wx = pack_gate_major_cached<scalar_t, G>(a.w_ih, H, I, &P);
+    wh = pack_gate_major_cached<scalar_t, G>(a.w_hh, H, H, &P2);
   }
   TeamBarrier bar;
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -232,22 +232,22 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
     const WorkSplit ws(P, N, omp_get_thread_num(), omp_get_num_threads(), MR, &bar);
     alignas(64) V accx[MR * NB];
     alignas(64) V acch[MR * NB];
-    for (int64_t s = 0; s < a.T_; ++s) {
-      if (a.T_ > 1) {  // every thread takes the same branch
+    for (int64_t s = 0; s < a.T; ++s) {
+      if (a.T > 1) {  // every thread takes the same branch
 #pragma omp barrier
 #pragma omp single
         set_step(s);  // the previous step complete; the single's implied barrier publishes it
       }
       for (int64_t p = ws.p_begin; p < ws.p_end; ++p) {
-        const T* Bx = wx.get() + p * I * NB * W;
-        const T* Bh = wh.get() + p * H * NB * W;
+        const scalar_t* Bx = wx.get() + p * I * NB * W;
+        const scalar_t* Bh = wh.get() + p * H * NB * W;
         for (int64_t n = ws.r_begin; n < ws.r_end; n += MR) {
           const int mr = static_cast<int>(std::min<int64_t>(MR, ws.r_end - n));
-          micro_tile_rows<T, NB>(mr, st.x + n * x_row, x_row, I, Bx, accx);
+          micro_tile_rows<scalar_t, NB>(mr, st.x + n * x_row, x_row, I, Bx, accx);
           if constexpr (kGru)
-            micro_tile_rows<T, NB>(mr, st.h + n * H, H, H, Bh, acch);
+            micro_tile_rows<scalar_t, NB>(mr, st.h + n * H, H, H, Bh, acch);
           else
-            micro_tile_rows<T, NB, /*Accumulate=*/true>(mr, st.h + n * H, H, H, Bh, accx);
+            micro_tile_rows<scalar_t, NB, /*Accumulate=*/true>(mr, st.h + n * H, H, H, Bh, accx);
           for (int r = 0; r < mr; ++r) {
             const V* ax = accx + r * NB;
             if constexpr (G == 1) {
@@ -269,22 +269,22 @@ void cell_forward_impl(const CellForwardParams<T>& a) {
 
 // out[n, :K] += sum_j d[n, j] * w[j, :K] and dw[j, :K] = sum_n d[n, j] * a[n, :K], for every
 // row j of w [rows, K]: the two weight products of a step's backward in one pass over w.
-template <typename T>
-void weight_products(const T* __restrict w, int64_t rows, int64_t K, const T* __restrict d,
-                     int64_t ldd, const T* __restrict a, int64_t N, T* __restrict out,
-                     T* __restrict dw) {
-  constexpr int W = Vec<T>::W;
-  using V = vec_t<T>;
+template <typename scalar_t>
+void weight_products(const scalar_t* __restrict w, int64_t rows, int64_t K, const scalar_t* __restrict d,
+                     int64_t ldd, const scalar_t* __restrict a, int64_t N, scalar_t* __restrict out,
+                     scalar_t* __restrict dw) {
+  constexpr int W = Vec<scalar_t>::W;
+  using V = vec_t<scalar_t>;
   for (int64_t j = 0; j < rows; ++j) {
-    const T* wr = w + j * K;
-    T* dwr = dw + j * K;
+    const scalar_t* wr = w + j * K;
+    scalar_t* dwr = dw + j * K;
     for (int64_t k = 0; k < K; k += W) {
       const int cnt = static_cast<int>(std::min<int64_t>(W, K - k));
       const V wv = vload_n(wr + k, cnt);
-      V acc = vzero<T>();
+      V acc = vzero<scalar_t>();
       for (int64_t n = 0; n < N; ++n) {
-        const V dv = vset<T>(d[n * ldd + j]);
-        T* o = out ? out + n * K + k : nullptr;
+        const V dv = vset<scalar_t>(d[n * ldd + j]);
+        scalar_t* o = out ? out + n * K + k : nullptr;
         if (o) vstore_n(o, vload_n(o, cnt) + dv * wv, cnt);
         acc += dv * vload_n(a + n * K + k, cnt);
       }
@@ -293,31 +293,31 @@ void weight_products(const T* __restrict w, int64_t rows, int64_t K, const T* __
   }
 }
 
-template <typename T, int Cell>
-void cell_backward_impl(const CellBackwardParams<T>& a) {
-  constexpr int W = Vec<T>::W;
+template <typename scalar_t, int Cell>
+void cell_backward_impl(const CellBackwardParams<scalar_t>& a) {
+  constexpr int W = Vec<scalar_t>::W;
   constexpr int G = gates_of<Cell>();
-  using V = vec_t<T>;
+  using V = vec_t<scalar_t>;
   const int64_t N = a.N, H = a.H, GH = G * H;
-  if (a.dw_ch) std::fill(a.dw_ch, a.dw_ch + 3 * H, T(0));
+  if (a.dw_ch) std::fill(a.dw_ch, a.dw_ch + 3 * H, scalar_t(0));
   for (int64_t n = 0; n < N; ++n)
     for (int64_t u = 0; u < H; u += W) {
       const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
       const int64_t o = n * H + u;
       const V dh = vload_n(a.dh_out + o, cnt);
-      T* dx = a.dpre_x + n * GH + u;
+      scalar_t* dx = a.dpre_x + n * GH + u;
       if constexpr (Cell == kCellLstm) {
-        const T* s = a.saved + n * 4 * H + u;
+        const scalar_t* s = a.saved + n * 4 * H + u;
         const V i = vload_n(s, cnt), f = vload_n(s + H, cnt);
         const V g = vload_n(s + 2 * H, cnt), og = vload_n(s + 3 * H, cnt);
         const V cn = vload_n(a.c_out + o, cnt), cp = vload_n(a.c + o, cnt);
-        const V dcn = a.dc_out ? vload_n(a.dc_out + o, cnt) : vzero<T>();
-        const LstmGateGrads<T> gr =
-            a.w_ch ? lstm_gate_grads<T>(i, f, g, og, vtanh<T>(cn), cp, dh, dcn, vload_n(a.w_ch + u, cnt),
+        const V dcn = a.dc_out ? vload_n(a.dc_out + o, cnt) : vzero<scalar_t>();
+        const LstmGateGrads<scalar_t> gr =
+            a.w_ch ? lstm_gate_grads<scalar_t>(i, f, g, og, vtanh<scalar_t>(cn), cp, dh, dcn, vload_n(a.w_ch + u, cnt),
                                         vload_n(a.w_ch + H + u, cnt), vload_n(a.w_ch + 2 * H + u, cnt))
-                   : lstm_gate_grads<T>(i, f, g, og, vtanh<T>(cn), cp, dh, dcn);
+                   : lstm_gate_grads<scalar_t>(i, f, g, og, vtanh<scalar_t>(cn), cp, dh, dcn);
         if (a.dw_ch) {  // the peepholes' gradients: i's and f's read c, o's c'
-          T* d = a.dw_ch + u;
+          scalar_t* d = a.dw_ch + u;
           vstore_n(d, vload_n(d, cnt) + gr.di * cp, cnt);
           vstore_n(d + H, vload_n(d + H, cnt) + gr.df * cp, cnt);
           vstore_n(d + 2 * H, vload_n(d + 2 * H, cnt) + gr.dout * cn, cnt);
@@ -328,30 +328,30 @@ void cell_backward_impl(const CellBackwardParams<T>& a) {
         vstore_n(dx + 3 * H, gr.dout, cnt);
         vstore_n(a.dc + o, gr.dc_prev, cnt);
       } else if constexpr (Cell == kCellGru) {
-        const T* s = a.saved + n * 4 * H + u;
+        const scalar_t* s = a.saved + n * 4 * H + u;
         const V r = vload_n(s, cnt), z = vload_n(s + H, cnt);
         const V nn = vload_n(s + 2 * H, cnt), hn = vload_n(s + 3 * H, cnt);
-        const GruGateGrads<T> gr = gru_gate_grads<T>(dh, r, z, nn, hn, vload_n(a.h + o, cnt));
-        store_gru_gate_grads<T>(dx, a.dpre_h + n * GH + u, gr, r, H, cnt);
+        const GruGateGrads<scalar_t> gr = gru_gate_grads<scalar_t>(dh, r, z, nn, hn, vload_n(a.h + o, cnt));
+        store_gru_gate_grads<scalar_t>(dx, a.dpre_h + n * GH + u, gr, r, H, cnt);
         vstore_n(a.dh_direct + o, dh * z, cnt);
       } else {
         const V y = vload_n(a.h_out + o, cnt);
-        const V d = Cell == kCellRnnRelu ? (y > vzero<T>() ? dh : vzero<T>()) : dh * ((T)1 - y * y);
+        const V d = Cell == kCellRnnRelu ? (y > vzero<scalar_t>() ? dh : vzero<scalar_t>()) : dh * ((scalar_t)1 - y * y);
         vstore_n(dx, d, cnt);
       }
     }
   if (!a.dw_ih) return;
-  const T* dph = Cell == kCellGru ? a.dpre_h : a.dpre_x;
-  if (a.dx) std::fill(a.dx, a.dx + N * a.I, T(0));
+  const scalar_t* dph = Cell == kCellGru ? a.dpre_h : a.dpre_x;
+  if (a.dx) std::fill(a.dx, a.dx + N * a.I, scalar_t(0));
   if (Cell == kCellGru)
     std::copy(a.dh_direct, a.dh_direct + N * H, a.dh);
   else
-    std::fill(a.dh, a.dh + N * H, T(0));
-  weight_products<T>(a.w_ih, GH, a.I, a.dpre_x, GH, a.x, N, a.dx, a.dw_ih);
-  weight_products<T>(a.w_hh, GH, H, dph, GH, a.h, N, a.dh, a.dw_hh);
+    std::fill(a.dh, a.dh + N * H, scalar_t(0));
+  weight_products<scalar_t>(a.w_ih, GH, a.I, a.dpre_x, GH, a.x, N, a.dx, a.dw_ih);
+  weight_products<scalar_t>(a.w_hh, GH, H, dph, GH, a.h, N, a.dh, a.dw_hh);
   if (a.db_ih)
     for (int64_t j = 0; j < GH; ++j) {
-      T sx = T(0), sh = T(0);
+      scalar_t sx = scalar_t(0), sh = scalar_t(0);
       for (int64_t n = 0; n < N; ++n) {
         sx += a.dpre_x[n * GH + j];
         sh += dph[n * GH + j];
@@ -363,25 +363,25 @@ void cell_backward_impl(const CellBackwardParams<T>& a) {
 
 }  // namespace
 
-template <typename T>
-void cell_forward(const CellForwardParams<T>& a) {
+template <typename scalar_t>
+void cell_forward(const CellForwardParams<scalar_t>& a) {
   const FlushDenormals ftz;  // the calling thread (its parallel regions hold their own)
   switch (a.cell) {
-    case kCellLstm: return cell_forward_impl<T, kCellLstm>(a);
-    case kCellGru: return cell_forward_impl<T, kCellGru>(a);
-    case kCellRnnTanh: return cell_forward_impl<T, kCellRnnTanh>(a);
-    default: return cell_forward_impl<T, kCellRnnRelu>(a);
+    case kCellLstm: return cell_forward_impl<scalar_t, kCellLstm>(a);
+    case kCellGru: return cell_forward_impl<scalar_t, kCellGru>(a);
+    case kCellRnnTanh: return cell_forward_impl<scalar_t, kCellRnnTanh>(a);
+    default: return cell_forward_impl<scalar_t, kCellRnnRelu>(a);
   }
 }
 
-template <typename T>
-void cell_backward(const CellBackwardParams<T>& a) {
+template <typename scalar_t>
+void cell_backward(const CellBackwardParams<scalar_t>& a) {
   const FlushDenormals ftz;
   switch (a.cell) {
-    case kCellLstm: return cell_backward_impl<T, kCellLstm>(a);
-    case kCellGru: return cell_backward_impl<T, kCellGru>(a);
-    case kCellRnnTanh: return cell_backward_impl<T, kCellRnnTanh>(a);
-    default: return cell_backward_impl<T, kCellRnnRelu>(a);
+    case kCellLstm: return cell_backward_impl<scalar_t, kCellLstm>(a);
+    case kCellGru: return cell_backward_impl<scalar_t, kCellGru>(a);
+    case kCellRnnTanh: return cell_backward_impl<scalar_t, kCellRnnTanh>(a);
+    default: return cell_backward_impl<scalar_t, kCellRnnRelu>(a);
   }
 }
 

@@ -71,25 +71,25 @@ void set_isa(const std::string& name) {
 }
 
 #define FASTRNN_DISPATCH(fn, Params)                                       \
-  template <typename T>                                                     \
-  void fn(const Params<T>& p) {                                             \
+  template <typename scalar_t>                                                     \
+  void fn(const Params<scalar_t>& p) {                                             \
     const std::string& isa = current();                                     \
     if (isa == "avx512") return avx512_call(fn, p);                         \
     if (isa == "avx2") return avx2_call(fn, p);                             \
-    return generic::fn<T>(p);                                               \
+    return generic::fn<scalar_t>(p);                                               \
   }                                                                         \
   template void fn<float>(const Params<float>&);                            \
   template void fn<double>(const Params<double>&);
 
 #if defined(FASTRNN_HAVE_avx512)
-#define avx512_call(fn, p) avx512::fn<T>(p)
+#define avx512_call(fn, p) avx512::fn<scalar_t>(p)
 #else
-#define avx512_call(fn, p) generic::fn<T>(p)
+#define avx512_call(fn, p) generic::fn<scalar_t>(p)
 #endif
 #if defined(FASTRNN_HAVE_avx2)
-#define avx2_call(fn, p) avx2::fn<T>(p)
+#define avx2_call(fn, p) avx2::fn<scalar_t>(p)
 #else
-#define avx2_call(fn, p) generic::fn<T>(p)
+#define avx2_call(fn, p) generic::fn<scalar_t>(p)
 #endif
 
 FASTRNN_DISPATCH(lstm_forward, LstmForwardParams)

@@ -19,14 +19,14 @@ std::vector<std::string> supported_isas();    // compiled in and supported by th
 // the saved mode. Calls nest (a count per thread). Elsewhere than x86-64: no effect.
 void team_flush_denormals(int threads, bool on);
 
-template <typename T> void lstm_forward(const LstmForwardParams<T>& p);
-template <typename T> void lstm_backward(const LstmBackwardParams<T>& p);
-template <typename T> void gru_forward(const GruForwardParams<T>& p);
-template <typename T> void gru_backward(const GruBackwardParams<T>& p);
-template <typename T> void rnn_forward(const RnnForwardParams<T>& p);
-template <typename T> void rnn_backward(const RnnBackwardParams<T>& p);
-template <typename T> void cell_forward(const CellForwardParams<T>& p);
-template <typename T> void cell_backward(const CellBackwardParams<T>& p);
+template <typename scalar_t> void lstm_forward(const LstmForwardParams<scalar_t>& p);
+template <typename scalar_t> void lstm_backward(const LstmBackwardParams<scalar_t>& p);
+template <typename scalar_t> void gru_forward(const GruForwardParams<scalar_t>& p);
+template <typename scalar_t> void gru_backward(const GruBackwardParams<scalar_t>& p);
+template <typename scalar_t> void rnn_forward(const RnnForwardParams<scalar_t>& p);
+template <typename scalar_t> void rnn_backward(const RnnBackwardParams<scalar_t>& p);
+template <typename scalar_t> void cell_forward(const CellForwardParams<scalar_t>& p);
+template <typename scalar_t> void cell_backward(const CellBackwardParams<scalar_t>& p);
 
 }  // namespace cpu
 }  // namespace fastrnn

@@ -57,18 +57,18 @@ struct WorkSplit {
 };
 
 // Runs this thread's items: for each, the tiles of C over its rows, and
-// epi(panel, row, const vec_t<T>* acc_row /*NB vectors*/) for every row.
-template <typename T, int NB, typename Epi>
-static inline void fused_gemm(const WorkSplit& ws, const T* A, int64_t lda, int64_t K,
-                              const T* packed, Epi&& epi) {
-  constexpr int W = Vec<T>::W;
+// epi(panel, row, const vec_t<scalar_t>* acc_row /*NB vectors*/) for every row.
+template <typename scalar_t, int NB, typename Epi>
+static inline void fused_gemm(const WorkSplit& ws, const scalar_t* A, int64_t lda, int64_t K,
+                              const scalar_t* packed, Epi&& epi) {
+  constexpr int W = Vec<scalar_t>::W;
   constexpr int MR = rows_per_tile<NB>();
-  alignas(64) vec_t<T> acc[MR * NB];
+  alignas(64) vec_t<scalar_t> acc[MR * NB];
   for (int64_t p = ws.p_begin; p < ws.p_end; ++p) {
-    const T* Bp = packed + p * K * NB * W;
+    const scalar_t* Bp = packed + p * K * NB * W;
     for (int64_t n = ws.r_begin; n < ws.r_end; n += MR) {
       const int mr = static_cast<int>(std::min<int64_t>(MR, ws.r_end - n));
-      micro_tile_rows<T, NB>(mr, A ? A + n * lda : nullptr, lda, K, Bp, acc);
+      micro_tile_rows<scalar_t, NB>(mr, A ? A + n * lda : nullptr, lda, K, Bp, acc);
       for (int r = 0; r < mr; ++r) epi(p, n + r, acc + r * NB);
     }
   }
@@ -77,11 +77,11 @@ static inline void fused_gemm(const WorkSplit& ws, const T* A, int64_t lda, int6
 // out[N, cols] = A[N, K] @ B + carry over unit-packed panels (4 vectors each): the
 // initial-state gradient every backward kernel ends with (dh0 = dgates_first @ W_hh
 // plus what was carried past frozen steps).
-template <typename T>
-static inline void gemm_plus_carry(const WorkSplit& ws, const T* A, int64_t K, const T* packed,
-                                   int64_t cols, const T* carry, T* out) {
-  constexpr int W = Vec<T>::W;
-  fused_gemm<T, 4>(ws, A, K, K, packed, [&](int64_t p, int64_t n, const vec_t<T>* acc) {
+template <typename scalar_t>
+static inline void gemm_plus_carry(const WorkSplit& ws, const scalar_t* A, int64_t K, const scalar_t* packed,
+                                   int64_t cols, const scalar_t* carry, scalar_t* out) {
+  constexpr int W = Vec<scalar_t>::W;
+  fused_gemm<scalar_t, 4>(ws, A, K, K, packed, [&](int64_t p, int64_t n, const vec_t<scalar_t>* acc) {
     for (int b = 0; b < 4; ++b) {
       const int64_t c = (p * 4 + b) * W;
       if (c >= cols) break;
@@ -103,6 +103,35 @@ static inline void gemm_plus_carry(const WorkSplit& ws, const T* A, int64_t K, c
 static inline bool step_valid(const int64_t* lengths, int64_t n, int64_t t) {
   return lengths == nullptr || t < lengths[n];
 }
+
+// The team a sequence kernel runs on: `threads` OpenMP threads (the caller alone when
+// threads <= 1), denormals flushed in each while it runs (vec.h), one shared barrier;
+// body(tid, nthr, &barrier) in every thread.
+template <class Body>
+static inline void run_team(int threads, Body&& body) {
+  const int nt = std::max(1, threads);
+  TeamBarrier bar;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const FlushDenormals ftz;
+    body(omp_get_thread_num(), omp_get_num_threads(), &bar);
+  }
+}
+
+// The time loop of a pass over TT steps: step(s, t) for processing step s = 0 .. TT-1 at
+// time t (a forward pass runs t = s, or TT-1-s when reverse; a backward pass the other way
+// round), then the phase barrier.
+template <class Step>
+static inline void for_each_step(const WorkSplit& ws, int64_t TT, bool reverse, bool backward,
+                                 Step&& step) {
+  for (int64_t s = 0; s < TT; ++s) {
+    step(s, reverse != backward ? TT - 1 - s : s);
+    FASTRNN_PHASE_BARRIER(ws);
+  }
+}
+
+// The time of the step a forward pass ran just before time t (whose state step t reads).
+static inline int64_t prev_time(int64_t t, bool reverse) { return reverse ? t + 1 : t - 1; }
 
 }  // namespace FASTRNN_ISA
 }  // namespace cpu

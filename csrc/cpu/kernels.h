@@ -7,14 +7,14 @@
   namespace fastrnn {                                                       \
   namespace cpu {                                                           \
   namespace isa {                                                           \
-  template <typename T> void lstm_forward(const LstmForwardParams<T>& p);   \
-  template <typename T> void lstm_backward(const LstmBackwardParams<T>& p); \
-  template <typename T> void gru_forward(const GruForwardParams<T>& p);     \
-  template <typename T> void gru_backward(const GruBackwardParams<T>& p);   \
-  template <typename T> void rnn_forward(const RnnForwardParams<T>& p);     \
-  template <typename T> void rnn_backward(const RnnBackwardParams<T>& p);   \
-  template <typename T> void cell_forward(const CellForwardParams<T>& p);   \
-  template <typename T> void cell_backward(const CellBackwardParams<T>& p); \
+  template <typename scalar_t> void lstm_forward(const LstmForwardParams<scalar_t>& p);   \
+  template <typename scalar_t> void lstm_backward(const LstmBackwardParams<scalar_t>& p); \
+  template <typename scalar_t> void gru_forward(const GruForwardParams<scalar_t>& p);     \
+  template <typename scalar_t> void gru_backward(const GruBackwardParams<scalar_t>& p);   \
+  template <typename scalar_t> void rnn_forward(const RnnForwardParams<scalar_t>& p);     \
+  template <typename scalar_t> void rnn_backward(const RnnBackwardParams<scalar_t>& p);   \
+  template <typename scalar_t> void cell_forward(const CellForwardParams<scalar_t>& p);   \
+  template <typename scalar_t> void cell_backward(const CellBackwardParams<scalar_t>& p); \
   }                                                                         \
   }                                                                         \
   }

@@ -22,21 +22,21 @@ constexpr int rows_per_tile() {
 
 // acc[MR][NB] = A[MR rows, K] @ Bp[K][NB*W] (Accumulate: acc += ...); A == nullptr
 // means A is zero.
-template <typename T, int MR, int NB, bool Accumulate = false>
-FASTRNN_INLINE void micro_tile(const T* __restrict A, int64_t lda, int64_t K,
-                              const T* __restrict Bp, vec_t<T>* __restrict acc_out) {
-  constexpr int W = Vec<T>::W;
-  using V = vec_t<T>;
+template <typename scalar_t, int MR, int NB, bool Accumulate = false>
+FASTRNN_INLINE void micro_tile(const scalar_t* __restrict A, int64_t lda, int64_t K,
+                              const scalar_t* __restrict Bp, vec_t<scalar_t>* __restrict acc_out) {
+  constexpr int W = Vec<scalar_t>::W;
+  using V = vec_t<scalar_t>;
   V acc[MR][NB];
   for (int r = 0; r < MR; ++r)
-    for (int b = 0; b < NB; ++b) acc[r][b] = Accumulate ? acc_out[r * NB + b] : vzero<T>();
+    for (int b = 0; b < NB; ++b) acc[r][b] = Accumulate ? acc_out[r * NB + b] : vzero<scalar_t>();
   if (A != nullptr) {
     for (int64_t k = 0; k < K; ++k) {
-      const T* bk = Bp + k * (NB * W);
+      const scalar_t* bk = Bp + k * (NB * W);
       V bv[NB];
-      for (int b = 0; b < NB; ++b) bv[b] = vload<T>(bk + b * W);
+      for (int b = 0; b < NB; ++b) bv[b] = vload<scalar_t>(bk + b * W);
       for (int r = 0; r < MR; ++r) {
-        const V a = vset<T>(A[r * lda + k]);
+        const V a = vset<scalar_t>(A[r * lda + k]);
         for (int b = 0; b < NB; ++b) acc[r][b] += a * bv[b];
       }
     }
@@ -45,15 +45,15 @@ FASTRNN_INLINE void micro_tile(const T* __restrict A, int64_t lda, int64_t K,
     for (int b = 0; b < NB; ++b) acc_out[r * NB + b] = acc[r][b];
 }
 
-template <typename T, int NB, bool Accumulate = false, int M = rows_per_tile<NB>()>
-static inline void micro_tile_rows(int mr, const T* A, int64_t lda, int64_t K, const T* Bp,
-                                   vec_t<T>* acc) {
+template <typename scalar_t, int NB, bool Accumulate = false, int M = rows_per_tile<NB>()>
+static inline void micro_tile_rows(int mr, const scalar_t* A, int64_t lda, int64_t K, const scalar_t* Bp,
+                                   vec_t<scalar_t>* acc) {
   if constexpr (M >= 1) {
     if (mr == M) {
-      micro_tile<T, M, NB, Accumulate>(A, lda, K, Bp, acc);
+      micro_tile<scalar_t, M, NB, Accumulate>(A, lda, K, Bp, acc);
       return;
     }
-    micro_tile_rows<T, NB, Accumulate, M - 1>(mr, A, lda, K, Bp, acc);
+    micro_tile_rows<scalar_t, NB, Accumulate, M - 1>(mr, A, lda, K, Bp, acc);
   }
 }
 

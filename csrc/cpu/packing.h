@@ -32,26 +32,26 @@ struct PoolFree {
   size_t capacity = 0;
   void operator()(void* p) const { pool_put(p, capacity); }
 };
-template <typename T>
-using Buffer = std::unique_ptr<T[], PoolFree>;
+template <typename scalar_t>
+using Buffer = std::unique_ptr<scalar_t[], PoolFree>;
 
-template <typename T>
-Buffer<T> make_buffer(int64_t n) {
-  const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T) + 63) / 64 * 64;
+template <typename scalar_t>
+Buffer<scalar_t> make_buffer(int64_t n) {
+  const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(scalar_t) + 63) / 64 * 64;
   size_t capacity = 0;
   void* p = pool_get(bytes, &capacity);
   std::memset(p, 0, bytes);
-  return Buffer<T>(static_cast<T*>(p), PoolFree{capacity});
+  return Buffer<scalar_t>(static_cast<scalar_t*>(p), PoolFree{capacity});
 }
 
 // Gate-major packing of W [G*H, K] (rows g*H + u) used as B = W^T:
 // panel p holds units p*W .. p*W+W-1, layout [K][G][W]. Units >= H are zero.
-template <typename T, int G>
-Buffer<T> pack_gate_major(const T* w, int64_t H, int64_t K, int64_t* panels_out) {
-  constexpr int W = Vec<T>::W;
+template <typename scalar_t, int G>
+Buffer<scalar_t> pack_gate_major(const scalar_t* w, int64_t H, int64_t K, int64_t* panels_out) {
+  constexpr int W = Vec<scalar_t>::W;
   const int64_t P = (H + W - 1) / W;
-  Buffer<T> buf = make_buffer<T>(P * K * G * W);  // zero-filled: units >= H stay 0
-  T* out = buf.get();
+  Buffer<scalar_t> buf = make_buffer<scalar_t>(P * K * G * W);  // zero-filled: units >= H stay 0
+  scalar_t* out = buf.get();
   // Source rows are read in order (each row of W is one (g, u) pair); the writes stride
   // by G*W within a panel that stays in L1.
   for (int64_t p = 0; p < P; ++p)
@@ -59,8 +59,8 @@ Buffer<T> pack_gate_major(const T* w, int64_t H, int64_t K, int64_t* panels_out)
       for (int l = 0; l < W; ++l) {
         const int64_t u = p * W + l;
         if (u >= H) break;
-        const T* src = w + (g * H + u) * K;
-        T* dst = out + (p * K * G + g) * W + l;
+        const scalar_t* src = w + (g * H + u) * K;
+        scalar_t* dst = out + (p * K * G + g) * W + l;
         for (int64_t k = 0; k < K; ++k) dst[k * G * W] = src[k];
       }
   *panels_out = P;
@@ -70,18 +70,18 @@ Buffer<T> pack_gate_major(const T* w, int64_t H, int64_t K, int64_t* panels_out)
 // Unit packing of B [K, cols] with NB vectors per panel. `transposed` means the
 // source holds B^T, i.e. w is [cols, K] (B[k][c] = w[c*K + k]); otherwise w is
 // [K, cols]. Layout per panel: [K][NB*W]; columns >= cols are zero.
-template <typename T, int NB>
-Buffer<T> pack_units(const T* w, int64_t K, int64_t cols, bool transposed, int64_t* panels_out) {
-  constexpr int W = Vec<T>::W;
+template <typename scalar_t, int NB>
+Buffer<scalar_t> pack_units(const scalar_t* w, int64_t K, int64_t cols, bool transposed, int64_t* panels_out) {
+  constexpr int W = Vec<scalar_t>::W;
   constexpr int PW = NB * W;
   const int64_t P = (cols + PW - 1) / PW;
-  Buffer<T> buf = make_buffer<T>(P * K * PW);
-  T* out = buf.get();
+  Buffer<scalar_t> buf = make_buffer<scalar_t>(P * K * PW);
+  scalar_t* out = buf.get();
   for (int64_t p = 0; p < P; ++p)
     for (int64_t k = 0; k < K; ++k)
       for (int c = 0; c < PW; ++c) {
         const int64_t col = p * PW + c;
-        T v = T(0);
+        scalar_t v = scalar_t(0);
         if (col < cols) v = transposed ? w[col * K + k] : w[k * cols + col];
         out[(p * K + k) * PW + c] = v;
       }
@@ -92,44 +92,44 @@ Buffer<T> pack_units(const T* w, int64_t K, int64_t cols, bool transposed, int64
 // Packed weights through the pack cache (cpu/pack_cache.h): `pack(src, &panels)` packs
 // the `src_elems` values at `w`. On a miss the source is copied first and packed from the
 // copy, so the entry's packed buffer is exactly what its saved source packs to.
-template <typename T>
-using Packed = std::shared_ptr<const T>;
+template <typename scalar_t>
+using Packed = std::shared_ptr<const scalar_t>;
 
-template <typename T, typename PackFn>
-Packed<T> cached_pack(const T* w, int64_t src_elems, int64_t kind, int64_t d0, int64_t d1,
+template <typename scalar_t, typename PackFn>
+Packed<scalar_t> cached_pack(const scalar_t* w, int64_t src_elems, int64_t kind, int64_t d0, int64_t d1,
                       int64_t* panels_out, PackFn&& pack) {
-  const size_t src_bytes = static_cast<size_t>(src_elems) * sizeof(T);
+  const size_t src_bytes = static_cast<size_t>(src_elems) * sizeof(scalar_t);
   if (!pack_cache_accepts(src_bytes)) {
-    Buffer<T> buf = pack(w, panels_out);
+    Buffer<scalar_t> buf = pack(w, panels_out);
     const size_t bytes = buf.get_deleter().capacity;
-    return Packed<T>(buf.release(), PoolFree{bytes});
+    return Packed<scalar_t>(buf.release(), PoolFree{bytes});
   }
-  const PackKey key{w, src_bytes, typeid(T).hash_code(), {kind, d0, d1, Vec<T>::W}};
-  if (auto hit = pack_cache_find(key, panels_out)) return std::static_pointer_cast<const T>(hit);
+  const PackKey key{w, src_bytes, typeid(scalar_t).hash_code(), {kind, d0, d1, Vec<scalar_t>::W}};
+  if (auto hit = pack_cache_find(key, panels_out)) return std::static_pointer_cast<const scalar_t>(hit);
   std::vector<unsigned char> source(reinterpret_cast<const unsigned char*>(w),
                                     reinterpret_cast<const unsigned char*>(w) + src_bytes);
-  Buffer<T> buf = pack(reinterpret_cast<const T*>(source.data()), panels_out);
+  Buffer<scalar_t> buf = pack(reinterpret_cast<const scalar_t*>(source.data()), panels_out);
   const size_t bytes = buf.get_deleter().capacity;
-  Packed<T> packed(buf.release(), PoolFree{bytes});
+  Packed<scalar_t> packed(buf.release(), PoolFree{bytes});
   pack_cache_put(key, std::move(source), packed, bytes, *panels_out);
   return packed;
 }
 
 // The cached forms of the two packings (kind: G for gate-major, 100 + NB (+ 1000 when
 // transposed) for unit packing).
-template <typename T, int G>
-Packed<T> pack_gate_major_cached(const T* w, int64_t H, int64_t K, int64_t* panels_out) {
-  return cached_pack<T>(w, G * H * K, G, H, K, panels_out, [&](const T* src, int64_t* p) {
-    return pack_gate_major<T, G>(src, H, K, p);
+template <typename scalar_t, int G>
+Packed<scalar_t> pack_gate_major_cached(const scalar_t* w, int64_t H, int64_t K, int64_t* panels_out) {
+  return cached_pack<scalar_t>(w, G * H * K, G, H, K, panels_out, [&](const scalar_t* src, int64_t* p) {
+    return pack_gate_major<scalar_t, G>(src, H, K, p);
   });
 }
 
-template <typename T, int NB>
-Packed<T> pack_units_cached(const T* w, int64_t K, int64_t cols, bool transposed,
+template <typename scalar_t, int NB>
+Packed<scalar_t> pack_units_cached(const scalar_t* w, int64_t K, int64_t cols, bool transposed,
                             int64_t* panels_out) {
-  return cached_pack<T>(w, K * cols, 100 + NB + (transposed ? 1000 : 0), K, cols, panels_out,
-                        [&](const T* src, int64_t* p) {
-                          return pack_units<T, NB>(src, K, cols, transposed, p);
+  return cached_pack<scalar_t>(w, K * cols, 100 + NB + (transposed ? 1000 : 0), K, cols, panels_out,
+                        [&](const scalar_t* src, int64_t* p) {
+                          return pack_units<scalar_t, NB>(src, K, cols, transposed, p);
                         });
 }
 

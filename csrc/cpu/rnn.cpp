@@ -8,26 +8,20 @@ namespace fastrnn {
 namespace cpu {
 namespace FASTRNN_ISA {
 
-template <typename T>
-void rnn_forward(const RnnForwardParams<T>& a) {
-  constexpr int W = Vec<T>::W;
-  using V = vec_t<T>;
-  const int64_t TT = a.T_, N = a.N, H = a.H;
+template <typename scalar_t>
+void rnn_forward(const RnnForwardParams<scalar_t>& a) {
+  constexpr int W = Vec<scalar_t>::W;
+  using V = vec_t<scalar_t>;
+  const int64_t T = a.T, N = a.N, H = a.H;
   int64_t P = 0;
-  Packed<T> w = pack_units_cached<T, 4>(a.w_hh, H, H, /*transposed=*/true, &P);  // h @ W_hh^T
-  const int nt = std::max(1, a.num_threads);
-
-  TeamBarrier bar;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    const FlushDenormals ftz;  // this thread: denormals flushed (vec.h)
-    const WorkSplit ws(P, N, omp_get_thread_num(), omp_get_num_threads(), rows_per_tile<4>(), &bar);
-    for (int64_t s = 0; s < TT; ++s) {
-      const int64_t t = a.reverse ? TT - 1 - s : s;
-      const T* hprev = s == 0 ? a.h0 : a.y + (a.reverse ? t + 1 : t - 1) * N * H;
-      T* yt = a.y + t * N * H;
-      const T* xgt = a.xg + t * N * H;
-      fused_gemm<T, 4>(ws, hprev, H, H, w.get(), [&](int64_t p, int64_t n, const V* acc) {
+  Packed<scalar_t> w = pack_units_cached<scalar_t, 4>(a.w_hh, H, H, /*transposed=*/true, &P);  // h @ W_hh^T
+  run_team(a.num_threads, [&](int tid, int nthr, TeamBarrier* bar) {
+    const WorkSplit ws(P, N, tid, nthr, rows_per_tile<4>(), bar);
+    for_each_step(ws, T, a.reverse, /*backward=*/false, [&](int64_t s, int64_t t) {
+      const scalar_t* hprev = s == 0 ? a.h0 : a.y + prev_time(t, a.reverse) * N * H;
+      scalar_t* yt = a.y + t * N * H;
+      const scalar_t* xgt = a.xg + t * N * H;
+      fused_gemm<scalar_t, 4>(ws, hprev, H, H, w.get(), [&](int64_t p, int64_t n, const V* acc) {
         const bool valid = step_valid(a.lengths, n, t);
         for (int b = 0; b < 4; ++b) {
           const int64_t u = (p * 4 + b) * W;
@@ -38,61 +32,53 @@ void rnn_forward(const RnnForwardParams<T>& a) {
             h = vload_n(hprev + n * H + u, cnt);
           } else {
             const V pre = acc[b] + vload_n(xgt + n * H + u, cnt);
-            h = a.relu ? vrelu<T>(pre) : vtanh<T>(pre);
+            h = a.relu ? vrelu<scalar_t>(pre) : vtanh<scalar_t>(pre);
           }
           vstore_n(yt + n * H + u, h, cnt);
         }
       });
-FASTRNN_PHASE_BARRIER(ws);
-    }
-  }
+    });
+  });
 }
 
-template <typename T>
-void rnn_backward(const RnnBackwardParams<T>& a) {
-  constexpr int W = Vec<T>::W;
-  using V = vec_t<T>;
-  const int64_t TT = a.T_, N = a.N, H = a.H;
+template <typename scalar_t>
+void rnn_backward(const RnnBackwardParams<scalar_t>& a) {
+  constexpr int W = Vec<scalar_t>::W;
+  using V = vec_t<scalar_t>;
+  const int64_t T = a.T, N = a.N, H = a.H;
   int64_t P = 0;
-  Packed<T> w = pack_units_cached<T, 4>(a.w_hh, H, H, /*transposed=*/false, &P);  // dpre @ W_hh
-  Buffer<T> carry = make_buffer<T>(N * H);  // dh carried past frozen steps
-  const int nt = std::max(1, a.num_threads);
-
-  TeamBarrier bar;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    const FlushDenormals ftz;  // this thread: denormals flushed (vec.h)
-    const WorkSplit ws(P, N, omp_get_thread_num(), omp_get_num_threads(), rows_per_tile<4>(), &bar);
-    for (int64_t s = 0; s < TT; ++s) {
-      const int64_t t = a.reverse ? s : TT - 1 - s;
-      const T* d_next = s == 0 ? nullptr : a.dxg + (a.reverse ? t - 1 : t + 1) * N * H;
-      const T* dyt = a.dy + t * N * H;
-      const T* yt = a.y + t * N * H;
-      T* dx = a.dxg + t * N * H;
-      fused_gemm<T, 4>(ws, d_next, H, H, w.get(), [&](int64_t p, int64_t n, const V* acc) {
+  Packed<scalar_t> w = pack_units_cached<scalar_t, 4>(a.w_hh, H, H, /*transposed=*/false, &P);  // dpre @ W_hh
+  Buffer<scalar_t> carry = make_buffer<scalar_t>(N * H);  // dh carried past frozen steps
+  run_team(a.num_threads, [&](int tid, int nthr, TeamBarrier* bar) {
+    const WorkSplit ws(P, N, tid, nthr, rows_per_tile<4>(), bar);
+    for_each_step(ws, T, a.reverse, /*backward=*/true, [&](int64_t s, int64_t t) {
+      const scalar_t* d_next = s == 0 ? nullptr : a.dxg + (a.reverse ? t - 1 : t + 1) * N * H;
+      const scalar_t* dyt = a.dy + t * N * H;
+      const scalar_t* yt = a.y + t * N * H;
+      scalar_t* dx = a.dxg + t * N * H;
+      fused_gemm<scalar_t, 4>(ws, d_next, H, H, w.get(), [&](int64_t p, int64_t n, const V* acc) {
         const bool valid = step_valid(a.lengths, n, t);
         for (int b = 0; b < 4; ++b) {
           const int64_t u = (p * 4 + b) * W;
           if (u >= H) break;
           const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
-          T* cr = carry.get() + n * H + u;
+          scalar_t* cr = carry.get() + n * H + u;
           const V dh = acc[b] + vload_n(dyt + n * H + u, cnt) + vload_n(cr, cnt);
           if (!valid) {
-            vstore_n(dx + n * H + u, vzero<T>(), cnt);
+            vstore_n(dx + n * H + u, vzero<scalar_t>(), cnt);
             vstore_n(cr, dh, cnt);
             continue;
           }
           const V h = vload_n(yt + n * H + u, cnt);
-          const V d = a.relu ? (h > vzero<T>() ? dh : vzero<T>()) : dh * ((T)1 - h * h);
+          const V d = a.relu ? (h > vzero<scalar_t>() ? dh : vzero<scalar_t>()) : dh * ((scalar_t)1 - h * h);
           vstore_n(dx + n * H + u, d, cnt);
-          vstore_n(cr, vzero<T>(), cnt);
+          vstore_n(cr, vzero<scalar_t>(), cnt);
         }
       });
-FASTRNN_PHASE_BARRIER(ws);
-    }
-    const T* d_first = a.dxg + (a.reverse ? TT - 1 : 0) * N * H;
-    gemm_plus_carry<T>(ws, d_first, H, w.get(), H, carry.get(), a.dh0);
-  }
+    });
+    const scalar_t* d_first = a.dxg + (a.reverse ? T - 1 : 0) * N * H;
+    gemm_plus_carry<scalar_t>(ws, d_first, H, w.get(), H, carry.get(), a.dh0);
+  });
 }
 
 FASTRNN_INSTANTIATE(rnn_forward, RnnForwardParams)

@@ -35,7 +35,7 @@ constexpr int kVecBytes = 16;
 constexpr int kVecRegs = 16;
 #endif
 
-template <typename T>
+template <typename scalar_t>
 struct Vec;
 
 template <>
@@ -52,70 +52,70 @@ struct Vec<double> {
   static constexpr int W = kVecBytes / 8;
 };
 
-template <typename T>
-using vec_t = typename Vec<T>::V;
+template <typename scalar_t>
+using vec_t = typename Vec<scalar_t>::V;
 
-template <typename T>
-FASTRNN_INLINE vec_t<T> vzero() {
-  return vec_t<T>{};
+template <typename scalar_t>
+FASTRNN_INLINE vec_t<scalar_t> vzero() {
+  return vec_t<scalar_t>{};
 }
-template <typename T>
-FASTRNN_INLINE vec_t<T> vset(T s) {
-  // One broadcast instruction (`vec_t<T>{} + s` would add 0.0 first: -0.0 forbids folding it).
+template <typename scalar_t>
+FASTRNN_INLINE vec_t<scalar_t> vset(scalar_t s) {
+  // One broadcast instruction (`vec_t<scalar_t>{} + s` would add 0.0 first: -0.0 forbids folding it).
 #if defined(__x86_64__) && defined(FASTRNN_ISA_avx512)
-  if constexpr (sizeof(T) == 4) return (vec_t<T>)_mm512_set1_ps(s); else return (vec_t<T>)_mm512_set1_pd(s);
+  if constexpr (sizeof(scalar_t) == 4) return (vec_t<scalar_t>)_mm512_set1_ps(s); else return (vec_t<scalar_t>)_mm512_set1_pd(s);
 #elif defined(__x86_64__) && defined(FASTRNN_ISA_avx2)
-  if constexpr (sizeof(T) == 4) return (vec_t<T>)_mm256_set1_ps(s); else return (vec_t<T>)_mm256_set1_pd(s);
+  if constexpr (sizeof(scalar_t) == 4) return (vec_t<scalar_t>)_mm256_set1_ps(s); else return (vec_t<scalar_t>)_mm256_set1_pd(s);
 #elif defined(__x86_64__)
-  if constexpr (sizeof(T) == 4) return (vec_t<T>)_mm_set1_ps(s); else return (vec_t<T>)_mm_set1_pd(s);
+  if constexpr (sizeof(scalar_t) == 4) return (vec_t<scalar_t>)_mm_set1_ps(s); else return (vec_t<scalar_t>)_mm_set1_pd(s);
 #else
-  vec_t<T> v;
-  for (int i = 0; i < Vec<T>::W; ++i) v[i] = s;
+  vec_t<scalar_t> v;
+  for (int i = 0; i < Vec<scalar_t>::W; ++i) v[i] = s;
   return v;
 #endif
 }
-template <typename T>
-FASTRNN_INLINE vec_t<T> vload(const T* p) {
-  vec_t<T> v;
+template <typename scalar_t>
+FASTRNN_INLINE vec_t<scalar_t> vload(const scalar_t* p) {
+  vec_t<scalar_t> v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-template <typename T>
-FASTRNN_INLINE void vstore(T* p, vec_t<T> v) {
+template <typename scalar_t>
+FASTRNN_INLINE void vstore(scalar_t* p, vec_t<scalar_t> v) {
   std::memcpy(p, &v, sizeof(v));
 }
 // Partial vectors (the last block of hidden units when H % W != 0): lanes past
 // `cnt` read as zero and are never written.
-template <typename T>
-FASTRNN_INLINE vec_t<T> vload_n(const T* p, int cnt) {
-  constexpr int W = Vec<T>::W;
+template <typename scalar_t>
+FASTRNN_INLINE vec_t<scalar_t> vload_n(const scalar_t* p, int cnt) {
+  constexpr int W = Vec<scalar_t>::W;
   if (cnt == W) return vload(p);
 #if defined(__x86_64__) && defined(FASTRNN_ISA_avx512)
   // one masked load (masked-off lanes read as zero and never fault)
-  if constexpr (sizeof(T) == 4)
-    return (vec_t<T>)_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << cnt) - 1), p);
+  if constexpr (sizeof(scalar_t) == 4)
+    return (vec_t<scalar_t>)_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << cnt) - 1), p);
   else
-    return (vec_t<T>)_mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << cnt) - 1), p);
+    return (vec_t<scalar_t>)_mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << cnt) - 1), p);
 #endif
-  T tmp[W] = {};
+  scalar_t tmp[W] = {};
   for (int i = 0; i < cnt; ++i) tmp[i] = p[i];
   return vload(tmp);
 }
-template <typename T>
-FASTRNN_INLINE void vstore_n(T* p, vec_t<T> v, int cnt) {
-  constexpr int W = Vec<T>::W;
+template <typename scalar_t>
+FASTRNN_INLINE void vstore_n(scalar_t* p, vec_t<scalar_t> v, int cnt) {
+  constexpr int W = Vec<scalar_t>::W;
   if (cnt == W) {
     vstore(p, v);
     return;
   }
 #if defined(__x86_64__) && defined(FASTRNN_ISA_avx512)
-  if constexpr (sizeof(T) == 4)
+  if constexpr (sizeof(scalar_t) == 4)
     _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << cnt) - 1), (__m512)v);
   else
     _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << cnt) - 1), (__m512d)v);
   return;
 #endif
-  T tmp[W];
+  scalar_t tmp[W];
   vstore(tmp, v);
   for (int i = 0; i < cnt; ++i) p[i] = tmp[i];
 }
@@ -138,18 +138,18 @@ class FlushDenormals {
 };
 
 // The sum of a vector's lanes.
-template <typename T>
-FASTRNN_INLINE T vhsum(vec_t<T> v) {
+template <typename scalar_t>
+FASTRNN_INLINE scalar_t vhsum(vec_t<scalar_t> v) {
 #if defined(__x86_64__) && defined(FASTRNN_ISA_avx512)
-  if constexpr (sizeof(T) == 4) return _mm512_reduce_add_ps((__m512)v); else return _mm512_reduce_add_pd((__m512d)v);
+  if constexpr (sizeof(scalar_t) == 4) return _mm512_reduce_add_ps((__m512)v); else return _mm512_reduce_add_pd((__m512d)v);
 #else
-  T s = T(0);
-  for (int i = 0; i < Vec<T>::W; ++i) s += v[i];
+  scalar_t s = scalar_t(0);
+  for (int i = 0; i < Vec<scalar_t>::W; ++i) s += v[i];
   return s;
 #endif
 }
 
-template <typename T>
+template <typename scalar_t>
 struct ExpConsts;
 template <>
 struct ExpConsts<float> {
@@ -168,10 +168,10 @@ struct ExpConsts<double> {
   static constexpr int mant = 52, bias = 1023;
 };
 
-template <typename T>
-FASTRNN_INLINE vec_t<T> exp_poly(vec_t<T> r) {
-  if constexpr (sizeof(T) == 4) {
-    vec_t<T> p = vset<T>(1.0f / 5040);
+template <typename scalar_t>
+FASTRNN_INLINE vec_t<scalar_t> exp_poly(vec_t<scalar_t> r) {
+  if constexpr (sizeof(scalar_t) == 4) {
+    vec_t<scalar_t> p = vset<scalar_t>(1.0f / 5040);
     p = p * r + 1.0f / 720;
     p = p * r + 1.0f / 120;
     p = p * r + 1.0f / 24;
@@ -181,7 +181,7 @@ FASTRNN_INLINE vec_t<T> exp_poly(vec_t<T> r) {
     p = p * r + 1.0f;
     return p;
   } else {
-    vec_t<T> p = vset<T>(1.0 / 479001600.0);  // 1/12!
+    vec_t<scalar_t> p = vset<scalar_t>(1.0 / 479001600.0);  // 1/12!
     p = p * r + 1.0 / 39916800.0;
     p = p * r + 1.0 / 3628800.0;
     p = p * r + 1.0 / 362880.0;
@@ -198,43 +198,43 @@ FASTRNN_INLINE vec_t<T> exp_poly(vec_t<T> r) {
   }
 }
 
-template <typename T>
-FASTRNN_INLINE vec_t<T> vexp(vec_t<T> x) {
-  using C = ExpConsts<T>;
-  using V = vec_t<T>;
-  using I = typename Vec<T>::I;
-  const V lo = vset<T>(C::lo), hi = vset<T>(C::hi), magic = vset<T>(C::magic);
+template <typename scalar_t>
+FASTRNN_INLINE vec_t<scalar_t> vexp(vec_t<scalar_t> x) {
+  using C = ExpConsts<scalar_t>;
+  using V = vec_t<scalar_t>;
+  using I = typename Vec<scalar_t>::I;
+  const V lo = vset<scalar_t>(C::lo), hi = vset<scalar_t>(C::hi), magic = vset<scalar_t>(C::magic);
   x = x < lo ? lo : x;  // comparisons are false for NaN: NaN passes through
   x = x > hi ? hi : x;
   V t = x * C::log2e + magic;  // low mantissa bits of t hold n = round(x log2e)
   V n = t - magic;
   V r = x - n * C::ln2_hi;
   r = r - n * C::ln2_lo;
-  V p = exp_poly<T>(r);
+  V p = exp_poly<scalar_t>(r);
   I ni = (I)t - (I)magic;
   I scale = (ni + C::bias) << C::mant;
   return p * (V)scale;
 }
 
-template <typename T>
-FASTRNN_INLINE vec_t<T> vsigmoid(vec_t<T> x) {
-  return (T)1 / ((T)1 + vexp<T>(-x));
+template <typename scalar_t>
+FASTRNN_INLINE vec_t<scalar_t> vsigmoid(vec_t<scalar_t> x) {
+  return (scalar_t)1 / ((scalar_t)1 + vexp<scalar_t>(-x));
 }
 
-template <typename T>
-FASTRNN_INLINE vec_t<T> vtanh(vec_t<T> x) {
-  using V = vec_t<T>;
-  using I = typename Vec<T>::I;
-  const I sign = (I)vset<T>((T)-0.0);
+template <typename scalar_t>
+FASTRNN_INLINE vec_t<scalar_t> vtanh(vec_t<scalar_t> x) {
+  using V = vec_t<scalar_t>;
+  using I = typename Vec<scalar_t>::I;
+  const I sign = (I)vset<scalar_t>((scalar_t)-0.0);
   V a = (V)((I)x & ~sign);
-  V e = vexp<T>(a * (T)-2);
-  V t = ((T)1 - e) / ((T)1 + e);
+  V e = vexp<scalar_t>(a * (scalar_t)-2);
+  V t = ((scalar_t)1 - e) / ((scalar_t)1 + e);
   return (V)((I)t | ((I)x & sign));
 }
 
-template <typename T>
-FASTRNN_INLINE vec_t<T> vrelu(vec_t<T> x) {
-  return x < vzero<T>() ? vzero<T>() : x;  // keeps NaN, like torch.relu
+template <typename scalar_t>
+FASTRNN_INLINE vec_t<scalar_t> vrelu(vec_t<scalar_t> x) {
+  return x < vzero<scalar_t>() ? vzero<scalar_t>() : x;  // keeps NaN, like torch.relu
 }
 
 }  // namespace FASTRNN_ISA

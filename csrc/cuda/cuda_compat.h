@@ -26,15 +26,15 @@ namespace fastrnn {
 namespace cuda {
 
 // Accumulation type: float for float/half/bfloat16, double for double.
-template <typename T> struct AccOf { using type = float; };
+template <typename scalar_t> struct AccOf { using type = float; };
 template <> struct AccOf<double> { using type = double; };
-template <typename T> using acc_t = typename AccOf<T>::type;
+template <typename scalar_t> using acc_t = typename AccOf<scalar_t>::type;
 
 // Storage <-> accumulation conversions.
 FASTRNN_HD float to_acc(float x) { return x; }
 FASTRNN_HD double to_acc(double x) { return x; }
-template <typename T> FASTRNN_HD T from_acc(float x);
-template <typename T> FASTRNN_HD T from_acc(double x);
+template <typename scalar_t> FASTRNN_HD scalar_t from_acc(float x);
+template <typename scalar_t> FASTRNN_HD scalar_t from_acc(double x);
 template <> FASTRNN_HD float from_acc<float>(float x) { return x; }
 template <> FASTRNN_HD double from_acc<double>(double x) { return x; }
 #ifdef __CUDACC__

@@ -53,9 +53,9 @@ struct EmuLauncher {
   int64_t launches = 0;
   int64_t cluster_launches = 0;
 
-  template <class Cfg, typename T, class Epi>
-  void run(const fc::MatParams<T>& p, const Epi& epi) {
-    using Tl = fc::Tile<Cfg, T>;
+  template <class Cfg, typename scalar_t, class Epi>
+  void run(const fc::MatParams<scalar_t>& p, const Epi& epi) {
+    using Tl = fc::Tile<Cfg, scalar_t>;
     using A = typename Tl::A;
     struct Acc {
       A v[Cfg::G];
@@ -93,30 +93,30 @@ struct EmuLauncher {
   // persistent_kernel, emulated: one shared-memory image per block, kept across steps;
   // the grid is given half the row tiles it needs so each block walks several (as on
   // a GPU whose capacity is short), and the grid barrier is the end of each step.
-  template <class Cfg, typename T, class Steps>
+  template <class Cfg, typename scalar_t, class Steps>
   bool run_persistent(const Steps& st) {
-    return emulate_persistent<Cfg, T>(st, false);
+    return emulate_persistent<Cfg, scalar_t>(st, false);
   }
 
   // The cluster kind: every row tile has its own blocks (a cluster of gx), and the
   // cluster barrier is the end of each step. Refused, as on the GPU, above 16 unit tiles.
-  template <class Cfg, typename T, class Steps>
+  template <class Cfg, typename scalar_t, class Steps>
   bool run_cluster(const Steps& st) {
-    using Tl = fc::Tile<Cfg, T>;
+    using Tl = fc::Tile<Cfg, scalar_t>;
     if (Tl::grid_x(st.mat(0)) > fc::kMaxClusterBlocks) return false;
     ++cluster_launches;
-    return emulate_persistent<Cfg, T>(st, true);
+    return emulate_persistent<Cfg, scalar_t>(st, true);
   }
 
-  template <class Cfg, typename T, class Steps>
+  template <class Cfg, typename scalar_t, class Steps>
   bool emulate_persistent(const Steps& st, bool every_row_tile) {
-    using Tl = fc::Tile<Cfg, T>;
+    using Tl = fc::Tile<Cfg, scalar_t>;
     using A = typename Tl::A;
     struct Acc {
       A v[Cfg::G];
     };
     ++launches;
-    const fc::MatParams<T> p0 = st.mat(0);
+    const fc::MatParams<scalar_t> p0 = st.mat(0);
     const int gx = Tl::grid_x(p0), gy_all = Tl::grid_y(p0);
     const int gy = every_row_tile ? gy_all : (gy_all + 1) / 2;
     const int kp = Tl::kpad(p0.K);
@@ -129,7 +129,7 @@ struct EmuLauncher {
         Tl::load_w(view(b.first, b.second), p0, b.first * Cfg::BJ, 0, kp, tid);
     std::vector<Acc> acc(Cfg::THREADS);
     for (int i = 0; i < st.count(); ++i) {
-      const fc::MatParams<T> p = st.mat(i);
+      const fc::MatParams<scalar_t> p = st.mat(i);
       const auto epi = st.epi(i);
       for (const auto& b : blocks(gx, gy)) {
         const int bx = b.first, bgy = b.second;

@@ -6,12 +6,12 @@ namespace fastrnn {
 namespace cuda {
 namespace {
 struct Fwd {
-  template <typename T>
-  static void run(const GruForwardArgs& a, CudaLauncher& l) { gru_forward_steps<T>(a, l); }
+  template <typename scalar_t>
+  static void run(const GruForwardArgs& a, CudaLauncher& l) { gru_forward_steps<scalar_t>(a, l); }
 };
 struct Bwd {
-  template <typename T>
-  static void run(const GruBackwardArgs& a, CudaLauncher& l) { gru_backward_steps<T>(a, l); }
+  template <typename scalar_t>
+  static void run(const GruBackwardArgs& a, CudaLauncher& l) { gru_backward_steps<scalar_t>(a, l); }
 };
 }  // namespace
 

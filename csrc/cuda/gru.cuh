@@ -14,14 +14,14 @@
 namespace fastrnn {
 namespace cuda {
 
-template <typename T>
+template <typename scalar_t>
 struct GruFwdEpi {
-  using A = acc_t<T>;
-  const T* xg;             // [N, 3H] this step
-  const T* hprev;          // [N, H]
-  const T* b_hh;           // [3H]
-  T* y;                    // [N, H] this step
-  T* saved;                // [N, 4H] this step, or nullptr
+  using A = acc_t<scalar_t>;
+  const scalar_t* xg;             // [N, 3H] this step
+  const scalar_t* hprev;          // [N, H]
+  const scalar_t* b_hh;           // [3H]
+  scalar_t* y;                    // [N, H] this step
+  scalar_t* saved;                // [N, 4H] this step, or nullptr
   const int64_t* lengths;
   int t, H;
 
@@ -29,38 +29,38 @@ struct GruFwdEpi {
 
   FASTRNN_HD void operator()(int n, int j, const A (&acc)[3]) const {
     const size_t nh = static_cast<size_t>(n) * H + j;
-    T* sv = saved == nullptr ? nullptr : saved + static_cast<size_t>(n) * 4 * H;
+    scalar_t* sv = saved == nullptr ? nullptr : saved + static_cast<size_t>(n) * 4 * H;
     if (!step_valid(lengths, n, t)) {
       y[nh] = load_cg(hprev + nh);
       if (sv != nullptr)
-        for (int g = 0; g < 4; ++g) sv[g * H + j] = from_acc<T>(A(0));
+        for (int g = 0; g < 4; ++g) sv[g * H + j] = from_acc<scalar_t>(A(0));
       return;
     }
-    const T* x = xg + static_cast<size_t>(n) * 3 * H;
+    const scalar_t* x = xg + static_cast<size_t>(n) * 3 * H;
     const A hn = acc[2] + to_acc(b_hh[2 * H + j]);
     const A r = act_sigmoid(to_acc(x[j]) + acc[0] + to_acc(b_hh[j]));
     const A z = act_sigmoid(to_acc(x[H + j]) + acc[1] + to_acc(b_hh[H + j]));
     const A nn = act_tanh(to_acc(x[2 * H + j]) + r * hn);
-    y[nh] = from_acc<T>((A(1) - z) * nn + z * to_acc(load_cg(hprev + nh)));
+    y[nh] = from_acc<scalar_t>((A(1) - z) * nn + z * to_acc(load_cg(hprev + nh)));
     if (sv != nullptr) {
-      sv[j] = from_acc<T>(r);
-      sv[H + j] = from_acc<T>(z);
-      sv[2 * H + j] = from_acc<T>(nn);
-      sv[3 * H + j] = from_acc<T>(hn);
+      sv[j] = from_acc<scalar_t>(r);
+      sv[H + j] = from_acc<scalar_t>(z);
+      sv[2 * H + j] = from_acc<scalar_t>(nn);
+      sv[3 * H + j] = from_acc<scalar_t>(hn);
     }
   }
 };
 
-template <typename T>
+template <typename scalar_t>
 struct GruBwdEpi {
-  using A = acc_t<T>;
-  const T* dy;             // [N, H] this step, or nullptr (final launch)
+  using A = acc_t<scalar_t>;
+  const scalar_t* dy;             // [N, H] this step, or nullptr (final launch)
   A* carry;                // [N, H]
-  const T* saved;          // [N, 4H] this step
-  const T* hprev;          // [N, H]
-  T* dxg;                  // [N, 3H] this step
-  T* dhg;                  // [N, 3H] workspace slot written by this step
-  T* dh0;                  // [N, H] final launch only
+  const scalar_t* saved;          // [N, 4H] this step
+  const scalar_t* hprev;          // [N, H]
+  scalar_t* dxg;                  // [N, 3H] this step
+  scalar_t* dhg;                  // [N, 3H] workspace slot written by this step
+  scalar_t* dh0;                  // [N, H] final launch only
   const int64_t* lengths;
   int t, H;
 
@@ -77,55 +77,55 @@ struct GruBwdEpi {
     A dh = acc[0] + carry[nh];
     if (dy != nullptr) dh += to_acc(dy[nh]);
     if (dh0 != nullptr) {
-      dh0[nh] = from_acc<T>(dh);
+      dh0[nh] = from_acc<scalar_t>(dh);
       return;
     }
-    T* dx = dxg + static_cast<size_t>(n) * 3 * H;
-    T* dhh = dhg + static_cast<size_t>(n) * 3 * H;
+    scalar_t* dx = dxg + static_cast<size_t>(n) * 3 * H;
+    scalar_t* dhh = dhg + static_cast<size_t>(n) * 3 * H;
     if (!step_valid(lengths, n, t)) {
       carry[nh] = dh;
       for (int g = 0; g < 3; ++g) {
-        dx[g * H + j] = from_acc<T>(A(0));
-        dhh[g * H + j] = from_acc<T>(A(0));
+        dx[g * H + j] = from_acc<scalar_t>(A(0));
+        dhh[g * H + j] = from_acc<scalar_t>(A(0));
       }
       return;
     }
-    const T* sv = saved + static_cast<size_t>(n) * 4 * H;
+    const scalar_t* sv = saved + static_cast<size_t>(n) * 4 * H;
     const A r = to_acc(sv[j]), z = to_acc(sv[H + j]), nn = to_acc(sv[2 * H + j]),
             hn = to_acc(sv[3 * H + j]);
     const A dn_pre = dh * (A(1) - z) * d_tanh(nn);
     const A dz_pre = dh * (to_acc(hprev[nh]) - nn) * d_sigmoid(z);
     const A dr_pre = dn_pre * hn * d_sigmoid(r);
-    dx[j] = from_acc<T>(dr_pre);
-    dx[H + j] = from_acc<T>(dz_pre);
-    dx[2 * H + j] = from_acc<T>(dn_pre);
-    dhh[j] = from_acc<T>(dr_pre);
-    dhh[H + j] = from_acc<T>(dz_pre);
-    dhh[2 * H + j] = from_acc<T>(dn_pre * r);
+    dx[j] = from_acc<scalar_t>(dr_pre);
+    dx[H + j] = from_acc<scalar_t>(dz_pre);
+    dx[2 * H + j] = from_acc<scalar_t>(dn_pre);
+    dhh[j] = from_acc<scalar_t>(dr_pre);
+    dhh[H + j] = from_acc<scalar_t>(dz_pre);
+    dhh[2 * H + j] = from_acc<scalar_t>(dn_pre * r);
     carry[nh] = dh * z;
   }
 };
 
-template <typename T>
+template <typename scalar_t>
 struct GruFwdSteps {
-  using value_type = T;
-  using Epi = GruFwdEpi<T>;
+  using value_type = scalar_t;
+  using Epi = GruFwdEpi<scalar_t>;
   static constexpr int G = 3;
   int T_, N, H;
   bool reverse;
-  const T* xg;
-  const T* h0;
-  const T* w_hh;           // [H, 3, H]
-  const T* b_hh;
-  T* y;
-  T* saved;
+  const scalar_t* xg;
+  const scalar_t* h0;
+  const scalar_t* w_hh;           // [H, 3, H]
+  const scalar_t* b_hh;
+  scalar_t* y;
+  scalar_t* saved;
   const int64_t* lengths;
 
   FASTRNN_HD int count() const { return T_; }
-  FASTRNN_HD const T* hprev(int s) const {
+  FASTRNN_HD const scalar_t* hprev(int s) const {
     return s == 0 ? h0 : offset(y, time_of(s - 1, T_, reverse), size_t(N) * H);
   }
-  FASTRNN_HD MatParams<T> mat(int s) const { return cuda::mat(hprev(s), H, w_hh, N, H, H); }
+  FASTRNN_HD MatParams<scalar_t> mat(int s) const { return cuda::mat(hprev(s), H, w_hh, N, H, H); }
   FASTRNN_HD Epi epi(int s) const {
     const int t = time_of(s, T_, reverse);
     return Epi{offset(xg, t, size_t(N) * 3 * H), hprev(s), b_hh, offset(y, t, size_t(N) * H),
@@ -134,29 +134,29 @@ struct GruFwdSteps {
 };
 
 // Backward launch i: i < T is step s = T-1-i (processing order); i == T completes dh0.
-template <typename T>
+template <typename scalar_t>
 struct GruBwdSteps {
-  using value_type = T;
-  using Epi = GruBwdEpi<T>;
+  using value_type = scalar_t;
+  using Epi = GruBwdEpi<scalar_t>;
   static constexpr int G = 1;
   int T_, N, H;
   bool reverse;
-  const T* dy;
-  const T* h0;
-  const T* w_hh_t;         // [H, 3H]
-  const T* y;
-  const T* saved;
-  T* dxg;
-  T* dh0;
-  acc_t<T>* carry;
-  T* dhg;                  // [2, N, 3H]: step s writes slot s & 1
+  const scalar_t* dy;
+  const scalar_t* h0;
+  const scalar_t* w_hh_t;         // [H, 3H]
+  const scalar_t* y;
+  const scalar_t* saved;
+  scalar_t* dxg;
+  scalar_t* dh0;
+  acc_t<scalar_t>* carry;
+  scalar_t* dhg;                  // [2, N, 3H]: step s writes slot s & 1
   const int64_t* lengths;
 
   FASTRNN_HD int count() const { return T_ + 1; }
   FASTRNN_HD int step(int i) const { return T_ - 1 - i; }
-  FASTRNN_HD MatParams<T> mat(int i) const {
+  FASTRNN_HD MatParams<scalar_t> mat(int i) const {
     const int s = step(i);
-    const T* next = s + 1 < T_ ? dhg + ((s + 1) & 1) * size_t(N) * 3 * H : nullptr;
+    const scalar_t* next = s + 1 < T_ ? dhg + ((s + 1) & 1) * size_t(N) * 3 * H : nullptr;
     return cuda::mat(next, 3 * H, w_hh_t, N, H, 3 * H);
   }
   FASTRNN_HD Epi epi(int i) const {
@@ -182,22 +182,22 @@ struct GruBwdSteps {
   }
 };
 
-template <typename T, class Launcher>
+template <typename scalar_t, class Launcher>
 void gru_forward_steps(const GruForwardArgs& a, Launcher& l) {
-  GruFwdSteps<T> st{a.T, a.N, a.H, a.reverse, static_cast<const T*>(a.xg),
-                    static_cast<const T*>(a.h0), static_cast<const T*>(a.w_hh),
-                    static_cast<const T*>(a.b_hh), static_cast<T*>(a.y),
-                    static_cast<T*>(a.saved), a.lengths};
+  GruFwdSteps<scalar_t> st{a.T, a.N, a.H, a.reverse, static_cast<const scalar_t*>(a.xg),
+                    static_cast<const scalar_t*>(a.h0), static_cast<const scalar_t*>(a.w_hh),
+                    static_cast<const scalar_t*>(a.b_hh), static_cast<scalar_t*>(a.y),
+                    static_cast<scalar_t*>(a.saved), a.lengths};
   run_steps(l, st, a.tile, a.persistent);
 }
 
-template <typename T, class Launcher>
+template <typename scalar_t, class Launcher>
 void gru_backward_steps(const GruBackwardArgs& a, Launcher& l) {
-  GruBwdSteps<T> st{a.T, a.N, a.H, a.reverse, static_cast<const T*>(a.dy),
-                    static_cast<const T*>(a.h0), static_cast<const T*>(a.w_hh_t),
-                    static_cast<const T*>(a.y), static_cast<const T*>(a.saved),
-                    static_cast<T*>(a.dxg), static_cast<T*>(a.dh0),
-                    static_cast<acc_t<T>*>(a.dh_carry), static_cast<T*>(a.dhg), a.lengths};
+  GruBwdSteps<scalar_t> st{a.T, a.N, a.H, a.reverse, static_cast<const scalar_t*>(a.dy),
+                    static_cast<const scalar_t*>(a.h0), static_cast<const scalar_t*>(a.w_hh_t),
+                    static_cast<const scalar_t*>(a.y), static_cast<const scalar_t*>(a.saved),
+                    static_cast<scalar_t*>(a.dxg), static_cast<scalar_t*>(a.dh0),
+                    static_cast<acc_t<scalar_t>*>(a.dh_carry), static_cast<scalar_t*>(a.dhg), a.lengths};
   run_steps(l, st, a.tile, a.persistent);
 }
 

@@ -27,9 +27,9 @@ inline int current_device_attribute(cudaDeviceAttr what) {
 // Dynamic shared memory of a persistent kernel (the block's resident W rows and A rows):
 // its size, or 0 when it exceeds what a block may opt into on this device. When it fits,
 // the kernel is allowed that much.
-template <class Cfg, typename T, class Kernel>
+template <class Cfg, typename scalar_t, class Kernel>
 size_t resident_smem(Kernel kernel, int K) {
-  const size_t smem = Tile<Cfg, T>::resident_elems(K) * sizeof(typename Tile<Cfg, T>::A);
+  const size_t smem = Tile<Cfg, scalar_t>::resident_elems(K) * sizeof(typename Tile<Cfg, scalar_t>::A);
   if (smem > static_cast<size_t>(
                  current_device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin)))
     return 0;
@@ -42,12 +42,12 @@ size_t resident_smem(Kernel kernel, int K) {
 struct CudaLauncher {
   cudaStream_t stream;
 
-  template <class Cfg, typename T, class Epi>
-  void run(const MatParams<T>& p, const Epi& epi) {
-    using Tl = Tile<Cfg, T>;
+  template <class Cfg, typename scalar_t, class Epi>
+  void run(const MatParams<scalar_t>& p, const Epi& epi) {
+    using Tl = Tile<Cfg, scalar_t>;
     const dim3 grid(Tl::grid_x(p), Tl::grid_y(p));
     if (grid.x == 0 || grid.y == 0) return;
-    tile_kernel<Cfg, T, Epi><<<grid, Cfg::THREADS, 0, stream>>>(p, epi);
+    tile_kernel<Cfg, scalar_t, Epi><<<grid, Cfg::THREADS, 0, stream>>>(p, epi);
     check_cuda(cudaGetLastError(), "tile_kernel launch");
   }
 
@@ -55,13 +55,13 @@ struct CudaLauncher {
   // false (nothing launched) when this device cannot hold one block per unit tile at
   // once, or the block's weights exceed its shared memory: the caller then runs the
   // per-step kernels.
-  template <class Cfg, typename T, class Steps>
+  template <class Cfg, typename scalar_t, class Steps>
   bool run_persistent(const Steps& st) {
-    using Tl = Tile<Cfg, T>;
-    const MatParams<T> p0 = st.mat(0);
+    using Tl = Tile<Cfg, scalar_t>;
+    const MatParams<scalar_t> p0 = st.mat(0);
     if (!current_device_attribute(cudaDevAttrCooperativeLaunch)) return false;
-    auto kernel = persistent_kernel<Cfg, T, Steps, false>;
-    const size_t smem = resident_smem<Cfg, T>(kernel, p0.K);
+    auto kernel = persistent_kernel<Cfg, scalar_t, Steps, false>;
+    const size_t smem = resident_smem<Cfg, scalar_t>(kernel, p0.K);
     if (smem == 0) return false;
     const int sms = current_device_attribute(cudaDevAttrMultiProcessorCount);
     int per_sm = 0;
@@ -85,16 +85,16 @@ struct CudaLauncher {
   // independent: they need not all be resident at once. Returns false (nothing
   // launched) below sm_90, when gx exceeds the largest cluster (16, non-portable), or
   // when the weights or the cluster do not fit.
-  template <class Cfg, typename T, class Steps>
+  template <class Cfg, typename scalar_t, class Steps>
   bool run_cluster(const Steps& st) {
-    using Tl = Tile<Cfg, T>;
-    const MatParams<T> p0 = st.mat(0);
+    using Tl = Tile<Cfg, scalar_t>;
+    const MatParams<scalar_t> p0 = st.mat(0);
     const int gx = Tl::grid_x(p0), gy = Tl::grid_y(p0);
     if (current_device_attribute(cudaDevAttrComputeCapabilityMajor) < 9 || gx == 0 || gy == 0 ||
         gx > kMaxClusterBlocks)
       return false;
-    auto kernel = persistent_kernel<Cfg, T, Steps, true>;
-    const size_t smem = resident_smem<Cfg, T>(kernel, p0.K);
+    auto kernel = persistent_kernel<Cfg, scalar_t, Steps, true>;
+    const size_t smem = resident_smem<Cfg, scalar_t>(kernel, p0.K);
     if (smem == 0) return false;
     if (gx > 8)
       check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
@@ -120,7 +120,7 @@ struct CudaLauncher {
   }
 };
 
-// Calls F::template run<T>(args, launcher) for the runtime dtype.
+// Calls F::template run<scalar_t>(args, launcher) for the runtime dtype.
 template <class F, class Args>
 void dispatch_dtype(int dtype, const Args& a, void* stream) {
   CudaLauncher l{static_cast<cudaStream_t>(stream)};

@@ -6,12 +6,12 @@ namespace fastrnn {
 namespace cuda {
 namespace {
 struct Fwd {
-  template <typename T>
-  static void run(const LstmForwardArgs& a, CudaLauncher& l) { lstm_forward_steps<T>(a, l); }
+  template <typename scalar_t>
+  static void run(const LstmForwardArgs& a, CudaLauncher& l) { lstm_forward_steps<scalar_t>(a, l); }
 };
 struct Bwd {
-  template <typename T>
-  static void run(const LstmBackwardArgs& a, CudaLauncher& l) { lstm_backward_steps<T>(a, l); }
+  template <typename scalar_t>
+  static void run(const LstmBackwardArgs& a, CudaLauncher& l) { lstm_backward_steps<scalar_t>(a, l); }
 };
 }  // namespace
 

@@ -10,12 +10,12 @@
 namespace fastrnn {
 namespace cuda {
 
-template <typename T>
+template <typename scalar_t>
 struct RnnFwdEpi {
-  using A = acc_t<T>;
-  const T* xg;             // [N, H] this step
-  const T* hprev;          // [N, H]
-  T* y;                    // [N, H] this step
+  using A = acc_t<scalar_t>;
+  const scalar_t* xg;             // [N, H] this step
+  const scalar_t* hprev;          // [N, H]
+  scalar_t* y;                    // [N, H] this step
   const int64_t* lengths;
   int t, H;
   bool relu;
@@ -29,18 +29,18 @@ struct RnnFwdEpi {
       return;
     }
     const A pre = to_acc(xg[nh]) + acc[0];
-    y[nh] = from_acc<T>(relu ? act_relu(pre) : act_tanh(pre));
+    y[nh] = from_acc<scalar_t>(relu ? act_relu(pre) : act_tanh(pre));
   }
 };
 
-template <typename T>
+template <typename scalar_t>
 struct RnnBwdEpi {
-  using A = acc_t<T>;
-  const T* dy;             // [N, H] this step, or nullptr (final launch)
+  using A = acc_t<scalar_t>;
+  const scalar_t* dy;             // [N, H] this step, or nullptr (final launch)
   A* carry;                // [N, H]
-  const T* y;              // [N, H] this step
-  T* dxg;                  // [N, H] this step
-  T* dh0;                  // [N, H] final launch only
+  const scalar_t* y;              // [N, H] this step
+  scalar_t* dxg;                  // [N, H] this step
+  scalar_t* dh0;                  // [N, H] final launch only
   const int64_t* lengths;
   int t, H;
   bool relu;
@@ -57,38 +57,38 @@ struct RnnBwdEpi {
     A dh = acc[0] + carry[nh];
     if (dy != nullptr) dh += to_acc(dy[nh]);
     if (dh0 != nullptr) {
-      dh0[nh] = from_acc<T>(dh);
+      dh0[nh] = from_acc<scalar_t>(dh);
       return;
     }
     if (!step_valid(lengths, n, t)) {
       carry[nh] = dh;
-      dxg[nh] = from_acc<T>(A(0));
+      dxg[nh] = from_acc<scalar_t>(A(0));
       return;
     }
     carry[nh] = A(0);
     const A yv = to_acc(y[nh]);
-    dxg[nh] = from_acc<T>(relu ? (yv > A(0) ? dh : A(0)) : dh * d_tanh(yv));
+    dxg[nh] = from_acc<scalar_t>(relu ? (yv > A(0) ? dh : A(0)) : dh * d_tanh(yv));
   }
 };
 
-template <typename T>
+template <typename scalar_t>
 struct RnnFwdSteps {
-  using value_type = T;
-  using Epi = RnnFwdEpi<T>;
+  using value_type = scalar_t;
+  using Epi = RnnFwdEpi<scalar_t>;
   static constexpr int G = 1;
   int T_, N, H;
   bool reverse, relu;
-  const T* xg;
-  const T* h0;
-  const T* w_hh;           // [H, H]
-  T* y;
+  const scalar_t* xg;
+  const scalar_t* h0;
+  const scalar_t* w_hh;           // [H, H]
+  scalar_t* y;
   const int64_t* lengths;
 
   FASTRNN_HD int count() const { return T_; }
-  FASTRNN_HD const T* hprev(int s) const {
+  FASTRNN_HD const scalar_t* hprev(int s) const {
     return s == 0 ? h0 : offset(y, time_of(s - 1, T_, reverse), size_t(N) * H);
   }
-  FASTRNN_HD MatParams<T> mat(int s) const { return cuda::mat(hprev(s), H, w_hh, N, H, H); }
+  FASTRNN_HD MatParams<scalar_t> mat(int s) const { return cuda::mat(hprev(s), H, w_hh, N, H, H); }
   FASTRNN_HD Epi epi(int s) const {
     const int t = time_of(s, T_, reverse);
     const size_t sh = size_t(N) * H;
@@ -97,27 +97,27 @@ struct RnnFwdSteps {
 };
 
 // Backward launch i: i < T is step s = T-1-i (processing order); i == T completes dh0.
-template <typename T>
+template <typename scalar_t>
 struct RnnBwdSteps {
-  using value_type = T;
-  using Epi = RnnBwdEpi<T>;
+  using value_type = scalar_t;
+  using Epi = RnnBwdEpi<scalar_t>;
   static constexpr int G = 1;
   int T_, N, H;
   bool reverse, relu;
-  const T* dy;
-  const T* w_hh_t;         // [H, H]
-  const T* y;
-  T* dxg;
-  T* dh0;
-  acc_t<T>* carry;
+  const scalar_t* dy;
+  const scalar_t* w_hh_t;         // [H, H]
+  const scalar_t* y;
+  scalar_t* dxg;
+  scalar_t* dh0;
+  acc_t<scalar_t>* carry;
   const int64_t* lengths;
 
   FASTRNN_HD int count() const { return T_ + 1; }
   FASTRNN_HD int step(int i) const { return T_ - 1 - i; }
-  FASTRNN_HD MatParams<T> mat(int i) const {
+  FASTRNN_HD MatParams<scalar_t> mat(int i) const {
     const int s = step(i);
-    const T* next =
-        s + 1 < T_ ? offset(static_cast<const T*>(dxg), time_of(s + 1, T_, reverse), size_t(N) * H)
+    const scalar_t* next =
+        s + 1 < T_ ? offset(static_cast<const scalar_t*>(dxg), time_of(s + 1, T_, reverse), size_t(N) * H)
                    : nullptr;
     return cuda::mat(next, H, w_hh_t, N, H, H);
   }
@@ -143,20 +143,20 @@ struct RnnBwdSteps {
   }
 };
 
-template <typename T, class Launcher>
+template <typename scalar_t, class Launcher>
 void rnn_forward_steps(const RnnForwardArgs& a, Launcher& l) {
-  RnnFwdSteps<T> st{a.T, a.N, a.H, a.reverse, a.relu, static_cast<const T*>(a.xg),
-                    static_cast<const T*>(a.h0), static_cast<const T*>(a.w_hh),
-                    static_cast<T*>(a.y), a.lengths};
+  RnnFwdSteps<scalar_t> st{a.T, a.N, a.H, a.reverse, a.relu, static_cast<const scalar_t*>(a.xg),
+                    static_cast<const scalar_t*>(a.h0), static_cast<const scalar_t*>(a.w_hh),
+                    static_cast<scalar_t*>(a.y), a.lengths};
   run_steps(l, st, a.tile, a.persistent);
 }
 
-template <typename T, class Launcher>
+template <typename scalar_t, class Launcher>
 void rnn_backward_steps(const RnnBackwardArgs& a, Launcher& l) {
-  RnnBwdSteps<T> st{a.T, a.N, a.H, a.reverse, a.relu, static_cast<const T*>(a.dy),
-                    static_cast<const T*>(a.w_hh_t), static_cast<const T*>(a.y),
-                    static_cast<T*>(a.dxg), static_cast<T*>(a.dh0),
-                    static_cast<acc_t<T>*>(a.dh_carry), a.lengths};
+  RnnBwdSteps<scalar_t> st{a.T, a.N, a.H, a.reverse, a.relu, static_cast<const scalar_t*>(a.dy),
+                    static_cast<const scalar_t*>(a.w_hh_t), static_cast<const scalar_t*>(a.y),
+                    static_cast<scalar_t*>(a.dxg), static_cast<scalar_t*>(a.dh0),
+                    static_cast<acc_t<scalar_t>*>(a.dh_carry), a.lengths};
   run_steps(l, st, a.tile, a.persistent);
 }
 

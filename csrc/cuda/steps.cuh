@@ -9,9 +9,9 @@
 // falling back cluster -> grid -> per step where a kind does not fit.
 //
 // A driver is templated on a Launcher with
-//   template <class Cfg, typename T, class Epi> void run(const MatParams<T>&, const Epi&);
-//   template <class Cfg, typename T, class Steps> bool run_persistent(const Steps&);
-//   template <class Cfg, typename T, class Steps> bool run_cluster(const Steps&);
+//   template <class Cfg, typename scalar_t, class Epi> void run(const MatParams<scalar_t>&, const Epi&);
+//   template <class Cfg, typename scalar_t, class Steps> bool run_persistent(const Steps&);
+//   template <class Cfg, typename scalar_t, class Steps> bool run_cluster(const Steps&);
 // The CUDA launcher (launch_cuda.cuh) starts kernels on a stream; the host emulator
 // (emu.cpp) runs the same phases on the CPU.
 #pragma once
@@ -36,9 +36,9 @@ FASTRNN_HD P* offset(P* base, int t, size_t stride) {
   return base == nullptr ? nullptr : base + static_cast<size_t>(t) * stride;
 }
 
-template <typename T>
-FASTRNN_HD MatParams<T> mat(const T* A, int lda, const T* W, int N, int J, int K) {
-  MatParams<T> p;
+template <typename scalar_t>
+FASTRNN_HD MatParams<scalar_t> mat(const scalar_t* A, int lda, const scalar_t* W, int N, int J, int K) {
+  MatParams<scalar_t> p;
   p.A = A;
   p.lda = lda;
   p.W = W;
@@ -48,19 +48,19 @@ FASTRNN_HD MatParams<T> mat(const T* A, int lda, const T* W, int N, int J, int K
   return p;
 }
 
-template <int G, class Launcher, typename T, class Epi>
-void launch_tile(Launcher& l, int tile, const MatParams<T>& p, const Epi& epi) {
+template <int G, class Launcher, typename scalar_t, class Epi>
+void launch_tile(Launcher& l, int tile, const MatParams<scalar_t>& p, const Epi& epi) {
   if (tile == kTileLarge)
-    l.template run<TileLarge<G>, T>(p, epi);
+    l.template run<TileLarge<G>, scalar_t>(p, epi);
   else
-    l.template run<TileSmall<G>, T>(p, epi);
+    l.template run<TileSmall<G>, scalar_t>(p, epi);
 }
 
 template <class Steps, class Launcher>
 void run_steps(Launcher& l, const Steps& st, int tile, int persistent) {
-  using T = typename Steps::value_type;
-  if (persistent == kPersistCluster && l.template run_cluster<TileSmall<Steps::G>, T>(st)) return;
-  if (persistent != kPersistNone && l.template run_persistent<TileSmall<Steps::G>, T>(st)) return;
+  using scalar_t = typename Steps::value_type;
+  if (persistent == kPersistCluster && l.template run_cluster<TileSmall<Steps::G>, scalar_t>(st)) return;
+  if (persistent != kPersistNone && l.template run_persistent<TileSmall<Steps::G>, scalar_t>(st)) return;
   const int n = st.count();
   for (int i = 0; i < n; ++i) launch_tile<Steps::G>(l, tile, st.mat(i), st.epi(i));
 }

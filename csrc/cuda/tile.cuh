@@ -45,22 +45,22 @@ struct TileCfg {
 template <int G> using TileSmall = TileCfg<G, 4, 8, 8, 64>;
 template <int G> using TileLarge = TileCfg<G, 16, 16, 1, 32>;
 
-template <typename T>
+template <typename scalar_t>
 struct MatParams {
-  const T* A;   // [N, K], row stride lda, or nullptr
+  const scalar_t* A;   // [N, K], row stride lda, or nullptr
   int lda;
-  const T* W;   // [J, G, K]
+  const scalar_t* W;   // [J, G, K]
   int N, J, K;
 };
 
 // Loads of data written by other blocks of the same persistent kernel go around L1
 // (ld.global.cg): L1 is not coherent across SMs.
-template <typename T>
-FASTRNN_HD T load_cg(const T* p) {
+template <typename scalar_t>
+FASTRNN_HD scalar_t load_cg(const scalar_t* p) {
 #if defined(__CUDA_ARCH__)
-  if constexpr (sizeof(T) == 2) {
+  if constexpr (sizeof(scalar_t) == 2) {
     const unsigned short bits = __ldcg(reinterpret_cast<const unsigned short*>(p));
-    T out;
+    scalar_t out;
     memcpy(&out, &bits, 2);
     return out;
   } else {
@@ -72,8 +72,8 @@ FASTRNN_HD T load_cg(const T* p) {
 }
 
 // A hint that *p will be read soon: fetch its line into L2 (no-op on the host).
-template <typename T>
-FASTRNN_HD void prefetch_l2(const T* p) {
+template <typename scalar_t>
+FASTRNN_HD void prefetch_l2(const scalar_t* p) {
 #if defined(__CUDA_ARCH__)
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 #else
@@ -82,9 +82,9 @@ FASTRNN_HD void prefetch_l2(const T* p) {
 }
 
 // prefetch_l2 of the G gate entries of unit j in row n of a [N, G*H] step block.
-template <int G, typename T>
-FASTRNN_HD void prefetch_gates(const T* base, int n, int j, int H) {
-  const T* p = base + static_cast<size_t>(n) * G * H + j;
+template <int G, typename scalar_t>
+FASTRNN_HD void prefetch_gates(const scalar_t* base, int n, int j, int H) {
+  const scalar_t* p = base + static_cast<size_t>(n) * G * H + j;
   for (int g = 0; g < G; ++g) prefetch_l2(p + static_cast<size_t>(g) * H);
 }
 
@@ -95,9 +95,9 @@ template <class Epi>
 struct has_prefetch<Epi, std::void_t<decltype(std::declval<const Epi&>().prefetch(0, 0))>>
     : std::true_type {};
 
-template <class Cfg, typename T>
+template <class Cfg, typename scalar_t>
 struct Tile {
-  using A = acc_t<T>;
+  using A = acc_t<scalar_t>;
   static constexpr int G = Cfg::G, BN = Cfg::BN, BJ = Cfg::BJ, KS = Cfg::KS, KC = Cfg::KC;
   static constexpr int THREADS = Cfg::THREADS;
   static constexpr int RED = KS > 1 ? THREADS * G : 0;
@@ -138,13 +138,13 @@ struct Tile {
 
   // Stage A[n0:n0+BN, k0:k0+ncols] into as columns 0..ncols-1 (zero-padded).
   template <bool kCoherent>
-  FASTRNN_HD static void load_a(View v, const MatParams<T>& p, int n0, int k0, int ncols,
+  FASTRNN_HD static void load_a(View v, const MatParams<scalar_t>& p, int n0, int k0, int ncols,
                                 int tid) {
     for (int e = tid; e < BN * ncols; e += THREADS) {
       const int r = e / ncols, c = e % ncols, n = n0 + r, k = k0 + c;
       A x = A(0);
       if (n < p.N && k < p.K) {
-        const T* src = p.A + static_cast<size_t>(n) * p.lda + k;
+        const scalar_t* src = p.A + static_cast<size_t>(n) * p.lda + k;
         x = to_acc(kCoherent ? load_cg(src) : *src);
       }
       v.as[r * v.ast + c] = x;
@@ -153,7 +153,7 @@ struct Tile {
 
   // Stage W[j0:j0+BJ, :, k0:k0+ncols] into ws columns 0..ncols-1 (zero-padded).
   // Rows j*G+g of W are consecutive, so the loads are coalesced.
-  FASTRNN_HD static void load_w(View v, const MatParams<T>& p, int j0, int k0, int ncols, int tid) {
+  FASTRNN_HD static void load_w(View v, const MatParams<scalar_t>& p, int j0, int k0, int ncols, int tid) {
     for (int e = tid; e < BJ * G * ncols; e += THREADS) {
       const int r = e / ncols, c = e % ncols, k = k0 + c;
       const int j = j0 + r / G;
@@ -189,7 +189,7 @@ struct Tile {
   // Ask L2 for what the epilogue of this thread's (n, j) will read in a later step
   // (epilogues that define prefetch(n, j); others: nothing).
   template <class Epi>
-  FASTRNN_HD static void prefetch(const MatParams<T>& p, const Epi& epi, int n0, int j0,
+  FASTRNN_HD static void prefetch(const MatParams<scalar_t>& p, const Epi& epi, int n0, int j0,
                                   int tid) {
     if constexpr (has_prefetch<Epi>::value) {
       if (ks_of(tid) != 0) return;
@@ -206,7 +206,7 @@ struct Tile {
 
   // The ks == 0 thread of each (n, j) reduces and runs the epilogue.
   template <class Epi>
-  FASTRNN_HD static void finish(View v, const MatParams<T>& p, const Epi& epi, int n0, int j0,
+  FASTRNN_HD static void finish(View v, const MatParams<scalar_t>& p, const Epi& epi, int n0, int j0,
                                 int tid, A (&acc)[G]) {
     if (ks_of(tid) != 0) return;
     const int n = n0 + nl_of(tid), j = j0 + jl_of(tid);
@@ -226,15 +226,15 @@ struct Tile {
   }
 
   // Grid: x over units (ceil(J / BJ)), y over batch rows (ceil(N / BN)).
-  FASTRNN_HD static int grid_x(const MatParams<T>& p) { return (p.J + BJ - 1) / BJ; }
-  FASTRNN_HD static int grid_y(const MatParams<T>& p) { return (p.N + BN - 1) / BN; }
+  FASTRNN_HD static int grid_x(const MatParams<scalar_t>& p) { return (p.J + BJ - 1) / BJ; }
+  FASTRNN_HD static int grid_y(const MatParams<scalar_t>& p) { return (p.N + BN - 1) / BN; }
 };
 
 #ifdef __CUDACC__
 // One step: one launch over the (unit tile, row tile) grid.
-template <class Cfg, typename T, class Epi>
-__global__ void __launch_bounds__(Cfg::THREADS) tile_kernel(MatParams<T> p, Epi epi) {
-  using Tl = Tile<Cfg, T>;
+template <class Cfg, typename scalar_t, class Epi>
+__global__ void __launch_bounds__(Cfg::THREADS) tile_kernel(MatParams<scalar_t> p, Epi epi) {
+  using Tl = Tile<Cfg, scalar_t>;
   using A = typename Tl::A;
   __shared__ typename Tl::Smem s;
   const typename Tl::View v = Tl::view(s);
@@ -281,21 +281,21 @@ __device__ __forceinline__ void step_barrier() {
 // it walks row tiles y = blockIdx.y, y + gridDim.y, ... (kCluster: gridDim.y is every
 // row tile, so one each). Per step it stages all of A at once, asks L2 for what the
 // next step's epilogue reads, computes, and meets the other blocks at step_barrier.
-template <class Cfg, typename T, class Steps, bool kCluster>
+template <class Cfg, typename scalar_t, class Steps, bool kCluster>
 __global__ void __launch_bounds__(Cfg::THREADS) persistent_kernel(Steps steps) {
-  using Tl = Tile<Cfg, T>;
+  using Tl = Tile<Cfg, scalar_t>;
   using A = typename Tl::A;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int tid = threadIdx.x;
   const int j0 = blockIdx.x * Cfg::BJ;
-  const MatParams<T> p0 = steps.mat(0);
+  const MatParams<scalar_t> p0 = steps.mat(0);
   const int kp = Tl::kpad(p0.K), nchunks = kp / Cfg::KC;
   const typename Tl::View v = Tl::resident_view(reinterpret_cast<A*>(smem_raw), p0.K);
   Tl::load_w(v, p0, j0, 0, kp, tid);
   __syncthreads();
   const int count = steps.count();
   for (int i = 0; i < count; ++i) {
-    const MatParams<T> p = steps.mat(i);
+    const MatParams<scalar_t> p = steps.mat(i);
     const auto epi = steps.epi(i);
     for (int by = blockIdx.y; by < Tl::grid_y(p); by += gridDim.y) {
       const int n0 = by * Cfg::BN;
