@@ -447,12 +447,6 @@ def _gru_setup(ctx, inputs, output):
                           b_hh if keep else None)
 
 
-# Backends whose GRU forward writes zeros to ``saved`` on invalid steps (csrc/cpu/gru.cpp,
-# csrc/cuda/gru.cuh): there dxg's zero rows times r need no mask (elsewhere r may be
-# anything there, NaN included).
-_ZERO_SAVED_WHEN_FROZEN = ("cpu", "cuda")
-
-
 def _gru_backward_fn(ctx, dy, _dsaved_unused):
     h0, w_hh, lengths, y, saved, xg, b_hh = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True
@@ -473,9 +467,7 @@ def _gru_backward_fn(ctx, dy, _dsaved_unused):
         # Two GEMMs over views (dxg's r,z block read in place) instead of one over a
         # concatenated [T, N, 3H] copy, which saves writing and re-reading that copy.
         H = h0.shape[-1]
-        r = saved[..., :H]
-        if lengths is not None and ctx.backend not in _ZERO_SAVED_WHEN_FROZEN:
-            r = _mask(r, valid_mask(lengths, y.shape[0]))
+        r = saved[..., :H]  # zero on invalid steps (the contract), as are dxg's rows there
         d_rz, d_n = dxg[..., :2 * H], _mul(dxg[..., 2 * H:], r, ctx.backend)  # view, [T, N, H]
         if need[2]:
             dw_hh = torch.cat([_grad_w_hh(d_rz, y, h0, ctx.reverse),

@@ -210,6 +210,7 @@ def test_contract_matches_autograd_oracle(backend, case):
         _close(y, ry, dtype, "y")
         valid = _valid_mask(lengths)
         _close(saved.cpu()[valid], rsaved[valid], dtype, "saved (valid steps)")
+        _assert_zero_on_invalid(saved, lengths, "saved")
         (ry * d["dy"].double().cpu()).sum().backward()
         dxg, dh0 = mod.gru_backward(d["dy"], d["h0"], d["w_hh"], lengths, reverse, y, saved)
         _close(dxg, xg.grad, dtype, "dxg")

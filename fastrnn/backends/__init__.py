@@ -20,7 +20,9 @@ Consequences the op layer relies on:
   * the state before step t is ``y[t-1]`` (forward) / ``y[t+1]`` (reverse), or ``h0``;
   * the final hidden state is ``y[T-1]`` (forward) or ``y[0]`` (reverse);
   * in backward, an invalid step passes ``dh`` (and ``dc``) through unchanged and
-    writes ZEROS to its rows of the gate gradients (they feed weight-gradient GEMMs).
+    writes ZEROS to its rows of the gate gradients (they feed weight-gradient GEMMs);
+  * GRU: a training forward writes ZEROS to an invalid step's rows of ``saved`` (the
+    backward's dW_hh multiplies dxg by r unmasked).
 ``reverse``: process ``t = T-1, ..., 0`` instead of ``0, ..., T-1``.
 ``training``: when False, the saved tensors (``gates``, ``cs``, ``saved``) may be
 returned as empty tensors (numel 0) and need not be computed.
