@@ -332,9 +332,9 @@ def _sync(device):
 
 
 def _adam(params, lr):
-    """Adam, torch's fused implementation (one kernel over all parameters: 0.6 ms a step for
-    these models on a 2-core Xeon against 3.6 ms for the default per-tensor loop, the same
-    for both implementations), or the default where fused Adam is not available."""
+    """Adam, torch's fused implementation (one kernel over all parameters instead of the
+    default loop of small ops per tensor; the same for both implementations), or the
+    default where fused Adam is not available."""
     params = list(params)
     try:
         return torch.optim.Adam(params, lr=lr, fused=True)

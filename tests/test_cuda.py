@@ -569,42 +569,56 @@ def _run_module(mod, x, lengths, hx):
     return out, hn
 
 
+def _case_inputs(case, H, R):
+    """x [6, 4, 5], h0, c0 (float64, CPU) and the packed lengths of a module case."""
+    T, N, I = 6, 4, 5
+    D = 2 if case["bidir"] else 1
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(T, N, I, generator=g, dtype=torch.float64)
+    h0 = torch.randn(case["layers"] * D, N, R, generator=g, dtype=torch.float64)
+    c0 = torch.randn(case["layers"] * D, N, H, generator=g, dtype=torch.float64)
+    lengths = torch.tensor([6, 2, 5, 1]) if case["packed"] else None
+    return x, h0, c0, lengths
+
+
+def _outputs_and_grads(mod, x, h0, c0, lengths, dtype, device):
+    """[out, final states..., grads of x, h0 (, c0) and every parameter] of a weighted loss
+    over the output and the final states; c0 is None for GRU/RNN."""
+    def leaf(t):
+        return t.to(device=device, dtype=dtype).requires_grad_()
+
+    xs, hs = leaf(x), leaf(h0)
+    cs = None if c0 is None else leaf(c0)
+    out, hn = _run_module(mod, xs, lengths, hs if cs is None else (hs, cs))
+    loss = (out.double() * torch.linspace(-1, 1, out.numel(), dtype=torch.float64,
+                                          device=device).view_as(out)).sum()
+    loss = loss + sum((h.double() ** 2).sum() for h in hn)
+    ins = [xs, hs] + ([] if cs is None else [cs])
+    return [out] + hn + list(torch.autograd.grad(loss, ins + list(mod.parameters())))
+
+
+def _assert_all_close(names, got, want, tol):
+    assert len(got) == len(want)
+    for name, a, b in zip(names, got, want):
+        a, b = a.double().cpu(), b.double().cpu()
+        torch.testing.assert_close(a, b, rtol=tol["rtol"],
+                                   atol=tol["atol"] * (1 + b.abs().max().item()),
+                                   msg=lambda m: f"{name}: {m}")
+
+
 def compare_modules(case, dtype, device, backend, tol, ref_dtype=None):
     """fastrnn (backend) vs torch.nn: outputs, final states, grads of x, hx and weights."""
     ref_dtype = ref_dtype or dtype
-    kind, layers, bidir, proj = case["kind"], case["layers"], case["bidir"], case["proj"]
-    T, N, I, H = 6, 4, 5, 7
-    tmod, fmod = _module_pair(kind, I, H, layers, bidir, proj, ref_dtype, device, backend)
+    kind, proj = case["kind"], case["proj"]
+    H = 7
+    tmod, fmod = _module_pair(kind, 5, H, case["layers"], case["bidir"], proj, ref_dtype,
+                              device, backend)
     fmod = fmod.to(dtype)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(T, N, I, generator=g, dtype=torch.float64)
-    D = 2 if bidir else 1
-    R = proj or H
-    h0 = torch.randn(layers * D, N, R, generator=g, dtype=torch.float64)
-    c0 = torch.randn(layers * D, N, H, generator=g, dtype=torch.float64)
-    lengths = torch.tensor([6, 2, 5, 1]) if case["packed"] else None
-
-    def leaf(t, dt):
-        return t.to(device=device, dtype=dt).requires_grad_()
-
-    results = []
-    for mod, dt in ((tmod, ref_dtype), (fmod, dtype)):
-        xs, hs, cs = leaf(x, dt), leaf(h0, dt), leaf(c0, dt)
-        hx = (hs, cs) if kind == "LSTM" else hs
-        out, hn = _run_module(mod, xs, lengths, hx)
-        loss = (out.double() * torch.linspace(-1, 1, out.numel(), dtype=torch.float64,
-                                              device=device).view_as(out)).sum()
-        loss = loss + sum((h.double() ** 2).sum() for h in hn)
-        params = list(mod.parameters())
-        ins = [xs, hs] + ([cs] if kind == "LSTM" else [])
-        grads = torch.autograd.grad(loss, ins + params)
-        results.append([out] + hn + list(grads))
-    names = ["out"] + [f"hn{i}" for i in range(len(results[0]) - 1)]
-    for name, a, b in zip(names, results[1], results[0]):
-        a, b = a.double().cpu(), b.double().cpu()
-        atol = tol["atol"] * (1 + b.abs().max().item())
-        torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=atol,
-                                   msg=lambda m: f"{name}: {m}")
+    x, h0, c0, lengths = _case_inputs(case, H, proj or H)
+    c0 = c0 if kind == "LSTM" else None
+    want = _outputs_and_grads(tmod, x, h0, c0, lengths, ref_dtype, device)
+    got = _outputs_and_grads(fmod, x, h0, c0, lengths, dtype, device)
+    _assert_all_close(["out"] + [f"hn{i}" for i in range(len(want) - 1)], got, want, tol)
     return fmod
 
 
@@ -631,38 +645,21 @@ def compare_peephole_modules(case, dtype, device, backend, tol):
     oracle = backends.resolve("auto", "cpu")
     if oracle == "reference":
         pytest.skip("needs the CPU kernels or numba as the oracle")
-    T, N, I, H = 6, 4, 5, 7
-    D = 2 if case["bidir"] else 1
-    R = case["proj"] or H
+    H = 7
+    kw = dict(num_layers=case["layers"], bidirectional=case["bidir"], proj_size=case["proj"])
     torch.manual_seed(0)
-    want_mod = fastrnn.PeepholeLSTM(I, H, num_layers=case["layers"], bidirectional=case["bidir"],
-                                    proj_size=case["proj"], dtype=torch.float64, backend=oracle)
+    want_mod = fastrnn.PeepholeLSTM(5, H, dtype=torch.float64, backend=oracle, **kw)
     with torch.no_grad():  # peepholes large enough to matter
         for name, p in want_mod.named_parameters():
             if name.startswith("weight_ch"):
                 p.uniform_(-0.8, 0.8)
-    got_mod = fastrnn.PeepholeLSTM(I, H, num_layers=case["layers"], bidirectional=case["bidir"],
-                                   proj_size=case["proj"], dtype=dtype, device=device,
-                                   backend=backend)
+    got_mod = fastrnn.PeepholeLSTM(5, H, dtype=dtype, device=device, backend=backend, **kw)
     got_mod.load_state_dict(want_mod.state_dict())
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(T, N, I, generator=g, dtype=torch.float64)
-    h0 = torch.randn(case["layers"] * D, N, R, generator=g, dtype=torch.float64)
-    c0 = torch.randn(case["layers"] * D, N, H, generator=g, dtype=torch.float64)
-    lengths = torch.tensor([6, 2, 5, 1]) if case["packed"] else None
-    results = []
-    for mod, dt, dev in ((want_mod, torch.float64, "cpu"), (got_mod, dtype, device)):
-        xs, hs, cs = (t.to(device=dev, dtype=dt).requires_grad_() for t in (x, h0, c0))
-        out, hn = _run_module(mod, xs, lengths, (hs, cs))
-        w = torch.linspace(-1, 1, out.numel(), dtype=torch.float64, device=dev).view_as(out)
-        loss = (out.double() * w).sum() + sum((h.double() ** 2).sum() for h in hn)
-        grads = torch.autograd.grad(loss, [xs, hs, cs] + list(mod.parameters()))
-        results.append([out] + hn + list(grads))
+    x, h0, c0, lengths = _case_inputs(case, H, case["proj"] or H)
+    want = _outputs_and_grads(want_mod, x, h0, c0, lengths, torch.float64, "cpu")
+    got = _outputs_and_grads(got_mod, x, h0, c0, lengths, dtype, device)
     names = ["out", "hn", "cn", "dx", "dh0", "dc0"] + [n for n, _ in want_mod.named_parameters()]
-    for name, a, b in zip(names, results[1], results[0]):
-        a, b = a.double().cpu(), b.double().cpu()
-        torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=tol["atol"] * (1 + b.abs().max().item()),
-                                   msg=lambda m: f"{name}: {m}")
+    _assert_all_close(names, got, want, tol)
     return got_mod
 
 

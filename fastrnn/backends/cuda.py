@@ -48,7 +48,6 @@ except Exception as exc:  # built without nvcc, or a broken build
     _lib = None
     _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
-PEEPHOLES = True  # lstm_forward/lstm_backward take w_ch (the backend contract)
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 TILE_ENV = "FASTRNN_CUDA_TILE"
 TILE_SMALL, TILE_LARGE = 0, 1
@@ -163,7 +162,7 @@ def persistent_mode():
 class KernelRunner:
     """The backend functions over one kernel library (``_cuda`` or ``_cuda_emu``)."""
 
-    PEEPHOLES = True
+    PEEPHOLES = True  # the LSTM functions take w_ch
 
     def __init__(self, lib, device_type, tile=None, persistent=None):
         self.lib = lib
@@ -355,6 +354,7 @@ def emulator(tile=None, persistent=False):
 
 
 _runner = KernelRunner(_lib, "cuda")
+PEEPHOLES = KernelRunner.PEEPHOLES  # lstm_forward/lstm_backward take w_ch (the backend contract)
 
 
 def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, w_ch=None):
