@@ -22,6 +22,7 @@ report; samples/s count all processes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -132,6 +133,11 @@ def build_parser():
                         "(every model twice, side by side)")
     p.add_argument("--save-models", action="store_true",
                    help="write each trained model's state_dict to <out>/<model>-<impl>.pt")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                   help="arithmetic of both implementations: fp32 (default); bf16 (autocast "
+                        "to bfloat16 for the forward pass, parameters and optimizer in float32, "
+                        "the mixed precision torch recommends); fp64 (model and loss in "
+                        "float64: reproducible to ~1e-12 whatever the summation order)")
     p.add_argument("--select-epoch", choices=("last", "best-val"), default="last",
                    help="weights tested at the end: the last epoch's (default) or the epoch "
                         "with the best validation accuracy (needs --val-size)")
@@ -342,6 +348,29 @@ def _adam(params, lr):
         return torch.optim.Adam(params, lr=lr)
 
 
+class Precision:
+    """The arithmetic of a run (``--precision``): the dtype of the parameters and labels, and
+    the autocast dtype of the forward pass (None: no autocast)."""
+
+    def __init__(self, name):
+        self.name = name
+        self.dtype = torch.float64 if name == "fp64" else torch.float32
+        self.autocast_dtype = torch.bfloat16 if name == "bf16" else None
+
+    def forward(self, device):
+        """The context the forward pass runs in."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
+
+
+PRECISIONS = ("fp32", "bf16", "fp64")
+
+
+def _precision(args):
+    return Precision(getattr(args, "precision", "fp32") or "fp32")
+
+
 def _forget_bias(args):
     fb = getattr(args, "forget_bias", 1.0)
     return None if fb is None or fb != fb else fb  # nan: torch's own init
@@ -359,7 +388,8 @@ class Run:
                                  embed_dim=args.embed_dim, hidden_size=args.hidden_size,
                                  backend=args.backend if impl == "fastrnn" else None,
                                  forget_bias=_forget_bias(args))
-        self.model.to(device)
+        self.precision = _precision(args)
+        self.model.to(device, dtype=self.precision.dtype)
         self.train_model = self.procs.wrap(self.model, device)  # DDP under torchrun
         self.optimizer = _adam(self.model.parameters(), args.lr)
         self.lr, self.steps_done, self.total_steps = args.lr, 0, total_steps
@@ -374,7 +404,7 @@ class Run:
 
     def step(self, xb, yb, lb=None):
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.train_model(xb, lb)
+        logits = self.logits(self.train_model, xb, lb)
         loss = self.loss_fn(logits, yb)
         loss.backward()
         if self.clip:
@@ -387,16 +417,23 @@ class Run:
         self.steps_done += 1
         return loss.detach(), ((logits.detach() > 0).float() == yb).sum()
 
+    def logits(self, model, xb, lb):
+        """The model's logits, its forward pass in the run's precision; the loss and the
+        decision take them in the labels' dtype."""
+        with self.precision.forward(self.device):
+            logits = model(xb, lb)
+        return logits.to(self.precision.dtype)
+
     def warmup(self, xb, yb, lb=None):
         """One forward+backward (no update) and one inference pass, timed apart: JIT
         compilation, allocator growth and library initialisation stay out of the timings."""
         t0 = time.perf_counter()
         self.model.train()
-        self.loss_fn(self.train_model(xb, lb), yb).backward()
+        self.loss_fn(self.logits(self.train_model, xb, lb), yb).backward()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.eval()
         with torch.inference_mode():
-            self.model(xb, lb)
+            self.logits(self.model, xb, lb)
         _sync(self.device)
         self.result["warmup_seconds"] = time.perf_counter() - t0
         ran = getattr(self.model.rnn, "last_backend", None)  # fastrnn layers record it
@@ -447,7 +484,7 @@ class Run:
         t0 = time.perf_counter()
         for idx in bar:
             xb, yb, lb = split.batch(idx, self.lengths)
-            logits = self.model(xb, lb)
+            logits = self.logits(self.model, xb, lb)
             correct += ((logits > 0).float() == yb).sum()
         _sync(self.device)
         seconds = time.perf_counter() - t0
@@ -532,16 +569,17 @@ def _fastrnn_backend_name(backend, device):
 
 def _initial_agreement(name, args, device, batch):
     """Max |logit difference| of the two implementations before training (same weights)."""
+    precision = _precision(args)
     models = {impl: build_model(name, impl, seed=args.seed, vocab_size=args.num_words,
                                 embed_dim=args.embed_dim, hidden_size=args.hidden_size,
                                 backend=args.backend if impl == "fastrnn" else None,
-                                forget_bias=_forget_bias(args)).to(device)
+                                forget_bias=_forget_bias(args)).to(device, precision.dtype)
               for impl in IMPLS}
     sd_t, sd_f = models["torch"].state_dict(), models["fastrnn"].state_dict()
     same_weights = sd_t.keys() == sd_f.keys() and all(torch.equal(sd_t[k], sd_f[k]) for k in sd_t)
     xb, _, lb = batch
-    with torch.inference_mode():
-        out = {impl: m.eval()(xb, lb) for impl, m in models.items()}
+    with torch.inference_mode(), precision.forward(device):
+        out = {impl: m.eval()(xb, lb).float() for impl, m in models.items()}
     return same_weights, float((out["torch"] - out["fastrnn"]).abs().max())
 
 
@@ -626,8 +664,9 @@ def _run(args, progress, procs):
             raise SystemExit(f"fastrnn-imdb: --impl fastrnn needs fastrnn's layers: {why}\n"
                              f"(run with --impl torch to measure torch.nn alone)")
     x_train, y_train, x_test, y_test, data_info = prepare_data(args, progress)
-    x_train, y_train = x_train.to(device), y_train.to(device)
-    x_test, y_test = x_test.to(device), y_test.to(device)
+    label_dtype = _precision(args).dtype  # the loss's dtype
+    x_train, y_train = x_train.to(device), y_train.to(device, label_dtype)
+    x_test, y_test = x_test.to(device), y_test.to(device, label_dtype)
     n_val = getattr(args, "val_size", 0)
     if n_val >= len(y_train):
         raise SystemExit(f"fastrnn-imdb: --val-size {n_val} leaves no training reviews "
@@ -916,6 +955,11 @@ def _schedule_text(cfg):
     return " (constant)"
 
 
+def _precision_text(cfg):
+    return {"bf16": "bfloat16 autocast (float32 parameters and optimizer)",
+            "fp64": "float64"}.get(cfg.get("precision", "fp32"), "float32")
+
+
 def write_report(summary, out, charts):
     cfg, env, data = summary["config"], summary["environment"], summary["data"]
     lines = [
@@ -937,7 +981,8 @@ def write_report(summary, out, charts):
         + ", "
         f"gradient clipping {cfg['clip'] or 'off'}, LSTM forget-gate bias "
         f"{cfg.get('forget_bias', 1.0)} at init, hidden {cfg['hidden_size']}, embedding "
-        f"{cfg['embed_dim']}, seed {cfg['seed']}. Inference batch {cfg['eval_batch_size']}. "
+        f"{cfg['embed_dim']}, seed {cfg['seed']}, {_precision_text(cfg)}. "
+        f"Inference batch {cfg['eval_batch_size']}. "
         f"Both implementations of a model start from identical weights and see the same "
         f"batches; their epochs alternate." + _validation_text(summary), "",
         "## Results", "",
