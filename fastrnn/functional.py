@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _memory
+from . import _precision
 from . import _validation as V
 from . import backends
 from . import fastpath
@@ -61,9 +62,9 @@ def _resolve(backend, device_type, low_precision):
         requested = backends.get_default_backend() if backend is None else backend
         if requested == "auto":
             _warn_once("low-precision-cpu",
-                       "fastrnn: float16/bfloat16 on the CPU runs the reference backend (a "
-                       "step loop in torch ops, much slower than the fused kernels, which "
-                       "take float32 and float64): convert the model with .float() for speed")
+                       "fastrnn: float16/bfloat16 tensors passed to fastrnn's ops directly "
+                       "on the CPU run the reference backend (a step loop in torch ops); the "
+                       "layers and cells run them through the float32 kernels")
             return "reference"  # compiled CPU kernels: float32/float64 only
         raise TypeError(f"backend {name!r} supports float32 and float64 only; use "
                         f"backend='reference' for other dtypes")
@@ -256,6 +257,16 @@ def rnn(mode, input, hx, weights, has_biases, num_layers, dropout, train, bidire
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    plan = _layer_plan(mode, input, hx, weights, proj_size, backend)
+    if plan is not None:  # float16/bfloat16 on the CPU, autocast (fastrnn._precision)
+        with plan.context():
+            out, hn = rnn(mode, plan.sequence(input), _map_states(hx, plan.state),
+                          [plan.tensor(w) for w in weights], has_biases, num_layers, dropout,
+                          train, bidirectional, batch_first, proj_size, backend)
+        out = plan.output(out, plan.out_h)
+        if mode in _LSTM_MODES:
+            return out, (hn[0].to(plan.out_h), hn[1].to(plan.out_c))
+        return out, hn.to(plan.out_h)
     fast = _fast_one_step(mode, input, hx, weights, has_biases, num_layers, dropout, train,
                           bidirectional, batch_first, proj_size, backend)
     if fast is not None:
@@ -330,6 +341,53 @@ def rnn(mode, input, hx, weights, has_biases, num_layers, dropout, train, bidire
             hn = hn.squeeze(1)
             cn = cn.squeeze(1) if is_lstm else None
     return (out, (hn, cn)) if is_lstm else (out, hn)
+
+
+def _split_states(hx, two):
+    """(h, c) of a well-formed ``hx`` (c None for one state), or None when it is not (the
+    validation then raises torch.nn's error)."""
+    if hx is None:
+        return None, None
+    if two:
+        if isinstance(hx, (tuple, list)) and len(hx) == 2:
+            return hx[0], hx[1]
+        return None
+    return hx, None
+
+
+def _map_states(hx, fn):
+    if hx is None:
+        return None
+    if isinstance(hx, (tuple, list)):
+        return tuple(fn(h) for h in hx)
+    return fn(hx)
+
+
+def _layer_plan(mode, input, hx, weights, proj_size, backend):
+    states = _split_states(hx, mode in _LSTM_MODES)
+    if states is None or not weights:
+        return None
+    packed = isinstance(input, PackedSequence)
+    kind = "LSTM-layer" if mode in _LSTM_MODES else ("GRU" if mode == "GRU" else "RNN")
+    return _precision.plan(kind, input.data if packed else input, states[0], states[1],
+                           weights[0], backend, packed=packed, proj=proj_size > 0)
+
+
+def _cell_plan(kind, input, hx, w_ih, backend):
+    states = _split_states(hx, kind == "LSTM")
+    if states is None:
+        return None
+    return _precision.plan(kind, input, states[0], states[1], w_ih, backend)
+
+
+def _planned_cell(plan, fn, input, hx, weights, two_states):
+    """A cell call under ``plan``: the inputs cast, the outputs in the plan's dtypes."""
+    with plan.context():
+        out = fn(plan.tensor(input), _map_states(hx, plan.state),
+                 *[plan.tensor(w) for w in weights])
+    if two_states:
+        return out[0].to(plan.out_h), out[1].to(plan.out_c)
+    return out.to(plan.out_h)
 
 
 def _fast_backend(backend):
@@ -542,6 +600,10 @@ def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend, w_ch=None):
 
 
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
+    plan = _cell_plan("LSTM", input, hx, w_ih, backend)
+    if plan is not None:
+        return _planned_cell(plan, lambda *a: lstm_cell(*a, backend=backend), input, hx,
+                             (w_ih, w_hh, b_ih, b_hh), True)
     fast = _fast_cell("LSTM", input, hx, w_ih, w_hh, b_ih, b_hh, backend)
     if fast is not None:
         return fast
@@ -557,6 +619,10 @@ def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
 
 def peephole_lstm_cell(input, hx, w_ih, w_hh, w_ch, b_ih=None, b_hh=None, backend=None):
     """One step of the peephole LSTM (``fastrnn.PeepholeLSTMCell``); w_ch [3H]."""
+    plan = _cell_plan("LSTM", input, hx, w_ih, backend)
+    if plan is not None:
+        return _planned_cell(plan, lambda *a: peephole_lstm_cell(*a, backend=backend), input,
+                             hx, (w_ih, w_hh, w_ch, b_ih, b_hh), True)
     fast = _fast_cell("PEEPHOLE", input, hx, w_ih, w_hh, b_ih, b_hh, backend, w_ch)
     if fast is not None:
         return fast
@@ -580,6 +646,10 @@ def peephole_lstm_cell(input, hx, w_ih, w_hh, w_ch, b_ih=None, b_hh=None, backen
 
 
 def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
+    plan = _cell_plan("GRU", input, hx, w_ih, backend)
+    if plan is not None:
+        return _planned_cell(plan, lambda *a: gru_cell(*a, backend=backend), input, hx,
+                             (w_ih, w_hh, b_ih, b_hh), False)
     fast = _fast_cell("GRU", input, hx, w_ih, w_hh, b_ih, b_hh, backend)
     if fast is not None:
         return fast
@@ -596,6 +666,12 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
 def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", backend=None):
     if nonlinearity not in ("tanh", "relu"):
         raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
+    plan = _cell_plan("RNN", input, hx, w_ih, backend)
+    if plan is not None:
+        return _planned_cell(
+            plan, lambda x, h, *w: rnn_cell(x, h, *w, nonlinearity=nonlinearity,
+                                            backend=backend),
+            input, hx, (w_ih, w_hh, b_ih, b_hh), False)
     fast = _fast_cell("RNN_RELU" if nonlinearity == "relu" else "RNN_TANH", input, hx, w_ih,
                       w_hh, b_ih, b_hh, backend)
     if fast is not None:

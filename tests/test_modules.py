@@ -336,28 +336,6 @@ def test_torch_compile_fullgraph_lstm():
     assert_close(gx_c, gx_r, torch.float32, "compiled grad")
 
 
-def test_low_precision_falls_back_to_reference_under_auto(monkeypatch):
-    from fastrnn import functional
-    monkeypatch.setattr(functional, "_warned", set())
-    torch.manual_seed(0)
-    ref, fast = make_pair("GRU", 3, 4, backend="auto", dtype=torch.bfloat16)
-    x = torch.randn(4, 2, 3, dtype=torch.bfloat16)
-    compiled_cpu = [b for b in ("cpu", "numba") if b in backends.available_backends()]
-    if compiled_cpu:  # said once, not silently slow
-        with pytest.warns(RuntimeWarning, match="bfloat16 on the CPU runs the reference"):
-            out_f, h_f = fast(x)
-    else:
-        out_f, h_f = fast(x)
-    fast(x)  # no second warning (pytest would not fail on one; the set says it)
-    assert functional._warned <= {"low-precision-cpu"}
-    assert fast.last_backend == "reference"
-    torch.testing.assert_close(out_f, ref(x)[0], rtol=2e-2, atol=2e-2)
-    for name in compiled_cpu:
-        fast.backend = name
-        with pytest.raises(TypeError, match="float32 and float64 only"):
-            fast(x)
-
-
 def test_torch_compile_cell_and_gru_eval():
     torch._dynamo.reset()
     cell = fastrnn.GRUCell(3, 4, backend="reference")

@@ -1,0 +1,136 @@
+"""float16 / bfloat16 and autocast at the functional boundary.
+
+Two cases reach fastrnn's layers and cells in low precision:
+
+* **Tensors in float16/bfloat16 on the CPU** (a module cast with ``.bfloat16()``): the
+  compiled CPU kernels and the numba kernels compute in float32, so the call runs on
+  float32 copies of the input, states and weights and its outputs are rounded back to the
+  input's dtype. Storage and results stay low precision; the gate pre-activations, the
+  nonlinearities, the cell state and every accumulation are float32 (more accurate than a
+  bf16 step loop, never the slow reference). Autograd goes through the casts, so
+  gradients reach the low-precision parameters in their dtype.
+
+* **torch.autocast** (CPU or CUDA): the output dtypes are torch.nn's. torch.nn's recurrent
+  layers take part in autocast through the matmuls inside them, and their output dtypes
+  follow from that (checked against torch 2.13 on the CPU, ``tests/test_precision.py``;
+  ``L`` is the autocast dtype, ``d_h``/``d_c`` the dtype of the states passed in, the
+  input's when none is):
+
+  ==============================  ==============================  ====================
+  module (CPU autocast)           h, output                       c
+  ==============================  ==============================  ====================
+  RNN, RNNCell                    L                               --
+  GRU, GRUCell                    promote(L, d_h)                 --
+  LSTM, not packed, no proj_size  L (oneDNN's bf16 LSTM)          L
+  LSTM packed, LSTMCell           promote(L, d_c)                 promote(L, d_c)
+  LSTM with proj_size             L                               promote(L, d_c)
+  ==============================  ==============================  ====================
+
+  (The peephole LSTM follows the LSTM.) On CUDA every layer and cell returns L: cuDNN's
+  RNN and the three cells are on CUDA autocast's lower-precision list. fastrnn casts the
+  input and the weights to L for the call (the rounding autocast applies to a matmul's
+  operands), computes with autocast off in float32 on the CPU (in L on CUDA, whose kernels
+  take it), and returns the table's dtypes. The parameters stay float32 and receive float32
+  gradients.
+
+A float64 input is left alone by autocast, as torch.nn's is.
+"""
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+from . import backends
+
+LOW = (torch.float16, torch.bfloat16)
+_AUTOCASTABLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _autocast_dtype(device_type, dtype):
+    """autocast's lower-precision dtype for a call on ``device_type`` with floating inputs
+    of ``dtype``, or None when autocast does not apply."""
+    if dtype not in _AUTOCASTABLE or device_type not in ("cpu", "cuda"):
+        return None
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def _promote(a, b):
+    return torch.promote_types(a, b)
+
+
+class Plan:
+    """How one call runs: the dtype its inputs are rounded to (``round_to``, or None), the
+    dtype it computes in, and its outputs' dtypes (h and output; c)."""
+
+    def __init__(self, device_type, round_to, compute, out_h, out_c):
+        self.device_type, self.round_to, self.compute = device_type, round_to, compute
+        self.out_h, self.out_c = out_h, out_c
+
+    def tensor(self, t):
+        """An input (sequence, weight) as the computation takes it."""
+        if t is None:
+            return None
+        if self.round_to is not None and t.dtype != self.round_to:
+            t = t.to(self.round_to)
+        return t.to(self.compute)
+
+    def state(self, t):
+        """A state passed in: not rounded (the state keeps its own precision)."""
+        return None if t is None else t.to(self.compute)
+
+    def sequence(self, x):
+        if isinstance(x, PackedSequence):
+            return x._replace(data=self.tensor(x.data))
+        return self.tensor(x)
+
+    def output(self, t, dtype):
+        if isinstance(t, PackedSequence):
+            return t._replace(data=t.data.to(dtype))
+        return t.to(dtype)
+
+    def context(self):
+        """Autocast off for the computation (its dtypes are this plan's)."""
+        return torch.autocast(self.device_type, enabled=False)
+
+
+@torch.compiler.assume_constant_result
+def _cpu_kernels_run(backend):
+    """Whether ``backend`` (None, "auto" or a name) runs fp32-only kernels on the CPU."""
+    try:
+        return backends.resolve(backend, "cpu") in ("cpu", "numba")
+    except Exception:  # an unavailable backend asked for by name: the call will say so
+        return False
+
+
+def plan(kind, x, h, c, weight, backend, packed=False, proj=False):
+    """The Plan for a call of ``kind`` ("RNN", "GRU", "LSTM" for the RNN/GRU layers and
+    cells and the LSTM cells, "LSTM-layer" for the LSTM layers, with ``packed``/``proj``)
+    on input ``x`` (a tensor: a PackedSequence's data) with states ``h``/``c`` (or None)
+    and weights like ``weight``; None when the call runs as it is."""
+    if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
+        return None
+    states = [t for t in (h, c) if t is not None]
+    if any(not isinstance(t, torch.Tensor) or t.dtype != x.dtype for t in states):
+        return None  # the validation below raises torch.nn's error
+    dev = x.device.type
+    low = _autocast_dtype(dev, x.dtype) if weight.dtype in _AUTOCASTABLE else None
+    if low is not None:
+        compute = low if dev == "cuda" else torch.float32
+        if dev == "cuda":
+            out_h = out_c = low
+        else:
+            d = x.dtype  # the states' dtype (checked equal to the input's above)
+            if kind == "RNN":
+                out_h = out_c = low
+            elif kind == "GRU":
+                out_h = out_c = _promote(low, d)
+            elif kind == "LSTM-layer" and not packed and not proj:
+                out_h = out_c = low
+            elif kind == "LSTM-layer" and proj:
+                out_h, out_c = low, _promote(low, d)
+            else:  # LSTM cell, packed LSTM layer
+                out_h = out_c = _promote(low, d)
+        return Plan(dev, low, compute, out_h, out_c)
+    if dev == "cpu" and x.dtype in LOW and weight.dtype == x.dtype and _cpu_kernels_run(backend):
+        return Plan(dev, None, torch.float32, x.dtype, x.dtype)
+    return None

@@ -1,0 +1,246 @@
+"""float16 / bfloat16 modules and torch.autocast on the CPU (fastrnn._precision).
+
+The oracle for output dtypes is torch.nn itself, called in the same mode in each test.
+Numerics: against fastrnn in float32 on the same (float32) weights, and against torch.nn in
+the same mode, with tolerances from the low dtype's unit roundoff u (2^-8 for bfloat16,
+2^-11 for float16): the inputs, weights and outputs are each rounded once (relative error
+u/2 each), the recurrence itself runs in float32, and the layers here are contractive (the
+default init), so the error is a few u at any length. ``TOL_U`` u is asserted; the largest
+errors measured against float32 were 1.4 u over 6 steps (RNN) and, over 500 steps, 0.8 u
+(LSTM, GRU) and 1.5 u (RNN), the same in the first and the last 100 steps.
+"""
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import fastrnn
+from fastrnn import backends
+from rnn_cases import CPU_BACKENDS
+
+LOW = (torch.bfloat16, torch.float16)
+UNIT_ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
+TOL_U = 8
+KERNEL_BACKENDS = [b for b in CPU_BACKENDS if b in ("cpu", "numba")]
+
+
+def _atol(dtype, factor=1):
+    return factor * TOL_U * UNIT_ROUNDOFF[dtype]
+
+
+def _flat(out):
+    res = []
+
+    def rec(t):
+        if isinstance(t, PackedSequence):
+            res.append(t.data)
+        elif isinstance(t, torch.Tensor):
+            res.append(t)
+        else:
+            for u in t:
+                rec(u)
+    rec(out)
+    return res
+
+
+def _pair(name, dtype=torch.float32, **kw):
+    torch.manual_seed(0)
+    ref = getattr(nn, name)(4, 5, dtype=dtype, **kw)
+    fast = getattr(fastrnn, name)(4, 5, dtype=dtype, **kw)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+LAYER_CASES = [
+    ("RNN", {}), ("RNN", dict(nonlinearity="relu", num_layers=2, bidirectional=True)),
+    ("GRU", {}), ("GRU", dict(num_layers=2, bidirectional=True)),
+    ("LSTM", {}), ("LSTM", dict(num_layers=2, bidirectional=True)),
+    ("LSTM", dict(proj_size=3)),
+]
+
+
+def _layer_input(case, x):
+    if case == "packed":
+        return pack_padded_sequence(x, [6, 4, 2])
+    return x
+
+
+def _torch_in_mode(ref, inp, low):
+    """torch.nn's outputs under CPU autocast, or None where torch.nn cannot run that mode on
+    this CPU (its oneDNN bf16/fp16 LSTM needs the CPU's bf16/fp16 instructions)."""
+    with torch.autocast("cpu", dtype=low):
+        try:
+            return _flat(ref(*inp))
+        except RuntimeError as exc:
+            if "primitive descriptor" in str(exc):
+                return None
+            raise
+
+
+@pytest.mark.parametrize("low", LOW, ids=str)
+@pytest.mark.parametrize("case", ["plain", "packed", "hx"])
+@pytest.mark.parametrize("name,kw", LAYER_CASES, ids=lambda v: str(v))
+def test_layer_under_autocast_matches_torch_dtypes_and_numbers(name, kw, case, low):
+    ref, fast = _pair(name, **kw)
+    x = torch.randn(6, 3, 4)
+    inp = [_layer_input(case, x)]
+    if case == "hx":
+        D = ref.num_layers * (2 if ref.bidirectional else 1)
+        h = torch.randn(D, 3, ref.proj_size or 5)
+        inp.append((h, torch.randn(D, 3, 5)) if name == "LSTM" else h)
+    with torch.autocast("cpu", dtype=low):
+        got = _flat(fast(*inp))
+    expected = _torch_in_mode(ref, inp, low)
+    full = _flat(fast(*inp))  # float32, autocast off
+    if expected is None:
+        # torch.nn's oneDNN LSTM (not packed, no projection) returns the autocast dtype
+        assert name == "LSTM" and case != "packed" and not kw.get("proj_size"), \
+            "torch.nn failed under autocast where it has no oneDNN path"
+        expected_dtypes = [low] * 3
+    else:
+        expected_dtypes = [t.dtype for t in expected]
+    assert [t.dtype for t in got] == expected_dtypes
+    for g, f in zip(got, full):
+        torch.testing.assert_close(g.float(), f, rtol=0, atol=_atol(low))
+    if expected is not None:
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g.float(), e.float(), rtol=0, atol=_atol(low, 2))
+
+
+@pytest.mark.parametrize("low", LOW, ids=str)
+@pytest.mark.parametrize("name", ["RNNCell", "GRUCell", "LSTMCell"])
+@pytest.mark.parametrize("input_dtype", ["float32", "low"])
+def test_cell_under_autocast_matches_torch(name, input_dtype, low):
+    ref, fast = _pair(name)
+    x = torch.randn(3, 4)
+    if input_dtype == "low":
+        x = x.to(low)
+    with torch.autocast("cpu", dtype=low):
+        got, expected = _flat(fast(x)), _flat(ref(x))
+    assert [t.dtype for t in got] == [t.dtype for t in expected]
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g.float(), e.float(), rtol=0, atol=_atol(low, 2))
+
+
+def test_peephole_lstm_under_autocast_follows_the_lstm():
+    torch.manual_seed(0)
+    fast = fastrnn.PeepholeLSTM(4, 5)
+    cell = fastrnn.PeepholeLSTMCell(4, 5)
+    x = torch.randn(6, 3, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, (h, c) = fast(x)
+        packed, _ = fast(pack_padded_sequence(x, [6, 4, 2]))
+        h1, c1 = cell(x[0])
+    assert (y.dtype, h.dtype, c.dtype) == (torch.bfloat16,) * 3
+    assert packed.data.dtype == torch.float32  # as torch.nn's packed LSTM
+    assert (h1.dtype, c1.dtype) == (torch.float32,) * 2  # as torch.nn's LSTMCell
+    y32, _ = fast(x)
+    torch.testing.assert_close(y.float(), y32, rtol=0, atol=_atol(torch.bfloat16))
+
+
+@pytest.mark.parametrize("name,kw", [("LSTM", dict(bidirectional=True)),
+                                     ("GRU", dict(bidirectional=True)), ("RNN", {})],
+                         ids=lambda v: str(v))
+def test_autocast_training_gradients_reach_float32_parameters(name, kw):
+    """Packed, bidirectional: every parameter's and the input's gradient, float32, within
+    the bf16 tolerance of the float32 run's."""
+    _, fast = _pair(name, **kw)
+    x = torch.randn(6, 3, 4)
+    lengths = [6, 4, 2]
+
+    def grads(autocast):
+        xr = x.clone().requires_grad_()
+        fast.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = _flat(fast(pack_padded_sequence(xr, lengths)))
+        sum((o.float() * torch.linspace(-1, 1, o.numel()).view_as(o)).sum()
+            for o in out).backward()
+        return [xr.grad] + [p.grad.clone() for p in fast.parameters()]
+
+    low_grads, full_grads = grads(True), grads(False)
+    for g, f in zip(low_grads, full_grads):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, f, rtol=0, atol=_atol(torch.bfloat16, 2))
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("low", LOW, ids=str)
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "PeepholeLSTM"])
+def test_low_precision_module_runs_the_float32_kernels(name, low, backend, recwarn):
+    """A module cast to bf16/fp16 runs the compiled (or numba) kernels on float32 copies,
+    never the reference, without a warning; outputs and gradients in its dtype."""
+    torch.manual_seed(0)
+    fast = getattr(fastrnn, name)(4, 5, num_layers=2, bidirectional=True, backend=backend)
+    x = torch.randn(6, 3, 4)
+    full = _flat(fast(x))
+    fast.to(low)
+    xl = x.to(low).requires_grad_()
+    got = _flat(fast(xl))
+    assert fast.last_backend == backend
+    assert not [w for w in recwarn if "reference" in str(w.message)]
+    assert all(t.dtype == low for t in got)
+    for g, f in zip(got, full):  # the weights and the input rounded to `low`
+        torch.testing.assert_close(g.float(), f, rtol=0, atol=_atol(low))
+    sum(t.float().sum() for t in got).backward()
+    assert xl.grad.dtype == low and all(p.grad.dtype == low for p in fast.parameters())
+
+
+@pytest.mark.parametrize("low", LOW, ids=str)
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell", "PeepholeLSTMCell"])
+def test_low_precision_cell_runs_the_compiled_kernels(name, low):
+    if "cpu" not in backends.available_backends():
+        pytest.skip("the compiled CPU kernels are not built")
+    torch.manual_seed(0)
+    fast = getattr(fastrnn, name)(4, 5)
+    x = torch.randn(3, 4)
+    full = _flat(fast(x))
+    fast.to(low)
+    got = _flat(fast(x.to(low)))
+    assert fast.last_backend == "cpu"
+    assert all(t.dtype == low for t in got)
+    for g, f in zip(got, full):
+        torch.testing.assert_close(g.float(), f, rtol=0, atol=_atol(low))
+
+
+def test_bf16_long_sequence_does_not_drift():
+    """500 steps in bfloat16 storage: the state is carried in float32, so the error stays
+    at the rounding of the inputs and outputs instead of growing with the length."""
+    torch.manual_seed(0)
+    fast = fastrnn.LSTM(16, 32)
+    x = torch.randn(500, 4, 16)
+    y32, (h32, c32) = fast(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, (h, c) = fast(x)
+    err = (y.float() - y32).abs().detach()
+    assert float(err.max()) <= _atol(torch.bfloat16)
+    # no growth: the last 100 steps are not worse than 2x the first 100
+    assert float(err[-100:].max()) <= 2 * float(err[:100].max()) + UNIT_ROUNDOFF[torch.bfloat16]
+
+
+def test_fp64_is_left_alone_by_autocast():
+    ref, fast = _pair("GRU", dtype=torch.float64)
+    x = torch.randn(5, 2, 4, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, expected = fast(x), ref(x)
+    assert got[0].dtype == expected[0].dtype == torch.float64
+    torch.testing.assert_close(got[0], expected[0])
+
+
+def test_dtype_errors_stay_torch_errors_under_autocast():
+    """A state whose dtype differs from the input's is an error under autocast too."""
+    _, fast = _pair("GRU")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(RuntimeError, match="dtype"):
+            fast(torch.randn(5, 2, 4), torch.zeros(1, 2, 5, dtype=torch.float64))
+
+
+def test_torch_compile_fullgraph_under_autocast():
+    torch._dynamo.reset()
+    _, fast = _pair("LSTM")
+    x = torch.randn(6, 3, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = _flat(fast(x))
+        got = _flat(torch.compile(fast, fullgraph=True)(x))
+    assert [t.dtype for t in got] == [t.dtype for t in expected]
+    for g, e in zip(got, expected):  # inductor may skip a rounding round trip
+        torch.testing.assert_close(g.float(), e.float(), rtol=0, atol=_atol(torch.bfloat16))
