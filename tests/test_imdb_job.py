@@ -480,3 +480,210 @@ def test_results_record_the_machine_speed(tmp_path, archive):
     assert _run_quick(archive, out, "torch", models="gru") == 0
     samples = json.loads((out / "results.json").read_text())["environment"]["machine_samples"]
     assert len(samples["gemm_gflops"]) == 2 and all(r > 0 for r in samples["gemm_gflops"])
+
+
+# ----------------------------------------------------------------------------- argument errors
+
+@pytest.fixture
+def no_data_preparation(monkeypatch):
+    """Fail the test if the job reaches data preparation."""
+    def prepare(*args, **kwargs):
+        raise AssertionError("the job prepared data before reporting the argument error")
+    monkeypatch.setattr(job, "prepare_data", prepare)
+
+
+def _job_error(tmp_path, *argv):
+    """The job's exit message for ``argv``, with a --data path that does not exist (the
+    argument error must come before the data is looked for)."""
+    with pytest.raises(SystemExit) as err:
+        job.main(["--quick", "--no-progress", "--data", str(tmp_path / "missing.tar.gz"),
+                  "--out", str(tmp_path / "out"), *argv])
+    msg = err.value.code
+    assert isinstance(msg, str), msg
+    assert "IMDB data not found" not in msg
+    assert "\n" not in msg and msg.startswith("fastrnn-imdb: "), msg
+    return msg
+
+
+def _torch_without_cuda(monkeypatch, built):
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: built)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+def _torch_with_gpus(monkeypatch, count):
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+@pytest.mark.usefixtures("no_data_preparation")
+def test_cuda_device_on_a_torch_without_cuda(tmp_path, monkeypatch):
+    _torch_without_cuda(monkeypatch, built=False)
+    msg = _job_error(tmp_path, "--device", "cuda")
+    assert "--device cuda" in msg and "built without CUDA" in msg and "--device cpu" in msg
+    _torch_without_cuda(monkeypatch, built=True)
+    msg = _job_error(tmp_path, "--device", "cuda:0", "--impl", "torch")
+    assert "--device cuda:0" in msg and "no CUDA GPU" in msg and "--device cpu" in msg
+
+
+@pytest.mark.usefixtures("no_data_preparation")
+def test_cuda_device_index_and_unknown_devices(tmp_path, monkeypatch):
+    _torch_with_gpus(monkeypatch, 2)
+    msg = _job_error(tmp_path, "--device", "cuda:2", "--impl", "torch")
+    assert "--device cuda:2" in msg and "2 CUDA GPU(s): cuda:0 to cuda:1" in msg
+    for bad in ("tpu", "gpu0", "meta"):
+        msg = _job_error(tmp_path, "--device", bad, "--impl", "torch")
+        assert f"--device {bad!r}" in msg and "auto, cpu, cuda, cuda:N" in msg
+
+
+@pytest.mark.usefixtures("no_data_preparation")
+def test_unknown_backend_is_a_parser_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        job.main(["--quick", "--backend", "bogus", "--data", str(tmp_path / "missing.tar.gz"),
+                  "--no-progress", "--out", str(tmp_path / "out")])
+    assert err.value.code == 2
+    text = capsys.readouterr().err
+    assert "argument --backend: invalid choice: 'bogus'" in text
+    assert all(f"'{b}'" in text for b in job.BACKEND_CHOICES)
+    assert job.build_parser().parse_args(["--backend", "Reference"]).backend == "reference"
+
+
+@pytest.mark.usefixtures("no_data_preparation")
+def test_backend_for_the_wrong_device(tmp_path, monkeypatch):
+    msg = _job_error(tmp_path, "--device", "cpu", "--backend", "cuda")
+    assert "--backend cuda needs a CUDA device" in msg and "--device cpu" in msg
+    _torch_with_gpus(monkeypatch, 1)
+    msg = _job_error(tmp_path, "--device", "cuda", "--backend", "numba")
+    assert "--backend numba runs on the CPU" in msg and "--device cuda" in msg
+    # --impl torch alone: no fastrnn backend runs, nothing to check
+    args = job.resolve_config(job.build_parser().parse_args(
+        ["--device", "cpu", "--backend", "cuda", "--impl", "torch"]))
+    assert args.backend == "cuda"
+
+
+@pytest.mark.usefixtures("no_data_preparation")
+def test_unavailable_backend_says_why(tmp_path, monkeypatch):
+    from fastrnn import backends
+    monkeypatch.setitem(backends._cache, "numba", (None, "numba is not installed (test)"))
+    msg = _job_error(tmp_path, "--device", "cpu", "--backend", "numba")
+    assert "--backend numba" in msg and "numba is not installed (test)" in msg
+    assert "reference" in msg and "--impl torch" in msg
+    # on a CUDA device the job runs fastrnn's own kernels unless told otherwise
+    _torch_with_gpus(monkeypatch, 1)
+    monkeypatch.setitem(backends._cache, "cuda", (None, "built without CUDA kernels (test)"))
+    msg = _job_error(tmp_path, "--device", "cuda")
+    assert "--device cuda" in msg and "unavailable" in msg and "--impl torch" in msg
+    # a $FASTRNN_BACKEND that is no backend is named too
+    _torch_without_cuda(monkeypatch, built=False)
+    monkeypatch.setenv("FASTRNN_BACKEND", "bogus")
+    msg = _job_error(tmp_path, "--device", "cpu")
+    assert "FASTRNN_BACKEND" in msg and "bogus" in msg
+
+
+def test_data_help_and_not_found_name_the_kaggle_csv_and_offline_switch(tmp_path, monkeypatch):
+    monkeypatch.delenv("FASTRNN_OFFLINE", raising=False)
+    help_text = " ".join(job.build_parser().format_help().split())
+    assert "Kaggle's 'IMDB Dataset.csv'" in help_text and "$FASTRNN_OFFLINE=1" in help_text
+    with pytest.raises(SystemExit) as err:
+        job.main(["--data", str(tmp_path / "nope.tar.gz"), "--impl", "torch", "--device", "cpu",
+                  "--no-progress", "--out", str(tmp_path / "out")])
+    msg = str(err.value.code)
+    assert "IMDB data not found" in msg and "IMDB Dataset.csv" in msg
+    assert "FASTRNN_OFFLINE=1" in msg and "set now" not in msg
+    monkeypatch.setenv("FASTRNN_OFFLINE", "1")
+    with pytest.raises(SystemExit) as err:
+        job.main(["--impl", "torch", "--device", "cpu", "--no-progress",
+                  "--out", str(tmp_path / "out")])
+    assert "FASTRNN_OFFLINE is set now: unset it" in str(err.value.code)
+
+
+def test_job_reads_kaggle_csv(tmp_path):
+    """The CSV the --data help names: first half of the records training, second test."""
+    import csv
+    reviews = make_reviews(per_class=4, seed=3)
+    path = tmp_path / "IMDB Dataset.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["review", "sentiment"])
+        for split in ("train", "test"):
+            for label, word in (("neg", "negative"), ("pos", "positive")):
+                w.writerows((data.decode("utf-8"), word) for _, data in reviews[(split, label)])
+    args = job.resolve_config(job.build_parser().parse_args(
+        ["--quick", "--data", str(tmp_path), "--impl", "torch", "--device", "cpu",
+         "--maxlen", "16"]))
+    x_train, y_train, x_test, y_test, info = job.prepare_data(args, progress=False)
+    assert info["source"].endswith("IMDB Dataset.csv")
+    assert (x_train.shape, x_test.shape) == ((8, 16), (8, 16))  # 4 per split and label
+    assert int(y_train.sum()) == 4 and int(y_test.sum()) == 4
+
+
+# ----------------------------------------------------------------------------- charts
+
+def _chart_summary(speedups, quick, noisy):
+    """A summary as the job writes it, for the chart functions."""
+    results, comparisons = [], []
+    for i, (model, train_speedup) in enumerate(speedups.items()):
+        for impl in ("fastrnn", "torch"):
+            results.append({"model": model, "display": job.display(model), "impl": impl,
+                            "train_samples_per_s": 100.0 + 10 * i,
+                            "inference_samples_per_s": 300.0 + i,
+                            "test_accuracy": 0.52 if quick else 0.87})
+        comparisons.append({"model": model, "display": job.display(model),
+                            "train_speedup": train_speedup, "inference_speedup": 1.8})
+    samples = ({"gemm_gflops": [200.0, 120.0], "load_average": [2.0, 4.3]} if noisy else
+               {"gemm_gflops": [200.0, 205.0], "load_average": [1.0, 1.5]})
+    n = 512 if quick else 25000
+    return {"config": {"quick": quick},
+            "data": {"train_reviews": n, "test_reviews": n, "maxlen": 100 if quick else 500},
+            "environment": {"device": "cpu", "torch_threads": 2, "machine_samples": samples},
+            "results": results, "comparisons": comparisons}
+
+
+SPEEDUPS = {"rnn": 27.8, "lstm": 1.5, "gru": 2.2, "birnn": 2.0, "bilstm": 1.4, "bigru": 2.3}
+
+
+def _texts(fig):
+    return [t.get_text() for t in fig.texts] + \
+        [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def test_speedup_axis_limit_ignores_a_lone_outlier():
+    assert job.speedup_axis_limit([1.5, 2.2, 2.0, 1.4, 2.3, 1.8]) is None  # none far out
+    limit = job.speedup_axis_limit(list(SPEEDUPS.values()) + [1.8] * 6)
+    assert limit == pytest.approx(1.25 * 2.3)
+    assert job.speedup_axis_limit([27.8, 1.5]) is None  # too few bars to call one an outlier
+    # many bars far above the median are no outliers: the peephole models' 80x
+    assert job.speedup_axis_limit([80.0, 81.0, 79.0, 1.5, 2.0, 1.6, 1.8]) is None
+
+
+def test_charts_carry_the_load_warning_and_cut_the_outlier(tmp_path):
+    pytest.importorskip("matplotlib")
+    summary = _chart_summary(SPEEDUPS, quick=True, noisy=True)
+    fig = job.speedup_figure(summary)
+    ax = fig.axes[0]
+    assert ax.get_ylim()[1] < 5  # the 27.8x bar does not set the scale
+    texts = _texts(fig)
+    assert "27.80x (cut)" in texts and "2.30x" in texts
+    assert "cut at 2.88x" in ax.get_xlabel()
+    assert any("unreliable" in t and "load average reached 4.3" in t for t in texts)
+    fig = job.speed_accuracy_figure(summary)
+    assert "speed figures unreliable" in fig._suptitle.get_text()
+    assert any("120-200 GFLOP/s" in t for t in _texts(fig))
+    paths = job.write_charts(summary, tmp_path)
+    for path in paths.values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_accuracy_reference_line_only_for_full_data_runs():
+    pytest.importorskip("matplotlib")
+    quick = job.speed_accuracy_figure(_chart_summary(SPEEDUPS, quick=True, noisy=False))
+    acc = quick.axes[2]
+    assert acc.get_title() == "test accuracy (%)" and not acc.get_lines()
+    assert not any("Warning" in t for t in _texts(quick))  # a quiet machine: no warning
+    full = job.speed_accuracy_figure(_chart_summary(SPEEDUPS, quick=False, noisy=False))
+    (line,) = full.axes[2].get_lines()
+    assert line.get_ydata()[0] == job.REFERENCE_ACCURACY_PCT
+    assert "full data" in line.get_label()
+    labels = [t.get_text() for t in full.axes[2].get_legend().get_texts()]
+    assert any("full data" in t for t in labels)

@@ -125,19 +125,22 @@ class ImdbCorpus:
 
 def _not_found_message(reason):
     cache = cache_dir()
+    offline = _env.flag(OFFLINE_ENV)
     return (
         f"IMDB data not found{': ' + reason if reason else ''}.\n"
         f"fastrnn needs the Large Movie Review Dataset ({ARCHIVE_NAME}, about 80 MiB, "
-        f"{URL}, sha256 {SHA256}). Give it in one of these ways:\n"
+        f"{URL}, sha256 {SHA256}) or Kaggle's \"IMDB Dataset of 50K Movie Reviews\" "
+        f"({CSV_NAME}, or the zip it comes in). Give it in one of these ways:\n"
         f"  1. the `path` argument of load_data()/get_word_index(), or `--data PATH` of "
         f"fastrnn-imdb: the .tar.gz archive, the extracted aclImdb/ folder, Keras's "
-        f"imdb.npz, or a folder holding one of them;\n"
+        f"imdb.npz, Kaggle's {CSV_NAME} (or its zip), or a folder holding one of them;\n"
         f"  2. the environment variable {PATH_ENV}=PATH (same kinds of PATH);\n"
         f"  3. the cache folder {cache} (set by $FASTRNN_CACHE, else $XDG_CACHE_HOME/fastrnn):"
-        f" put {ARCHIVE_NAME} (or aclImdb/ or imdb.npz) there, e.g.\n"
+        f" put {ARCHIVE_NAME} (or aclImdb/, imdb.npz or {CSV_NAME}) there, e.g.\n"
         f"       mkdir -p {cache} && curl -L -o {cache / ARCHIVE_NAME} {URL}\n"
-        f"  or let fastrnn download it (needs network access"
-        + (f"; unset {OFFLINE_ENV}" if _env.flag(OFFLINE_ENV) else "") + ").")
+        f"  or let fastrnn download it (needs network access; {OFFLINE_ENV}=1, "
+        f"download=False or --no-download forbid downloading"
+        + (f"; {OFFLINE_ENV} is set now: unset it" if offline else "") + ").")
 
 
 def _resolve_dir(d: Path):
