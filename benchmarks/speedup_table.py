@@ -36,7 +36,8 @@ from collections import OrderedDict
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 # peers besides torch.nn and onnxruntime, with their column labels (the peephole suite: the
 # step loop in torch ops a user writes, and fastrnn.LSTM of the same size)
-EXTRA_PEERS = {"torch_loop": "torch step loop", "fastrnn_lstm": "fastrnn LSTM"}
+EXTRA_PEERS = {"torch_loop": "torch step loop", "fastrnn_lstm": "fastrnn LSTM",
+               "fastrnn_fp32": "fastrnn fp32"}
 IMPLS = ("fastrnn_alone", "fastrnn", "torch", "onnxruntime")
 SHAPE_RE = re.compile(r"T(\d+)-N(\d+)-I(\d+)-H(\d+)")
 
@@ -260,16 +261,17 @@ def target_for(info):
     return per_cell[info["cell"]], info.get("mode") == "infer"
 
 
-def measure_gemm_gflops(device="cpu", size=1024, repeats=20, threads=None):
-    """Best GFLOP/s of ``repeats`` ``size``^3 fp32 torch.mm calls (imports torch)."""
+def measure_gemm_gflops(device="cpu", size=1024, repeats=20, threads=None, dtype=None):
+    """Best GFLOP/s of ``repeats`` ``size``^3 torch.mm calls in ``dtype`` (default float32;
+    imports torch)."""
     import time
 
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(3):
         torch.mm(a, b)
@@ -350,7 +352,10 @@ def build_rows(cases, gemm_rates=None, spread="iqr", targets=False, cache_gbps=N
                 row[f"{label} ms"] = _ms(med[peer]) if med.get(peer) else ""
                 row[f"speedup vs {label}"] = f"{ratio[peer]:.2f}x" if ratio.get(peer) else ""
         row["rounds"] = str(len(paired["fastrnn"])) if paired else ""
-        rate = gemm_rates.get(info.get("device", "cpu")) or info.get("gemm_gflops")
+        if info.get("gemm_dtype", "float32") != "float32":  # the case's own dtype's rate
+            rate = info.get("gemm_gflops")
+        else:
+            rate = gemm_rates.get(info.get("device", "cpu")) or info.get("gemm_gflops")
         flops = _flops_of(info)
         if rate and flops:
             limit = flops / (rate * 1e9)
@@ -436,14 +441,17 @@ def _sort_key(item):
     info = entry["info"]
     shape = parse_shape(info.get("shape", "")) or (0, 0, 0, 0)
     return (info.get("kind", "layer") != "layer", info.get("device", "cpu") != "cpu",
-            info.get("device", ""), info.get("mode", "") != "infer",
+            info.get("device", ""), info.get("kind", "layer"), info.get("dtype", "float32"),
+            info.get("mode", "") != "infer",
             _SHAPE_ORDER.get(shape[1:], len(_SHAPE_ORDER)), shape,
             _CELL_ORDER.get(info.get("cell"), 9), info.get("direction", "") != "uni", key)
 
 
 def section_title(info):
     kind = {"imdb-model": "IMDB models", "step": "Step by step",
-            "peephole": "Peephole LSTM"}.get(info.get("kind"), "Layers")
+            "peephole": "Peephole LSTM",
+            "precision": f"Low precision ({info.get('dtype', '?')})"}.get(info.get("kind"),
+                                                                          "Layers")
     mode = {"infer": "inference", "train": "training step (forward + backward)"}.get(
         info.get("mode"), info.get("mode", "?"))
     return f"{kind}, {info.get('device', '?').upper()}, {mode}"
@@ -486,14 +494,23 @@ def header(machine_info, rates, files, cases, spread="iqr", cache_gbps=None):
                        ("fastrnn_onnxruntime", "onnxruntime"), ("fastrnn_quick", "quick mode")):
         if machine_info.get(key) not in (None, ""):
             bits.append(f"{label}: {machine_info[key]}")
-    shown = dict(rates)
+    shown, low = dict(rates), {}
     for entry in cases.values():
-        dev, rate = entry["info"].get("device"), entry["info"].get("gemm_gflops")
+        info = entry["info"]
+        dev, rate = info.get("device"), info.get("gemm_gflops")
+        if info.get("gemm_dtype", "float32") != "float32":
+            if dev and rate:
+                low.setdefault((dev, info["gemm_dtype"]), float(rate))
+            rate = info.get("gemm_gflops_fp32")
         if dev and rate and dev not in shown:
             shown[dev] = float(rate)
     if shown:
         bits.append("GEMM rate (1024^3 fp32 torch.mm): "
                     + ", ".join(f"{d} {r:.0f} GFLOP/s" for d, r in shown.items()))
+    if low:
+        bits.append("low-precision GEMM rate (512^3 torch.mm; the GEMM limit of the "
+                    "low-precision cases): " + ", ".join(
+                        f"{d} {dt} {r:.0f} GFLOP/s" for (d, dt), r in low.items()))
     if bits:
         lines.append("_" + "; ".join(bits) + "_")
     if not cache_gbps:

@@ -13,8 +13,9 @@ Two cases reach fastrnn's layers and cells in low precision:
 * **torch.autocast** (CPU or CUDA): the output dtypes are torch.nn's. torch.nn's recurrent
   layers take part in autocast through the matmuls inside them, and their output dtypes
   follow from that (checked against torch 2.13 on the CPU, ``tests/test_precision.py``;
-  ``L`` is the autocast dtype, ``d_h``/``d_c`` the dtype of the states passed in, the
-  input's when none is):
+  ``L`` is the autocast dtype, ``d_h``/``d_c`` the dtype of the states passed in (any of
+  float32, float16, bfloat16, whatever the input's: autocast casts them for the matmuls),
+  the input's when none is):
 
   ==============================  ==============================  ====================
   module (CPU autocast)           h, output                       c
@@ -110,27 +111,34 @@ def plan(kind, x, h, c, weight, backend, packed=False, proj=False):
     if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
         return None
     states = [t for t in (h, c) if t is not None]
-    if any(not isinstance(t, torch.Tensor) or t.dtype != x.dtype for t in states):
-        return None  # the validation below raises torch.nn's error
+    if any(not isinstance(t, torch.Tensor) for t in states):
+        return None  # the validation raises torch.nn's error
     dev = x.device.type
     low = _autocast_dtype(dev, x.dtype) if weight.dtype in _AUTOCASTABLE else None
     if low is not None:
+        # under autocast torch.nn takes states of any autocast-able dtype (the matmuls cast
+        # them); the outputs follow the dtype of the state the update blends in
+        if any(t.dtype not in _AUTOCASTABLE for t in states):
+            return None
         compute = low if dev == "cuda" else torch.float32
         if dev == "cuda":
             out_h = out_c = low
         else:
-            d = x.dtype  # the states' dtype (checked equal to the input's above)
+            d_h = x.dtype if h is None else h.dtype
+            d_c = x.dtype if c is None else c.dtype
             if kind == "RNN":
                 out_h = out_c = low
             elif kind == "GRU":
-                out_h = out_c = _promote(low, d)
+                out_h = out_c = _promote(low, d_h)
             elif kind == "LSTM-layer" and not packed and not proj:
                 out_h = out_c = low
             elif kind == "LSTM-layer" and proj:
-                out_h, out_c = low, _promote(low, d)
+                out_h, out_c = low, _promote(low, d_c)
             else:  # LSTM cell, packed LSTM layer
-                out_h = out_c = _promote(low, d)
+                out_h = out_c = _promote(low, d_c)
         return Plan(dev, low, compute, out_h, out_c)
+    if any(t.dtype != x.dtype for t in states):
+        return None
     if dev == "cpu" and x.dtype in LOW and weight.dtype == x.dtype and _cpu_kernels_run(backend):
         return Plan(dev, None, torch.float32, x.dtype, x.dtype)
     return None

@@ -122,6 +122,26 @@ def test_cell_under_autocast_matches_torch(name, input_dtype, low):
         torch.testing.assert_close(g.float(), e.float(), rtol=0, atol=_atol(low, 2))
 
 
+STATE_CASES = [("RNNCell", 1), ("GRUCell", 1), ("LSTMCell", 2), ("GRU", 1), ("RNN", 1)]
+
+
+@pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("name,n_states", STATE_CASES)
+def test_states_of_another_dtype_under_autocast(name, n_states, state_dtype):
+    """Under autocast torch.nn takes states of any autocast-able dtype, whatever the
+    input's (a loop feeding a cell's bf16 output back with float32 inputs): same dtypes."""
+    ref, fast = _pair(name)
+    layer = not name.endswith("Cell")
+    x = torch.randn(6, 3, 4) if layer else torch.randn(3, 4)
+    h = torch.randn((1, 3, 5) if layer else (3, 5)).to(state_dtype)
+    hx = (h, torch.randn(3, 5)) if n_states == 2 else h  # LSTMCell: c stays float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, expected = _flat(fast(x, hx)), _flat(ref(x, hx))
+    assert [t.dtype for t in got] == [t.dtype for t in expected]
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g.float(), e.float(), rtol=0, atol=_atol(torch.bfloat16, 2))
+
+
 def test_peephole_lstm_under_autocast_follows_the_lstm():
     torch.manual_seed(0)
     fast = fastrnn.PeepholeLSTM(4, 5)

@@ -261,3 +261,28 @@ def test_step_cases_have_their_own_section_and_targets():
     assert st.target_for(info("gru-t1", "train", 1)) == (1.2, False)
     assert st.target_for(info("gru-decoder", "infer", 1)) == (1.0, False)
     assert st.section_title(info("rnncell", "infer", 1)) == "Step by step, CPU, inference"
+
+
+def test_low_precision_cases_use_their_gemm_rate_and_own_sections(tmp_path):
+    """Low-precision cases: a section per mode, the bf16 GEMM rate for their limit, the
+    fp32 rate still in the header, and the paired fastrnn fp32 peer's ratio."""
+    case = f"lstm-uni-infer-cpu-{IMDB}"
+    flops = st.case_flops("lstm", 500, 64, 100, 128)
+    paired = {"fastrnn": [0.010, 0.010, 0.010], "torch": [0.020, 0.030, 0.020],
+              "fastrnn_fp32": [0.015, 0.015, 0.015]}
+    benches = [
+        _bench(case, "fastrnn", 0.01, kind="precision", gemm=800.0, dtype="autocast-bf16",
+               gemm_dtype="bfloat16", gemm_gflops_fp32=200.0, paired=paired),
+        _bench(f"gru-uni-infer-cpu-{IMDB}", "fastrnn", 0.01, gemm=200.0),
+    ]
+    for b in benches[:1]:
+        b["group"] = f"lstm-uni-autocast-bf16-infer-cpu-{IMDB}"
+    path = _write(tmp_path, benches)
+    cases, machine = st.load_runs([path])
+    md = st.render(cases)
+    assert "### Low precision (autocast-bf16), CPU, inference" in md
+    row = next(ln for ln in md.splitlines() if ln.startswith("| lstm-uni-autocast"))
+    assert "| 2.00x |" in row and "| 1.50x |" in row  # vs torch.nn, vs fastrnn fp32
+    assert f"| {st._ms(flops / 800e9)} |" in row  # the bf16 rate's limit
+    head = st.header(machine, {}, [path], cases)
+    assert "cpu 200 GFLOP/s" in head and "cpu bfloat16 800 GFLOP/s" in head
