@@ -36,10 +36,19 @@ Two cases reach fastrnn's layers and cells in low precision:
 
 A float64 input is left alone by autocast, as torch.nn's is.
 """
+import contextlib
+
 import torch
 from torch.nn.utils.rnn import PackedSequence
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import backends
+
+# Converted weights for calls that need no gradient through them: weight -> (its version
+# counter, dtypes, the converted tensor). A step-by-step loop then converts each weight once
+# and hands the kernels the same tensor every step (whose packed panels the pack cache
+# keeps); an in-place update (optimizer step, load_state_dict) bumps the version.
+_converted = WeakIdKeyDictionary()
 
 LOW = (torch.float16, torch.bfloat16)
 _AUTOCASTABLE = (torch.float32, torch.float16, torch.bfloat16)
@@ -75,6 +84,21 @@ class Plan:
             t = t.to(self.round_to)
         return t.to(self.compute)
 
+    def weight(self, t):
+        """A weight as the computation takes it: converted once while it is unchanged, when
+        no gradient flows through the conversion."""
+        if t is None or (t.requires_grad and torch.is_grad_enabled()) or \
+                torch.compiler.is_compiling() or t.is_inference():
+            return self.tensor(t)
+        key = (self.round_to, self.compute)
+        hit = _converted.get(t)
+        if hit is not None and hit[0] == t._version and hit[1] == key:
+            return hit[2]
+        out = self.tensor(t)
+        if out is not t:  # (a value holding its own key would never be freed)
+            _converted[t] = (t._version, key, out)
+        return out
+
     def state(self, t):
         """A state passed in: not rounded (the state keeps its own precision)."""
         return None if t is None else t.to(self.compute)
@@ -91,6 +115,8 @@ class Plan:
 
     def context(self):
         """Autocast off for the computation (its dtypes are this plan's)."""
+        if self.round_to is None:  # not under autocast
+            return contextlib.nullcontext()
         return torch.autocast(self.device_type, enabled=False)
 
 
@@ -98,7 +124,7 @@ class Plan:
 def _cpu_kernels_run(backend):
     """Whether ``backend`` (None, "auto" or a name) runs fp32-only kernels on the CPU."""
     try:
-        return backends.resolve(backend, "cpu") in ("cpu", "numba")
+        return backends.resolve_cached(backend, "cpu") in ("cpu", "numba")
     except Exception:  # an unavailable backend asked for by name: the call will say so
         return False
 

@@ -261,7 +261,7 @@ def rnn(mode, input, hx, weights, has_biases, num_layers, dropout, train, bidire
     if plan is not None:  # float16/bfloat16 on the CPU, autocast (fastrnn._precision)
         with plan.context():
             out, hn = rnn(mode, plan.sequence(input), _map_states(hx, plan.state),
-                          [plan.tensor(w) for w in weights], has_biases, num_layers, dropout,
+                          [plan.weight(w) for w in weights], has_biases, num_layers, dropout,
                           train, bidirectional, batch_first, proj_size, backend)
         out = plan.output(out, plan.out_h)
         if mode in _LSTM_MODES:
@@ -384,7 +384,7 @@ def _planned_cell(plan, fn, input, hx, weights, two_states):
     """A cell call under ``plan``: the inputs cast, the outputs in the plan's dtypes."""
     with plan.context():
         out = fn(plan.tensor(input), _map_states(hx, plan.state),
-                 *[plan.tensor(w) for w in weights])
+                 *[plan.weight(w) for w in weights])
     if two_states:
         return out[0].to(plan.out_h), out[1].to(plan.out_c)
     return out.to(plan.out_h)

@@ -264,3 +264,24 @@ def test_torch_compile_fullgraph_under_autocast():
     assert [t.dtype for t in got] == [t.dtype for t in expected]
     for g, e in zip(got, expected):  # inductor may skip a rounding round trip
         torch.testing.assert_close(g.float(), e.float(), rtol=0, atol=_atol(torch.bfloat16))
+
+
+def test_converted_weights_follow_in_place_updates():
+    """Inference reuses a low-precision weight's float32 copy while the weight is
+    unchanged; an in-place update (optimizer step, load_state_dict) is seen at once."""
+    torch.manual_seed(0)
+    cell = fastrnn.LSTMCell(4, 5).to(torch.bfloat16)
+    x = torch.randn(3, 4, dtype=torch.bfloat16)
+    with torch.no_grad():
+        first = cell(x)[0]
+        assert torch.equal(cell(x)[0], first)
+        cell.weight_ih.mul_(-1)
+        flipped = cell(x)[0]
+        cell.load_state_dict({k: v * 0 for k, v in cell.state_dict().items()})
+        zero = cell(x)[0]
+    fresh = fastrnn.LSTMCell(4, 5, dtype=torch.bfloat16)
+    fresh.load_state_dict(cell.state_dict())
+    assert not torch.equal(flipped, first)
+    assert torch.equal(zero, torch.zeros_like(zero))  # all-zero weights: h = 0.5 * tanh(0)
+    with torch.no_grad():
+        assert torch.equal(fresh(x)[0], zero)
