@@ -499,10 +499,20 @@ class Run:
 
     def warmup(self, xb, yb, lb=None):
         """One forward+backward (no update) and one inference pass, timed apart: JIT
-        compilation, allocator growth and library initialisation stay out of the timings."""
+        compilation, allocator growth and library initialisation stay out of the timings.
+        Returns None, or why this implementation cannot run the run's precision here
+        (torch.nn's bf16 LSTM under CPU autocast is oneDNN's, which needs the CPU's bf16
+        instructions and raises without them)."""
         t0 = time.perf_counter()
         self.model.train()
-        self.loss_fn(self.logits(self.train_model, xb, lb), yb).backward()
+        try:
+            loss = self.loss_fn(self.logits(self.train_model, xb, lb), yb)
+        except RuntimeError as exc:
+            if self.precision.autocast_dtype is None or "primitive descriptor" not in str(exc):
+                raise
+            return (f"torch.nn cannot run {self.precision.name} autocast for this model on "
+                    f"this CPU: {str(exc).splitlines()[0]}")
+        loss.backward()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.eval()
         with torch.inference_mode():
@@ -760,7 +770,7 @@ def _run(args, progress, procs):
     val_split = Split(x_val, y_val, with_lengths) if n_val else None
     if with_lengths:
         data_info["mean_train_length"] = float(train.lengths.float().mean())
-    results, comparisons = [], []
+    results, comparisons, unavailable = [], [], []
     t_start = time.perf_counter()
     machine = {"gemm_gflops": [], "load_average": []}  # the machine's speed, per model and at the end
     for name, lengths in ((m, v) for m in args.models for v in variants):
@@ -770,8 +780,14 @@ def _run(args, progress, procs):
         runs = [Run(name, impl, args, device, total_steps, lengths, procs)
                 for impl in args.impl]
         warm = torch.arange(min(args.batch_size, n_train))
-        for r in runs:
-            r.warmup(*train.batch(warm, lengths))
+        for r in list(runs):
+            why = r.warmup(*train.batch(warm, lengths))
+            if why:  # this implementation cannot run the precision on this machine
+                runs.remove(r)
+                unavailable.append({"model": key, "display": display(key), "impl": r.impl,
+                                    "reason": why})
+                if procs.main:
+                    print(f"  {display(key):7s} {r.impl:7s} skipped: {why}", file=sys.stderr)
         for epoch in range(1, args.epochs + 1):
             # the same batches, in the same order, for every implementation
             g = torch.Generator().manual_seed(args.seed * 1000 + epoch)
@@ -833,6 +849,7 @@ def _run(args, progress, procs):
         "data": data_info,
         "results": results,
         "comparisons": comparisons,
+        "unavailable": unavailable,
         "accuracy_tolerance_pp": ACCURACY_TOLERANCE_PP,
         "total_seconds": time.perf_counter() - t_start,
     }
@@ -933,6 +950,8 @@ def full_data(summary):
 def accuracy_notes(summary):
     notes = machine_notes(summary)
     cfg = summary["config"]
+    for u in summary.get("unavailable", []):
+        notes.append(f"{u['display']} ({u['impl']}): not run: {u['reason']}.")
     if not full_data(summary):
         notes.append(
             f"This run used {summary['data']['train_reviews']} training and "

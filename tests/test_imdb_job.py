@@ -146,6 +146,33 @@ def _run_quick(archive, out, impls, models=",".join(MODEL_NAMES)):
                      "--threads", "1"])
 
 
+def test_bf16_precision_runs_autocast_for_both_implementations(tmp_path, archive):
+    """--precision bf16: each implementation's forward under CPU autocast, float32
+    parameters. Where torch.nn cannot run a model's bf16 autocast on this CPU (its oneDNN
+    LSTM needs bf16 instructions), that run is reported as not run, never a crash."""
+    out = tmp_path / "bf16"
+    assert job.main(["--quick", "--data", str(archive), "--models", "lstm,gru", "--device",
+                     "cpu", "--backend", BACKEND, "--hidden-size", "8", "--maxlen", "32",
+                     "--batch-size", "8", "--eval-batch-size", "16", "--epochs", "1", "--out",
+                     str(out), "--no-progress", "--seed", "1", "--threads", "1",
+                     "--precision", "bf16", "--save-models"]) == 0
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["config"]["precision"] == "bf16"
+    ran = {(r["model"], r["impl"]) for r in summary["results"]}
+    skipped = {(u["model"], u["impl"]) for u in summary["unavailable"]}
+    assert {("lstm", "fastrnn"), ("gru", "fastrnn"), ("gru", "torch")} <= ran
+    assert skipped <= {("lstm", "torch")} and ran | skipped == {
+        (m, i) for m in ("lstm", "gru") for i in ("fastrnn", "torch")}
+    for r in summary["results"]:
+        assert 0.0 <= r["test_accuracy"] <= 1.0 and math.isfinite(r["final_train_loss"])
+    state = torch.load(out / "lstm-fastrnn.pt")
+    assert all(v.dtype == torch.float32 for v in state.values())  # parameters stay float32
+    report = (out / "report.md").read_text()
+    assert "bfloat16 autocast" in report
+    if skipped:
+        assert "not run: torch.nn cannot run bf16 autocast" in report
+
+
 def test_threads_restored(tmp_path, archive):
     before = torch.get_num_threads()
     _run_quick(archive, tmp_path / "o", "torch", models="rnn")
