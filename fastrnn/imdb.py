@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from .backends import BACKENDS
-from .models import ALL_MODEL_NAMES, DISPLAY, IMPLS, MODEL_NAMES, build_model, \
+from .keras_models import KERAS_BACKENDS
+from .models import ALL_MODEL_NAMES, DISPLAY, IMPLS, MODEL_NAMES, MODELS, build_model, \
     count_parameters, fastrnn_layers_available, torch_side_label
 
 ACCURACY_TOLERANCE_PP = 0.5
@@ -84,7 +85,7 @@ def build_parser():
                    help="comma-separated models (default: the assignment's six, %(default)s; "
                         "also peephole, bipeephole: the peephole LSTM, whose torch side is a "
                         "step loop in torch ops)" % {"default": ",".join(MODEL_NAMES)})
-    p.add_argument("--impl", type=_csv_choice(IMPLS), default=list(IMPLS),
+    p.add_argument("--impl", type=_csv_choice(IMPLS + ("keras",)), default=list(IMPLS),
                    help="implementations to run: fastrnn,torch (default both)")
     p.add_argument("--backend", default=None, type=str.lower, choices=BACKEND_CHOICES,
                    help="fastrnn backend (%s; default: fastrnn's default, i.e. "
@@ -140,6 +141,12 @@ def build_parser():
                         "(every model twice, side by side)")
     p.add_argument("--save-models", action="store_true",
                    help="write each trained model's state_dict to <out>/<model>-<impl>.pt")
+    p.add_argument("--keras-backend", choices=("auto",) + KERAS_BACKENDS, default="auto",
+                   help="Keras's backend for --impl keras: auto (default: time a few training "
+                        "steps on each installed one, with and without XLA jit_compile, and "
+                        "run the fastest), tensorflow or jax")
+    p.add_argument("--keras-jit", choices=("auto", "on", "off"), default="auto",
+                   help="Keras's jit_compile (XLA): auto (the faster, timed), on or off")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                    help="arithmetic of both implementations: fp32 (default); bf16 (autocast "
                         "to bfloat16 for the forward pass, parameters and optimizer in float32, "
@@ -170,7 +177,27 @@ def resolve_config(args):
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     check_device(args.device)
     check_backend(args)
+    check_keras(args)
     return args
+
+
+def check_keras(args):
+    """With --impl keras: exit with one line saying what to install when Keras (or the
+    backend asked for) is missing, and what --impl keras cannot run."""
+    if "keras" not in getattr(args, "impl", ()):
+        return
+    from .keras_models import keras_missing
+
+    backend = getattr(args, "keras_backend", "auto")
+    why = keras_missing(None if backend == "auto" else backend)
+    if why:
+        raise SystemExit(f"fastrnn-imdb: --impl keras: {why}")
+    if backend == "auto" and all(keras_missing(b) for b in KERAS_BACKENDS):
+        raise SystemExit("fastrnn-imdb: --impl keras: no Keras backend is installed: "
+                         "pip install 'fastrnn[keras]'")
+    if getattr(args, "precision", "fp32") != "fp32":
+        raise SystemExit("fastrnn-imdb: --impl keras runs in float32 only; use "
+                         "--precision fp32")
 
 
 def check_device(text):
@@ -727,6 +754,146 @@ def _export_and_score_onnx(run, x_test, y_test, args):
     })
 
 
+class KerasSide:
+    """The Keras implementation of the job's models (``fastrnn._keras_worker``, one process
+    per model): the same pre-padded data, the same batches in the same order, the same
+    initial weights (``fastrnn.keras_models.keras_weights`` of the torch.nn model), Adam with
+    torch's defaults, the same schedule, clipping and loss."""
+
+    PROBE_STEPS = 3
+
+    def __init__(self, args, train, test, n_train):
+        import tempfile
+
+        self.args = args
+        self.dir = Path(tempfile.mkdtemp(prefix="fastrnn-keras-"))
+        self.data = self.dir / "data.npz"
+        arrays = {"x_train": train.x.cpu().numpy(), "y_train": train.y.float().cpu().numpy(),
+                  "x_test": test.x.cpu().numpy(), "y_test": test.y.float().cpu().numpy(),
+                  "warm": np.arange(min(args.batch_size, n_train))}
+        for epoch in range(1, args.epochs + 1):  # the torch side's batch order (_run)
+            g = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+            arrays[f"order{epoch}"] = torch.randperm(n_train, generator=g).numpy()
+        np.savez(self.data, **arrays)
+        self.choice = None  # (backend, jit_compile)
+        self.probes = []
+
+    def unavailable_reason(self, name, lengths, procs, device):
+        if MODELS[name][0] == "PeepholeLSTM":
+            return "Keras has no peephole LSTM layer (n/a)"
+        if lengths:
+            return "the Keras side runs the padded reviews only (n/a for length-aware runs)"
+        if procs.world > 1:
+            return "the Keras side runs in single-process runs only"
+        if device.type != "cpu":
+            return "the Keras side runs on the CPU only"
+        return None
+
+    def _worker(self, name, spec):
+        import subprocess
+
+        weights = self.dir / f"{name}-weights.npz"
+        if not weights.exists():
+            from .keras_models import keras_weights
+            a = self.args
+            model = build_model(name, "torch", seed=a.seed, vocab_size=a.num_words,
+                                embed_dim=a.embed_dim, hidden_size=a.hidden_size,
+                                forget_bias=_forget_bias(a))
+            np.savez(weights, **keras_weights(model))
+        out = self.dir / f"{name}-{spec.get('backend')}-{spec.get('jit_compile')}.json"
+        spec = dict(spec, data=str(self.data), weights=str(weights), out=str(out),
+                    threads=self.args.threads or torch.get_num_threads(), seed=self.args.seed)
+        spec_path = self.dir / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        proc = subprocess.run([sys.executable, "-m", "fastrnn._keras_worker", str(spec_path)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+            raise SystemExit(f"fastrnn-imdb: the Keras process failed for {name}:\n{tail}")
+        for line in proc.stderr.splitlines():
+            if line.startswith("  keras "):
+                print(f"  {display(name):7s} {line.strip()}", file=sys.stderr)
+        return json.loads(out.read_text())
+
+    def _choose(self, name):
+        """The Keras backend and jit_compile setting to run: as asked, or the fastest of a
+        few timed training steps of each (on the first model)."""
+        if self.choice is not None:
+            return self.choice
+        from .keras_models import keras_missing
+
+        a = self.args
+        backends = [a.keras_backend] if a.keras_backend != "auto" else \
+            [b for b in KERAS_BACKENDS if not keras_missing(b)]
+        jits = {"on": [True], "off": [False]}.get(a.keras_jit, [False, True])
+        if len(backends) * len(jits) == 1:
+            self.choice = (backends[0], jits[0])
+            return self.choice
+        for b in backends:
+            for j in jits:
+                r = self._worker(name, {"backend": b, "jit_compile": j,
+                                        "probe_steps": self.PROBE_STEPS,
+                                        "batch_size": a.batch_size, "lr": a.lr, "epochs": 0,
+                                        "clip": a.clip})
+                self.probes.append({"model": name, "backend": b, "jit_compile": j,
+                                    "step_seconds": r["step_seconds"]})
+                print(f"  Keras probe ({display(name)}): {b}, jit_compile={j}: "
+                      f"{1e3 * r['step_seconds']:.0f} ms per training step", file=sys.stderr)
+        best = min(self.probes, key=lambda p: p["step_seconds"])
+        self.choice = (best["backend"], best["jit_compile"])
+        return self.choice
+
+    def run(self, name, args, total_steps, n_test):
+        backend, jit = self._choose(name)
+        r = self._worker(name, {
+            "backend": backend, "jit_compile": jit, "batch_size": args.batch_size,
+            "eval_batch_size": args.eval_batch_size, "lr": args.lr,
+            "lr_schedule": args.lr_schedule, "total_steps": total_steps, "clip": args.clip,
+            "epochs": args.epochs})
+        secs = [e["seconds"] for e in r["epochs"]]
+        return {"model": name, "display": display(name), "impl": "keras", "lengths": False,
+                "parameters": count_parameters(build_model(
+                    name, "torch", vocab_size=args.num_words, embed_dim=args.embed_dim,
+                    hidden_size=args.hidden_size)),
+                "backend": f"keras {r['keras']} / {backend}" + (" (XLA)" if jit else ""),
+                "warmup_seconds": r["warmup_seconds"], "epochs": r["epochs"],
+                "train_seconds_per_epoch": float(np.mean(secs)),
+                "train_seconds_per_epoch_min": float(np.min(secs)),
+                "train_samples_per_s": float(r["epochs"][-1]["samples"] / np.mean(secs)),
+                "inference_seconds": r["infer_seconds"],
+                "inference_samples_per_s": n_test / r["infer_seconds"],
+                "test_accuracy": r["test_accuracy"],
+                "final_train_loss": r["epochs"][-1]["loss"],
+                "initial_logits": r["initial_logits"]}
+
+    def summary(self):
+        return {"backend": self.choice[0] if self.choice else None,
+                "jit_compile": self.choice[1] if self.choice else None,
+                "probes": self.probes}
+
+
+def _keras_comparison(name, kres, by_impl, args, device, warm_batch):
+    """fastrnn (and torch.nn) against Keras for one model; the initial logits of the warm-up
+    batch, Keras's against torch.nn's (identical weights: only the frameworks' arithmetic
+    differs)."""
+    ref = build_model(name, "torch", seed=args.seed, vocab_size=args.num_words,
+                      embed_dim=args.embed_dim, hidden_size=args.hidden_size,
+                      forget_bias=_forget_bias(args)).to(device).eval()
+    with torch.inference_mode():
+        logits = ref(warm_batch[0]).float().cpu()
+    diff = float((torch.tensor(kres.pop("initial_logits")) - logits).abs().max())
+    comp = {"model": name, "display": display(name), "keras_backend": kres["backend"],
+            "initial_logit_max_abs_diff": diff, "keras_test_accuracy": kres["test_accuracy"]}
+    for impl, r in by_impl.items():
+        comp[f"{impl}_train_speedup"] = r["train_samples_per_s"] / kres["train_samples_per_s"]
+        comp[f"{impl}_inference_speedup"] = \
+            r["inference_samples_per_s"] / kres["inference_samples_per_s"]
+        comp[f"{impl}_accuracy_diff_pp"] = 100.0 * (r["test_accuracy"] - kres["test_accuracy"])
+    return comp
+
+
 def _run(args, progress, procs):
     device = procs.start(torch.device(args.device))
     progress = progress and procs.main
@@ -770,7 +937,9 @@ def _run(args, progress, procs):
     val_split = Split(x_val, y_val, with_lengths) if n_val else None
     if with_lengths:
         data_info["mean_train_length"] = float(train.lengths.float().mean())
-    results, comparisons, unavailable = [], [], []
+    results, comparisons, unavailable, keras_comparisons = [], [], [], []
+    keras = KerasSide(args, train, test, n_train) if "keras" in args.impl and procs.main \
+        else None
     t_start = time.perf_counter()
     machine = {"gemm_gflops": [], "load_average": []}  # the machine's speed, per model and at the end
     for name, lengths in ((m, v) for m in args.models for v in variants):
@@ -778,7 +947,7 @@ def _run(args, progress, procs):
         key = name + ("+len" if lengths else "")
         total_steps = args.epochs * (math.ceil(n_train / args.batch_size) // procs.world)
         runs = [Run(name, impl, args, device, total_steps, lengths, procs)
-                for impl in args.impl]
+                for impl in args.impl if impl in IMPLS]
         warm = torch.arange(min(args.batch_size, n_train))
         for r in list(runs):
             why = r.warmup(*train.batch(warm, lengths))
@@ -825,6 +994,16 @@ def _run(args, progress, procs):
             if r.impl == "fastrnn" and getattr(args, "export_onnx", False) and not lengths:
                 _export_and_score_onnx(r, x_test, y_test, args)
             results.append(by_impl[r.impl])
+        if "keras" in args.impl:
+            why = keras.unavailable_reason(name, lengths, procs, device)
+            if why:
+                unavailable.append({"model": key, "display": display(key), "impl": "keras",
+                                    "reason": why})
+            else:
+                kres = keras.run(name, args, total_steps, n_test)
+                results.append(kres)
+                keras_comparisons.append(_keras_comparison(name, kres, by_impl, args, device,
+                                                           train.batch(warm, False)))
         if len(by_impl) == 2:
             same, diff = _initial_agreement(name, args, device, train.batch(warm, lengths))
             f, t = by_impl["fastrnn"], by_impl["torch"]
@@ -850,6 +1029,8 @@ def _run(args, progress, procs):
         "results": results,
         "comparisons": comparisons,
         "unavailable": unavailable,
+        "keras_comparisons": keras_comparisons,
+        "keras": keras.summary() if keras else None,
         "accuracy_tolerance_pp": ACCURACY_TOLERANCE_PP,
         "total_seconds": time.perf_counter() - t_start,
     }
@@ -1143,6 +1324,39 @@ def _precision_text(cfg):
             "fp64": "float64"}.get(cfg.get("precision", "fp32"), "float32")
 
 
+def _keras_report(summary):
+    """The report's Keras section: speed ratios against Keras (its own process, measured
+    alone), accuracies, and the initial logits' agreement with torch.nn."""
+    comps = summary.get("keras_comparisons") or []
+    if not comps:
+        return []
+    k = summary.get("keras") or {}
+    probes = k.get("probes") or []
+    lines = ["## Against Keras", "",
+             "Keras runs in a process of its own, after the model's torch runs, on the same "
+             "pre-padded data, batches, initial weights (torch.nn's, in Keras's layouts), "
+             "optimizer settings, schedule, clipping and loss. Backend: "
+             f"{k.get('backend')}, jit_compile {k.get('jit_compile')}"
+             + ("; chosen as the fastest of " + ", ".join(
+                 f"{p['backend']}{' (XLA)' if p['jit_compile'] else ''} "
+                 f"{1e3 * p['step_seconds']:.0f} ms" for p in probes)
+                + " per training step" if probes else "") + ".", "",
+             "| model | Keras | fastrnn train / Keras | fastrnn infer / Keras | "
+             "torch.nn train / Keras | Keras acc % | fastrnn - Keras (pp) | "
+             "initial logits vs torch.nn |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for c in comps:
+        lines.append(
+            f"| {c['display']} | {c['keras_backend']} | "
+            f"{_fmt_ratio(c.get('fastrnn_train_speedup'))} | "
+            f"{_fmt_ratio(c.get('fastrnn_inference_speedup'))} | "
+            f"{_fmt_ratio(c.get('torch_train_speedup'))} | "
+            f"{100 * c['keras_test_accuracy']:.2f} | "
+            + (f"{c['fastrnn_accuracy_diff_pp']:+.2f}" if "fastrnn_accuracy_diff_pp" in c
+               else "") + f" | {c['initial_logit_max_abs_diff']:.2e} |")
+    return lines + [""]
+
+
 def write_report(summary, out, charts):
     cfg, env, data = summary["config"], summary["environment"], summary["data"]
     lines = [
@@ -1187,6 +1401,7 @@ def write_report(summary, out, charts):
                          f"{'yes' if c['identical_initial_weights'] else 'NO'} | "
                          f"{c['initial_logit_max_abs_diff']:.2e} |")
         lines.append("")
+    lines += _keras_report(summary)
     notes = accuracy_notes(summary)
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
