@@ -285,3 +285,29 @@ def test_converted_weights_follow_in_place_updates():
     assert torch.equal(zero, torch.zeros_like(zero))  # all-zero weights: h = 0.5 * tanh(0)
     with torch.no_grad():
         assert torch.equal(fresh(x)[0], zero)
+
+
+CUDA_CASES = [("RNN", {}), ("GRU", {}), ("LSTM", {}), ("LSTM", dict(bidirectional=True)),
+              ("LSTM", dict(proj_size=3)), ("RNNCell", {}), ("GRUCell", {}), ("LSTMCell", {})]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dispatch", ["fastrnn", "auto"])
+@pytest.mark.parametrize("low", LOW, ids=str)
+@pytest.mark.parametrize("name,kw", CUDA_CASES, ids=lambda v: str(v))
+def test_cuda_autocast_matches_torch(name, kw, low, dispatch, monkeypatch):
+    """CUDA autocast: fastrnn's CUDA kernels (dispatch forced to fastrnn) and the dispatch's
+    own choice return torch.nn's (cuDNN's) output dtypes and numbers, and the float32
+    parameters get float32 gradients."""
+    monkeypatch.setenv("FASTRNN_CUDA_DISPATCH", dispatch)
+    ref, fast = _pair(name, **kw)
+    ref, fast = ref.cuda(), fast.cuda()
+    layer = not name.endswith("Cell")
+    x = torch.randn((6, 3, 4) if layer else (3, 4), device="cuda", requires_grad=True)
+    with torch.autocast("cuda", dtype=low):
+        got, expected = _flat(fast(x)), _flat(ref(x))
+    assert [t.dtype for t in got] == [t.dtype for t in expected]
+    for g, e in zip(got, expected):  # cuDNN may use TF32 and its own rounding
+        torch.testing.assert_close(g.float(), e.float(), rtol=0, atol=_atol(low, 2))
+    sum(t.float().sum() for t in got).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in fast.parameters())
