@@ -17,6 +17,7 @@ direction ``w_ih, w_hh[, b_ih, b_hh][, w_hr]``.
 
 import torch
 import torch.nn.functional as F
+from torch import _VF
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _memory
@@ -31,8 +32,9 @@ __all__ = ["rnn", "lstm", "gru", "rnn_tanh", "rnn_relu", "peephole_lstm",
            "lstm_cell", "gru_cell", "rnn_cell", "peephole_lstm_cell", "last_backend", "resolve_backend"]
 
 MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU", "PEEPHOLE")
-# backend= value for the peephole LSTM under torch.func transforms: the recurrence as plain
-# torch ops (the custom ops' autograd cannot run inside functorch)
+# backend= value for the recurrence as plain torch ops (the reference's forward, autograd by
+# torch), for calls the kernels or the custom ops do not take: a zero size (batch, hidden or
+# input), a caller's torch.func transform
 TORCH_OPS = "torch-ops"
 _LSTM_MODES = ("LSTM", "PEEPHOLE")  # the modes with a cell state
 _last = {"backend": None}
@@ -132,6 +134,15 @@ def _recur(mode, xg, b_hh, h0, c0, w, lengths, reverse, backend):
     """The recurrence of one layer and direction -> (y [T, N, R], h_n [N, R], c_n|None)."""
     w_hh, w_hr, w_ch = w[1], w[4], w[5]
     cn = None
+    if backend == TORCH_OPS:
+        if mode == "GRU":
+            y, _ = reference.gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, False)
+        elif mode in _LSTM_MODES:
+            y, cn, _, _ = reference.lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse,
+                                                 False, w_ch)
+        else:
+            y = reference.rnn_forward(xg, h0, w_hh, lengths, reverse, mode == "RNN_RELU")
+        return y, y[0 if reverse else y.shape[0] - 1], cn
     # Inference in plain eager mode calls the op's body straight (arguments validated at
     # the module boundary); anything autograd, compile or export sees goes through the op.
     ops_ = _EAGER_OPS if fastpath.eager() and not _needs_grad(xg, h0, c0, w_hh, w_hr, b_hh) \
@@ -145,10 +156,7 @@ def _recur(mode, xg, b_hh, h0, c0, w, lengths, reverse, backend):
     elif mode == "PEEPHOLE":
         # traced: one graph whether or not the trace's inputs needed a gradient
         training = _needs_grad(xg, h0, c0, w_hh, w_hr, w_ch) or torch.jit.is_tracing()
-        if backend == TORCH_OPS:
-            y, cn, _, _ = reference.lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse,
-                                                 False, w_ch)
-        elif ops_ is _OPS:
+        if ops_ is _OPS:
             y, cn, _, _ = torch.ops.fastrnn.peephole_lstm_forward(
                 xg, h0, c0, w_hh, w_hr, w_ch, lengths, reverse, training, backend)
         else:
@@ -272,61 +280,76 @@ def rnn(mode, input, hx, weights, has_biases, num_layers, dropout, train, bidire
     if fast is not None:
         return fast
     is_lstm = mode in _LSTM_MODES
-    name = {"LSTM": "LSTM", "GRU": "GRU", "PEEPHOLE": "PeepholeLSTM"}.get(mode, "RNN")
+    name = "LSTM" if is_lstm else ("GRU" if mode == "GRU" else "RNN")  # torch.nn's words
     D = 2 if bidirectional else 1
     groups = _split_weights(weights, num_layers, D, has_biases, proj_size, mode == "PEEPHOLE")
     w0 = groups[0][0]
-    input_size = w0.shape[1]
     hidden_size = groups[0][1].shape[1] if proj_size == 0 else groups[0][4].shape[1]
     R = proj_size if proj_size > 0 else hidden_size
 
+    # torch.nn's checks in its order, then fastrnn's (fastrnn._validation)
     packed = isinstance(input, PackedSequence)
-    lengths = None
     if packed:
         V.check_packed(input)
         data, batch_sizes, sorted_indices, unsorted_indices = input
-        V.check_floating("input", data, w0, ValueError)
-        V.check_device("input", data, w0)
+        x, N, T = data, int(batch_sizes[0]), batch_sizes.numel()
+        given = hx
+        if hx is not None and sorted_indices is not None:
+            hx = V.permute_states(hx, sorted_indices, is_lstm)
+    else:
+        V.check_layer_input(name, input)
+        batched = input.dim() == 3
+        x = input if batched else input.unsqueeze(0 if batch_first else 1)
+        N, T = (x.shape[0], x.shape[1]) if batch_first else (x.shape[1], x.shape[0])
+        if hx is not None:
+            hx = V.layer_states(hx, is_lstm, batched)
+        given = hx
+    h_shape = (num_layers * D, N, R)
+    c_shape = (num_layers * D, N, hidden_size)
+
+    def torch_layer():
+        return _torch_layer(mode, x, batch_sizes if packed else None, hx, h_shape, c_shape,
+                            weights, has_biases, num_layers, dropout, train, bidirectional,
+                            batch_first)
+
+    # nn.LSTM checks no packed input: its op's errors for the states' structure and the
+    # input's dtype, its checks for a tensor input for the sizes (its op, given those,
+    # fails deep inside or misreads them)
+    packed_lstm = packed and is_lstm
+    if packed_lstm and hx is not None and V.pair_error(hx) is not None:
+        V.raise_as_torch(torch_layer, V.pair_error(hx))
+    h, c = (None, None) if hx is None else (hx[0], hx[1]) if is_lstm else (hx, None)
+    error = V.forward_args_error(x, h, c, w0, packed, h_shape, c_shape,
+                                 check_dtype=not packed_lstm)
+    if error is not None:
+        raise error
+    error = V.layer_error(x, T, given, is_lstm, h_shape, c_shape, w0, packed)
+    if error is not None:
+        V.raise_as_torch(torch_layer, error)
+
+    lengths = None
+    if packed:
         x, lengths_cpu, repack = _packed_to_padded(data, batch_sizes)
         if int(lengths_cpu[-1]) < x.shape[0]:  # some sequence shorter than T
             lengths = lengths_cpu.to(x.device)
-        batched = True
-    else:
-        V.check_rank(name, input)
-        batched = input.dim() == 3
-        x = input if batched else input.unsqueeze(0 if batch_first else 1)
-        if batch_first:
-            x = x.transpose(0, 1)  # [T, N, I]
-        sorted_indices = unsorted_indices = None
-    V.check_sequence_input(name, x, input_size, w0)
-    T, N = x.shape[0], x.shape[1]
-
-    h_shape = (num_layers * D, N, R)
-    c_shape = (num_layers * D, N, hidden_size)
+    elif batch_first:
+        x = x.transpose(0, 1)  # [T, N, I]
     if hx is None:
         h0 = x.new_zeros(h_shape)
         c0 = x.new_zeros(c_shape) if is_lstm else None
     else:
-        V.check_hx_structure(name, hx, is_lstm, batched or packed)
         h0, c0 = (hx[0], hx[1]) if is_lstm else (hx, None)
-        if not batched:
-            h0 = h0.unsqueeze(1)
-            c0 = c0.unsqueeze(1) if is_lstm else None
-        V.check_hidden("hx[0]" if is_lstm else "hx", h0, h_shape, x, w0)
-        if is_lstm:
-            V.check_hidden("hx[1]", c0, c_shape, x, w0)
-        if sorted_indices is not None:  # hx is in the user's order; data in sorted order
-            h0 = h0.index_select(1, sorted_indices)
-            c0 = c0.index_select(1, sorted_indices) if is_lstm else None
 
-    if N == 0:  # nothing to run; keep the graph connected for autograd
-        out = x.new_zeros(T, 0, D * R) + 0 * x.sum()
-        hn, cn = h0 + 0, (c0 + 0 if is_lstm else None)
+    if N == 0 or hidden_size == 0 or x.shape[-1] == 0:
+        name_resolved = TORCH_OPS
+        if not torch.compiler.is_compiling():
+            _last["backend"] = "reference"  # its forward, as torch ops
+    elif backend == TORCH_OPS:
+        name_resolved = backend
     else:
-        name_resolved = backend if backend == TORCH_OPS else \
-            resolve_backend(backend, x, peephole=mode == "PEEPHOLE")
-        out, hn, cn = _run_layers(mode, x, h0, c0, groups, num_layers, bidirectional,
-                                  dropout, train, lengths, name_resolved)
+        name_resolved = resolve_backend(backend, x, peephole=mode == "PEEPHOLE")
+    out, hn, cn = _run_layers(mode, x, h0, c0, groups, num_layers, bidirectional, dropout,
+                              train, lengths, name_resolved)
 
     if packed:
         out = PackedSequence(repack(out), batch_sizes, sorted_indices, unsorted_indices)
@@ -341,6 +364,28 @@ def rnn(mode, input, hx, weights, has_biases, num_layers, dropout, train, bidire
             hn = hn.squeeze(1)
             cn = cn.squeeze(1) if is_lstm else None
     return (out, (hn, cn)) if is_lstm else (out, hn)
+
+
+_TORCH_LAYERS = {"LSTM": _VF.lstm, "PEEPHOLE": _VF.lstm, "GRU": _VF.gru,
+                 "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
+
+
+def _torch_layer(mode, x, batch_sizes, hx, h_shape, c_shape, weights, has_biases, num_layers,
+                 dropout, train, bidirectional, batch_first):
+    """torch.nn's call of its op for these arguments (for the error it raises): ``x`` the
+    batched input or a PackedSequence's data, ``hx`` as torch.nn passes it on, or None
+    (zeros, as torch.nn makes them); a peephole LSTM's ``weights`` without the peepholes."""
+    if hx is None:
+        zeros = [x.new_zeros(h_shape)] + ([x.new_zeros(c_shape)] if mode in _LSTM_MODES else [])
+        hx = tuple(zeros) if mode in _LSTM_MODES else zeros[0]
+    if mode == "PEEPHOLE":  # w_ch closes each layer-direction's group
+        per = len(weights) // (h_shape[0])
+        weights = [w for i, w in enumerate(weights) if i % per != per - 1]
+    if batch_sizes is not None:
+        return _TORCH_LAYERS[mode](x, batch_sizes, hx, weights, has_biases, num_layers, dropout,
+                                   train, bidirectional)
+    return _TORCH_LAYERS[mode](x, hx, weights, has_biases, num_layers, dropout, train,
+                               bidirectional, batch_first)
 
 
 def _split_states(hx, two):
@@ -432,7 +477,7 @@ def _fast_one_step(mode, input, hx, weights, has_biases, num_layers, dropout, tr
     if len(weights) != per * LD or N == 0:
         return None
     H = weights[1].shape[1]
-    if x.shape[-1] != weights[0].shape[1]:
+    if x.shape[-1] != weights[0].shape[1] or H == 0 or x.shape[-1] == 0:
         return None
     if hx is None:
         h0 = c0 = None
@@ -521,33 +566,46 @@ def rnn_relu(input, hx, weights, has_biases, num_layers, dropout, train, bidirec
 
 # ----------------------------------------------------------------------------- cells
 
-def _cell_prepare(kind, input, hx, w_ih, w_hh, n_states):
-    """Validate a cell call; return batched input [N, I], states [N, H] and is_batched."""
-    V.check_cell_input(kind, input, hx, w_ih.shape[1], w_hh.shape[1], w_ih, n_states == 2)
+_TORCH_CELLS = {"LSTM": _VF.lstm_cell, "PEEPHOLE": _VF.lstm_cell, "GRU": _VF.gru_cell,
+                "RNN_TANH": _VF.rnn_tanh_cell, "RNN_RELU": _VF.rnn_relu_cell}
+
+
+def _cell_prepare(mode, input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity=None):
+    """Validate a cell call (torch.nn's checks in its order, then fastrnn's); return the
+    batched input [N, I], the states [N, H] and whether the input was batched. The peephole
+    cell is checked as torch.nn's LSTMCell (its weight_ch by its caller)."""
+    two = mode in _LSTM_MODES
+    name = "LSTMCell" if two else ("GRUCell" if mode == "GRU" else "RNNCell")
+    V.check_cell_input(name, input, hx, two)
     batched = input.dim() == 2
     x = input if batched else input.unsqueeze(0)
-    H = w_hh.shape[1]
+    hx = V.cell_states(hx, two, batched)
+    if nonlinearity not in (None, "tanh", "relu"):  # (nn.RNNCell checks it here)
+        raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
     if hx is None:
-        states = [x.new_zeros(x.shape[0], H) for _ in range(n_states)]
-    else:
-        states = list(hx) if n_states == 2 else [hx]
-        if n_states == 2 and len(states) != 2:
-            raise RuntimeError(f"{kind}: hx must be a tuple (h_0, c_0) of two tensors, got "
-                               f"{len(states)}")
-        names = ["hx[0]", "hx[1]"] if n_states == 2 else ["hx"]
-        for i, (nm, h) in enumerate(zip(names, states)):
-            if not isinstance(h, torch.Tensor):
-                raise TypeError(f"{kind}: {nm} must be a torch.Tensor, got {type(h).__name__}")
-            if h.dim() not in (1, 2):
-                raise ValueError(f"{kind}: Expected {nm} to be 1D or 2D, got {h.dim()}D "
-                                 f"instead")
-            if h.dim() != input.dim():
-                raise RuntimeError(f"{kind}: {nm} must be {input.dim()}-D like the input, "
-                                   f"got {h.dim()}-D")
-            h = h if batched else h.unsqueeze(0)
-            V.check_cell_hidden(kind, nm, h, x.shape[0], H, x, w_ih)
-            states[i] = h
-    return x, states, batched
+        shape = (x.shape[0], w_hh.shape[1])
+        hx = (x.new_zeros(shape), x.new_zeros(shape)) if two else x.new_zeros(shape)
+
+    def torch_cell():
+        return _TORCH_CELLS[mode](x, hx, w_ih, w_hh, b_ih, b_hh)
+
+    if two and not isinstance(hx, (tuple, list)):  # (torch's argument parser refuses it)
+        V.raise_as_torch(torch_cell, V.pair_error(hx))
+    V.check_cell_sizes(name, x, hx, two, w_ih, w_hh)
+    error = V.cell_error(name, x, hx, two, w_ih)
+    if error is not None:
+        V.raise_as_torch(torch_cell, error)
+    return x, (list(hx) if two else [hx]), batched
+
+
+def _cell_backend(backend, x, H, peephole=False):
+    """The backend for one cell step: plain torch ops for a zero size (batch, input or
+    hidden), which the kernels do not take."""
+    if x.shape[0] == 0 or x.shape[1] == 0 or H == 0:
+        if not torch.compiler.is_compiling():
+            _last["backend"] = "reference"  # its forward, as torch ops
+        return TORCH_OPS
+    return resolve_backend(backend, x, peephole=peephole)
 
 
 def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend, w_ch=None):
@@ -570,7 +628,7 @@ def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend, w_ch=None):
         return None
     x = input if dim == 2 else input.unsqueeze(0)
     N = x.shape[0]
-    if N == 0:
+    if N == 0 or H == 0 or x.shape[1] == 0:
         return None
     c = None
     if hx is None:
@@ -599,6 +657,13 @@ def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend, w_ch=None):
     return (out[0].squeeze(0), out[1].squeeze(0)) if is_lstm else out.squeeze(0)
 
 
+def _torch_ops_step(mode, xg, h, c, w_hh, b_hh=None, w_ch=None):
+    """One step as plain torch ops (``TORCH_OPS``) -> (h_1 [N, H], c_1 or None)."""
+    y, _, cn = _recur(mode, xg, b_hh, h, c, (None, w_hh, None, None, None, w_ch), None, False,
+                      TORCH_OPS)
+    return y[0], cn
+
+
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
     plan = _cell_plan("LSTM", input, hx, w_ih, backend)
     if plan is not None:
@@ -607,13 +672,16 @@ def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
     fast = _fast_cell("LSTM", input, hx, w_ih, w_hh, b_ih, b_hh, backend)
     if fast is not None:
         return fast
-    x, (h, c), batched = _cell_prepare("LSTMCell", input, hx, w_ih, w_hh, 2)
+    x, (h, c), batched = _cell_prepare("LSTM", input, hx, w_ih, w_hh, b_ih, b_hh)
     bias = None if b_ih is None else b_ih + b_hh
     xg = F.linear(x, w_ih, bias).unsqueeze(0)  # [1, N, 4H]
-    name = resolve_backend(backend, x)
-    y, cn, _, _ = torch.ops.fastrnn.lstm_forward(xg, h, c, w_hh, None, None, False,
-                                                 _needs_grad(xg, h, c, w_hh), name)
-    h1 = y[0]
+    name = _cell_backend(backend, x, w_hh.shape[1])
+    if name == TORCH_OPS:
+        h1, cn = _torch_ops_step("LSTM", xg, h, c, w_hh)
+    else:
+        y, cn, _, _ = torch.ops.fastrnn.lstm_forward(xg, h, c, w_hh, None, None, False,
+                                                     _needs_grad(xg, h, c, w_hh), name)
+        h1 = y[0]
     return (h1, cn) if batched else (h1.squeeze(0), cn.squeeze(0))
 
 
@@ -626,14 +694,17 @@ def peephole_lstm_cell(input, hx, w_ih, w_hh, w_ch, b_ih=None, b_hh=None, backen
     fast = _fast_cell("PEEPHOLE", input, hx, w_ih, w_hh, b_ih, b_hh, backend, w_ch)
     if fast is not None:
         return fast
-    x, (h, c), batched = _cell_prepare("PeepholeLSTMCell", input, hx, w_ih, w_hh, 2)
+    x, (h, c), batched = _cell_prepare("PEEPHOLE", input, hx, w_ih, w_hh, b_ih, b_hh)
     H = w_hh.shape[1]
     if not isinstance(w_ch, torch.Tensor) or w_ch.shape != (3 * H,):
         raise RuntimeError(f"PeepholeLSTMCell: weight_ch must have shape [{3 * H}], got "
                            f"{list(w_ch.shape) if isinstance(w_ch, torch.Tensor) else w_ch}")
     bias = None if b_ih is None else b_ih + b_hh
     xg = F.linear(x, w_ih, bias).unsqueeze(0)  # [1, N, 4H]
-    name = resolve_backend(backend, x, peephole=True)
+    name = _cell_backend(backend, x, H, peephole=True)
+    if name == TORCH_OPS:
+        h1, cn = _torch_ops_step("PEEPHOLE", xg, h, c, w_hh, w_ch=w_ch)
+        return (h1, cn) if batched else (h1.squeeze(0), cn.squeeze(0))
     training = _needs_grad(xg, h, c, w_hh, w_ch)
     if fastpath.eager() and not training:
         y, cn, _, _ = ops.lstm_forward_eager(xg, h, c, w_hh, None, None, False, False, name,
@@ -653,32 +724,40 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
     fast = _fast_cell("GRU", input, hx, w_ih, w_hh, b_ih, b_hh, backend)
     if fast is not None:
         return fast
-    x, (h,), batched = _cell_prepare("GRUCell", input, hx, w_ih, w_hh, 1)
+    x, (h,), batched = _cell_prepare("GRU", input, hx, w_ih, w_hh, b_ih, b_hh)
     xg = F.linear(x, w_ih, b_ih).unsqueeze(0)  # [1, N, 3H]
     if b_hh is None:
         b_hh = w_hh.new_zeros(w_hh.shape[0])
-    name = resolve_backend(backend, x)
-    y, _ = torch.ops.fastrnn.gru_forward(xg, h, w_hh, b_hh, None, False,
-                                         _needs_grad(xg, h, w_hh, b_hh), name)
-    return y[0] if batched else y[0].squeeze(0)
+    name = _cell_backend(backend, x, w_hh.shape[1])
+    if name == TORCH_OPS:
+        h1, _ = _torch_ops_step("GRU", xg, h, None, w_hh, b_hh)
+    else:
+        y, _ = torch.ops.fastrnn.gru_forward(xg, h, w_hh, b_hh, None, False,
+                                             _needs_grad(xg, h, w_hh, b_hh), name)
+        h1 = y[0]
+    return h1 if batched else h1.squeeze(0)
 
 
 def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", backend=None):
-    if nonlinearity not in ("tanh", "relu"):
-        raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
-    plan = _cell_plan("RNN", input, hx, w_ih, backend)
-    if plan is not None:
-        return _planned_cell(
-            plan, lambda x, h, *w: rnn_cell(x, h, *w, nonlinearity=nonlinearity,
-                                            backend=backend),
-            input, hx, (w_ih, w_hh, b_ih, b_hh), False)
-    fast = _fast_cell("RNN_RELU" if nonlinearity == "relu" else "RNN_TANH", input, hx, w_ih,
-                      w_hh, b_ih, b_hh, backend)
-    if fast is not None:
-        return fast
-    x, (h,), batched = _cell_prepare("RNNCell", input, hx, w_ih, w_hh, 1)
+    mode = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}.get(nonlinearity)
+    if mode is not None:  # (an unknown one is an error after torch.nn's rank checks)
+        plan = _cell_plan("RNN", input, hx, w_ih, backend)
+        if plan is not None:
+            return _planned_cell(
+                plan, lambda x, h, *w: rnn_cell(x, h, *w, nonlinearity=nonlinearity,
+                                                backend=backend),
+                input, hx, (w_ih, w_hh, b_ih, b_hh), False)
+        fast = _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend)
+        if fast is not None:
+            return fast
+    x, (h,), batched = _cell_prepare(mode or "RNN_TANH", input, hx, w_ih, w_hh, b_ih, b_hh,
+                                     nonlinearity)
     bias = None if b_ih is None else b_ih + b_hh
     xg = F.linear(x, w_ih, bias).unsqueeze(0)  # [1, N, H]
-    name = resolve_backend(backend, x)
-    y = torch.ops.fastrnn.rnn_forward(xg, h, w_hh, None, False, nonlinearity == "relu", name)
-    return y[0] if batched else y[0].squeeze(0)
+    name = _cell_backend(backend, x, w_hh.shape[1])
+    if name == TORCH_OPS:
+        h1, _ = _torch_ops_step(mode, xg, h, None, w_hh)
+    else:
+        h1 = torch.ops.fastrnn.rnn_forward(xg, h, w_hh, None, False, mode == "RNN_RELU",
+                                           name)[0]
+    return h1 if batched else h1.squeeze(0)

@@ -181,11 +181,19 @@ class _LSTMBase(_RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
-                 backend=None):
+                 backend=None, **kwargs):
         _check_backend(backend)
+        # (other keywords: nn.RNNBase's own TypeError, as torch.nn raises it)
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, proj_size, device, dtype)
+                         dropout, bidirectional, proj_size, device, dtype, **kwargs)
         self.backend = backend
+
+
+def _no_proj_size(kwargs):
+    """torch.nn's GRU and RNN refuse proj_size with a ValueError (other keywords reach
+    nn.RNNBase, whose TypeError names them)."""
+    if "proj_size" in kwargs:
+        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
 
 
 class LSTM(_LSTMBase):
@@ -200,10 +208,12 @@ class GRU(_RNNBase):
     _torch_class = nn.GRU
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend=None):
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend=None,
+                 **kwargs):
         _check_backend(backend)
+        _no_proj_size(kwargs)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, 0, device, dtype)
+                         dropout, bidirectional, 0, device, dtype, **kwargs)
         self.backend = backend
 
 
@@ -214,8 +224,9 @@ class RNN(_RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None,
-                 *, backend=None):
+                 *, backend=None, **kwargs):
         _check_backend(backend)
+        _no_proj_size(kwargs)
         if nonlinearity == "tanh":
             mode = "RNN_TANH"
         elif nonlinearity == "relu":
@@ -225,7 +236,7 @@ class RNN(_RNNBase):
                 f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         self.nonlinearity = nonlinearity
         super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, 0, device, dtype)
+                         dropout, bidirectional, 0, device, dtype, **kwargs)
         self.backend = backend
 
 
@@ -256,9 +267,9 @@ class PeepholeLSTM(_LSTMBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
-                 backend=None):
+                 backend=None, **kwargs):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, device, dtype, backend=backend)
+                         bidirectional, proj_size, device, dtype, backend=backend, **kwargs)
         bound = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0
         D = 2 if bidirectional else 1
         for layer in range(num_layers):
