@@ -15,8 +15,12 @@ reference backend for what a backend promises):
   CUDA ............................ test_cuda.py, test_cuda_dispatch.py (skip without a GPU)
   deployment ...................... test_export.py (ONNX, TorchScript, torch.func, AOTI,
                                      second derivatives)
-  errors .......................... test_errors.py (bad input: clear errors, no kernel run)
-  IMDB data and job ............... test_datasets.py, test_imdb_job.py; test_info.py
+  errors .......................... test_errors.py (bad input: torch.nn's errors, no kernel
+                                     run), test_zero_sizes.py (empty batches and sizes)
+  low precision, autocast ......... test_precision.py (dtypes and numbers against torch.nn)
+  batched gradients, vmap ......... test_batched_grads.py
+  IMDB data and job ............... test_datasets.py, test_imdb_job.py, test_keras.py (the
+                                     Keras implementation); test_info.py
 Helpers shared by several files live in rnn_cases.py; fixture data is built by the tests
 (fixtures/), nothing is downloaded.
 """
