@@ -15,6 +15,8 @@ import threading
 import torch
 import torch.nn.functional as F
 
+from .backends._common import transformed
+
 __all__ = ["needs_grad", "linear", "projection_buffer", "pooled_empty", "use_pool", "PooledLinear", "linear_into",
            "FinalState", "POOLED_BACKENDS"]
 
@@ -93,7 +95,8 @@ class PooledLinear(torch.autograd.Function):
         g2 = g.reshape(T * N, g.shape[-1])
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            if torch.is_grad_enabled():  # create_graph=True: out= ops are not differentiable
+            # create_graph=True (out= ops are not differentiable) or batched gradients
+            if torch.is_grad_enabled() or transformed(g):
                 dx = g2.mm(weight).view(T, N, I)
             else:
                 dx = pooled_empty(T * N, I, like=x, backend=ctx.backend)
@@ -120,19 +123,21 @@ def linear_into(x, weight, bias, out):
 
 def use_pool(backend, t):
     """Whether autograd helpers put ``t``-sized training tensors in a buffer pool: eager
-    mode (no torch.func transform either: these autograd.Functions write into memory they
-    allocate, which functorch cannot wrap), the CPU kernels (compiled or numba),
+    mode (no torch.func transform either, nor ``t`` batched: these autograd.Functions write
+    into memory they allocate, which vmap cannot batch), the CPU kernels (compiled or numba),
     float32/float64."""
     return (backend in POOLED_BACKENDS and t.device.type == "cpu"
             and t.dtype in (torch.float32, torch.float64)
             and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-            and torch._C._functorch.peek_interpreter_stack() is None)
+            and torch._C._functorch.peek_interpreter_stack() is None and not transformed(t))
 
 
 def linear(x, weight, bias, slot, backend=None):
     """F.linear over [T, N, I]; outside autograd and compilation, into a reused buffer;
-    in eager training on the CPU kernels, into pooled memory."""
-    if x.device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing():
+    in eager training on the CPU kernels, into pooled memory. Under vmap (the buffer cannot
+    hold a batch) and other torch.func transforms, F.linear."""
+    if (x.device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._functorch.peek_interpreter_stack() is not None or transformed(x)):
         return F.linear(x, weight, bias)
     if needs_grad(x, weight, bias):
         if use_pool(backend, x):
@@ -158,6 +163,8 @@ class FinalState(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        if transformed(g):  # batched gradients: y[index]'s own backward, which vmap batches
+            return torch.ops.aten.select_backward(g, ctx.shape, 0, ctx.index), None, None
         dy = pooled_empty(*ctx.shape, like=g, backend=ctx.backend)
         dy.zero_()
         dy[ctx.index].copy_(g)

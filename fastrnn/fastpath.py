@@ -15,7 +15,9 @@ mode (not compiling, exporting, tracing or scripting; no torch-function or dispa
 functorch transform), plain CPU tensors of one float dtype (float32/float64), contiguous,
 and the compiled ``cpu`` backend chosen. Everything else, including every input that
 would be an error, goes the usual way, which validates and raises torch.nn's errors.
-The numbers are the op path's (tests compare the two, and both against torch.nn).
+The numbers are the op path's (tests compare the two, and both against torch.nn). Batched
+gradients reaching a step's backward (``is_grads_batched``, vectorised jacobians, gradcheck's
+batched check), which the kernels cannot read, replay the step in torch's ops instead.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch
 from torch.overrides import has_torch_function
 
 from .backends import cpu as _cpu
+from .backends._common import transformed
 
 __all__ = ["eager", "usable", "cell", "steps", "steps_pay", "CELL_GATES", "MAX_STEPS_ROWS",
            "MAX_STEPS", "MIN_PACKED_ROWS"]
@@ -38,6 +41,7 @@ _is_tracing = torch.jit.is_tracing
 _function_mode = torch._C._is_torch_function_mode_enabled
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _functorch_level = torch._C._functorch.peek_interpreter_stack
+_legacy_batched = torch._C._functorch.is_legacy_batchedtensor
 
 
 def eager():
@@ -52,12 +56,14 @@ def usable(tensors, strided_first=False):
     """Whether ``tensors`` (a tuple of the call's inputs and weights, the first a tensor,
     None entries allowed) may take the fast path in eager mode (``eager()``): plain CPU
     tensors of one float dtype, contiguous (with ``strided_first``, the first only along
-    its last dimension). About a microsecond for a cell's seven."""
+    its last dimension), the first not a BatchedTensor of legacy vmap
+    (``torch._vmap_internals.vmap``, which ``eager()`` does not see, batches the input).
+    About a microsecond for a cell's seven."""
     if has_torch_function(tensors):
         return False
     first = tensors[0]
     dtype = first.dtype
-    if dtype not in _FLOATS:
+    if dtype not in _FLOATS or _legacy_batched(first):
         return False
     if strided_first:
         if first.stride(-1) != 1 or not first.is_cpu:
@@ -91,6 +97,11 @@ class _Cell(torch.autograd.Function):
         has_bias = ctx.biases[0] is not None
         if torch.is_grad_enabled():  # create_graph=True: gradients that are differentiable
             return (None,) + _replay_grads(ctx, kind, x, h, c, w_ih, w_hh, w_ch, dh1, dc1)
+        if transformed(dh1) or (dc1 is not None and transformed(dc1)):
+            # batched gradients (vmap over backward): torch's ops, which vmap batches
+            with torch.enable_grad():
+                return (None,) + _replay_grads(ctx, kind, x, h, c, w_ih, w_hh, w_ch, dh1, dc1,
+                                               create_graph=False)
         k = _KINDS[kind]
         dh1 = dh1.contiguous()
         dc1 = None if dc1 is None else dc1.contiguous()
@@ -130,11 +141,12 @@ def _peephole_cell(x, hx, w_ih, w_hh, b_ih, b_hh, w_ch):
     return y[0], cn
 
 
-def _replay_grads(ctx, kind, x, h, c, w_ih, w_hh, w_ch, dh1, dc1):
+def _replay_grads(ctx, kind, x, h, c, w_ih, w_hh, w_ch, dh1, dc1, create_graph=True):
     """The step's gradients as a graph (double backward: gradient penalties, Hessian-vector
     products): torch's own cell op, which has a second derivative (the peephole cell: its
     torch ops), replayed on the saved inputs and differentiated with ``create_graph``.
-    Costs one more step; only then."""
+    Costs one more step; only then, and for batched gradients (``create_graph=False``),
+    which the kernels cannot read. Runs with gradients enabled."""
     b_ih, b_hh = ctx.biases
     ins = [x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch]
     want = [i for i, t in enumerate(ins) if t is not None and ctx.needs_input_grad[i + 1]]
@@ -149,7 +161,8 @@ def _replay_grads(ctx, kind, x, h, c, w_ih, w_hh, w_ch, dh1, dc1):
         grad_outs = (dh1,)
     pairs = [(o, g) for o, g in zip(outs, grad_outs) if g is not None]
     got = torch.autograd.grad([o for o, _ in pairs], [ins[i] for i in want],
-                              [g for _, g in pairs], create_graph=True, allow_unused=True)
+                              [g for _, g in pairs], create_graph=create_graph,
+                              allow_unused=True)
     res = [None] * len(ins)
     for i, g in zip(want, got):
         res[i] = g

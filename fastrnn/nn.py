@@ -4,9 +4,9 @@ The sequence modules subclass ``torch.nn.RNNBase`` (not ``nn.LSTM`` etc.: torch.
 refuses to trace subclasses of those), so parameter names, shapes, registration order,
 default initialisation, attributes, ``extra_repr`` and (un)pickling are torch.nn's own.
 Only ``forward`` differs: it runs ``fastrnn.functional``, i.e. the fastrnn ops and the
-chosen backend; while traced (``torch.jit.trace``), exported to ONNX or under a torch.func
-transform it runs torch.nn's own forward on the same parameters (the graph then holds the
-standard recurrent ops; grad/vjp/jvp work).
+chosen backend; while traced (``torch.jit.trace``) or exported to ONNX it runs torch.nn's own
+forward on the same parameters (the graph then holds the standard recurrent ops). Under
+torch.func transforms the ops run as torch ops (grad, vjp, jvp, vmap work).
 ``flatten_parameters()`` is a no-op (there is no cuDNN weight buffer).
 
 Extra, keyword-only: ``backend=None`` (None: the global default, see
@@ -45,16 +45,15 @@ def _onnx_exporting():
 
 
 def _torch_native():
-    """Whether this call is being traced (``torch.jit.trace``, the TorchScript ONNX exporter),
-    exported to ONNX, or run under a torch.func transform: then torch.nn's own forward runs
-    on the same parameters, so the graph holds torch's standard recurrent ops (ONNX
-    RNN/LSTM/GRU, which every runtime knows), and grad/vjp/jvp work as for torch.nn (torch's
-    custom ops cannot carry their autograd into functorch transforms). (Under torch.compile
+    """Whether this call is being traced (``torch.jit.trace``, the TorchScript ONNX exporter)
+    or exported to ONNX: then torch.nn's own forward runs on the same parameters, so the
+    graph holds torch's standard recurrent ops (ONNX RNN/LSTM/GRU, which every runtime
+    knows). (Under torch.func transforms fastrnn's ops run as torch ops, which functorch
+    differentiates and batches; torch.nn's layers have no vmap rule. Under torch.compile
     the public ONNX check, which Dynamo evaluates; the fast read is not traceable.)"""
     if torch.compiler.is_compiling():
         return torch.onnx.is_in_onnx_export()
-    return (torch.jit.is_tracing() or _onnx_exporting()
-            or torch._C._functorch.peek_interpreter_stack() is not None)
+    return torch.jit.is_tracing() or _onnx_exporting()
 
 
 def _check_backend(backend):
@@ -312,14 +311,10 @@ class PeepholeLSTM(_LSTMBase):
             from . import _onnx
             self.__dict__["last_backend"] = "onnx"
             return _onnx.peephole_lstm(self, input, hx)
-        if torch._C._functorch.peek_interpreter_stack() is not None:
-            backend = F_.TORCH_OPS
-            self.__dict__["last_backend"] = "torch"
         result = F_.rnn("PEEPHOLE", input, hx, self._weights(), self.bias, self.num_layers,
                         self.dropout, self.training, self.bidirectional, self.batch_first,
                         self.proj_size, backend)
-        if backend != F_.TORCH_OPS:
-            self._record_backend()
+        self._record_backend()
         return result
 
 

@@ -37,6 +37,13 @@ reduced here too: dW_ch = sums of dgates_i * c_prev, dgates_f * c_prev and dgate
 Second derivatives: with ``create_graph=True`` a forward op's backward differentiates the
 reference backend's forward (torch ops) replayed on the saved inputs instead of calling the
 backward op (``_gradient_graph``); the input projection xg is kept for that on the CPU.
+
+torch.func and batched gradients (section "batching" at the end): under a torch.func
+transform each op is its reference backend's torch ops, except a vmap over per-sample
+tensors with shared weights, which runs the kernels once over the batch folded into N.
+Batched gradients (``torch.autograd.grad(is_grads_batched=True)``, ``jacobian``/``hessian``
+with ``vectorize=True``, gradcheck's ``check_batched_grad``) run the backward kernels the
+same way (``batched_call``).
 """
 from typing import List, Optional, Tuple
 
@@ -47,7 +54,7 @@ from . import _memory
 from . import _validation as V
 from . import backends
 from .backends import reference
-from .backends._common import valid_mask
+from .backends._common import transformed, valid_mask
 
 __all__ = ["lstm_forward", "lstm_backward", "peephole_lstm_forward", "peephole_lstm_backward",
            "gru_forward", "gru_backward",
@@ -91,10 +98,10 @@ def _grad_w_hh(dg: Tensor, y: Tensor, h0: Tensor, reverse: bool) -> Tensor:
         body, first, inner = dg2[1:], dg2[0], y[:-1]
     out = first.t().mm(h0)
     if body.shape[0] > 0:
-        out = out.addmm_(body.reshape(-1, dg.shape[-1]).t(), inner.reshape(-1, y.shape[-1]))
+        a, b = body.reshape(-1, dg.shape[-1]).t(), inner.reshape(-1, y.shape[-1])
+        # batched gradients: out of place (vmap runs an in-place addmm once per vector)
+        out = out + a.mm(b) if transformed(dg) else out.addmm_(a, b)
     return out
-
-
 
 
 def _mask(x: Tensor, valid: Optional[Tensor]) -> Tensor:
@@ -349,11 +356,13 @@ def _lstm_backward_fn(ctx, dy, dcn, _dgates_unused, _dcs_unused):
     dy = _zeros_if_none(dy, y)
     dcn = _zeros_if_none(dcn, c0)
     if peep:
-        dgates, dh0, dc0, dr = torch.ops.fastrnn.peephole_lstm_backward(
-            dy, dcn, h0, c0, w_hh, w_hr, w_ch, lengths, ctx.reverse, y, gates, cs, ctx.backend)
+        dgates, dh0, dc0, dr = batched_call(
+            "peephole_lstm_backward", dy, dcn, h0, c0, w_hh, w_hr, w_ch, lengths, ctx.reverse,
+            y, gates, cs, ctx.backend)
     else:
-        dgates, dh0, dc0, dr = torch.ops.fastrnn.lstm_backward(
-            dy, dcn, h0, c0, w_hh, w_hr, lengths, ctx.reverse, y, gates, cs, ctx.backend)
+        dgates, dh0, dc0, dr = batched_call(
+            "lstm_backward", dy, dcn, h0, c0, w_hh, w_hr, lengths, ctx.reverse, y, gates, cs,
+            ctx.backend)
     need = ctx.needs_input_grad
     dw_hh = dw_hr = dw_ch = None
     if need[3]:
@@ -386,15 +395,19 @@ peephole_lstm_forward.register_autograd(_flushing(_lstm_backward_fn), setup_cont
 
 # ----------------------------------------------------------------------------- GRU
 
-@torch.library.custom_op("fastrnn::gru_forward", mutates_args=())
-def gru_forward(xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor,
-                lengths: Optional[Tensor], reverse: bool, training: bool,
-                backend: str) -> Tuple[Tensor, Tensor]:
+def _check_gru_args(xg, h0, w_hh, b_hh, lengths):
     T, N, G = xg.shape if xg.dim() == 3 else (0, 0, 0)
     H = G // 3
     V.check_op_args("gru_forward", xg, [
         ("xg", xg, (T, N, 3 * H)), ("h0", h0, (N, H)), ("w_hh", w_hh, (3 * H, H)),
         ("b_hh", b_hh, (3 * H,))], lengths)
+
+
+@torch.library.custom_op("fastrnn::gru_forward", mutates_args=())
+def gru_forward(xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor,
+                lengths: Optional[Tensor], reverse: bool, training: bool,
+                backend: str) -> Tuple[Tensor, Tensor]:
+    _check_gru_args(xg, h0, w_hh, b_hh, lengths)
     return gru_forward_eager(xg, h0, w_hh, b_hh, lengths, reverse, training, backend)
 
 
@@ -415,14 +428,18 @@ def _(xg, h0, w_hh, b_hh, lengths, reverse, training, backend):
     return xg.new_empty(T, N, H), saved
 
 
-@torch.library.custom_op("fastrnn::gru_backward", mutates_args=())
-def gru_backward(dy: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
-                 reverse: bool, y: Tensor, saved: Tensor,
-                 backend: str) -> Tuple[Tensor, Tensor]:
+def _check_gru_backward_args(dy, h0, w_hh, lengths, y, saved):
     T, N, H = dy.shape if dy.dim() == 3 else (0, 0, 0)
     V.check_op_args("gru_backward", dy, [
         ("h0", h0, (N, H)), ("w_hh", w_hh, (3 * H, H)), ("y", y, (T, N, H)),
         ("saved", saved, (T, N, 4 * H))], lengths)
+
+
+@torch.library.custom_op("fastrnn::gru_backward", mutates_args=())
+def gru_backward(dy: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
+                 reverse: bool, y: Tensor, saved: Tensor,
+                 backend: str) -> Tuple[Tensor, Tensor]:
+    _check_gru_backward_args(dy, h0, w_hh, lengths, y, saved)
     ins = _contig(dy, h0, w_hh, y, saved)
     lengths = None if lengths is None else lengths.contiguous()
     dy, h0, w_hh, y, saved = ins
@@ -458,8 +475,8 @@ def _gru_backward_fn(ctx, dy, _dsaved_unused):
         y, saved = torch.ops.fastrnn.gru_forward(
             xg, h0, w_hh, b_hh, lengths, ctx.reverse, True, ctx.backend)
     dy = _zeros_if_none(dy, y)
-    dxg, dh0 = torch.ops.fastrnn.gru_backward(
-        dy, h0, w_hh, lengths, ctx.reverse, y, saved, ctx.backend)
+    dxg, dh0 = batched_call("gru_backward", dy, h0, w_hh, lengths, ctx.reverse, y, saved,
+                            ctx.backend)
     need = ctx.needs_input_grad
     dw_hh = db_hh = None
     if need[2] or need[3]:
@@ -483,12 +500,16 @@ gru_forward.register_autograd(_flushing(_gru_backward_fn), setup_context=_gru_se
 
 # ----------------------------------------------------------------------------- Elman RNN
 
-@torch.library.custom_op("fastrnn::rnn_forward", mutates_args=())
-def rnn_forward(xg: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
-                reverse: bool, relu: bool, backend: str) -> Tensor:
+def _check_rnn_args(xg, h0, w_hh, lengths):
     T, N, H = xg.shape if xg.dim() == 3 else (0, 0, 0)
     V.check_op_args("rnn_forward", xg, [("h0", h0, (N, H)), ("w_hh", w_hh, (H, H))],
                     lengths)
+
+
+@torch.library.custom_op("fastrnn::rnn_forward", mutates_args=())
+def rnn_forward(xg: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
+                reverse: bool, relu: bool, backend: str) -> Tensor:
+    _check_rnn_args(xg, h0, w_hh, lengths)
     return rnn_forward_eager(xg, h0, w_hh, lengths, reverse, relu, backend)
 
 
@@ -504,13 +525,17 @@ def _(xg, h0, w_hh, lengths, reverse, relu, backend):
     return xg.new_empty(xg.shape)
 
 
+def _check_rnn_backward_args(dy, h0, w_hh, lengths, y):
+    T, N, H = dy.shape if dy.dim() == 3 else (0, 0, 0)
+    V.check_op_args("rnn_backward", dy, [
+        ("h0", h0, (N, H)), ("w_hh", w_hh, (H, H)), ("y", y, (T, N, H))], lengths)
+
+
 @torch.library.custom_op("fastrnn::rnn_backward", mutates_args=())
 def rnn_backward(dy: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
                  reverse: bool, relu: bool, y: Tensor,
                  backend: str) -> Tuple[Tensor, Tensor]:
-    T, N, H = dy.shape if dy.dim() == 3 else (0, 0, 0)
-    V.check_op_args("rnn_backward", dy, [
-        ("h0", h0, (N, H)), ("w_hh", w_hh, (H, H)), ("y", y, (T, N, H))], lengths)
+    _check_rnn_backward_args(dy, h0, w_hh, lengths, y)
     ins = _contig(dy, h0, w_hh, y)
     lengths = None if lengths is None else lengths.contiguous()
     dy, h0, w_hh, y = ins
@@ -539,8 +564,8 @@ def _rnn_backward_fn(ctx, dy):
             ctx, lambda *a: (reference.rnn_forward(*a, lengths, rev, relu),),
             (xg, h0, w_hh), (dy,), 7)
     dy = _zeros_if_none(dy, y)
-    dxg, dh0 = torch.ops.fastrnn.rnn_backward(
-        dy, h0, w_hh, lengths, ctx.reverse, ctx.relu, y, ctx.backend)
+    dxg, dh0 = batched_call("rnn_backward", dy, h0, w_hh, lengths, ctx.reverse, ctx.relu, y,
+                            ctx.backend)
     need = ctx.needs_input_grad
     dw_hh = _grad_w_hh(dxg, y, h0, ctx.reverse) if need[2] else None  # [H, H]
     return (dxg if need[0] else None, dh0 if need[1] else None, dw_hh,
@@ -571,3 +596,208 @@ OPS = {
     "rnn_forward": torch.ops.fastrnn.rnn_forward,
     "rnn_backward": torch.ops.fastrnn.rnn_backward,
 }
+
+
+# ----------------------------------------------------------------------------- batching
+# torch.func transforms and batched gradients.
+#
+# Under a torch.func transform (vmap, grad, jvp, jacrev, ...) an op is its reference
+# backend's torch ops, which functorch differentiates and batches: a custom op's autograd
+# has no functorch support (``_under_functorch``). One case keeps the kernels: vmap over
+# per-sample tensors (inputs, states, their gradients) with the weights shared, where the
+# vmapped dimension folds into the batch: one kernel call over B*N rows (``_folded``).
+# Batched gradients (``torch.autograd.grad(is_grads_batched=True)``, autograd.functional's
+# ``jacobian``/``hessian(vectorize=True)``, gradcheck's ``check_batched_grad``) reach the
+# forward ops' backward as legacy vmap BatchedTensors; the backward ops fold them the same
+# way (``batched_call``).
+
+# Per op: what each argument is, then each output. "TN": per-sample [T, N, ...]; "N":
+# per-sample [N, ...]; "W": a weight, shared by every sample; None: not a tensor.
+_ROLES = {
+    "lstm_forward": (("TN", "N", "N", "W", "W", "N", None, None, None),
+                     ("TN", "N", "TN", "TN")),
+    "peephole_lstm_forward": (("TN", "N", "N", "W", "W", "W", "N", None, None, None),
+                              ("TN", "N", "TN", "TN")),
+    "lstm_backward": (("TN", "N", "N", "N", "W", "W", "N", None, "TN", "TN", "TN", None),
+                      ("TN", "N", "N", "TN")),
+    "peephole_lstm_backward": (("TN", "N", "N", "N", "W", "W", "W", "N", None, "TN", "TN",
+                                "TN", None), ("TN", "N", "N", "TN")),
+    "gru_forward": (("TN", "N", "W", "W", "N", None, None, None), ("TN", "TN")),
+    "gru_backward": (("TN", "N", "W", "N", None, "TN", "TN", None), ("TN", "N")),
+    "rnn_forward": (("TN", "N", "W", "N", None, None, None), ("TN",)),
+    "rnn_backward": (("TN", "N", "W", "N", None, None, "TN", None), ("TN", "N")),
+}
+_N_AXIS = {"TN": 1, "N": 0}
+
+
+def _placeholder(t: Tensor) -> bool:
+    """The empty tensor an op takes or returns for something it does not use or compute
+    (``gates`` without training, ``dr`` without projection)."""
+    return t.dim() == 1 and t.numel() == 0
+
+
+def _fold(t: Tensor, bdim: Optional[int], B: int, role: str) -> Tensor:
+    """A per-sample tensor as a batch of B*N: its batch dimension ``bdim`` (None: one tensor
+    for every batch entry) merged into N, batch entry major: [B, T, N, X] -> [T, B*N, X]."""
+    if _placeholder(t) or (bdim is not None and _placeholder(t.select(bdim, 0))):
+        return t if bdim is None else t.select(bdim, 0)
+    ax = _N_AXIS[role]
+    if bdim is None:
+        t = t.unsqueeze(ax).expand(*t.shape[:ax], B, *t.shape[ax:])
+    else:
+        t = t.movedim(bdim, ax)
+    return t.flatten(ax, ax + 1)
+
+
+def _folded(name: str, args, bdims, B: int):
+    """Op ``name`` on ``args`` whose per-sample tensors carry a batch dimension (``bdims``,
+    None where not; the weights must have none) as one call over B*N rows. Returns the
+    outputs as (tensor, its batch dimension or None): [B, ...], dense (the batched ops that
+    follow reshape them, which would copy a batch dimension left between T and N)."""
+    roles, out_roles = _ROLES[name]
+    args = [a if r is None or r == "W" or a is None else _fold(a, d, B, r)
+            for a, d, r in zip(args, bdims, roles)]
+    outs = OPS[name](*args)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    res = []
+    for o, r in zip(outs, out_roles):
+        if _placeholder(o):
+            res.append((o, None))
+        else:
+            ax = _N_AXIS[r]
+            res.append((o.unflatten(ax, (B, o.shape[ax] // B)).movedim(ax, 0).contiguous(), 0))
+    return res
+
+
+def _weights_batched(name: str, bdims) -> bool:
+    return any(d is not None for d, r in zip(bdims, _ROLES[name][0]) if r == "W")
+
+
+_legacy_batched = torch._C._functorch.is_legacy_batchedtensor
+# Legacy vmap levels count up from 1 per nesting; batched gradients use one or two.
+_MAX_LEGACY_LEVEL = 64
+
+
+def _legacy_unwrap(t: Tensor):
+    """(level, [B, ...] tensor) of a BatchedTensor of legacy vmap (``torch._vmap_internals``)
+    batched at one level, or (None, None) when it is nested in several. The level is not
+    exposed: removing the batch dimension of any other level leaves a BatchedTensor."""
+    for level in range(1, _MAX_LEGACY_LEVEL + 1):
+        p = torch._remove_batch_dim(t, level, 1, 0)
+        if not _legacy_batched(p):
+            return level, p
+    return None, None
+
+
+def batched_call(name: str, *args):
+    """``OPS[name](*args)``, also where some arguments are legacy vmap BatchedTensors (the
+    batched gradients a backward receives): the per-sample ones then fold into the batch
+    (``_folded``), one kernel call for every batch entry, the results batched again. Where
+    that does not apply (weights batched, several vmap levels) torch's own fallback runs the
+    op once per batch entry."""
+    op = OPS[name]
+    level, B, phys, bdims = None, 0, [], []
+    for a in args:
+        if isinstance(a, Tensor) and _legacy_batched(a):
+            lv, p = _legacy_unwrap(a)
+            if lv is None or (level is not None and lv != level):
+                return op(*args)
+            level, B = lv, p.shape[0]
+            phys.append(p)
+            bdims.append(0)
+        else:
+            phys.append(a)
+            bdims.append(None)
+    if level is None or _weights_batched(name, bdims):
+        return op(*args)
+    outs = [o if d is None else torch._add_batch_dim(o, d, level)
+            for o, d in _folded(name, phys, bdims, B)]
+    return tuple(outs) if len(outs) > 1 else outs[0]
+
+
+def _lstm_forward_ref(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, backend):
+    _check_lstm_args("lstm_forward", xg, h0, c0, w_hh, w_hr, None, lengths)
+    return reference.lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training)
+
+
+def _peephole_lstm_forward_ref(xg, h0, c0, w_hh, w_hr, w_ch, lengths, reverse, training,
+                               backend):
+    _check_lstm_args("peephole_lstm_forward", xg, h0, c0, w_hh, w_hr, w_ch, lengths)
+    return reference.lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, w_ch)
+
+
+def _lstm_backward_ref(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs, backend):
+    _check_lstm_backward_args("lstm_backward", dy, dcn, h0, c0, w_hh, w_hr, None, lengths,
+                              y, gates, cs)
+    return reference.lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates,
+                                   cs)
+
+
+def _peephole_lstm_backward_ref(dy, dcn, h0, c0, w_hh, w_hr, w_ch, lengths, reverse, y,
+                                gates, cs, backend):
+    _check_lstm_backward_args("peephole_lstm_backward", dy, dcn, h0, c0, w_hh, w_hr, w_ch,
+                              lengths, y, gates, cs)
+    return reference.lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates,
+                                   cs, w_ch)
+
+
+def _gru_forward_ref(xg, h0, w_hh, b_hh, lengths, reverse, training, backend):
+    _check_gru_args(xg, h0, w_hh, b_hh, lengths)
+    return reference.gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training)
+
+
+def _gru_backward_ref(dy, h0, w_hh, lengths, reverse, y, saved, backend):
+    _check_gru_backward_args(dy, h0, w_hh, lengths, y, saved)
+    return reference.gru_backward(dy, h0, w_hh, lengths, reverse, y, saved)
+
+
+def _rnn_forward_ref(xg, h0, w_hh, lengths, reverse, relu, backend):
+    _check_rnn_args(xg, h0, w_hh, lengths)
+    return reference.rnn_forward(xg, h0, w_hh, lengths, reverse, relu)
+
+
+def _rnn_backward_ref(dy, h0, w_hh, lengths, reverse, relu, y, backend):
+    _check_rnn_backward_args(dy, h0, w_hh, lengths, y)
+    return reference.rnn_backward(dy, h0, w_hh, lengths, reverse, relu, y)
+
+
+# each op as the reference backend's torch ops (the op's checks first)
+_TORCH_OPS = {
+    "lstm_forward": _lstm_forward_ref, "peephole_lstm_forward": _peephole_lstm_forward_ref,
+    "lstm_backward": _lstm_backward_ref, "peephole_lstm_backward": _peephole_lstm_backward_ref,
+    "gru_forward": _gru_forward_ref, "gru_backward": _gru_backward_ref,
+    "rnn_forward": _rnn_forward_ref, "rnn_backward": _rnn_backward_ref,
+}
+
+
+def _under_functorch(name: str):
+    """The op's kernel for the key functorch dispatches on first while a torch.func transform
+    is active (so calls outside transforms never see it): a vmap over per-sample tensors
+    with shared weights runs the op at the level below on the folded batch; everything else
+    (grad, jvp, batched weights) runs the op's torch ops, which functorch handles itself."""
+    from torch._C._functorch import TransformType, _add_batch_dim, _unwrap_batched
+    from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
+
+    def kernel(*args):
+        interpreter = retrieve_current_functorch_interpreter()
+        if interpreter.key() == TransformType.Vmap:
+            level = interpreter.level()
+            phys, bdims = [], []
+            for a in args:
+                p, d = _unwrap_batched(a, level) if isinstance(a, Tensor) else (a, None)
+                phys.append(p)
+                bdims.append(d)
+            if not _weights_batched(name, bdims):
+                with interpreter.lower():
+                    if all(d is None for d in bdims):
+                        return OPS[name](*phys)
+                    outs = _folded(name, phys, bdims, interpreter.batch_size())
+                outs = [o if d is None else _add_batch_dim(o, d, level) for o, d in outs]
+                return tuple(outs) if len(outs) > 1 else outs[0]
+        return _TORCH_OPS[name](*args)
+    return kernel
+
+
+_functorch_lib = torch.library.Library("fastrnn", "IMPL")
+for _name in OPS:
+    _functorch_lib.impl(_name, _under_functorch(_name), "FuncTorchDynamicLayerFrontMode")

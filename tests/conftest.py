@@ -15,6 +15,8 @@ reference backend for what a backend promises):
   CUDA ............................ test_cuda.py, test_cuda_dispatch.py (skip without a GPU)
   deployment ...................... test_export.py (ONNX, TorchScript, torch.func, AOTI,
                                      second derivatives)
+  batched gradients and vmap ...... test_batched_grads.py (is_grads_batched, vectorised
+                                     jacobians, vmap over modules and ensembles)
   errors .......................... test_errors.py (bad input: torch.nn's errors, no kernel
                                      run), test_zero_sizes.py (empty batches and sizes)
   low precision, autocast ......... test_precision.py (dtypes and numbers against torch.nn)

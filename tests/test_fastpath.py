@@ -298,6 +298,22 @@ def test_training_loop_matches_torch_nn(calls):
     assert calls["n"] == 20 * len(CELLS)
 
 
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_vmapped_cells_step_aside(kind, calls):
+    """Under torch.func.vmap, and legacy vmap (whose BatchedTensors eager() cannot see), the
+    fast path stays out; the numbers are torch.nn's per-sample ones."""
+    from torch._vmap_internals import _vmap
+    ref, fast = _cell_pair(kind, 4, 5, F64)
+    xs = torch.randn(3, 2, 4, dtype=F64)
+    with torch.no_grad():
+        want = [ref(x) for x in xs]
+        want = torch.stack([w[0] if kind == "LSTMCell" else w for w in want])
+        for vmap in (torch.func.vmap, _vmap):
+            out = vmap(fast)(xs)
+            torch.testing.assert_close(out[0] if kind == "LSTMCell" else out, want)
+    assert calls["n"] == 0
+
+
 @pytest.fixture
 def step_calls(monkeypatch):
     """Counts the multi-step inference calls the fast path makes."""

@@ -36,11 +36,18 @@ def _prev(seq, t, first, reverse):
 
 def _stack(per_step, reverse, empty):
     """Per-step results listed in processing order -> [T, ...] in time order. Built with
-    torch.stack, not written into a preallocated tensor, so that the forward functions are
-    also an efficient differentiable replay (the ops' double backward differentiates them)."""
+    torch.stack, not written into a preallocated tensor, so that these functions are also an
+    efficient differentiable replay (the ops' double backward differentiates the forwards)
+    and run under vmap as they are (batched results cannot be written into a tensor made
+    before them: the ops' batched gradients and torch.func transforms run them)."""
     if not per_step:
         return empty  # T == 0
     return torch.stack(per_step[::-1] if reverse else per_step)
+
+
+def _stack_backward(per_step, reverse, empty):
+    """``_stack`` for a backward loop, which visits the steps in reverse processing order."""
+    return _stack(per_step, not reverse, empty)
 
 
 def _d_sigmoid(s):  # from the activated value
@@ -96,10 +103,9 @@ def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs, w
     T, N, R = dy.shape
     H = c0.shape[-1]
     valid = valid_mask(lengths, T)
-    dgates = dy.new_zeros(T, N, 4 * H)
-    dr = dy.new_zeros(T, N, R) if w_hr is not None else dy.new_empty(0)
+    dgates, dr = [], []  # per step, in the order visited
     dh = torch.zeros_like(h0)  # gradient w.r.t. the state carried into the step just done
-    dc = dcn.clone()
+    dc = dcn
     for t in reversed(_steps(T, reverse)):
         dh_t = dh + dy[t]  # total gradient w.r.t. h after step t
         i = gates[t, :, 0 * H:1 * H]
@@ -121,17 +127,18 @@ def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs, w
         if w_ch is not None:  # c_{t-1} also feeds i's and f's pre-activations
             dc_prev = dc_prev + di * w_ch[0 * H:1 * H] + df * w_ch[1 * H:2 * H]
         if valid is None:
-            dgates[t] = dpre
-            if w_hr is not None:
-                dr[t] = dh_t
+            dgates.append(dpre)
+            dr.append(dh_t)
             dh, dc = dh_prev, dc_prev
         else:  # invalid steps pass dh, dc through and contribute nothing
             v = valid[t]
-            dgates[t] = torch.where(v, dpre, torch.zeros_like(dpre))
-            if w_hr is not None:
-                dr[t] = torch.where(v, dh_t, torch.zeros_like(dh_t))
+            dgates.append(torch.where(v, dpre, torch.zeros_like(dpre)))
+            dr.append(torch.where(v, dh_t, torch.zeros_like(dh_t)))
             dh = torch.where(v, dh_prev, dh_t)
             dc = torch.where(v, dc_prev, dc)
+    dgates = _stack_backward(dgates, reverse, dy.new_zeros(0, N, 4 * H))
+    dr = _stack_backward(dr, reverse, dy.new_zeros(0, N, R)) if w_hr is not None \
+        else dy.new_empty(0)
     return dgates, dh, dc, dr
 
 
@@ -165,7 +172,7 @@ def gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training):
 def gru_backward(dy, h0, w_hh, lengths, reverse, y, saved):
     T, N, H = dy.shape
     valid = valid_mask(lengths, T)
-    dxg = dy.new_zeros(T, N, 3 * H)
+    dxg = []  # per step, in the order visited
     dh = torch.zeros_like(h0)
     for t in reversed(_steps(T, reverse)):
         dh_t = dh + dy[t]
@@ -181,13 +188,13 @@ def gru_backward(dy, h0, w_hh, lengths, reverse, y, saved):
         dhg = torch.cat([dr_pre, dz_pre, dn_pre * r], dim=1)  # w.r.t. hg
         dh_prev = dh_t * z + dhg @ w_hh
         if valid is None:
-            dxg[t] = dx
             dh = dh_prev
         else:
             v = valid[t]
-            dxg[t] = torch.where(v, dx, torch.zeros_like(dx))
+            dx = torch.where(v, dx, torch.zeros_like(dx))
             dh = torch.where(v, dh_prev, dh_t)
-    return dxg, dh
+        dxg.append(dx)
+    return _stack_backward(dxg, reverse, dy.new_zeros(0, N, 3 * H)), dh
 
 
 # ----------------------------------------------------------------------------- Elman RNN
@@ -210,7 +217,7 @@ def rnn_forward(xg, h0, w_hh, lengths, reverse, relu):
 def rnn_backward(dy, h0, w_hh, lengths, reverse, relu, y):
     T, N, H = dy.shape
     valid = valid_mask(lengths, T)
-    dxg = dy.new_zeros(T, N, H)
+    dxg = []  # per step, in the order visited
     dh = torch.zeros_like(h0)
     for t in reversed(_steps(T, reverse)):
         dh_t = dh + dy[t]
@@ -220,10 +227,10 @@ def rnn_backward(dy, h0, w_hh, lengths, reverse, relu, y):
             dpre = dh_t * _d_tanh(y[t])
         dh_prev = dpre @ w_hh
         if valid is None:
-            dxg[t] = dpre
             dh = dh_prev
         else:
             v = valid[t]
-            dxg[t] = torch.where(v, dpre, torch.zeros_like(dpre))
+            dpre = torch.where(v, dpre, torch.zeros_like(dpre))
             dh = torch.where(v, dh_prev, dh_t)
-    return dxg, dh
+        dxg.append(dpre)
+    return _stack_backward(dxg, reverse, dy.new_zeros(0, N, H)), dh
