@@ -12,8 +12,9 @@ sequence runs each layer-direction's steps in one such call where that pays (``s
 
 It is taken only when nothing needs the op layer (``eager`` and ``usable``): plain eager
 mode (not compiling, exporting, tracing or scripting; no torch-function or dispatch mode; no
-functorch transform), plain CPU tensors of one float dtype (float32/float64), contiguous,
-and the compiled ``cpu`` backend chosen. Everything else, including every input that
+functorch transform), plain CPU tensors of one float dtype (float32/float64), contiguous
+(the input's rows may be strided: a cell fed ``series[:, t]`` reads them in place), and the
+compiled ``cpu`` backend chosen. Everything else, including every input that
 would be an error, goes the usual way, which validates and raises torch.nn's errors.
 The numbers are the op path's (tests compare the two, and both against torch.nn). Batched
 gradients reaching a step's backward (``is_grads_batched``, vectorised jacobians, gradcheck's
@@ -52,13 +53,13 @@ def eager():
                 or _functorch_level() is not None)
 
 
-def usable(tensors, strided_first=False):
+def usable(tensors, strided_first=True):
     """Whether ``tensors`` (a tuple of the call's inputs and weights, the first a tensor,
     None entries allowed) may take the fast path in eager mode (``eager()``): plain CPU
     tensors of one float dtype, contiguous (with ``strided_first``, the first only along
-    its last dimension), the first not a BatchedTensor of legacy vmap
-    (``torch._vmap_internals.vmap``, which ``eager()`` does not see, batches the input).
-    About a microsecond for a cell's seven."""
+    its last dimension: the kernels read the rows of ``series[:, t]`` in place), the first
+    not a BatchedTensor of legacy vmap (``torch._vmap_internals.vmap``, which ``eager()``
+    does not see, batches the input). About a microsecond for a cell's seven."""
     if has_torch_function(tensors):
         return False
     first = tensors[0]
@@ -109,7 +110,8 @@ class _Cell(torch.autograd.Function):
         G = CELL_GATES[kind]
         if x.shape[0] * G * w_hh.shape[1] * (x.shape[1] + w_hh.shape[1]) <= _ONE_PASS_MACS:
             dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_ch = _cpu.cell_backward_all(
-                k, dh1, dc1, x, h, c, w_ih, w_hh, h1, c1, saved, G, need[1], has_bias, w_ch)
+                k, dh1, dc1, x.contiguous(), h, c, w_ih, w_hh, h1, c1, saved, G, need[1],
+                has_bias, w_ch)  # (that kernel reads x's rows densely)
             return None, dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_ch
         dpre_x, dpre_h, dc, dh_direct, dw_ch = _cpu.cell_backward(
             k, dh1, dc1, h, c, h1, c1, saved, G, w_ch)

@@ -298,6 +298,33 @@ def test_training_loop_matches_torch_nn(calls):
     assert calls["n"] == 20 * len(CELLS)
 
 
+# I=1: the univariate ``series[:, t:t+1]``; N 5 and 33: the dot-product and packed paths
+# (N=1 rows are contiguous whatever their stride)
+@pytest.mark.parametrize("kind,N,I,dtype", [
+    (k, n, i, d) for k in CELLS for (n, i) in [(1, 7), (5, 7), (33, 16), (5, 1)]
+    for d in (F32, F64)])
+def test_cell_on_slices_of_a_series_takes_the_fast_path(kind, N, I, dtype, calls):
+    """A cell fed ``series[:, t]`` (rows T*I apart, not contiguous) reads it in place: every
+    step on the fast path, outputs and gradients (the series' included) torch.nn's."""
+    T, H = 6, 9
+    ref, fast = _cell_pair(kind, I, H, dtype)
+    gen = torch.Generator().manual_seed(2)
+    series = torch.randn(N, T, I, dtype=dtype, generator=gen)
+    assert N == 1 or not series[:, 0].is_contiguous()
+    res = []
+    for mod in (ref, fast):
+        xs = series.clone().requires_grad_()
+        state, outs = None, []
+        for t in range(T):
+            state = mod(xs[:, t], state)
+            outs.append(state[0] if kind == "LSTMCell" else state)
+        y = torch.stack(outs)
+        grads = torch.autograd.grad(y.sin().sum(), [xs] + list(mod.parameters()))
+        res.append([y.detach(), *grads])
+    assert calls["n"] == T
+    _assert_all_close(res[1], res[0], _tol(dtype))
+
+
 @pytest.mark.parametrize("kind", list(CELLS))
 def test_vmapped_cells_step_aside(kind, calls):
     """Under torch.func.vmap, and legacy vmap (whose BatchedTensors eager() cannot see), the
