@@ -159,7 +159,8 @@ def test_is_grads_batched_matches_torch_nn(kind, folded, fast_steps):
         assert g.shape[0] == B
         torch.testing.assert_close(g, w)
     if _is_cell(kind):
-        assert fast_steps["n"] == 1
+        # the fast path runs the compiled CPU kernels; without them cells take the op path
+        assert fast_steps["n"] == (1 if BACKEND == "cpu" else 0)
     else:
         assert folded["n"] > 0
 
