@@ -34,7 +34,7 @@ __all__ = ["rnn", "lstm", "gru", "rnn_tanh", "rnn_relu", "peephole_lstm",
 MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU", "PEEPHOLE")
 # backend= value for the recurrence as plain torch ops (the reference's forward, autograd by
 # torch), for calls the kernels or the custom ops do not take: a zero size (batch, hidden or
-# input), a caller's torch.func transform
+# input). (Under torch.func transforms the custom ops run: see ``ops.batched_call``.)
 TORCH_OPS = "torch-ops"
 _LSTM_MODES = ("LSTM", "PEEPHOLE")  # the modes with a cell state
 _last = {"backend": None}
@@ -503,7 +503,7 @@ def _fast_one_step(mode, input, hx, weights, has_biases, num_layers, dropout, tr
             return None
     if T > 1 and _needs_grad(input, h0, c0, *weights):
         return None
-    if not fastpath.usable((x, h0, c0) + tuple(weights), strided_first=T > 1) \
+    if not fastpath.usable((x, h0, c0) + tuple(weights)) \
             or not _fast_backend(backend):
         return None
     if h0 is None:

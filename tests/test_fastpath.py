@@ -202,6 +202,27 @@ def test_one_step_layer_matches_torch_nn_and_op_path(kind, layers, bidirectional
         _assert_all_close(a[1], b[1], tol)
 
 
+@pytest.mark.parametrize("kind,batch_first,N", [
+    (k, bf, n) for k in ["LSTM", "GRU", "RNN"] for bf in (False, True) for n in (1, 5, 33)])
+def test_one_step_layer_on_a_slice_of_a_series(kind, batch_first, N, calls):
+    """A layer fed one time step sliced out of a longer series (``series[:, t:t+1]``
+    batch-first: rows T*I apart) stays on the fast path; outputs, states and gradients (the
+    series' included) are torch.nn's."""
+    T, I, H = 6, 7, 9
+    ref, fast = _layer_pair(kind, I, H, 2, True, batch_first, F64)
+    gen = torch.Generator().manual_seed(3)
+    series = torch.randn(*((N, T, I) if batch_first else (T, N, I)), dtype=F64, generator=gen)
+    res = []
+    for mod in (ref, fast):
+        s = series.clone().requires_grad_()
+        x = s[:, 2:3] if batch_first else s[2:3]
+        outs, grads = _layer_run(mod, x, None, [s])
+        res.append((outs, grads))
+    assert calls["n"] == 4 and fast.last_backend == "cpu"
+    _assert_all_close(res[1][0], res[0][0], _tol(F64))
+    _assert_all_close(res[1][1], res[0][1], _tol(F64))
+
+
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_one_step_layer_unbatched_and_default_state(kind, calls):
     ref, fast = _layer_pair(kind, 4, 5, 2, True, False, F64)
