@@ -12,6 +12,14 @@ torch.func transforms the ops run as torch ops (grad, vjp, jvp, vmap work).
 Extra, keyword-only: ``backend=None`` (None: the global default, see
 ``fastrnn.set_backend``; or "auto", "cpu", "cuda", "numba", "reference"). After each
 eager forward, ``module.last_backend`` names the backend that ran.
+
+Regularisation, keyword-only, all off (0.0) by default, and then nothing changes:
+``zoneout``, ``recurrent_dropout`` and ``weight_drop`` on the layers, ``zoneout`` on the
+cells (``fastrnn.regularized`` has the equations and the order of the random masks).
+``weight_drop`` alone runs the backend's fused kernels on the masked W_hh; zoneout (training
+and eval) and recurrent dropout (training) run the step loop of ``fastrnn.regularized`` in
+torch ops (``last_backend`` "torch-ops"); in eval recurrent dropout and weight drop do
+nothing.
 """
 import math
 
@@ -21,6 +29,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import backends as _backends
 from . import functional as F_
+from . import regularized as R
 from .backends import cuda_dispatch as _cuda_dispatch
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "PeepholeLSTM",
@@ -121,7 +130,133 @@ class _BackendMixin:
         return "" if self.backend is None else f", backend={self.backend!r}"
 
 
+class _Zoneout:
+    """The ``zoneout`` option (a probability; for a layer with a cell state also a pair
+    (p_h, p_c)), checked whenever it is set. Class-level defaults: a module pickled before
+    the options existed loads with them off."""
+    _zoneout_arg = 0.0
+    _zoneout_h = 0.0
+    _zoneout_c = 0.0
+    _zoneout_on = False
+    _recurrent_dropout = 0.0
+    _weight_drop = 0.0
+    _reg_on = False  # any option on (read first in forward: the default path pays one check)
+    _two_states = False  # has a cell state (LSTM)
+
+    @property
+    def zoneout(self):
+        return self._zoneout_arg
+
+    @zoneout.setter
+    def zoneout(self, value):
+        self._zoneout_h, self._zoneout_c = R.check_zoneout(value, self._two_states)
+        self._zoneout_arg = tuple(value) if isinstance(value, (tuple, list)) else float(value)
+        self._options_changed()
+
+    def _options_changed(self):
+        self._zoneout_on = bool(self._zoneout_h or self._zoneout_c)
+        self._reg_on = bool(self._zoneout_on or self._recurrent_dropout or self._weight_drop)
+
+    def _options_repr(self):
+        s = ""
+        for name in ("zoneout", "recurrent_dropout", "weight_drop"):
+            value = getattr(self, name, 0.0)
+            if value:
+                s += f", {name}={value!r}"
+        return s
+
+    def _check_torch_counterpart(self):
+        if self._zoneout_on:  # (recurrent dropout and weight drop act in training only)
+            raise TypeError(f"{type(self).__name__} with zoneout has no torch.nn counterpart "
+                            f"(its eval output mixes each state with the previous one)")
+
+    def to_torch(self):
+        """``_BackendMixin.to_torch``; recurrent_dropout and weight_drop, which act only in
+        training, are not carried over; with zoneout it is an error."""
+        self._check_torch_counterpart()
+        return super().to_torch()
+
+    def __prepare_scriptable__(self):
+        self._check_torch_counterpart()
+        return super().__prepare_scriptable__()
+
+    def _zoneout_states(self, hx, out):
+        """The states a cell's output mixes with: hx, or zeros when it was not given."""
+        if hx is not None:
+            return hx
+        if self._two_states:
+            return torch.zeros_like(out[0]), torch.zeros_like(out[1])
+        return torch.zeros_like(out)
+
+    def _zoneout_forward(self, input, hx):
+        """A cell's step, then zoneout (``fastrnn.regularized.zoneout``; the h mask drawn
+        first, then the c mask)."""
+        if _torch_native():
+            self.__dict__["last_backend"] = "torch"
+            out = self._torch_class.forward(self, input, hx)
+        else:
+            out = self._cell_call(input, hx)
+            self._record_backend()
+        prev = self._zoneout_states(hx, out)
+        train = self.training
+        if self._two_states:
+            return (R.zoneout(prev[0], out[0], self._zoneout_h, train),
+                    R.zoneout(prev[1], out[1], self._zoneout_c, train))
+        return R.zoneout(prev, out, self._zoneout_h, train)
+
+
+class _Regularized(_Zoneout):
+    """The layers' options: ``zoneout``, ``recurrent_dropout``, ``weight_drop``."""
+
+    @property
+    def recurrent_dropout(self):
+        return self._recurrent_dropout
+
+    @recurrent_dropout.setter
+    def recurrent_dropout(self, value):
+        self._recurrent_dropout = R.check_probability("recurrent_dropout", value)
+        self._options_changed()
+
+    @property
+    def weight_drop(self):
+        return self._weight_drop
+
+    @weight_drop.setter
+    def weight_drop(self, value):
+        self._weight_drop = R.check_probability("weight_drop", value)
+        self._options_changed()
+
+    def _set_options(self, zoneout, recurrent_dropout, weight_drop):
+        self.zoneout = zoneout
+        self.recurrent_dropout = recurrent_dropout
+        self.weight_drop = weight_drop
+
+    def _regularized_forward(self, input, hx):
+        """The forward with an option on (training, or eval with zoneout)."""
+        weights = self._weights()
+        train = self.training
+        if train and self._weight_drop:
+            # DropConnect as a masked W_hh (a torch mul): the fused kernels run it unchanged
+            # and autograd takes W_hh's gradient through the mask
+            weights = R.drop_weights(weights, len(self._all_weights[0]), self._weight_drop)
+        if self._zoneout_on or (train and self._recurrent_dropout):
+            result = R.rnn(self.mode, input, hx, weights, self.bias, self.num_layers,
+                           self.dropout, train, self.bidirectional, self.batch_first,
+                           self.proj_size, (self._zoneout_h, self._zoneout_c),
+                           self._recurrent_dropout)
+            if not torch.compiler.is_compiling():
+                self.__dict__["last_backend"] = F_.TORCH_OPS
+            return result
+        result = F_.rnn(self.mode, input, hx, weights, self.bias, self.num_layers,
+                        self.dropout, train, self.bidirectional, self.batch_first,
+                        self.proj_size, self.backend)
+        self._record_backend()
+        return result
+
+
 class _RNNBase(_BackendMixin, nn.RNNBase):
+    _reg_on = False  # (the regularisation options: _Regularized)
+
     def flatten_parameters(self):
         """No-op: fastrnn reads the parameters directly (no cuDNN flat buffer)."""
 
@@ -139,9 +274,12 @@ class _RNNBase(_BackendMixin, nn.RNNBase):
         return [self._param(name) for name in self._flat_weights_names]
 
     def extra_repr(self):
-        return super().extra_repr() + self._backend_repr()
+        return super().extra_repr() + self._backend_repr() + (
+            self._options_repr() if self._reg_on else "")
 
     def forward(self, input, hx=None):
+        if self._reg_on and (self.training or self._zoneout_on):
+            return self._regularized_forward(input, hx)
         mode = self.mode
         if _torch_native():
             self.__dict__["last_backend"] = "torch"
@@ -195,35 +333,50 @@ def _no_proj_size(kwargs):
         raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
 
 
-class LSTM(_LSTMBase):
-    """Drop-in for ``torch.nn.LSTM`` (same arguments, parameters and outputs)."""
+class LSTM(_Regularized, _LSTMBase):
+    """Drop-in for ``torch.nn.LSTM`` (same arguments, parameters and outputs). Keyword-only
+    ``zoneout`` (a float, or a pair (p_h, p_c) for h and the cell state),
+    ``recurrent_dropout``, ``weight_drop``: see the module docstring."""
 
     _torch_class = nn.LSTM
+    _two_states = True
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
+                 backend=None, zoneout=0.0, recurrent_dropout=0.0, weight_drop=0.0,
+                 **kwargs):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, device, dtype, backend=backend, **kwargs)
+        self._set_options(zoneout, recurrent_dropout, weight_drop)
 
 
-class GRU(_RNNBase):
-    """Drop-in for ``torch.nn.GRU`` (same arguments, parameters and outputs)."""
+class GRU(_Regularized, _RNNBase):
+    """Drop-in for ``torch.nn.GRU`` (same arguments, parameters and outputs). Keyword-only
+    ``zoneout``, ``recurrent_dropout``, ``weight_drop``: see the module docstring."""
 
     _torch_class = nn.GRU
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend=None,
-                 **kwargs):
+                 zoneout=0.0, recurrent_dropout=0.0, weight_drop=0.0, **kwargs):
         _check_backend(backend)
         _no_proj_size(kwargs)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional, 0, device, dtype, **kwargs)
         self.backend = backend
+        self._set_options(zoneout, recurrent_dropout, weight_drop)
 
 
-class RNN(_RNNBase):
-    """Drop-in for ``torch.nn.RNN`` (same arguments, parameters and outputs)."""
+class RNN(_Regularized, _RNNBase):
+    """Drop-in for ``torch.nn.RNN`` (same arguments, parameters and outputs). Keyword-only
+    ``zoneout``, ``recurrent_dropout``, ``weight_drop``: see the module docstring."""
 
     _torch_class = nn.RNN
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None,
-                 *, backend=None, **kwargs):
+                 *, backend=None, zoneout=0.0, recurrent_dropout=0.0, weight_drop=0.0,
+                 **kwargs):
         _check_backend(backend)
         _no_proj_size(kwargs)
         if nonlinearity == "tanh":
@@ -237,6 +390,7 @@ class RNN(_RNNBase):
         super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional, 0, device, dtype, **kwargs)
         self.backend = backend
+        self._set_options(zoneout, recurrent_dropout, weight_drop)
 
 
 class PeepholeLSTM(_LSTMBase):
@@ -320,24 +474,29 @@ class PeepholeLSTM(_LSTMBase):
 
 # ----------------------------------------------------------------------------- cells
 
-class LSTMCell(_BackendMixin, nn.LSTMCell):
-    """Drop-in for ``torch.nn.LSTMCell``."""
+class LSTMCell(_Zoneout, _BackendMixin, nn.LSTMCell):
+    """Drop-in for ``torch.nn.LSTMCell``; keyword-only ``zoneout`` (see the module
+    docstring; a float or a pair (p_h, p_c))."""
 
     _torch_class = nn.LSTMCell
+    _two_states = True
 
     def _torch_kwargs(self):
         return dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias)
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
-                 backend=None):
+                 backend=None, zoneout=0.0):
         _check_backend(backend)
         super().__init__(input_size, hidden_size, bias, device, dtype)
         self.backend = backend
+        self.zoneout = zoneout
 
     def extra_repr(self):
-        return super().extra_repr() + self._backend_repr()
+        return super().extra_repr() + self._backend_repr() + self._options_repr()
 
     def forward(self, input, hx=None):
+        if self._zoneout_on:
+            return self._zoneout_forward(input, hx)
         if _torch_native():
             self.__dict__["last_backend"] = "torch"
             return nn.LSTMCell.forward(self, input, hx)
@@ -347,9 +506,16 @@ class LSTMCell(_BackendMixin, nn.LSTMCell):
         self._record_backend()
         return out
 
+    def _cell_call(self, input, hx):
+        p = self._param
+        out = F_.lstm_cell(input, hx, p("weight_ih"), p("weight_hh"), p("bias_ih"), p("bias_hh"),
+                        self.backend)
+        return out
 
-class GRUCell(_BackendMixin, nn.GRUCell):
-    """Drop-in for ``torch.nn.GRUCell``."""
+
+class GRUCell(_Zoneout, _BackendMixin, nn.GRUCell):
+    """Drop-in for ``torch.nn.GRUCell``; keyword-only ``zoneout`` (see the module
+    docstring)."""
 
     _torch_class = nn.GRUCell
 
@@ -357,15 +523,18 @@ class GRUCell(_BackendMixin, nn.GRUCell):
         return dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias)
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
-                 backend=None):
+                 backend=None, zoneout=0.0):
         _check_backend(backend)
         super().__init__(input_size, hidden_size, bias, device, dtype)
         self.backend = backend
+        self.zoneout = zoneout
 
     def extra_repr(self):
-        return super().extra_repr() + self._backend_repr()
+        return super().extra_repr() + self._backend_repr() + self._options_repr()
 
     def forward(self, input, hx=None):
+        if self._zoneout_on:
+            return self._zoneout_forward(input, hx)
         if _torch_native():
             self.__dict__["last_backend"] = "torch"
             return nn.GRUCell.forward(self, input, hx)
@@ -375,9 +544,16 @@ class GRUCell(_BackendMixin, nn.GRUCell):
         self._record_backend()
         return out
 
+    def _cell_call(self, input, hx):
+        p = self._param
+        out = F_.gru_cell(input, hx, p("weight_ih"), p("weight_hh"), p("bias_ih"), p("bias_hh"),
+                        self.backend)
+        return out
 
-class RNNCell(_BackendMixin, nn.RNNCell):
-    """Drop-in for ``torch.nn.RNNCell``."""
+
+class RNNCell(_Zoneout, _BackendMixin, nn.RNNCell):
+    """Drop-in for ``torch.nn.RNNCell``; keyword-only ``zoneout`` (see the module
+    docstring)."""
 
     _torch_class = nn.RNNCell
 
@@ -386,15 +562,18 @@ class RNNCell(_BackendMixin, nn.RNNCell):
                     nonlinearity=self.nonlinearity)
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
-                 dtype=None, *, backend=None):
+                 dtype=None, *, backend=None, zoneout=0.0):
         _check_backend(backend)
         super().__init__(input_size, hidden_size, bias, nonlinearity, device, dtype)
         self.backend = backend
+        self.zoneout = zoneout
 
     def extra_repr(self):
-        return super().extra_repr() + self._backend_repr()
+        return super().extra_repr() + self._backend_repr() + self._options_repr()
 
     def forward(self, input, hx=None):
+        if self._zoneout_on:
+            return self._zoneout_forward(input, hx)
         if _torch_native():
             self.__dict__["last_backend"] = "torch"
             return nn.RNNCell.forward(self, input, hx)
@@ -402,6 +581,12 @@ class RNNCell(_BackendMixin, nn.RNNCell):
         out = F_.rnn_cell(input, hx, p("weight_ih"), p("weight_hh"), p("bias_ih"), p("bias_hh"),
                           self.nonlinearity, self.backend)
         self._record_backend()
+        return out
+
+    def _cell_call(self, input, hx):
+        p = self._param
+        out = F_.rnn_cell(input, hx, p("weight_ih"), p("weight_hh"), p("bias_ih"), p("bias_hh"),
+                          self.nonlinearity, self.backend)
         return out
 
 

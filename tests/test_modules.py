@@ -22,9 +22,11 @@ F64 = torch.float64
 def test_constructor_signature_matches_torch(kind):
     fcls = getattr(fastrnn, kind)
     tcls = getattr(torch.nn, kind)
-    # (**kwargs: other keywords reach torch.nn's errors, e.g. GRU's ValueError for proj_size)
+    # (**kwargs: other keywords reach torch.nn's errors, e.g. GRU's ValueError for proj_size;
+    # fastrnn's own options are keyword-only)
     ours = [p for p in inspect.signature(fcls.__init__).parameters.values()
-            if p.name not in ("self", "backend") and p.kind != inspect.Parameter.VAR_KEYWORD]
+            if p.name not in ("self", "backend") and p.kind not in (
+                inspect.Parameter.VAR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
     names = [p.name for p in ours]
     expected = ["input_size", "hidden_size", "num_layers"]
     if kind == "RNN":

@@ -1,0 +1,330 @@
+"""Layer-normalised and regularised recurrences, written as plain torch ops (autograd by torch).
+
+The step loops of ``fastrnn.LayerNormLSTM``/``LayerNormGRU`` (Ba, Kiros and Hinton 2016) and
+of ``fastrnn.LSTM``/``GRU``/``RNN`` with zoneout (Krueger et al. 2016) or variational
+recurrent dropout (Gal and Ghahramani 2016). DropConnect on W_hh (Merity et al. 2018) is a
+mask on the weight (``drop_weights``): a layer with only that option runs the fused kernels
+on the masked weight; here it combines with the others. One equation per line; the same
+loop serves training, inference, packed sequences, torch.compile and double backward.
+
+Kinds and their weights, per layer and direction (the modules' ``_flat_weights`` order):
+  LSTM      w_ih [4H, I], w_hh [4H, R][, b_ih [4H], b_hh [4H]][, w_hr [R, H]]
+  GRU       w_ih [3H, I], w_hh [3H, H][, b_ih [3H], b_hh [3H]]
+  RNN_TANH, RNN_RELU   w_ih [H, I], w_hh [H, H][, b_ih [H], b_hh [H]]
+  LN_LSTM   w_ih, w_hh, g_ih [4H], s_ih [4H], g_hh [4H], s_hh [4H], g_c [H], s_c [H]
+  LN_GRU    w_ih, w_hh, g_ih [3H], s_ih [3H], g_hh [3H], s_hh [3H]
+(g: LayerNorm gain, s: its shift; the shifts replace the biases.)
+
+Equations, LN(v) = (v - mean(v)) / sqrt(var(v) + 1e-5) over the whole vector v:
+  LN_LSTM  a = LN(W_ih x_t) g_ih + s_ih + LN(W_hh h_{t-1}) g_hh + s_hh;  i, f, g, o = split(a)
+           c_t = sig(f) c_{t-1} + sig(i) tanh(g);  h_t = sig(o) tanh(LN(c_t) g_c + s_c)
+  LN_GRU   a_x = LN(W_ih x_t) g_ih + s_ih;  a_h = LN(W_hh h_{t-1}) g_hh + s_hh
+           r = sig(a_x^r + a_h^r);  z = sig(a_x^z + a_h^z);  n = tanh(a_x^n + r a_h^n)
+           h_t = (1 - z) n + z h_{t-1}
+  the others: torch.nn's.
+Options (each off at 0):
+  zoneout p (p_c for the LSTM's cell state): training h_t = d h_{t-1} + (1 - d) h~_t with
+      d ~ Bernoulli(p) per step, sequence and unit; eval h_t = p h_{t-1} + (1 - p) h~_t.
+  recurrent_dropout p: training only, h_{t-1} * m / (1 - p) where it enters W_hh h_{t-1}
+      (the state itself carries on unmasked), m ~ Bernoulli(1 - p) one per sequence and unit,
+      the same at every step.
+  weight_drop p: training only, W_hh * M / (1 - p), M ~ Bernoulli(1 - p) per element, one
+      per forward call; the gradient reaches W_hh through the mask.
+
+Mask order (every draw from torch's default generator for the tensors' device, so
+``torch.manual_seed`` reproduces a run; an option at 0 draws nothing): first the weight-drop
+masks, one per layer and direction in the weights' order (``drop_weights``); then per layer,
+per direction (forward, then reverse): the recurrent-dropout mask [N, R], the zoneout mask of
+h [T, N, R], the LSTM's zoneout mask of c [T, N, H]; after each layer but the last, torch.nn's
+inter-layer dropout of its output [T, N, D*R] (``F.dropout``). Each mask is
+``torch.empty(shape, dtype, device).bernoulli_(q)`` in the layer's dtype, q the probability of
+a 1 (keep for dropout, 1 - p; zone out for zoneout, p). N is the batch in its packed (sorted)
+order for a PackedSequence, T the longest length; steps past a sequence's end draw too.
+A cell draws its zoneout masks (h, then c) [N, H] per call.
+"""
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import PackedSequence
+
+from . import _validation as V
+from . import functional as _functional
+
+__all__ = ["EPS", "KINDS", "check_probability", "check_zoneout", "drop_weights", "rnn",
+           "zoneout", "layer_norm_lstm_cell", "layer_norm_gru_cell"]
+
+EPS = 1e-5  # torch.nn.LayerNorm's
+KINDS = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU", "LN_LSTM", "LN_GRU")
+_TWO_STATES = ("LSTM", "LN_LSTM")
+_GATES = {"LSTM": 4, "LN_LSTM": 4, "GRU": 3, "LN_GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+_NAMES = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN", "RNN_RELU": "RNN",
+          "LN_LSTM": "LayerNormLSTM", "LN_GRU": "LayerNormGRU"}
+
+
+# ----------------------------------------------------------------------------- options
+
+def check_probability(name, value):
+    """An option's probability: a real number in [0, 1) (1 would drop or freeze everything);
+    returned as a float. A ValueError naming the argument otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_zoneout(value, two_states):
+    """``zoneout``: a probability, or for a layer with a cell state (LSTM) a pair
+    (p_h, p_c). Returns (p_h, p_c) (p_c = p_h for a single number; 0 without a cell state)."""
+    if isinstance(value, (tuple, list)):
+        if not two_states or len(value) != 2:
+            what = "a pair (p_h, p_c)" if two_states else "a single float (no cell state)"
+            raise ValueError(f"zoneout must be a float in [0, 1) or {what}, got {value!r}")
+        return (check_probability("zoneout (p_h)", value[0]),
+                check_probability("zoneout (p_c)", value[1]))
+    p = check_probability("zoneout", value)
+    return p, (p if two_states else 0.0)
+
+
+# ----------------------------------------------------------------------------- masks
+
+def _bernoulli(like, shape, q):
+    """A mask of ``like``'s dtype and device, 1 with probability ``q``."""
+    return like.new_empty(shape).bernoulli_(q)
+
+
+def _keep(like, shape, p):
+    """A dropout mask: 1 / (1 - p) with probability 1 - p, else 0."""
+    return _bernoulli(like, shape, 1 - p).div_(1 - p)
+
+
+def drop_weights(weights, per, p):
+    """DropConnect: the flat weight list with every W_hh (second of each group of ``per``)
+    times a fresh mask (``_keep``), drawn in the list's order. Autograd takes the gradient
+    through the product, so the fused kernels can run on the masked weight unchanged."""
+    weights = list(weights)
+    for k in range(1, len(weights), per):
+        w_hh = weights[k]
+        weights[k] = w_hh * _keep(w_hh, w_hh.shape, p)
+    return weights
+
+
+def zoneout(prev, new, p, train, mask=None):
+    """h_t from the previous state and the candidate: in training the units where the mask
+    (drawn here, 1 with probability p, unless given as a bool tensor) is set keep ``prev``;
+    in eval the expectation p * prev + (1 - p) * new."""
+    if not p:
+        return new
+    if train:
+        if mask is None:
+            mask = _bernoulli(new, new.shape, p).bool()
+        return torch.where(mask, prev, new)
+    return p * prev + (1 - p) * new
+
+
+# ----------------------------------------------------------------------------- steps
+
+def _ln(v, gain, shift):
+    return F.layer_norm(v, (v.shape[-1],), gain, shift, EPS)
+
+
+def _group(kind, w, has_biases, proj):
+    """One layer-direction's weights as a dict (see the module docstring)."""
+    if kind.startswith("LN_"):
+        names = ("w_ih", "w_hh", "g_ih", "s_ih", "g_hh", "s_hh", "g_c", "s_c")
+        return dict(zip(names, w))
+    p = {"w_ih": w[0], "w_hh": w[1], "b_ih": None, "b_hh": None, "w_hr": None}
+    if has_biases:
+        p["b_ih"], p["b_hh"] = w[2], w[3]
+    if proj:
+        p["w_hr"] = w[-1]
+    return p
+
+
+def _project(kind, x, p):
+    """The input part of every step at once: [..., G*H] (a GEMM, and its LayerNorm)."""
+    if kind.startswith("LN_"):
+        return _ln(F.linear(x, p["w_ih"]), p["g_ih"], p["s_ih"])
+    b_ih, b_hh = p["b_ih"], p["b_hh"]
+    if kind == "GRU" or b_ih is None:  # (GRU: b_hh stays inside the reset gate's product)
+        return F.linear(x, p["w_ih"], b_ih)
+    return F.linear(x, p["w_ih"], b_ih + b_hh)
+
+
+def _step(kind, ax, h_in, h, c, p):
+    """One step -> (h~ [N, R], c~ [N, H] or None). ``ax`` the input part [N, G*H],
+    ``h_in`` the previous state as it enters the recurrent product (masked by recurrent
+    dropout), ``h`` and ``c`` the previous states."""
+    if kind in _TWO_STATES:
+        hh = F.linear(h_in, p["w_hh"])  # [N, 4H]
+        a = ax + (_ln(hh, p["g_hh"], p["s_hh"]) if kind == "LN_LSTM" else hh)
+        i, f, g, o = a.chunk(4, 1)
+        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        c_out = _ln(c_new, p["g_c"], p["s_c"]) if kind == "LN_LSTM" else c_new
+        h_new = torch.sigmoid(o) * torch.tanh(c_out)
+        if p.get("w_hr") is not None:
+            h_new = F.linear(h_new, p["w_hr"])  # [N, R]
+        return h_new, c_new
+    if kind in ("GRU", "LN_GRU"):
+        ah = F.linear(h_in, p["w_hh"], p.get("b_hh"))  # [N, 3H]
+        if kind == "LN_GRU":
+            ah = _ln(ah, p["g_hh"], p["s_hh"])
+        xr, xz, xn = ax.chunk(3, 1)
+        hr, hz, hn = ah.chunk(3, 1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return (1 - z) * n + z * h, None
+    pre = ax + F.linear(h_in, p["w_hh"])
+    return (torch.relu(pre) if kind == "RNN_RELU" else torch.tanh(pre)), None
+
+
+def _direction(kind, x, h0, c0, p, lengths, reverse, opts, train):
+    """One layer, one direction. x [T, N, I] -> (y [T, N, R], h_n [N, R], c_n [N, H]|None).
+    ``opts``: (zoneout_h, zoneout_c, recurrent_dropout)."""
+    zh_p, zc_p, rd_p = opts
+    T, N = x.shape[0], x.shape[1]
+    two = kind in _TWO_STATES
+    ax = _project(kind, x, p)  # [T, N, G*H]
+    # the masks of this layer and direction, in the documented order
+    rd = _keep(h0, h0.shape, rd_p) if train and rd_p else None  # [N, R]
+    zh = _bernoulli(h0, (T,) + tuple(h0.shape), zh_p).bool() if train and zh_p else None
+    zc = (_bernoulli(c0, (T,) + tuple(c0.shape), zc_p).bool()
+          if train and two and zc_p else None)
+    valid = None if lengths is None else \
+        (torch.arange(T, device=x.device)[:, None] < lengths[None, :]).unsqueeze(-1)
+    h, c = h0, c0
+    ys = [None] * T
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        h_new, c_new = _step(kind, ax[t], h if rd is None else h * rd, h, c, p)
+        h_new = zoneout(h, h_new, zh_p, train, None if zh is None else zh[t])
+        if two:
+            c_new = zoneout(c, c_new, zc_p, train, None if zc is None else zc[t])
+        if valid is not None:  # frozen past each sequence's end
+            h_new = torch.where(valid[t], h_new, h)
+            c_new = torch.where(valid[t], c_new, c) if two else None
+        ys[t] = h_new
+        h, c = h_new, c_new
+    y = torch.stack(ys) if T else x.new_empty((0,) + tuple(h0.shape))
+    return y, h, c
+
+
+# ----------------------------------------------------------------------------- layers
+
+def rnn(kind, input, hx, weights, has_biases, num_layers, dropout, train, bidirectional,
+        batch_first, proj_size=0, zoneout=(0.0, 0.0), recurrent_dropout=0.0):
+    """torch.nn-style forward of a layer of ``kind`` (``KINDS``) as torch ops: ``input``
+    [T, N, I] ([N, T, I] batch first; [T, I] unbatched) or a PackedSequence, ``hx`` as
+    torch.nn takes it. ``weights``: the flat list (weight drop already applied: see
+    ``drop_weights``); ``zoneout`` (p_h, p_c); options act as the module docstring says,
+    the random ones only with ``train``. Returns (output, h_n) or (output, (h_n, c_n))."""
+    two = kind in _TWO_STATES
+    name = _NAMES[kind]
+    D = 2 if bidirectional else 1
+    proj = proj_size > 0
+    per = len(weights) // (num_layers * D)
+    groups = [_group(kind, weights[k * per:(k + 1) * per], has_biases, proj)
+              for k in range(num_layers * D)]
+    w0 = groups[0]["w_ih"]
+    H = groups[0]["w_hh"].shape[1] if not proj else groups[0]["w_hr"].shape[1]
+    R = proj_size if proj else H
+
+    packed = isinstance(input, PackedSequence)
+    if packed:
+        V.check_packed(input)
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        x, N, T = data, int(batch_sizes[0]), batch_sizes.numel()
+        given = hx
+        if hx is not None and sorted_indices is not None:
+            hx = V.permute_states(hx, sorted_indices, two)
+    else:
+        V.check_layer_input(name, input)
+        batched = input.dim() == 3
+        x = input if batched else input.unsqueeze(0 if batch_first else 1)
+        N, T = (x.shape[0], x.shape[1]) if batch_first else (x.shape[1], x.shape[0])
+        if hx is not None:
+            hx = V.layer_states(hx, two, batched)
+        given = hx
+    h_shape, c_shape = (num_layers * D, N, R), (num_layers * D, N, H)
+    h, c = (None, None) if hx is None else (hx[0], hx[1]) if two else (hx, None)
+    for error in (V.forward_args_error(x, h, c, w0, packed, h_shape, c_shape),
+                  V.layer_error(x, T, given, two, h_shape, c_shape, w0, packed)):
+        if error is not None:
+            raise error
+
+    lengths = None
+    if packed:
+        x, lengths_cpu, repack = _functional._packed_to_padded(data, batch_sizes)
+        if int(lengths_cpu[-1]) < x.shape[0]:  # some sequence shorter than T
+            lengths = lengths_cpu.to(x.device)
+    elif batch_first:
+        x = x.transpose(0, 1)  # [T, N, I]
+    h0 = x.new_zeros(h_shape) if h is None else h
+    c0 = (x.new_zeros(c_shape) if c is None else c) if two else None
+
+    opts = (zoneout[0], zoneout[1], recurrent_dropout)
+    hns, cns = [], []
+    for layer in range(num_layers):
+        ys = []
+        for d in range(D):
+            k = layer * D + d
+            y, hn, cn = _direction(kind, x, h0[k], None if c0 is None else c0[k], groups[k],
+                                   lengths, d == 1, opts, train)
+            ys.append(y)
+            hns.append(hn)
+            cns.append(cn)
+        x = torch.cat(ys, dim=-1) if D == 2 else ys[0]
+        if dropout > 0 and train and layer < num_layers - 1:
+            x = F.dropout(x, p=dropout, training=True)
+    hn = torch.stack(hns, 0)
+    cn = torch.stack(cns, 0) if two else None
+
+    if packed:
+        out = PackedSequence(repack(x), batch_sizes, sorted_indices, unsorted_indices)
+        if unsorted_indices is not None:
+            hn = hn.index_select(1, unsorted_indices)
+            cn = cn.index_select(1, unsorted_indices) if two else None
+    else:
+        out = x.transpose(0, 1) if batch_first else x
+        if not batched:
+            out = out.squeeze(0 if batch_first else 1)
+            hn = hn.squeeze(1)
+            cn = cn.squeeze(1) if two else None
+    return (out, (hn, cn)) if two else (out, hn)
+
+
+# ----------------------------------------------------------------------------- cells
+
+def _cell(kind, input, hx, weights, zoneout_hc, train):
+    two = kind in _TWO_STATES
+    name = _NAMES[kind] + "Cell"
+    w_ih, w_hh = weights[0], weights[1]
+    V.check_cell_input(name, input, hx, two)
+    batched = input.dim() == 2
+    x = input if batched else input.unsqueeze(0)
+    hx = V.cell_states(hx, two, batched)
+    if hx is None:
+        shape = (x.shape[0], w_hh.shape[1])
+        hx = (x.new_zeros(shape), x.new_zeros(shape)) if two else x.new_zeros(shape)
+    if two and V.pair_error(hx) is not None:
+        raise V.pair_error(hx)
+    V.check_cell_sizes(name, x, hx, two, w_ih, w_hh)
+    error = V.cell_error(name, x, hx, two, w_ih)
+    if error is not None:
+        raise error
+    h, c = (hx[0], hx[1]) if two else (hx, None)
+    p = _group(kind, weights, False, False)
+    h_new, c_new = _step(kind, _project(kind, x, p), h, h, c, p)
+    h_new = zoneout(h, h_new, zoneout_hc[0], train)
+    if two:
+        c_new = zoneout(c, c_new, zoneout_hc[1], train)
+        return (h_new, c_new) if batched else (h_new.squeeze(0), c_new.squeeze(0))
+    return h_new if batched else h_new.squeeze(0)
+
+
+def layer_norm_lstm_cell(input, hx, weights, zoneout=(0.0, 0.0), train=False):
+    """One step of ``LayerNormLSTM``: input [N, I] or [I]; hx (h, c) or None; ``weights``
+    w_ih, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c. Returns (h_1, c_1)."""
+    return _cell("LN_LSTM", input, hx, weights, zoneout, train)
+
+
+def layer_norm_gru_cell(input, hx, weights, zoneout=0.0, train=False):
+    """One step of ``LayerNormGRU``: ``weights`` w_ih, w_hh, g_ih, s_ih, g_hh, s_hh."""
+    return _cell("LN_GRU", input, hx, weights, (zoneout, 0.0), train)
