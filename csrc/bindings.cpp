@@ -6,9 +6,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "cpu/buffer_pool.h"
 #include "cpu/pack_cache.h"
@@ -144,6 +147,22 @@ py::object pooled_empty(const std::vector<int64_t>& shape, int itemsize) {
     throw py::error_already_set();
   }
   return py::reinterpret_steal<py::object>(capsule);
+}
+
+
+// bfloat16 <-> float32 for the bfloat16 step path (cell_forward_bf16). Rounding to nearest
+// even, NaN to the quiet NaN 0x7FC0: the same bits as torch's Tensor.to(torch.bfloat16).
+inline float bf16_to_f32(uint16_t b) {
+  const uint32_t u = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint16_t f32_to_bf16(float f) {
+  if (std::isnan(f)) return 0x7FC0;
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
 void check_cell(int cell) {
@@ -332,6 +351,70 @@ PYBIND11_MODULE(_C, m) {
       py::arg("c"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("h_out"),
       py::arg("c_out"), py::arg("saved"), py::arg("num_threads"), py::arg("T") = 1, py::arg("reverse") = false,
       py::arg("x_step") = 0, py::arg("x_row") = 0, py::arg("w_ch") = 0, py::arg("lengths") = 0);
+
+  m.def(
+      "cell_forward_bf16",
+      [](int cell, int64_t N, int64_t I, int64_t H, std::uintptr_t x, std::uintptr_t h, std::uintptr_t c,
+         std::uintptr_t w_ih, std::uintptr_t w_hh, std::uintptr_t b_ih, std::uintptr_t b_hh, std::uintptr_t h_out,
+         std::uintptr_t c_out, int num_threads, int64_t T, bool reverse, int64_t x_step, int64_t x_row,
+         std::uintptr_t w_ch, std::uintptr_t lengths) {
+        // cell_forward for inference on bfloat16 activations with float32 weights: x, h, c
+        // and the outputs bfloat16 (x at element strides x_step/x_row, 0: dense), read into
+        // float32 scratch, the float32 kernel run, its results rounded back. A bfloat16 step
+        // loop then pays no tensor conversions around the kernel.
+        check_cell(cell);
+        check_sizes(T, N, H, I, num_threads);
+        if (x_row < 0 || x_step < 0 || (x_row && x_row < I))
+          throw std::invalid_argument("cell_forward_bf16: x's strides must be 0 (dense) or leave its rows whole");
+        check_lengths(lengths, T, N);
+        const bool lstm = cell == fastrnn::kCellLstm;
+        for (auto [p, what] : {std::pair{x, "x"}, {h, "h"}, {w_ih, "w_ih"}, {w_hh, "w_hh"}, {h_out, "h_out"}})
+          require(p, what);
+        if (lstm) {
+          require(c, "c (LSTM)");
+          require(c_out, "c_out (LSTM)");
+        } else if (w_ch) {
+          throw std::invalid_argument("cell_forward_bf16: peepholes (w_ch) are for the LSTM cell");
+        }
+        py::gil_scoped_release release;
+        thread_local std::vector<float> xf, hf, cf, yf, cof;
+        const int64_t row = x_row ? x_row : I, step = x_step ? x_step : N * I;
+        xf.resize(size_t(T * N * I));
+        hf.resize(size_t(N * H));
+        yf.resize(size_t(T * N * H));
+        const uint16_t* xb = ptr<const uint16_t>(x);
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t n = 0; n < N; ++n) {
+            const uint16_t* src = xb + t * step + n * row;
+            float* dst = xf.data() + (t * N + n) * I;
+            for (int64_t i = 0; i < I; ++i) dst[i] = bf16_to_f32(src[i]);
+          }
+        const uint16_t* hb = ptr<const uint16_t>(h);
+        for (int64_t k = 0; k < N * H; ++k) hf[k] = bf16_to_f32(hb[k]);
+        if (lstm) {
+          cf.resize(size_t(N * H));
+          cof.resize(size_t(N * H));
+          const uint16_t* cb = ptr<const uint16_t>(c);
+          for (int64_t k = 0; k < N * H; ++k) cf[k] = bf16_to_f32(cb[k]);
+        }
+        CellForwardParams<float> p{N, I, H, cell, xf.data(), hf.data(), lstm ? cf.data() : nullptr,
+                                   ptr<const float>(w_ih), ptr<const float>(w_hh), ptr<const float>(b_ih),
+                                   ptr<const float>(b_hh), yf.data(), lstm ? cof.data() : nullptr, nullptr,
+                                   num_threads, T, reverse, 0, 0, ptr<const float>(w_ch),
+                                   ptr<const int64_t>(lengths)};
+        fastrnn::cpu::cell_forward<float>(p);
+        uint16_t* yb = ptr<uint16_t>(h_out);
+        for (int64_t k = 0; k < T * N * H; ++k) yb[k] = f32_to_bf16(yf[k]);
+        if (lstm) {
+          uint16_t* cob = ptr<uint16_t>(c_out);
+          for (int64_t k = 0; k < N * H; ++k) cob[k] = f32_to_bf16(cof[k]);
+        }
+      },
+      "cell_forward for inference on bfloat16 x, h, c and outputs with float32 weights",
+      py::arg("cell"), py::arg("N"), py::arg("I"), py::arg("H"), py::arg("x"), py::arg("h"), py::arg("c"),
+      py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("h_out"), py::arg("c_out"),
+      py::arg("num_threads"), py::arg("T") = 1, py::arg("reverse") = false, py::arg("x_step") = 0,
+      py::arg("x_row") = 0, py::arg("w_ch") = 0, py::arg("lengths") = 0);
 
   m.def(
       "cell_backward",

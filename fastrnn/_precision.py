@@ -37,18 +37,27 @@ Two cases reach fastrnn's layers and cells in low precision:
 A float64 input is left alone by autocast, as torch.nn's is.
 """
 import contextlib
+import weakref
 
 import torch
 from torch.nn.utils.rnn import PackedSequence
-from torch.utils.weak import WeakIdKeyDictionary
 
 from . import backends
 
-# Converted weights for calls that need no gradient through them: weight -> (its version
-# counter, dtypes, the converted tensor). A step-by-step loop then converts each weight once
-# and hands the kernels the same tensor every step (whose packed panels the pack cache
-# keeps); an in-place update (optimizer step, load_state_dict) bumps the version.
-_converted = WeakIdKeyDictionary()
+# Converted weights for calls that need no gradient through them: id(weight) -> (a weak
+# reference to it, its version counter, dtypes, the converted tensor). A step-by-step loop
+# then converts each weight once and hands the kernels the same tensor every step (whose
+# packed panels the pack cache keeps); an in-place update (optimizer step, load_state_dict)
+# bumps the version. Keyed by id with the reference's callback removing the entry when the
+# weight is freed (what WeakIdKeyDictionary does, without building a reference per lookup:
+# a bfloat16 cell call looks up four weights per step).
+_converted = {}
+
+
+def _forget(key):
+    def drop(_):
+        _converted.pop(key, None)
+    return drop
 
 LOW = (torch.float16, torch.bfloat16)
 _AUTOCASTABLE = (torch.float32, torch.float16, torch.bfloat16)
@@ -91,12 +100,16 @@ class Plan:
                 torch.compiler.is_compiling() or t.is_inference():
             return self.tensor(t)
         key = (self.round_to, self.compute)
-        hit = _converted.get(t)
-        if hit is not None and hit[0] == t._version and hit[1] == key:
-            return hit[2]
+        hit = _converted.get(id(t))
+        if hit is not None and hit[0]() is t:
+            if hit[1] == t._version and hit[2] == key:
+                return hit[3]
+            ref = hit[0]
+        else:
+            ref = weakref.ref(t, _forget(id(t)))
         out = self.tensor(t)
         if out is not t:  # (a value holding its own key would never be freed)
-            _converted[t] = (t._version, key, out)
+            _converted[id(t)] = (ref, t._version, key, out)
         return out
 
     def state(self, t):

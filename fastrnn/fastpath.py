@@ -28,7 +28,7 @@ from torch.overrides import has_torch_function
 from .backends import cpu as _cpu
 from .backends._common import transformed
 
-__all__ = ["eager", "usable", "cell", "steps", "steps_pay", "CELL_GATES", "MAX_STEPS_ROWS",
+__all__ = ["eager", "usable", "usable_bf16", "cell", "steps", "steps_pay", "CELL_GATES", "MAX_STEPS_ROWS",
            "MAX_STEPS", "MIN_PACKED_ROWS"]
 
 _FLOATS = (torch.float32, torch.float64)
@@ -72,6 +72,28 @@ def usable(tensors, strided_first=True):
         tensors = tensors[1:]
     for t in tensors:
         if t is not None and (t.dtype != dtype or not t.is_cpu or not t.is_contiguous()):
+            return False
+    return True
+
+
+def usable_bf16(acts, weights):
+    """Whether a cell step on bfloat16 activations ``acts`` (x, h, c: the first a tensor,
+    None entries allowed) with float32 ``weights`` (the float32 copies of a bfloat16
+    module's weights) may run ``cell``'s bfloat16 inference kernel: CPU, the layouts of
+    ``usable``, and no gradient asked for (training runs the float32 copies with autograd)."""
+    if has_torch_function(acts + weights) or _legacy_batched(acts[0]):
+        return False
+    grad = torch.is_grad_enabled()
+    first = acts[0]
+    if first.stride(-1) != 1 or not first.is_cpu or (grad and first.requires_grad):
+        return False
+    for t in acts[1:]:
+        if t is not None and (t.dtype != torch.bfloat16 or not t.is_cpu or not t.is_contiguous()
+                              or (grad and t.requires_grad)):
+            return False
+    for t in weights:
+        if t is not None and (t.dtype != torch.float32 or not t.is_cpu or not t.is_contiguous()
+                              or (grad and t.requires_grad)):
             return False
     return True
 
@@ -192,7 +214,11 @@ def cell(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch=None):
                                     or (b_hh is not None and b_hh.requires_grad)
                                     or (w_ch is not None and w_ch.requires_grad)):
         return _cell_apply(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch)
-    h1, c1, _ = _cpu.cell_forward(_KINDS[kind], x, h, c, w_ih, w_hh, b_ih, b_hh, False, w_ch)
+    if x.dtype == torch.bfloat16:  # (``usable_bf16``: inference, float32 weights)
+        h1, c1 = _cpu.cell_forward_bf16(_KINDS[kind], x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch)
+    else:
+        h1, c1, _ = _cpu.cell_forward(_KINDS[kind], x, h, c, w_ih, w_hh, b_ih, b_hh, False,
+                                      w_ch)
     return (h1, c1) if kind in _WITH_C else h1
 
 

@@ -425,11 +425,22 @@ def _cell_plan(kind, input, hx, w_ih, backend):
     return _precision.plan(kind, input, states[0], states[1], w_ih, backend)
 
 
-def _planned_cell(plan, fn, input, hx, weights, two_states):
-    """A cell call under ``plan``: the inputs cast, the outputs in the plan's dtypes."""
+def _planned_cell(plan, fn, input, hx, weights, two_states, fast=None):
+    """A cell call under ``plan``: the inputs cast, the outputs in the plan's dtypes.
+    ``fast`` (the cell's ``_fast_cell`` on the same arguments) is tried first: a bfloat16
+    step loop then pays the casts and one fused step, not a second plan and dispatch."""
+    if fast is not None and plan.round_to is None and input.dtype == torch.bfloat16:
+        # a bfloat16 module: its inference step runs on the bfloat16 activations as they
+        # are (the kernel reads them into float32), the weights' float32 copies
+        out = fast(input, hx, *[plan.weight(w) for w in weights])
+        if out is not None:
+            return out
     with plan.context():
-        out = fn(plan.tensor(input), _map_states(hx, plan.state),
-                 *[plan.weight(w) for w in weights])
+        args = (plan.tensor(input), _map_states(hx, plan.state),
+                *[plan.weight(w) for w in weights])
+        out = None if fast is None else fast(*args)
+        if out is None:
+            out = fn(*args)
     if two_states:
         return out[0].to(plan.out_h), out[1].to(plan.out_c)
     return out.to(plan.out_h)
@@ -646,7 +657,12 @@ def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend, w_ch=None):
         if not isinstance(h, torch.Tensor) or h.shape != input.shape[:-1] + (H,):
             return None
         h = h if dim == 2 else h.unsqueeze(0)
-    if not fastpath.usable((x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch)) or not _fast_backend(backend):
+    if x.dtype == torch.bfloat16:
+        if not fastpath.usable_bf16((x, h, c), (w_ih, w_hh, b_ih, b_hh, w_ch)):
+            return None
+    elif not fastpath.usable((x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch)):
+        return None
+    if not _fast_backend(backend):
         return None
     if h is None:
         h = x.new_zeros((N, H))
@@ -668,7 +684,8 @@ def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
     plan = _cell_plan("LSTM", input, hx, w_ih, backend)
     if plan is not None:
         return _planned_cell(plan, lambda *a: lstm_cell(*a, backend=backend), input, hx,
-                             (w_ih, w_hh, b_ih, b_hh), True)
+                             (w_ih, w_hh, b_ih, b_hh), True,
+                             lambda *a: _fast_cell("LSTM", *a, backend))
     fast = _fast_cell("LSTM", input, hx, w_ih, w_hh, b_ih, b_hh, backend)
     if fast is not None:
         return fast
@@ -690,7 +707,9 @@ def peephole_lstm_cell(input, hx, w_ih, w_hh, w_ch, b_ih=None, b_hh=None, backen
     plan = _cell_plan("LSTM", input, hx, w_ih, backend)
     if plan is not None:
         return _planned_cell(plan, lambda *a: peephole_lstm_cell(*a, backend=backend), input,
-                             hx, (w_ih, w_hh, w_ch, b_ih, b_hh), True)
+                             hx, (w_ih, w_hh, w_ch, b_ih, b_hh), True,
+                             lambda x, h, wi, wh, wc, bi, bh: _fast_cell(
+                                 "PEEPHOLE", x, h, wi, wh, bi, bh, backend, wc))
     fast = _fast_cell("PEEPHOLE", input, hx, w_ih, w_hh, b_ih, b_hh, backend, w_ch)
     if fast is not None:
         return fast
@@ -720,7 +739,8 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
     plan = _cell_plan("GRU", input, hx, w_ih, backend)
     if plan is not None:
         return _planned_cell(plan, lambda *a: gru_cell(*a, backend=backend), input, hx,
-                             (w_ih, w_hh, b_ih, b_hh), False)
+                             (w_ih, w_hh, b_ih, b_hh), False,
+                             lambda *a: _fast_cell("GRU", *a, backend))
     fast = _fast_cell("GRU", input, hx, w_ih, w_hh, b_ih, b_hh, backend)
     if fast is not None:
         return fast
@@ -746,7 +766,8 @@ def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", b
             return _planned_cell(
                 plan, lambda x, h, *w: rnn_cell(x, h, *w, nonlinearity=nonlinearity,
                                                 backend=backend),
-                input, hx, (w_ih, w_hh, b_ih, b_hh), False)
+                input, hx, (w_ih, w_hh, b_ih, b_hh), False,
+                lambda *a: _fast_cell(mode, *a, backend))
         fast = _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend)
         if fast is not None:
             return fast

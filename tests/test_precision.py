@@ -222,6 +222,74 @@ def test_low_precision_cell_runs_the_compiled_kernels(name, low):
         torch.testing.assert_close(g.float(), f, rtol=0, atol=_atol(low))
 
 
+@pytest.mark.parametrize("N,strided", [(1, False), (5, False), (5, True), (40, True)])
+@pytest.mark.parametrize("name,kw", [("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {}),
+                                     ("RNNCell", {"nonlinearity": "relu"}),
+                                     ("PeepholeLSTMCell", {}), ("LSTMCell", {"bias": False})])
+def test_bf16_cell_inference_step_reads_bf16(name, kw, N, strided, monkeypatch):
+    """A bfloat16 cell's inference step runs one kernel call on the bfloat16 activations
+    (read into float32 in the kernel, rounded back as torch rounds): bit for bit what the
+    float32 kernel gives on converted copies, unbatched and on rows of a series too."""
+    if "cpu" not in backends.available_backends():
+        pytest.skip("the compiled CPU kernels are not built")
+    from fastrnn import fastpath
+    from fastrnn.backends import cpu
+    torch.manual_seed(0)
+    fast = getattr(fastrnn, name)(7, 9, **kw)
+    with torch.no_grad():
+        for p in fast.parameters():
+            p.normal_(0, 0.5)  # (peepholes too: zero at construction)
+    fast.to(torch.bfloat16)
+    series = torch.randn(N, 4, 7).to(torch.bfloat16)
+    x = series[:, 1] if strided else series[:, 1].contiguous()
+    assert strided == (N > 1 and not x.is_contiguous())
+    two = "LSTM" in name
+    h = torch.randn(N, 9).to(torch.bfloat16)
+    hx = (h, torch.randn(N, 9).to(torch.bfloat16)) if two else h
+    calls = {"n": 0}
+    real = cpu.cell_forward_bf16
+
+    def counting(*args):
+        calls["n"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(cpu, "cell_forward_bf16", counting)
+    with torch.no_grad():
+        got = _flat(fast(x, hx))
+        got_unbatched = _flat(fast(x[0], tuple(t[0] for t in hx) if two else hx[0]))
+        assert calls["n"] == 2
+        monkeypatch.setattr(fastpath, "usable_bf16", lambda *a: False)  # the float32 copies
+        want = _flat(fast(x, hx))
+        want_unbatched = _flat(fast(x[0], tuple(t[0] for t in hx) if two else hx[0]))
+    assert calls["n"] == 2
+    for g, w in zip(got + got_unbatched, want + want_unbatched):
+        assert g.dtype == torch.bfloat16
+        assert torch.equal(g, w)
+    # training (a gradient asked for) runs the float32 copies with autograd
+    out = _flat(fast(x, hx))
+    assert calls["n"] == 2 and all(t.requires_grad for t in out)
+
+
+def test_bf16_rounding_of_the_step_kernel_is_torchs():
+    """The kernel's float32 -> bfloat16 rounding (nearest even, NaN kept) gives torch's bits,
+    ties and NaN included: an RNN cell with identity-like weights passes values through."""
+    if "cpu" not in backends.available_backends():
+        pytest.skip("the compiled CPU kernels are not built")
+    from fastrnn.backends import cpu
+    H = 8
+    # relu(x W_ih^T + b): W_ih = I, b chosen so that the float32 sums fall on bf16 ties
+    # (the NaN in the bias: in x it would reach every output through the zeros of W_ih)
+    x = torch.tensor([[1.0, 2.0, 3.0, 0.5, 0.25, 7.0, 100.0, 0.0]]).to(torch.bfloat16)
+    b = torch.tensor([2.0 ** -8, 2.0 ** -7 * 3, 2.0 ** -6, 2.0 ** -9 * 3, 1e-3, 2.0 ** -6 * 3,
+                      0.25, float("nan")])
+    w_ih, w_hh = torch.eye(H), torch.zeros(H, H)
+    h = torch.zeros(1, H, dtype=torch.bfloat16)
+    got, _ = cpu.cell_forward_bf16(cpu.CELL_KINDS["RNN_RELU"], x, h, None, w_ih, w_hh, b,
+                                   None)
+    want = torch.relu(x.float() + b).to(torch.bfloat16)
+    assert torch.equal(got[:, :7], want[:, :7]) and torch.isnan(got[0, 7])
+
+
 def test_bf16_long_sequence_does_not_drift():
     """500 steps in bfloat16 storage: the state is carried in float32, so the error stays
     at the rounding of the inputs and outputs instead of growing with the length."""

@@ -342,6 +342,26 @@ def cell_forward(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, training, w_ch=None):
     return h_out, c_out, saved
 
 
+def cell_forward_bf16(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch=None):
+    """``cell_forward`` for inference on bfloat16 x (rows at any stride, its last dimension
+    dense), h and c with float32 weights: the kernel reads the activations into float32
+    and rounds its results back (one call, no tensor conversions) -> (h_out, c_out|None)
+    in bfloat16."""
+    N, I = x.shape
+    x_row = x.stride(0) if N > 1 else I
+    if x.stride(1) != 1 or x_row < I:
+        x = x.contiguous()
+        x_row = I
+    H = w_hh.shape[1]
+    h_out = torch.empty((N, H), dtype=torch.bfloat16)
+    c_out = torch.empty((N, H), dtype=torch.bfloat16) if kind == _LSTM else None
+    _C.cell_forward_bf16(kind, N, I, H, x.data_ptr(), h.data_ptr(), _opt_ptr(c),
+                         w_ih.data_ptr(), w_hh.data_ptr(), _opt_ptr(b_ih), _opt_ptr(b_hh),
+                         h_out.data_ptr(), _opt_ptr(c_out), max(1, torch.get_num_threads()),
+                         1, False, 0, x_row, _opt_ptr(w_ch))
+    return h_out, c_out
+
+
 def cell_forward_seq(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, w_ch=None, lengths=None):
     """``T`` inference steps of ``cell_forward`` in one call, the state carried: x [T, N, I]
     (any strides over T and N; its last dimension dense) -> (y [T, N, H], c_n [N, H] or
