@@ -7,6 +7,9 @@ reference backend for what a backend promises):
                                      inputs needing a gradient), test_fastpath.py (cells,
                                      one-step calls, fused inference steps)
   the peephole LSTM ............... test_peephole.py (against its equations)
+  LayerNorm layers, zoneout,
+  recurrent dropout, weight drop .. test_regularized.py (against their equations, masks
+                                     drawn in the documented order)
   ops and backends ................ test_ops.py (opcheck, gradcheck, backends against the
                                      reference), test_backend_contract.py, test_backends.py
                                      (choice, settings), test_fuzz.py (random shapes)
