@@ -86,7 +86,8 @@ def build_parser():
                         "also peephole, bipeephole: the peephole LSTM, whose torch side is a "
                         "step loop in torch ops)" % {"default": ",".join(MODEL_NAMES)})
     p.add_argument("--impl", type=_csv_choice(IMPLS + ("keras",)), default=list(IMPLS),
-                   help="implementations to run: fastrnn,torch (default both)")
+                   help="implementations to run, comma-separated: fastrnn, torch, keras "
+                        "(default fastrnn,torch; keras needs pip install 'fastrnn[keras]')")
     p.add_argument("--backend", default=None, type=str.lower, choices=BACKEND_CHOICES,
                    help="fastrnn backend (%s; default: fastrnn's default, i.e. "
                         "$FASTRNN_BACKEND or auto; on a CUDA device: cuda, fastrnn's own "
