@@ -36,6 +36,9 @@ MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU", "PEEPHOLE")
 # torch), for calls the kernels or the custom ops do not take: a zero size (batch, hidden or
 # input). (Under torch.func transforms the custom ops run: see ``ops.batched_call``.)
 TORCH_OPS = "torch-ops"
+# backend= value inside a bfloat16 inference call routed to the bfloat16 sequence kernels
+# (``_bf16_route``): each layer-direction runs ``_bf16_direction``.
+BF16_KERNELS = "cpu-bf16"
 _LSTM_MODES = ("LSTM", "PEEPHOLE")  # the modes with a cell state
 _last = {"backend": None}
 
@@ -185,8 +188,66 @@ def _fused_steps_apply(mode, x, h0, c0, w, backend):
             and fastpath.usable((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch)))
 
 
+def _bf16_route(plan, mode, input, hx, weights, proj_size, backend):
+    """Whether a planned layer call runs on the bfloat16 sequence kernels (csrc/cpu/bf16.h):
+    inference (no gradient asked of anything) in plain eager mode on the CPU, bfloat16
+    results (a bfloat16 module, or autocast to bfloat16 where torch.nn's outputs are
+    bfloat16), no projection, the compiled kernels chosen and the CPU's AVX512-BF16 build in
+    use. Elsewhere the call runs the float32 kernels on converted tensors."""
+    if (plan.device_type != "cpu" or plan.out_h != torch.bfloat16 or proj_size
+            or plan.round_to not in (None, torch.bfloat16) or mode not in MODES):
+        return False
+    if plan.round_to is None and any(w.dtype != torch.bfloat16 for w in weights):
+        return False
+    if not fastpath.eager() or not _precision._cpu_kernels_run(backend):
+        return False
+    if backends.resolve_cached(backend, "cpu") != "cpu":
+        return False
+    from .backends import cpu
+    if not cpu.bf16_available():
+        return False
+    x = input.data if isinstance(input, PackedSequence) else input
+    if x.numel() == 0 or weights[1].numel() == 0:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)
+                                    or any(t is not None and t.requires_grad for t in
+                                           (_split_states(hx, mode in _LSTM_MODES) or ()))):
+        return False
+    return True
+
+
+_TO_BF16 = _precision.Plan("cpu", None, torch.bfloat16, torch.bfloat16, torch.bfloat16)
+
+
+def _bf16_direction(mode, x, h0, c0, w, lengths, reverse):
+    """One layer-direction of a bfloat16 inference call: the input projection of all steps
+    as one bfloat16 GEMM (torch's, fp32 accumulation, its result rounded to bf16), the
+    recurrence on the bfloat16 kernels. x [T, N, I] and the weights bfloat16, h0/c0
+    float32 -> (y [T, N, H] bf16, h_n bf16, c_n fp32)."""
+    from .backends import cpu
+    w_ih, w_hh, b_ih, b_hh, _, w_ch = w
+    T, N, I = x.shape
+    if mode == "GRU":
+        bias = b_ih
+        b_rec = w_hh.new_zeros(w_hh.shape[0]) if b_hh is None else b_hh
+        b_rec = b_rec.to(torch.float32)
+    else:
+        bias = None if b_ih is None else b_ih.to(torch.float32) + b_hh.to(torch.float32)
+        b_rec = None
+    x2 = x.reshape(T * N, I)
+    xg = (torch.mm(x2, w_ih.t()) if bias is None
+          else torch.addmm(bias.to(torch.bfloat16), x2, w_ih.t()))
+    y, _, cn = cpu.bf16_seq_forward(
+        mode, xg.view(T, N, -1), h0.to(torch.float32),
+        None if c0 is None else c0.to(torch.float32), w_hh, b_rec,
+        None if w_ch is None else w_ch.to(torch.float32), lengths, reverse)
+    return y, y[0 if reverse else T - 1], cn
+
+
 def _layer_direction(mode, x, h0, c0, w, lengths, reverse, backend):
     """One layer, one direction. x [T, N, I] -> (y [T, N, R], h_n [N, R], c_n [N, H]|None)."""
+    if backend == BF16_KERNELS:
+        return _bf16_direction(mode, x, h0, c0, w, lengths, reverse)
     if _fused_steps_apply(mode, x, h0, c0, w, backend):
         y, cn = fastpath.steps(mode, x, h0, c0, w[0], w[1], w[2], w[3], reverse, w[5], lengths)
         return y, (y[0] if reverse else y[-1]), cn
@@ -266,6 +327,16 @@ def rnn(mode, input, hx, weights, has_biases, num_layers, dropout, train, bidire
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     plan = _layer_plan(mode, input, hx, weights, proj_size, backend)
+    if plan is not None and _bf16_route(plan, mode, input, hx, weights, proj_size, backend):
+        with plan.context():
+            # states in bf16 too: torch.nn rounds them so in the routed cases (its autocast
+            # casts the oneDNN LSTM's states and the RNN's matmul operands)
+            out, hn = rnn(mode, _TO_BF16.sequence(input), _map_states(hx, _TO_BF16.tensor),
+                          [_TO_BF16.weight(w) for w in weights], has_biases, num_layers,
+                          dropout, train, bidirectional, batch_first, proj_size, BF16_KERNELS)
+        if mode in _LSTM_MODES:
+            return out, (hn[0], hn[1].to(plan.out_c))
+        return out, hn
     if plan is not None:  # float16/bfloat16 on the CPU, autocast (fastrnn._precision)
         with plan.context():
             out, hn = rnn(mode, plan.sequence(input), _map_states(hx, plan.state),
@@ -344,8 +415,10 @@ def rnn(mode, input, hx, weights, has_biases, num_layers, dropout, train, bidire
         name_resolved = TORCH_OPS
         if not torch.compiler.is_compiling():
             _last["backend"] = "reference"  # its forward, as torch ops
-    elif backend == TORCH_OPS:
+    elif backend in (TORCH_OPS, BF16_KERNELS):
         name_resolved = backend
+        if backend == BF16_KERNELS and not torch.compiler.is_compiling():
+            _last["backend"] = "cpu"
     else:
         name_resolved = resolve_backend(backend, x, peephole=mode == "PEEPHOLE")
     out, hn, cn = _run_layers(mode, x, h0, c0, groups, num_layers, bidirectional, dropout,
@@ -463,7 +536,8 @@ def _fast_one_step(mode, input, hx, weights, has_biases, num_layers, dropout, tr
     (``fastpath.steps_pay``: each layer and direction one call running its steps). No
     projection (proj_size), not packed. Returns None
     whenever the general path must run (which also raises every error for bad arguments)."""
-    if proj_size or not isinstance(input, torch.Tensor) or not fastpath.eager():
+    if proj_size or not isinstance(input, torch.Tensor) or backend == BF16_KERNELS \
+            or not fastpath.eager():
         return None
     dim = input.dim()
     if dim == 3:

@@ -11,7 +11,18 @@
 #include <immintrin.h>
 #endif
 
+#include "cpu/bf16.h"
 #include "cpu/kernels.h"
+
+#if defined(FASTRNN_HAVE_avx512bf16)
+namespace fastrnn {
+namespace cpu {
+namespace avx512bf16 {
+void bf16_seq_forward(const Bf16SeqParams& p);
+}
+}  // namespace cpu
+}  // namespace fastrnn
+#endif
 
 namespace fastrnn {
 namespace cpu {
@@ -24,12 +35,16 @@ bool cpu_has(const std::string& isa) {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
            __builtin_cpu_supports("fma");
+  if (isa == "avx512bf16") return cpu_has("avx512") && __builtin_cpu_supports("avx512bf16");
   if (isa == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
   return isa == "generic";
 }
 
 bool compiled_in(const std::string& isa) {
+#if defined(FASTRNN_HAVE_avx512bf16)
+  if (isa == "avx512bf16") return true;
+#endif
 #if defined(FASTRNN_HAVE_avx512)
   if (isa == "avx512") return true;
 #endif
@@ -40,7 +55,7 @@ bool compiled_in(const std::string& isa) {
 }
 
 std::string best_isa() {
-  for (const char* isa : {"avx512", "avx2"})
+  for (const char* isa : {"avx512bf16", "avx512", "avx2"})
     if (compiled_in(isa) && cpu_has(isa)) return isa;
   return "generic";
 }
@@ -54,7 +69,7 @@ std::string& current() {
 
 std::vector<std::string> supported_isas() {
   std::vector<std::string> out;
-  for (const char* isa : {"avx512", "avx2", "generic"})
+  for (const char* isa : {"avx512bf16", "avx512", "avx2", "generic"})
     if (compiled_in(isa) && cpu_has(isa)) out.push_back(isa);
   return out;
 }
@@ -63,8 +78,9 @@ std::string isa() { return current(); }
 
 void set_isa(const std::string& name) {
   const std::string isa = name.empty() || name == "auto" ? best_isa() : name;
-  if (isa != "avx512" && isa != "avx2" && isa != "generic")
-    throw std::invalid_argument("isa must be 'auto', 'avx512', 'avx2' or 'generic', got '" + name + "'");
+  if (isa != "avx512bf16" && isa != "avx512" && isa != "avx2" && isa != "generic")
+    throw std::invalid_argument("isa must be 'auto', 'avx512bf16', 'avx512', 'avx2' or 'generic', got '" +
+                                name + "'");
   if (!compiled_in(isa)) throw std::invalid_argument("isa '" + isa + "' is not compiled into this build");
   if (!cpu_has(isa)) throw std::invalid_argument("this processor does not support isa '" + isa + "'");
   current() = isa;
@@ -74,7 +90,7 @@ void set_isa(const std::string& name) {
   template <typename scalar_t>                                                     \
   void fn(const Params<scalar_t>& p) {                                             \
     const std::string& isa = current();                                     \
-    if (isa == "avx512") return avx512_call(fn, p);                         \
+    if (isa == "avx512" || isa == "avx512bf16") return avx512_call(fn, p);                      \
     if (isa == "avx2") return avx2_call(fn, p);                             \
     return generic::fn<scalar_t>(p);                                               \
   }                                                                         \
@@ -100,6 +116,17 @@ FASTRNN_DISPATCH(rnn_forward, RnnForwardParams)
 FASTRNN_DISPATCH(rnn_backward, RnnBackwardParams)
 FASTRNN_DISPATCH(cell_forward, CellForwardParams)
 FASTRNN_DISPATCH(cell_backward, CellBackwardParams)
+
+// avx512bf16 is the avx512 build of the float kernels plus the bfloat16 sequence kernels.
+bool bf16_kernels_available() { return current() == "avx512bf16"; }
+
+void bf16_seq_forward(const Bf16SeqParams& p) {
+#if defined(FASTRNN_HAVE_avx512bf16)
+  if (bf16_kernels_available()) return avx512bf16::bf16_seq_forward(p);
+#endif
+  (void)p;
+  throw std::invalid_argument("the bfloat16 sequence kernels need the 'avx512bf16' build (see isa())");
+}
 
 void team_flush_denormals(int threads, bool on) {
 #if defined(__x86_64__)

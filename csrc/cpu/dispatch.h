@@ -9,7 +9,7 @@
 namespace fastrnn {
 namespace cpu {
 
-std::string isa();                            // the build in use: avx512, avx2 or generic
+std::string isa();  // the build in use: avx512bf16 (avx512 + the bf16 kernels, bf16.h), avx512, avx2, generic
 void set_isa(const std::string& name);        // "auto" or one of supported_isas()
 std::vector<std::string> supported_isas();    // compiled in and supported by this CPU
 

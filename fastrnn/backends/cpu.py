@@ -362,6 +362,42 @@ def cell_forward_bf16(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch=None):
     return h_out, c_out
 
 
+def bf16_available():
+    """Whether the bfloat16 sequence kernels run: built in, and the 'avx512bf16' build (a CPU
+    with AVX512-BF16) in use (``FASTRNN_CPU_ISA`` / ``set_isa`` can turn them off)."""
+    return _C is not None and hasattr(_C, "bf16_available") and bool(_C.bf16_available())
+
+
+_BF16_KINDS = {"LSTM": 0, "PEEPHOLE": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
+
+
+def bf16_seq_forward(mode, xg, h0, c0, w_hh, b_hh, w_ch, lengths, reverse):
+    """Inference of one layer-direction on the bfloat16 kernels (csrc/cpu/bf16.h): xg
+    [T, N, G*H] bfloat16 (the input projection with its biases; GRU's b_hh apart), h0/c0
+    [N, H] float32, w_hh [G*H, H] bfloat16, b_hh [3H] (GRU) and w_ch [3H] (peepholes)
+    float32 -> (y [T, N, H] bfloat16, h_n [N, H] float32, c_n [N, H] float32 or None)."""
+    T, N, _ = xg.shape
+    H = w_hh.shape[1]
+    kind = _BF16_KINDS[mode]
+    lstm = kind == 0
+    for name, t, dtype in (("xg", xg, torch.bfloat16), ("w_hh", w_hh, torch.bfloat16),
+                           ("h0", h0, torch.float32), ("c0", c0, torch.float32),
+                           ("b_hh", b_hh, torch.float32), ("w_ch", w_ch, torch.float32)):
+        if t is not None and (t.dtype != dtype or t.device.type != "cpu"):
+            raise TypeError(f"bf16_seq_forward: {name} must be a {dtype} CPU tensor, got "
+                            f"{t.dtype} on {t.device}")
+    xg, h0, c0, w_hh, b_hh, w_ch = (None if t is None else t.contiguous()
+                                    for t in (xg, h0, c0, w_hh, b_hh, w_ch))
+    lengths = _lengths(lengths, T, N)
+    y = torch.empty((T, N, H), dtype=torch.bfloat16)
+    hn = torch.empty((N, H), dtype=torch.float32)
+    cn = torch.empty((N, H), dtype=torch.float32) if lstm else None
+    _C.bf16_seq_forward(kind, T, N, H, xg.data_ptr(), True, h0.data_ptr(), _opt_ptr(c0),
+                        w_hh.data_ptr(), _opt_ptr(b_hh), _opt_ptr(w_ch), _opt_ptr(lengths),
+                        bool(reverse), y.data_ptr(), hn.data_ptr(), _opt_ptr(cn), _threads())
+    return y, hn, cn
+
+
 def cell_forward_seq(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, w_ch=None, lengths=None):
     """``T`` inference steps of ``cell_forward`` in one call, the state carried: x [T, N, I]
     (any strides over T and N; its last dimension dense) -> (y [T, N, H], c_n [N, H] or

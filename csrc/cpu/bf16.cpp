@@ -1,0 +1,225 @@
+// bfloat16 inference of a whole layer-direction (bf16.h says what is kept in which
+// precision). Compiled only for AVX512-BF16 (FASTRNN_ISA=avx512bf16 with the AVX-512
+// vector width); dispatch.cpp calls it when that build is in use.
+//
+// Per step ONE fused GEMM, h_{t-1} (bf16) @ W_hh^T (bf16, gate-major panels), with vdpbf16ps:
+// each 32-bit lane of the packed panel holds the weights of one hidden unit for two
+// consecutive k, the broadcast operand the matching two values of h, and the instruction
+// adds both products to the unit's fp32 accumulator. Half the instructions of the fp32
+// kernel's FMAs and half the bytes of W_hh streamed per step. The epilogue is the fp32
+// kernels' (gate nonlinearities and state update on the accumulator tile), then h is
+// rounded once (round to nearest even, as Tensor.to(torch.bfloat16)) into the output and
+// into the next step's operand buffer.
+#include "cpu/bf16.h"
+
+#include <cstring>
+#include <typeinfo>
+#include <vector>
+
+#include "cpu/fused_gemm.h"
+#include "cpu/pack_cache.h"
+
+namespace fastrnn {
+namespace cpu {
+namespace FASTRNN_ISA {
+namespace {
+
+constexpr int W = 16;  // fp32 lanes of a zmm register: hidden units per panel
+using V = vec_t<float>;
+static_assert(Vec<float>::W == W, "the bf16 kernels are built with the AVX-512 vector width");
+
+FASTRNN_INLINE __mmask16 lanes(int cnt) { return static_cast<__mmask16>((1u << cnt) - 1); }
+
+// cnt (<= 16) bf16 values as fp32 lanes (a bf16 is the upper half of an fp32).
+FASTRNN_INLINE V load_bf16(const uint16_t* p, int cnt) {
+  const __m256i b = cnt == W ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                             : _mm256_maskz_loadu_epi16(lanes(cnt), p);
+  return (V)_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+}
+
+// fp32 lanes rounded to bf16 (nearest even; NaN stays NaN) and stored.
+FASTRNN_INLINE void store_bf16(uint16_t* p, V v, int cnt) {
+  const __m256i b = (__m256i)_mm512_cvtneps_pbh((__m512)v);
+  if (cnt == W)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), b);
+  else
+    _mm256_mask_storeu_epi16(p, lanes(cnt), b);
+}
+
+FASTRNN_INLINE V load_xg(const void* xg, bool bf16, int64_t off, int cnt) {
+  return bf16 ? load_bf16(static_cast<const uint16_t*>(xg) + off, cnt)
+              : vload_n(static_cast<const float*>(xg) + off, cnt);
+}
+
+inline uint16_t to_bf16(float f) {  // scalar round to nearest even, NaN -> quiet NaN
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+// Gate-major bf16 panels of W [G*H, K] used as B = W^T: panel p holds units p*16 .. p*16+15,
+// laid out [Kp pairs][G][16 units][2], Kp = ceil(K/2); units >= H and k >= K are zero.
+Buffer<uint16_t> pack_pairs(const uint16_t* w, int G, int64_t H, int64_t K, int64_t* panels) {
+  const int64_t P = (H + W - 1) / W, Kp = (K + 1) / 2;
+  Buffer<uint16_t> buf = make_buffer<uint16_t>(P * Kp * G * 2 * W);
+  uint16_t* out = buf.get();
+  for (int64_t p = 0; p < P; ++p)
+    for (int g = 0; g < G; ++g)
+      for (int l = 0; l < W; ++l) {
+        const int64_t u = p * W + l;
+        if (u >= H) break;
+        const uint16_t* src = w + (g * H + u) * K;
+        uint16_t* dst = out + ((p * Kp) * G + g) * 2 * W + 2 * l;
+        for (int64_t k = 0; k < K; ++k) dst[(k / 2) * G * 2 * W + (k & 1)] = src[k];
+      }
+  *panels = P;
+  return buf;
+}
+
+// Through the pack cache (pack_cache.h: a hit is checked against the source bytes).
+std::shared_ptr<const uint16_t> pack_pairs_cached(const uint16_t* w, int G, int64_t H, int64_t K,
+                                                  int64_t* panels) {
+  const size_t src_bytes = static_cast<size_t>(G * H * K) * sizeof(uint16_t);
+  auto own = [](Buffer<uint16_t> buf) {
+    const size_t bytes = buf.get_deleter().capacity;
+    return std::shared_ptr<const uint16_t>(buf.release(), PoolFree{bytes});
+  };
+  if (!pack_cache_accepts(src_bytes)) return own(pack_pairs(w, G, H, K, panels));
+  const PackKey key{w, src_bytes, typeid(uint16_t).hash_code(), {3000 + G, H, K, 2 * W}};
+  if (auto hit = pack_cache_find(key, panels)) return std::static_pointer_cast<const uint16_t>(hit);
+  std::vector<unsigned char> source(reinterpret_cast<const unsigned char*>(w),
+                                    reinterpret_cast<const unsigned char*>(w) + src_bytes);
+  Buffer<uint16_t> buf = pack_pairs(reinterpret_cast<const uint16_t*>(source.data()), G, H, K, panels);
+  const size_t bytes = buf.get_deleter().capacity;
+  std::shared_ptr<const uint16_t> packed = own(std::move(buf));
+  pack_cache_put(key, std::move(source), packed, bytes, *panels);
+  return packed;
+}
+
+// acc[MR][G] = A[MR rows, 2*Kp] @ Bp (bf16 pairs, fp32 accumulation).
+template <int MR, int G>
+FASTRNN_INLINE void tile(const uint16_t* __restrict A, int64_t lda, int64_t Kp, const uint16_t* __restrict Bp,
+                         V* __restrict out) {
+  __m512 acc[MR][G];
+  for (int r = 0; r < MR; ++r)
+    for (int g = 0; g < G; ++g) acc[r][g] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < Kp; ++k) {
+    const uint16_t* bk = Bp + k * G * 2 * W;
+    __m512i bv[G];
+    for (int g = 0; g < G; ++g) bv[g] = _mm512_loadu_si512(bk + g * 2 * W);
+    for (int r = 0; r < MR; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, A + r * lda + 2 * k, 4);
+      const __m512i a = _mm512_set1_epi32(pair);
+      for (int g = 0; g < G; ++g) acc[r][g] = _mm512_dpbf16_ps(acc[r][g], (__m512bh)a, (__m512bh)bv[g]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int g = 0; g < G; ++g) out[r * G + g] = (V)acc[r][g];
+}
+
+template <int G, int M = rows_per_tile<G>()>
+FASTRNN_INLINE void tile_rows(int mr, const uint16_t* A, int64_t lda, int64_t Kp, const uint16_t* Bp, V* acc) {
+  if constexpr (M >= 1) {
+    if (mr == M) return tile<M, G>(A, lda, Kp, Bp, acc);
+    tile_rows<G, M - 1>(mr, A, lda, Kp, Bp, acc);
+  }
+}
+
+// This thread's items of one step's GEMM, epi(panel, row, acc[G]) on each row of each tile.
+template <int G, class Epi>
+FASTRNN_INLINE void fused_gemm_bf16(const WorkSplit& ws, const uint16_t* A, int64_t lda, int64_t Kp,
+                                    const uint16_t* packed, Epi&& epi) {
+  constexpr int MR = rows_per_tile<G>();
+  alignas(64) V acc[MR * G];
+  for (int64_t p = ws.p_begin; p < ws.p_end; ++p) {
+    const uint16_t* Bp = packed + p * Kp * G * 2 * W;
+    for (int64_t n = ws.r_begin; n < ws.r_end; n += MR) {
+      const int mr = static_cast<int>(std::min<int64_t>(MR, ws.r_end - n));
+      tile_rows<G>(mr, A + n * lda, lda, Kp, Bp, acc);
+      for (int r = 0; r < mr; ++r) epi(p, n + r, acc + r * G);
+    }
+  }
+}
+
+template <int G>
+void seq_forward(const Bf16SeqParams& a) {
+  const int64_t T = a.T, N = a.N, H = a.H, GH = G * H;
+  const int64_t Kp = (H + 1) / 2, lda = 2 * Kp;  // the operand rows, padded to whole pairs
+  int64_t P = 0;
+  std::shared_ptr<const uint16_t> packed = pack_pairs_cached(a.w_hh, G, H, H, &P);
+  Buffer<uint16_t> hb = make_buffer<uint16_t>(2 * N * lda);  // ping-pong bf16 operand, pads 0
+  Buffer<float> hf = make_buffer<float>(N * H);               // h in fp32
+  Buffer<float> c;
+  std::copy(a.h0, a.h0 + N * H, hf.get());
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < H; ++k) hb[n * lda + k] = to_bf16(a.h0[n * H + k]);
+  if (G == 4) {
+    c = make_buffer<float>(N * H);
+    std::copy(a.c0, a.c0 + N * H, c.get());
+  }
+  const bool xb = a.xg_bf16;
+  run_team(a.num_threads, [&](int tid, int nthr, TeamBarrier* bar) {
+    const WorkSplit ws(P, N, tid, nthr, rows_per_tile<G>(), bar);
+    for_each_step(ws, T, a.reverse, /*backward=*/false, [&](int64_t s, int64_t t) {
+      const uint16_t* A = hb.get() + (s % 2) * N * lda;
+      uint16_t* next = hb.get() + ((s + 1) % 2) * N * lda;
+      uint16_t* yt = a.y + t * N * H;
+      fused_gemm_bf16<G>(ws, A, lda, Kp, packed.get(), [&](int64_t p, int64_t n, const V* acc) {
+        const int64_t u = p * W;
+        const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
+        float* hrow = hf.get() + n * H + u;
+        V h = vload_n(hrow, cnt);
+        if (step_valid(a.lengths, n, t)) {
+          const int64_t x = (t * N + n) * GH + u;
+          if constexpr (G == 4) {
+            float* crow = c.get() + n * H + u;
+            const V cp = vload_n(crow, cnt);
+            V pre_i = acc[0] + load_xg(a.xg, xb, x, cnt), pre_f = acc[1] + load_xg(a.xg, xb, x + H, cnt);
+            V pre_o = acc[3] + load_xg(a.xg, xb, x + 3 * H, cnt);
+            if (a.w_ch) {  // peepholes: i and f see c_{t-1}, o sees c_t
+              pre_i = pre_i + vload_n(a.w_ch + u, cnt) * cp;
+              pre_f = pre_f + vload_n(a.w_ch + H + u, cnt) * cp;
+            }
+            const V i = vsigmoid<float>(pre_i), f = vsigmoid<float>(pre_f);
+            const V g = vtanh<float>(acc[2] + load_xg(a.xg, xb, x + 2 * H, cnt));
+            const V cnew = f * cp + i * g;
+            if (a.w_ch) pre_o = pre_o + vload_n(a.w_ch + 2 * H + u, cnt) * cnew;
+            h = vsigmoid<float>(pre_o) * vtanh<float>(cnew);
+            vstore_n(crow, cnew, cnt);
+          } else if constexpr (G == 3) {
+            const float* b = a.b_hh + u;
+            const V r = vsigmoid<float>(load_xg(a.xg, xb, x, cnt) + acc[0] + vload_n(b, cnt));
+            const V z = vsigmoid<float>(load_xg(a.xg, xb, x + H, cnt) + acc[1] + vload_n(b + H, cnt));
+            const V nn = vtanh<float>(load_xg(a.xg, xb, x + 2 * H, cnt) + r * (acc[2] + vload_n(b + 2 * H, cnt)));
+            h = (1.0f - z) * nn + z * h;
+          } else {
+            const V pre = acc[0] + load_xg(a.xg, xb, x, cnt);
+            h = a.kind == kBf16RnnRelu ? vrelu<float>(pre) : vtanh<float>(pre);
+          }
+          vstore_n(hrow, h, cnt);
+        }
+        store_bf16(yt + n * H + u, h, cnt);
+        store_bf16(next + n * lda + u, h, cnt);
+      });
+    });
+  });
+  std::copy(hf.get(), hf.get() + N * H, a.hn);
+  if (G == 4) std::copy(c.get(), c.get() + N * H, a.cn);
+}
+
+}  // namespace
+
+void bf16_seq_forward(const Bf16SeqParams& a) {
+  switch (a.kind) {
+    case kBf16Lstm: return seq_forward<4>(a);
+    case kBf16Gru: return seq_forward<3>(a);
+    default: return seq_forward<1>(a);
+  }
+}
+
+}  // namespace FASTRNN_ISA
+}  // namespace cpu
+}  // namespace fastrnn

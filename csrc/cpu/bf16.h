@@ -1,0 +1,45 @@
+// The bfloat16 sequence kernels (csrc/cpu/bf16.cpp): inference of a whole layer-direction
+// (LSTM with optional peepholes, GRU, Elman RNN tanh/relu) with the recurrent GEMM on
+// AVX512-BF16 dot products (vdpbf16ps: pairs of bf16 products summed into fp32 lanes).
+//
+// What is kept in which precision:
+//   bfloat16: W_hh (packed once per weight), the previous h as the GEMM's operand, the
+//             outputs y. These are what a bf16 layer stores; the products of bf16 values
+//             are exact in fp32, so the rounding is only in the operands.
+//   float32:  every accumulation (the input projection's too: the caller computes xg with
+//             fp32 accumulation and hands it over in fp32 or rounded to bf16), the gate pre-activations, the
+//             nonlinearities, the GRU's blend of h, the LSTM cell state c across all
+//             steps, h_n and c_n. c carries information across the whole sequence: in
+//             bf16 (8 significant bits) its small per-step increments would round away
+//             and a long sequence would drift; in fp32 it does not.
+#pragma once
+#include <cstdint>
+
+namespace fastrnn {
+namespace cpu {
+
+enum Bf16Kind : int { kBf16Lstm = 0, kBf16Gru = 1, kBf16RnnTanh = 2, kBf16RnnRelu = 3 };
+
+struct Bf16SeqParams {
+  int kind;
+  int64_t T, N, H;
+  const void* xg;           // [T, N, G*H] (LSTM, RNN: x W_ih^T + b_ih + b_hh; GRU: + b_ih)
+  bool xg_bf16;             // xg's dtype: bfloat16 (true) or float32
+  const float* h0;          // [N, H]
+  const float* c0;          // [N, H] (LSTM)
+  const uint16_t* w_hh;     // [G*H, H] bf16
+  const float* b_hh;        // [3H] (GRU, inside the reset gate's product) or nullptr
+  const float* w_ch;        // [3H] peepholes (LSTM) or nullptr
+  const int64_t* lengths;   // [N] or nullptr: steps t >= lengths[n] keep the state
+  bool reverse;
+  uint16_t* y;              // [T, N, H] bf16: h after each step (frozen steps repeat it)
+  float* hn;                // [N, H] h after the last valid step, unrounded
+  float* cn;                // [N, H] (LSTM)
+  int num_threads;
+};
+
+bool bf16_kernels_available();  // compiled in, and this CPU has AVX512-BF16
+void bf16_seq_forward(const Bf16SeqParams& p);
+
+}  // namespace cpu
+}  // namespace fastrnn

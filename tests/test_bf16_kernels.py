@@ -1,0 +1,220 @@
+"""The bfloat16 sequence kernels (csrc/cpu/bf16.h): inference of bfloat16 layers, and of
+layers under CPU autocast to bfloat16 where torch.nn's outputs are bfloat16, on AVX512-BF16
+dot products. Run where the CPU has AVX512-BF16 (the 'avx512bf16' build); skipped elsewhere.
+
+Numerics. Against the same module in float32 on the bfloat16-rounded weights and input
+(exact products, float32 arithmetic: the reference). The kernels add three roundings to
+bfloat16's unit roundoff u = 2^-8, each relative u/2: the input projection xg (|xg| a few
+units at the default init), the previous h as the GEMM operand (|h| <= 1 for LSTM/GRU/tanh),
+and the output. A pre-activation error e moves h by at most e (tanh' <= 1, sigmoid' <= 1/4),
+and the default init's recurrences are contractive, so the error stays a few u at any
+length: ``TOL_U`` u is asserted (``MEASURED`` has the largest errors seen), and 500 steps
+must not grow it.
+"""
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fastrnn
+from fastrnn import backends
+from rnn_cases import CPU_BACKENDS
+
+U = 2.0 ** -8
+TOL_U = 8
+# largest errors measured (AMD EPYC Zen 4): 2.1 u (relu RNN, 60 steps, its h unbounded),
+# 0.4 / 0.7 / 1.0 u (LSTM / GRU / tanh RNN) over 500 steps, the same in the first and last 100
+MEASURED = {"relu RNN, 60 steps": 2.1, "LSTM, 500": 0.4, "GRU, 500": 0.7, "RNN, 500": 1.0}
+
+if "cpu" in CPU_BACKENDS:
+    from fastrnn.backends import cpu as _cpu
+    HAVE = _cpu.bf16_available()
+else:
+    _cpu = None
+    HAVE = False
+
+pytestmark = pytest.mark.skipif(
+    not HAVE, reason="the bfloat16 kernels need the compiled CPU kernels on a CPU with "
+                     "AVX512-BF16 ('avx512bf16' in fastrnn.backends.cpu.supported_isas())")
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Counts the calls of the bfloat16 sequence kernels."""
+    calls = []
+    real = _cpu.bf16_seq_forward
+
+    def counted(*args, **kw):
+        calls.append(args[0])
+        return real(*args, **kw)
+    monkeypatch.setattr(_cpu, "bf16_seq_forward", counted)
+    return calls
+
+
+def _flat(out):
+    res = []
+
+    def rec(t):
+        if isinstance(t, nn.utils.rnn.PackedSequence):
+            res.append(t.data)
+        elif isinstance(t, torch.Tensor):
+            res.append(t)
+        else:
+            for u in t:
+                rec(u)
+    rec(out)
+    return res
+
+
+def _modules(name, I, H, **kw):
+    torch.manual_seed(0)
+    m = getattr(fastrnn, name)(I, H, **kw)
+    with torch.no_grad():  # weights exactly representable in bfloat16
+        for p in m.parameters():
+            p.copy_(p.bfloat16().float())
+    m32 = getattr(fastrnn, name)(I, H, **kw)
+    m32.load_state_dict(m.state_dict())
+    return m, m32
+
+
+CASES = [
+    ("LSTM", {}), ("LSTM", dict(num_layers=2, bidirectional=True)), ("LSTM", dict(bias=False)),
+    ("GRU", {}), ("GRU", dict(num_layers=2, bidirectional=True)), ("GRU", dict(bias=False)),
+    ("RNN", {}), ("RNN", dict(nonlinearity="relu", bidirectional=True)),
+    ("PeepholeLSTM", {}), ("PeepholeLSTM", dict(bidirectional=True)),
+]
+
+
+@pytest.mark.parametrize("H", [37, 128])
+@pytest.mark.parametrize("N", [1, 5, 70])
+@pytest.mark.parametrize("name,kw", CASES, ids=str)
+def test_bf16_module_inference_runs_the_bf16_kernels(name, kw, N, H, spy):
+    m, m32 = _modules(name, 12, H, **kw)
+    x = torch.randn(60, N, 12).bfloat16()
+    with torch.no_grad():
+        want = _flat(m32(x.float()))
+        m.bfloat16()
+        got = _flat(m(x))
+    D = 2 if kw.get("bidirectional") else 1
+    assert len(spy) == kw.get("num_layers", 1) * D
+    assert m.last_backend == "cpu"
+    assert all(g.dtype == torch.bfloat16 for g in got)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g.float(), w, rtol=0, atol=TOL_U * U)
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "PeepholeLSTM"])
+def test_states_batch_first_unbatched_and_packed(name, spy):
+    m, m32 = _modules(name, 6, 9, num_layers=2, bidirectional=True, batch_first=True)
+    lstm = name in ("LSTM", "PeepholeLSTM")
+    x = torch.randn(4, 11, 6).bfloat16()
+    h0 = torch.randn(4, 4, 9).bfloat16()
+    hx = (h0, torch.randn(4, 4, 9).bfloat16()) if lstm else h0
+    hx32 = tuple(h.float() for h in hx) if lstm else h0.float()
+    lengths = torch.tensor([11, 3, 7, 1])
+    with torch.no_grad():
+        want = [_flat(m32(x.float(), hx32)), _flat(m32(x[0].float())),
+                _flat(m32(pack_padded_sequence(x.float(), lengths, batch_first=True,
+                                               enforce_sorted=False), hx32))]
+        m.bfloat16()
+        got = [_flat(m(x, hx)), _flat(m(x[0])),
+               _flat(m(pack_padded_sequence(x, lengths, batch_first=True,
+                                            enforce_sorted=False), hx))]
+    assert len(spy) == 3 * 4
+    for gs, ws in zip(got, want):
+        for g, w in zip(gs, ws):
+            assert g.dtype == torch.bfloat16 and g.shape == w.shape
+            torch.testing.assert_close(g.float(), w, rtol=0, atol=TOL_U * U)
+
+
+def test_autocast_inference_matches_torch_nn_and_runs_the_bf16_kernels(spy):
+    torch.manual_seed(0)
+    ref = nn.LSTM(10, 32, num_layers=2, bidirectional=True)
+    fast = fastrnn.LSTM(10, 32, num_layers=2, bidirectional=True)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(40, 3, 10)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = _flat(ref(x))
+        got = _flat(fast(x))
+    assert len(spy) == 4
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype == torch.bfloat16
+        # both round the input and weights to bf16; torch.nn's oneDNN LSTM keeps its own
+        # intermediates: twice the tolerance against another bf16 implementation
+        torch.testing.assert_close(g.float(), w.float(), rtol=0, atol=2 * TOL_U * U)
+
+
+def test_float32_results_under_autocast_stay_on_the_float32_kernels(spy):
+    """Where torch.nn returns float32 under autocast (GRU and packed LSTM with float32
+    states) the call keeps float32 precision: no bfloat16 kernel."""
+    torch.manual_seed(0)
+    gru = fastrnn.GRU(4, 8)
+    lstm = fastrnn.LSTM(4, 8)
+    x = torch.randn(7, 2, 4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = gru(x)
+        p, _ = lstm(pack_padded_sequence(x, torch.tensor([7, 4])))
+    assert y.dtype == p.data.dtype == torch.float32
+    assert spy == []
+
+
+def test_training_and_other_isas_do_not_take_the_bf16_kernels(spy):
+    m = fastrnn.LSTM(4, 8).bfloat16()
+    x = torch.randn(5, 2, 4).bfloat16()
+    y, _ = m(x)  # parameters need gradients: the autograd path
+    assert y.requires_grad and spy == []
+    y.float().sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+    old = _cpu.isa()
+    try:
+        _cpu.set_isa("avx512")
+        assert not _cpu.bf16_available()
+        with torch.no_grad():
+            m(x)
+        assert spy == []
+    finally:
+        _cpu.set_isa(old)
+    with torch.no_grad():
+        m(x)
+    assert len(spy) == 1
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_500_steps_do_not_drift(name):
+    m, m32 = _modules(name, 16, 64)
+    x = torch.randn(500, 4, 16).bfloat16()
+    with torch.no_grad():
+        want, _ = m32(x.float())
+        got, _ = m.bfloat16()(x)
+    err = (got.float() - want).abs()
+    assert float(err.max()) <= TOL_U * U
+    assert float(err[-100:].max()) <= 2 * float(err[:100].max()) + U
+
+
+def test_nan_propagates_and_zeros_stay_zero():
+    m = fastrnn.LSTM(3, 5).bfloat16()
+    x = torch.zeros(4, 2, 3).bfloat16()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+        y, (h, c) = m(x)
+        assert torch.equal(y, torch.zeros_like(y)) and torch.equal(c, torch.zeros_like(c))
+        x[1, 0, 0] = float("nan")
+        m.weight_ih_l0.fill_(0.5)
+        y, _ = m(x)
+    assert torch.isnan(y[1:, 0]).all() and not torch.isnan(y[:, 1]).any()
+
+
+def test_kernel_arguments_are_checked():
+    xg = torch.zeros(3, 2, 8, dtype=torch.bfloat16)
+    w = torch.zeros(8, 2, dtype=torch.bfloat16)
+    h0 = torch.zeros(2, 2)
+    with pytest.raises(TypeError, match="xg must be a torch.bfloat16"):
+        _cpu.bf16_seq_forward("LSTM", xg.float(), h0, h0, w, None, None, None, False)
+    with pytest.raises(TypeError, match="h0 must be a torch.float32"):
+        _cpu.bf16_seq_forward("LSTM", xg, h0.bfloat16(), h0, w, None, None, None, False)
+    with pytest.raises(ValueError, match="lengths"):
+        _cpu.bf16_seq_forward("LSTM", xg, h0, h0, w, None, None, torch.tensor([4, 1]), False)
+    with pytest.raises(ValueError, match="c0"):
+        _cpu.bf16_seq_forward("LSTM", xg, h0, None, w, None, None, None, False)
