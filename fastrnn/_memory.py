@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from .backends._common import transformed
 
 __all__ = ["needs_grad", "linear", "projection_buffer", "pooled_empty", "use_pool", "PooledLinear", "linear_into",
-           "FinalState", "POOLED_BACKENDS"]
+           "FinalState", "POOLED_BACKENDS", "Bf16Linear", "bf16_projections",
+           "bf16_projections_on"]
 
 def needs_grad(*ts):
     """Whether autograd will want a gradient through any of ``ts`` (None entries allowed)."""
@@ -109,6 +110,65 @@ class PooledLinear(torch.autograd.Function):
         return dx, dw, db, None
 
 
+class Bf16Linear(torch.autograd.Function):
+    """F.linear over [T, N, I] for a float32 training call under CPU autocast to bfloat16
+    whose input and weight hold bfloat16 values (autocast rounded them): the GEMMs in
+    bfloat16 (fp32 accumulation, torch's oneDNN GEMM at several times the float32 rate where
+    the CPU has bf16 instructions), as autocast runs a matmul: the forward's result, the
+    incoming gradient for the backward's two products and their results are rounded to
+    bf16. The bias is added, and its gradient summed, in float32. Output and input gradient
+    float32 in pooled memory (the recurrence kernels take float32)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, backend):
+        T, N, I = x.shape
+        x16 = x.reshape(T * N, I).to(torch.bfloat16)
+        w16 = weight.to(torch.bfloat16)
+        out = pooled_empty(T * N, weight.shape[0], like=x, backend=backend)
+        out.copy_(torch.mm(x16, w16.t()))  # (a mixed-dtype add into out is several times slower)
+        if bias is not None:
+            out.add_(bias)
+        ctx.save_for_backward(x16, w16)
+        ctx.has_bias, ctx.backend, ctx.shape = bias is not None, backend, (T, N, I)
+        return out.view(T, N, weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        with denormals_flushed(ctx.backend, g):
+            x16, w16 = ctx.saved_tensors
+            T, N, I = ctx.shape
+            g2 = g.reshape(T * N, g.shape[-1])
+            g16 = g2.to(torch.bfloat16)
+            dx = dw = db = None
+            if ctx.needs_input_grad[0]:
+                dx = g16.mm(w16).to(torch.float32).view(T, N, I)
+            if ctx.needs_input_grad[1]:
+                dw = g16.t().mm(x16).to(torch.float32)
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                db = g2.sum(0)
+            return dx, dw, db, None
+
+
+_bf16_gemms = threading.local()
+
+
+@contextlib.contextmanager
+def bf16_projections(on):
+    """While on: ``linear`` runs its training-time GEMMs in bfloat16 (``Bf16Linear``)."""
+    old = getattr(_bf16_gemms, "on", False)
+    _bf16_gemms.on = bool(on)
+    try:
+        yield
+    finally:
+        _bf16_gemms.on = old
+
+
+def bf16_projections_on():
+    """Whether ``bf16_projections`` is on (the ops' autograd setup records it for their
+    backward's weight-gradient GEMM)."""
+    return getattr(_bf16_gemms, "on", False)
+
+
 def linear_into(x, weight, bias, out):
     """F.linear of x [T, N, I] written into ``out`` [T*N, G] -> [T, N, G] (no autograd).
     The product, then the bias added in place: ``addmm(out=)`` would first copy the
@@ -141,6 +201,8 @@ def linear(x, weight, bias, slot, backend=None):
         return F.linear(x, weight, bias)
     if needs_grad(x, weight, bias):
         if use_pool(backend, x):
+            if getattr(_bf16_gemms, "on", False) and x.dtype == torch.float32:
+                return Bf16Linear.apply(x, weight, bias, backend)
             return PooledLinear.apply(x, weight, bias, backend)
         return F.linear(x, weight, bias)
     T, N, _ = x.shape

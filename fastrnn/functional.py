@@ -216,6 +216,19 @@ def _bf16_route(plan, mode, input, hx, weights, proj_size, backend):
     return True
 
 
+def _bf16_projections(plan, backend):
+    """Whether a planned (float32) training call under CPU autocast to bfloat16 runs its
+    input projections' GEMMs in bfloat16 (``_memory.Bf16Linear``): plain eager mode, the
+    compiled kernels, and a CPU whose bf16 GEMMs are fast (the 'avx512bf16' build in use:
+    without bf16 instructions torch's bf16 GEMM is slower than its float32 one)."""
+    if plan.round_to != torch.bfloat16 or plan.device_type != "cpu" or not fastpath.eager():
+        return False
+    if not _precision._cpu_kernels_run(backend) or backends.resolve_cached(backend, "cpu") != "cpu":
+        return False
+    from .backends import cpu
+    return cpu.bf16_available()
+
+
 _TO_BF16 = _precision.Plan("cpu", None, torch.bfloat16, torch.bfloat16, torch.bfloat16)
 
 
@@ -338,7 +351,7 @@ def rnn(mode, input, hx, weights, has_biases, num_layers, dropout, train, bidire
             return out, (hn[0], hn[1].to(plan.out_c))
         return out, hn
     if plan is not None:  # float16/bfloat16 on the CPU, autocast (fastrnn._precision)
-        with plan.context():
+        with plan.context(), _memory.bf16_projections(_bf16_projections(plan, backend)):
             out, hn = rnn(mode, plan.sequence(input), _map_states(hx, plan.state),
                           [plan.weight(w) for w in weights], has_biases, num_layers, dropout,
                           train, bidirectional, batch_first, proj_size, backend)

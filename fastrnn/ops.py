@@ -88,9 +88,18 @@ def _empty(like: Tensor) -> Tensor:
     return like.new_empty(0)
 
 
-def _grad_w_hh(dg: Tensor, y: Tensor, h0: Tensor, reverse: bool) -> Tensor:
+def _grad_w_hh(dg: Tensor, y: Tensor, h0: Tensor, reverse: bool, bf16: bool = False) -> Tensor:
     """sum over steps of dg[t]^T h_prev[t], h_prev being the state carried into step t
-    (contract: y shifted by one step, h0 first). Two GEMMs over views, no [T, N, R] copy."""
+    (contract: y shifted by one step, h0 first). Two GEMMs over views, no [T, N, R] copy.
+    ``bf16`` (a float32 call under CPU autocast to bfloat16, ``_memory.bf16_projections``):
+    the large GEMM's operands rounded to bfloat16 as autocast rounds a matmul's, fp32
+    accumulation, at the bf16 GEMM rate."""
+    if bf16 and dg.shape[0] > 1 and not transformed(dg):
+        dg2 = dg.reshape(dg.shape[0], -1, dg.shape[-1])
+        body, first, inner = (dg2[:-1], dg2[-1], y[1:]) if reverse else (dg2[1:], dg2[0], y[:-1])
+        a = body.reshape(-1, dg.shape[-1]).to(torch.bfloat16)
+        b = inner.reshape(-1, y.shape[-1]).to(torch.bfloat16)
+        return first.t().mm(h0).add_(a.t().mm(b))
     dg2 = dg.reshape(dg.shape[0], -1, dg.shape[-1])
     if reverse:
         body, first, inner = dg2[:-1], dg2[-1], y[1:]
@@ -313,6 +322,7 @@ def _lstm_setup(ctx, inputs, output):
     # those zeros is a noticeable share of an LSTM training step.
     ctx.set_materialize_grads(False)
     ctx.reverse, ctx.training, ctx.backend = reverse, training, backend
+    ctx.bf16 = _memory.bf16_projections_on()
     ctx.save_for_backward(h0, c0, w_hh, w_hr, w_ch, lengths, y, gates, cs,
                           xg if _keeps_input(xg, training, backend) else None)
 
@@ -366,7 +376,7 @@ def _lstm_backward_fn(ctx, dy, dcn, _dgates_unused, _dcs_unused):
     need = ctx.needs_input_grad
     dw_hh = dw_hr = dw_ch = None
     if need[3]:
-        dw_hh = _grad_w_hh(dgates, y, h0, ctx.reverse)  # [4H, R]
+        dw_hh = _grad_w_hh(dgates, y, h0, ctx.reverse, ctx.bf16)  # [4H, R]
     if w_hr is not None and need[4]:
         H = c0.shape[-1]
         m = gates[..., 3 * H:] * torch.tanh(cs)  # [T, N, H]
@@ -458,6 +468,7 @@ def _gru_setup(ctx, inputs, output):
     y, saved = output
     ctx.mark_non_differentiable(saved)
     ctx.set_materialize_grads(False)  # see _lstm_setup
+    ctx.bf16 = _memory.bf16_projections_on()
     ctx.reverse, ctx.training, ctx.backend = reverse, training, backend
     keep = _keeps_input(xg, training, backend)
     ctx.save_for_backward(h0, w_hh, lengths, y, saved, xg if keep else None,
@@ -487,8 +498,8 @@ def _gru_backward_fn(ctx, dy, _dsaved_unused):
         r = saved[..., :H]  # zero on invalid steps (the contract), as are dxg's rows there
         d_rz, d_n = dxg[..., :2 * H], _mul(dxg[..., 2 * H:], r, ctx.backend)  # view, [T, N, H]
         if need[2]:
-            dw_hh = torch.cat([_grad_w_hh(d_rz, y, h0, ctx.reverse),
-                               _grad_w_hh(d_n, y, h0, ctx.reverse)], dim=0)  # [3H, H]
+            dw_hh = torch.cat([_grad_w_hh(d_rz, y, h0, ctx.reverse, ctx.bf16),
+                               _grad_w_hh(d_n, y, h0, ctx.reverse, ctx.bf16)], dim=0)  # [3H, H]
         if need[3]:
             db_hh = torch.cat([d_rz.sum(dim=(0, 1)), d_n.sum(dim=(0, 1))])
     return (dxg if need[0] else None, dh0 if need[1] else None, dw_hh, db_hh,
@@ -552,6 +563,7 @@ def _rnn_setup(ctx, inputs, output):
     xg, h0, w_hh, lengths, reverse, relu, backend = inputs
     ctx.reverse, ctx.relu, ctx.backend = reverse, relu, backend
     ctx.set_materialize_grads(False)  # see _lstm_setup
+    ctx.bf16 = _memory.bf16_projections_on()
     ctx.save_for_backward(h0, w_hh, lengths, output,
                           xg if _keeps_input(xg, True, backend) else None)
 
@@ -567,7 +579,7 @@ def _rnn_backward_fn(ctx, dy):
     dxg, dh0 = batched_call("rnn_backward", dy, h0, w_hh, lengths, ctx.reverse, ctx.relu, y,
                             ctx.backend)
     need = ctx.needs_input_grad
-    dw_hh = _grad_w_hh(dxg, y, h0, ctx.reverse) if need[2] else None  # [H, H]
+    dw_hh = _grad_w_hh(dxg, y, h0, ctx.reverse, ctx.bf16) if need[2] else None  # [H, H]
     return (dxg if need[0] else None, dh0 if need[1] else None, dw_hh,
             None, None, None, None)
 

@@ -218,3 +218,44 @@ def test_kernel_arguments_are_checked():
         _cpu.bf16_seq_forward("LSTM", xg, h0, h0, w, None, None, torch.tensor([4, 1]), False)
     with pytest.raises(ValueError, match="c0"):
         _cpu.bf16_seq_forward("LSTM", xg, h0, None, w, None, None, None, False)
+
+
+@pytest.mark.parametrize("name,kw", [("LSTM", dict(num_layers=2, bidirectional=True)),
+                                     ("GRU", {}), ("RNN", {}), ("PeepholeLSTM", {})],
+                         ids=str)
+def test_autocast_training_runs_its_gemms_in_bf16(name, kw, monkeypatch):
+    """Under autocast to bf16, a training call's input projections (forward and both
+    backward products) and W_hh's gradient GEMM run in bfloat16 where the CPU has bf16
+    instructions; every gradient within the bf16 tolerance of the same call with float32
+    GEMMs (the 'avx512' build), scaled by the gradient's size (a sum over T*N products)."""
+    from fastrnn import _memory
+    applied = []
+    real = _memory.Bf16Linear.apply
+    monkeypatch.setattr(_memory.Bf16Linear, "apply",
+                        staticmethod(lambda *a: applied.append(1) or real(*a)))
+    torch.manual_seed(0)
+    m = getattr(fastrnn, name)(12, 24, **kw)
+    x = torch.randn(30, 5, 12)
+    weights = torch.linspace(-1, 1, 30 * 5 * 24 * (2 if kw.get("bidirectional") else 1))
+
+    def grads():
+        xr = x.clone().requires_grad_()
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = _flat(m(xr))[0]
+        (y.float().flatten() * weights).sum().backward()
+        return [xr.grad] + [p.grad.clone() for p in m.parameters()]
+
+    got = grads()
+    layers_dirs = kw.get("num_layers", 1) * (2 if kw.get("bidirectional") else 1)
+    assert len(applied) == layers_dirs
+    old = _cpu.isa()
+    try:
+        _cpu.set_isa("avx512")
+        want = grads()
+    finally:
+        _cpu.set_isa(old)
+    assert len(applied) == layers_dirs  # not with float32 GEMMs
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, w, rtol=0, atol=TOL_U * U * float(w.abs().max()))
