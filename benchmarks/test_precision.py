@@ -84,6 +84,11 @@ def _record(benchmark, gemm_gflops, info):
         benchmark.extra_info["gemm_gflops_fp32"] = round(gemm_gflops("cpu"), 1)
         benchmark.extra_info["gemm_gflops"] = round(_bf16_gemm_gflops(), 1)
         benchmark.extra_info["gemm_dtype"] = "bfloat16"
+        try:  # the kernel build in use (avx512bf16: the bf16 kernels run)
+            from fastrnn.backends import cpu
+            benchmark.extra_info["cpu_isa"] = cpu.isa()
+        except Exception:
+            pass
     return record
 
 

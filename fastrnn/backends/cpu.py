@@ -83,7 +83,8 @@ def unavailable_reason():
 
 
 def isa():
-    """The instruction-set build of the kernels in use: 'avx512', 'avx2' or 'generic'."""
+    """The instruction-set build of the kernels in use: 'avx512bf16' (the AVX-512 build plus
+    the bfloat16 sequence kernels on AVX512-BF16), 'avx512', 'avx2' or 'generic'."""
     return _C.isa() if _C is not None else None
 
 
