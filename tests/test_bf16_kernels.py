@@ -225,14 +225,18 @@ def test_kernel_arguments_are_checked():
                          ids=str)
 def test_autocast_training_runs_its_gemms_in_bf16(name, kw, monkeypatch):
     """Under autocast to bf16, a training call's input projections (forward and both
-    backward products) and W_hh's gradient GEMM run in bfloat16 where the CPU has bf16
-    instructions; every gradient within the bf16 tolerance of the same call with float32
-    GEMMs (the 'avx512' build), scaled by the gradient's size (a sum over T*N products)."""
+    backward products), its recurrence forward (the bf16 kernels, writing the float32
+    backward's inputs) and W_hh's gradient GEMM run in bfloat16 where the CPU has bf16
+    instructions; every gradient within the bf16 tolerance of the same call in float32
+    (the 'avx512' build), scaled by the gradient's size (a sum over T*N products)."""
     from fastrnn import _memory
-    applied = []
+    applied, recurrences = [], []
     real = _memory.Bf16Linear.apply
     monkeypatch.setattr(_memory.Bf16Linear, "apply",
                         staticmethod(lambda *a: applied.append(1) or real(*a)))
+    real_forward = _cpu._bf16_forward
+    monkeypatch.setattr(_cpu, "_bf16_forward",
+                        lambda *a: recurrences.append(a[0]) or real_forward(*a))
     torch.manual_seed(0)
     m = getattr(fastrnn, name)(12, 24, **kw)
     x = torch.randn(30, 5, 12)
@@ -248,14 +252,14 @@ def test_autocast_training_runs_its_gemms_in_bf16(name, kw, monkeypatch):
 
     got = grads()
     layers_dirs = kw.get("num_layers", 1) * (2 if kw.get("bidirectional") else 1)
-    assert len(applied) == layers_dirs
+    assert len(applied) == len(recurrences) == layers_dirs
     old = _cpu.isa()
     try:
         _cpu.set_isa("avx512")
         want = grads()
     finally:
         _cpu.set_isa(old)
-    assert len(applied) == layers_dirs  # not with float32 GEMMs
+    assert len(applied) == len(recurrences) == layers_dirs  # not on the 'avx512' build
     for g, w in zip(got, want):
         assert g.dtype == torch.float32
         torch.testing.assert_close(g, w, rtol=0, atol=TOL_U * U * float(w.abs().max()))

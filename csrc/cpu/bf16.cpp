@@ -166,13 +166,21 @@ void seq_forward(const Bf16SeqParams& a) {
     for_each_step(ws, T, a.reverse, /*backward=*/false, [&](int64_t s, int64_t t) {
       const uint16_t* A = hb.get() + (s % 2) * N * lda;
       uint16_t* next = hb.get() + ((s + 1) % 2) * N * lda;
-      uint16_t* yt = a.y + t * N * H;
+      uint16_t* yt = a.y ? a.y + t * N * H : nullptr;
+      float* y32t = a.y32 ? a.y32 + t * N * H : nullptr;
+      float* gt = a.gates && G > 1 ? a.gates + t * N * 4 * H : nullptr;
+      float* ct = a.cs ? a.cs + t * N * H : nullptr;
       fused_gemm_bf16<G>(ws, A, lda, Kp, packed.get(), [&](int64_t p, int64_t n, const V* acc) {
         const int64_t u = p * W;
         const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
         float* hrow = hf.get() + n * H + u;
         V h = vload_n(hrow, cnt);
-        if (step_valid(a.lengths, n, t)) {
+        float* gr = gt ? gt + n * 4 * H + u : nullptr;  // (LSTM and GRU rows are both 4H wide)
+        if (!step_valid(a.lengths, n, t)) {  // frozen: state kept, gate records zero
+          if (gr)
+            for (int g = 0; g < 4; ++g) vstore_n(gr + g * H, vzero<float>(), cnt);
+          if (G == 4 && ct) vstore_n(ct + n * H + u, vload_n(c.get() + n * H + u, cnt), cnt);
+        } else {
           const int64_t x = (t * N + n) * GH + u;
           if constexpr (G == 4) {
             float* crow = c.get() + n * H + u;
@@ -187,21 +195,37 @@ void seq_forward(const Bf16SeqParams& a) {
             const V g = vtanh<float>(acc[2] + load_xg(a.xg, xb, x + 2 * H, cnt));
             const V cnew = f * cp + i * g;
             if (a.w_ch) pre_o = pre_o + vload_n(a.w_ch + 2 * H + u, cnt) * cnew;
-            h = vsigmoid<float>(pre_o) * vtanh<float>(cnew);
+            const V o = vsigmoid<float>(pre_o);
+            h = o * vtanh<float>(cnew);
             vstore_n(crow, cnew, cnt);
+            if (ct) vstore_n(ct + n * H + u, cnew, cnt);
+            if (gr) {
+              vstore_n(gr, i, cnt);
+              vstore_n(gr + H, f, cnt);
+              vstore_n(gr + 2 * H, g, cnt);
+              vstore_n(gr + 3 * H, o, cnt);
+            }
           } else if constexpr (G == 3) {
             const float* b = a.b_hh + u;
             const V r = vsigmoid<float>(load_xg(a.xg, xb, x, cnt) + acc[0] + vload_n(b, cnt));
             const V z = vsigmoid<float>(load_xg(a.xg, xb, x + H, cnt) + acc[1] + vload_n(b + H, cnt));
-            const V nn = vtanh<float>(load_xg(a.xg, xb, x + 2 * H, cnt) + r * (acc[2] + vload_n(b + 2 * H, cnt)));
+            const V hn = acc[2] + vload_n(b + 2 * H, cnt);
+            const V nn = vtanh<float>(load_xg(a.xg, xb, x + 2 * H, cnt) + r * hn);
             h = (1.0f - z) * nn + z * h;
+            if (gr) {
+              vstore_n(gr, r, cnt);
+              vstore_n(gr + H, z, cnt);
+              vstore_n(gr + 2 * H, nn, cnt);
+              vstore_n(gr + 3 * H, hn, cnt);
+            }
           } else {
             const V pre = acc[0] + load_xg(a.xg, xb, x, cnt);
             h = a.kind == kBf16RnnRelu ? vrelu<float>(pre) : vtanh<float>(pre);
           }
           vstore_n(hrow, h, cnt);
         }
-        store_bf16(yt + n * H + u, h, cnt);
+        if (yt) store_bf16(yt + n * H + u, h, cnt);
+        if (y32t) vstore_n(y32t + n * H + u, h, cnt);
         store_bf16(next + n * lda + u, h, cnt);
       });
     });

@@ -1,6 +1,8 @@
-// The bfloat16 sequence kernels (csrc/cpu/bf16.cpp): inference of a whole layer-direction
-// (LSTM with optional peepholes, GRU, Elman RNN tanh/relu) with the recurrent GEMM on
-// AVX512-BF16 dot products (vdpbf16ps: pairs of bf16 products summed into fp32 lanes).
+// The bfloat16 sequence kernels (csrc/cpu/bf16.cpp): the forward pass of a whole
+// layer-direction (LSTM with optional peepholes, GRU, Elman RNN tanh/relu) with the recurrent
+// GEMM on AVX512-BF16 dot products (vdpbf16ps: pairs of bf16 products summed into fp32
+// lanes). Inference writes bf16 outputs; a training forward (autocast) also writes what the
+// float32 backward kernels read, in their layout (fp32 h, activated gates, cell states).
 //
 // What is kept in which precision:
 //   bfloat16: W_hh (packed once per weight), the previous h as the GEMM's operand, the
@@ -32,10 +34,14 @@ struct Bf16SeqParams {
   const float* w_ch;        // [3H] peepholes (LSTM) or nullptr
   const int64_t* lengths;   // [N] or nullptr: steps t >= lengths[n] keep the state
   bool reverse;
-  uint16_t* y;              // [T, N, H] bf16: h after each step (frozen steps repeat it)
+  uint16_t* y;              // [T, N, H] bf16: h after each step (frozen steps repeat it), or nullptr
   float* hn;                // [N, H] h after the last valid step, unrounded
   float* cn;                // [N, H] (LSTM)
   int num_threads;
+  // Training (the float32 backward kernels read these; each nullable):
+  float* y32;               // [T, N, H] h after each step in fp32
+  float* gates;             // [T, N, 4H] LSTM: activated i, f, g, o; GRU: r, z, n and W_hn h + b_hn
+  float* cs;                // [T, N, H] LSTM: c after each step
 };
 
 bool bf16_kernels_available();  // compiled in, and this CPU has AVX512-BF16

@@ -216,6 +216,27 @@ def set_pool_limit(megabytes):
     _C.pool_set_limit(int(megabytes * 2**20))
 
 
+def _bf16_recurrence(xg, w_hr=None):
+    """Whether a float32 forward runs its recurrence on the bfloat16 kernels (training
+    outputs in the float32 kernels' layout): a call under CPU autocast to bfloat16
+    (``_memory.bf16_projections``; autocast rounds the recurrent matmul's operands, as
+    torch.nn's layers do under it), the 'avx512bf16' build, no projection."""
+    from .. import _memory
+    return (xg.dtype == torch.float32 and w_hr is None and _memory.bf16_projections_on()
+            and bf16_available())
+
+
+def _bf16_forward(kind, xg, h0, c0, w_hh, b_hh, w_ch, lengths, reverse, y, cn, gates, cs):
+    T, N, _ = xg.shape
+    H = w_hh.shape[1]
+    w16 = w_hh.to(torch.bfloat16)
+    hn = torch.empty((N, H), dtype=torch.float32)
+    _C.bf16_seq_forward(kind, T, N, H, ptr(xg), False, ptr(h0), _opt_ptr(c0), ptr(w16),
+                        _opt_ptr(b_hh), _opt_ptr(w_ch), ptr(lengths), bool(reverse), 0,
+                        ptr(hn), _opt_ptr(cn), _threads(), ptr(y), _opt_ptr(gates),
+                        _opt_ptr(cs))
+
+
 def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, w_ch=None):
     require_tensors("lstm_forward", xg=xg, h0=h0, c0=c0, w_hh=w_hh)
     xg, h0, c0, w_hh, w_hr, w_ch = map(_dense, (xg, h0, c0, w_hh, w_hr, w_ch))
@@ -228,6 +249,10 @@ def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, w_ch=None):
     cn = _out(N, H, like=xg)
     gates = _out(T, N, 4 * H, like=xg) if training else xg.new_empty(0)
     cs = _out(T, N, H, like=xg) if training else xg.new_empty(0)
+    if _bf16_recurrence(xg, w_hr):
+        _bf16_forward(0, xg, h0, c0, w_hh, None, w_ch, lengths, reverse, y, cn,
+                      gates if training else None, cs if training else None)
+        return y, cn, gates, cs
     _C.lstm_forward(xg.element_size(), T, N, H, R, ptr(xg), ptr(h0), ptr(c0), ptr(w_hh),
                     ptr(w_hr), ptr(lengths), bool(reverse), ptr(y), ptr(cn), ptr(gates),
                     ptr(cs), _threads(), ptr(w_ch))
@@ -261,6 +286,10 @@ def gru_forward(xg, h0, w_hh, b_hh, lengths, reverse, training):
     lengths = _lengths(lengths, T, N)
     y = _out(T, N, H, like=xg)
     saved = _out(T, N, 4 * H, like=xg) if training else xg.new_empty(0)
+    if _bf16_recurrence(xg):
+        _bf16_forward(1, xg, h0, None, w_hh, b_hh, None, lengths, reverse, y, None,
+                      saved if training else None, None)
+        return y, saved
     _C.gru_forward(xg.element_size(), T, N, H, ptr(xg), ptr(h0), ptr(w_hh), ptr(b_hh),
                    ptr(lengths), bool(reverse), ptr(y), ptr(saved), _threads())
     return y, saved
@@ -286,6 +315,10 @@ def rnn_forward(xg, h0, w_hh, lengths, reverse, relu):
     T, N, H = xg.shape
     lengths = _lengths(lengths, T, N)
     y = _out(T, N, H, like=xg)
+    if _bf16_recurrence(xg):
+        _bf16_forward(3 if relu else 2, xg, h0, None, w_hh, None, None, lengths, reverse, y,
+                      None, None, None)
+        return y
     _C.rnn_forward(xg.element_size(), T, N, H, ptr(xg), ptr(h0), ptr(w_hh), ptr(lengths),
                    bool(reverse), bool(relu), ptr(y), _threads())
     return y
