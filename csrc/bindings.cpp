@@ -191,14 +191,22 @@ PYBIND11_MODULE(_C, m) {
       [](int kind, int64_t T, int64_t N, int64_t H, std::uintptr_t xg, bool xg_bf16, std::uintptr_t h0,
          std::uintptr_t c0, std::uintptr_t w_hh, std::uintptr_t b_hh, std::uintptr_t w_ch, std::uintptr_t lengths,
          bool reverse, std::uintptr_t y, std::uintptr_t hn, std::uintptr_t cn, int num_threads,
-         std::uintptr_t y32, std::uintptr_t gates, std::uintptr_t cs) {
+         std::uintptr_t y32, std::uintptr_t gates, std::uintptr_t cs, std::uintptr_t x, int64_t I,
+         std::uintptr_t w_ih, std::uintptr_t bias) {
         if (kind < fastrnn::cpu::kBf16Lstm || kind > fastrnn::cpu::kBf16RnnRelu)
           throw std::invalid_argument("bf16_seq_forward: kind must be 0 (LSTM), 1 (GRU), 2 (RNN tanh) or 3 (RNN relu)");
         check_sizes(T, N, H, H, num_threads);
         check_lengths(lengths, T, N);
         const bool lstm = kind == fastrnn::cpu::kBf16Lstm, gru = kind == fastrnn::cpu::kBf16Gru;
-        for (auto [p, what] : {std::pair{xg, "xg"}, {h0, "h0"}, {w_hh, "w_hh"}, {hn, "hn"}})
-          require(p, what);
+        for (auto [p, what] : {std::pair{h0, "h0"}, {w_hh, "w_hh"}, {hn, "hn"}}) require(p, what);
+        if (x) {
+          require(w_ih, "w_ih (with x)");
+          if (gru)  // r multiplies only the n gate's h part: the projection cannot share its sum
+            throw std::invalid_argument("bf16_seq_forward: the GRU takes xg, not x");
+          if (I < 2 || I % 2) throw std::invalid_argument("bf16_seq_forward: I must be even and >= 2 with x");
+        } else {
+          require(xg, "xg (without x)");
+        }
         if (!y && !y32) throw std::invalid_argument("bf16_seq_forward: y or y32 must be given");
         if (cs && !lstm) throw std::invalid_argument("bf16_seq_forward: cs is the LSTM's");
         if (gates && !(lstm || gru)) throw std::invalid_argument("bf16_seq_forward: gates are the LSTM's and GRU's");
@@ -209,6 +217,7 @@ PYBIND11_MODULE(_C, m) {
         if (gru) require(b_hh, "b_hh (GRU)");
         if (w_ch && !lstm) throw std::invalid_argument("bf16_seq_forward: peepholes (w_ch) are for the LSTM");
         fastrnn::cpu::Bf16SeqParams p{kind, T, N, H, reinterpret_cast<const void*>(xg), xg_bf16,
+                                      ptr<const uint16_t>(x), I, ptr<const uint16_t>(w_ih), ptr<const float>(bias),
                                       ptr<const float>(h0), ptr<const float>(c0), ptr<const uint16_t>(w_hh),
                                       ptr<const float>(b_hh), ptr<const float>(w_ch), ptr<const int64_t>(lengths),
                                       reverse, ptr<uint16_t>(y), ptr<float>(hn), ptr<float>(cn), num_threads,
@@ -219,7 +228,8 @@ PYBIND11_MODULE(_C, m) {
       "inference of one layer-direction in bfloat16 (csrc/cpu/bf16.h)", py::arg("kind"), py::arg("T"),
       py::arg("N"), py::arg("H"), py::arg("xg"), py::arg("xg_bf16"), py::arg("h0"), py::arg("c0"), py::arg("w_hh"),
       py::arg("b_hh"), py::arg("w_ch"), py::arg("lengths"), py::arg("reverse"), py::arg("y"), py::arg("hn"),
-      py::arg("cn"), py::arg("num_threads"), py::arg("y32") = 0, py::arg("gates") = 0, py::arg("cs") = 0);
+      py::arg("cn"), py::arg("num_threads"), py::arg("y32") = 0, py::arg("gates") = 0, py::arg("cs") = 0,
+      py::arg("x") = 0, py::arg("I") = 0, py::arg("w_ih") = 0, py::arg("bias") = 0);
   m.def("team_flush_denormals", &fastrnn::cpu::team_flush_denormals, py::arg("threads"),
         py::arg("on"), "denormals flushed (on) or the saved mode restored (off) in every "
         "thread of the caller's OpenMP team (torch's intra-op threads and BLAS)");

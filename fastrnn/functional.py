@@ -241,20 +241,27 @@ def _bf16_direction(mode, x, h0, c0, w, lengths, reverse):
     w_ih, w_hh, b_ih, b_hh, _, w_ch = w
     T, N, I = x.shape
     if mode == "GRU":
-        bias = b_ih
+        bias = None if b_ih is None else b_ih.to(torch.float32)
         b_rec = w_hh.new_zeros(w_hh.shape[0]) if b_hh is None else b_hh
         b_rec = b_rec.to(torch.float32)
     else:
         bias = None if b_ih is None else b_ih.to(torch.float32) + b_hh.to(torch.float32)
         b_rec = None
-    x2 = x.reshape(T * N, I)
-    xg = (torch.mm(x2, w_ih.t()) if bias is None
-          else torch.addmm(bias.to(torch.bfloat16), x2, w_ih.t()))
-    y, _, cn = cpu.bf16_seq_forward(
-        mode, xg.view(T, N, -1), h0.to(torch.float32),
-        None if c0 is None else c0.to(torch.float32), w_hh, b_rec,
-        None if w_ch is None else w_ch.to(torch.float32), lengths, reverse)
+    common = (h0.to(torch.float32), None if c0 is None else c0.to(torch.float32), w_hh, b_rec,
+              None if w_ch is None else w_ch.to(torch.float32), lengths, reverse)
+    # the projection fused into each step's GEMM (the GRU's n gate needs its x and h parts
+    # apart: r multiplies only the latter, so the GRU projects first)
+    if _BF16_FUSED_PROJECTION and mode != "GRU":
+        y, _, cn = cpu.bf16_seq_forward(mode, None, *common, x=x, w_ih=w_ih, bias=bias)
+    else:
+        x2 = x.reshape(T * N, I)
+        xg = (torch.mm(x2, w_ih.t()) if bias is None
+              else torch.addmm(bias.to(torch.bfloat16), x2, w_ih.t()))
+        y, _, cn = cpu.bf16_seq_forward(mode, xg.view(T, N, -1), *common)
     return y, y[0 if reverse else T - 1], cn
+
+
+_BF16_FUSED_PROJECTION = True
 
 
 def _layer_direction(mode, x, h0, c0, w, lengths, reverse, backend):

@@ -51,6 +51,18 @@ FASTRNN_INLINE V load_xg(const void* xg, bool bf16, int64_t off, int cnt) {
               : vload_n(static_cast<const float*>(xg) + off, cnt);
 }
 
+// The projection's term of gate g at units [u, u+cnt) of row n, step t: read from xg, or,
+// when the projection is fused into the step's GEMM (already in the accumulator), the bias.
+struct XTerm {
+  const Bf16SeqParams& a;
+  int64_t GH;
+  inline __attribute__((always_inline)) V operator()(int64_t t, int64_t n, int g, int64_t H, int64_t u,
+                                                     int cnt) const {
+    if (a.x) return a.bias ? vload_n(a.bias + g * H + u, cnt) : vzero<float>();
+    return load_xg(a.xg, a.xg_bf16, (t * a.N + n) * GH + g * H + u, cnt);
+  }
+};
+
 inline uint16_t to_bf16(float f) {  // scalar round to nearest even, NaN -> quiet NaN
   uint32_t u;
   std::memcpy(&u, &f, 4);
@@ -98,13 +110,13 @@ std::shared_ptr<const uint16_t> pack_pairs_cached(const uint16_t* w, int G, int6
   return packed;
 }
 
-// acc[MR][G] = A[MR rows, 2*Kp] @ Bp (bf16 pairs, fp32 accumulation).
-template <int MR, int G>
+// acc[MR][G] = A[MR rows, 2*Kp] @ Bp (bf16 pairs, fp32 accumulation); Accumulate: acc +=.
+template <int MR, int G, bool Accumulate>
 FASTRNN_INLINE void tile(const uint16_t* __restrict A, int64_t lda, int64_t Kp, const uint16_t* __restrict Bp,
                          V* __restrict out) {
   __m512 acc[MR][G];
   for (int r = 0; r < MR; ++r)
-    for (int g = 0; g < G; ++g) acc[r][g] = _mm512_setzero_ps();
+    for (int g = 0; g < G; ++g) acc[r][g] = Accumulate ? (__m512)out[r * G + g] : _mm512_setzero_ps();
   for (int64_t k = 0; k < Kp; ++k) {
     const uint16_t* bk = Bp + k * G * 2 * W;
     __m512i bv[G];
@@ -120,25 +132,38 @@ FASTRNN_INLINE void tile(const uint16_t* __restrict A, int64_t lda, int64_t Kp, 
     for (int g = 0; g < G; ++g) out[r * G + g] = (V)acc[r][g];
 }
 
-template <int G, int M = rows_per_tile<G>()>
+template <int G, bool Accumulate, int M = rows_per_tile<G>()>
 FASTRNN_INLINE void tile_rows(int mr, const uint16_t* A, int64_t lda, int64_t Kp, const uint16_t* Bp, V* acc) {
   if constexpr (M >= 1) {
-    if (mr == M) return tile<M, G>(A, lda, Kp, Bp, acc);
-    tile_rows<G, M - 1>(mr, A, lda, Kp, Bp, acc);
+    if (mr == M) return tile<M, G, Accumulate>(A, lda, Kp, Bp, acc);
+    tile_rows<G, Accumulate, M - 1>(mr, A, lda, Kp, Bp, acc);
   }
 }
 
-// This thread's items of one step's GEMM, epi(panel, row, acc[G]) on each row of each tile.
+// One operand of a step's GEMM: rows of A (bf16, lda apart) times packed panels of Kp pairs.
+struct Operand {
+  const uint16_t* A;
+  int64_t lda, Kp;
+  const uint16_t* packed;
+};
+
+// This thread's items of one step's GEMM (the sum over the operands given: h's, and x's when
+// the projection is fused in), epi(panel, row, acc[G]) on each row of each tile.
 template <int G, class Epi>
-FASTRNN_INLINE void fused_gemm_bf16(const WorkSplit& ws, const uint16_t* A, int64_t lda, int64_t Kp,
-                                    const uint16_t* packed, Epi&& epi) {
+FASTRNN_INLINE void fused_gemm_bf16(const WorkSplit& ws, const Operand& h, const Operand* x, Epi&& epi) {
   constexpr int MR = rows_per_tile<G>();
   alignas(64) V acc[MR * G];
   for (int64_t p = ws.p_begin; p < ws.p_end; ++p) {
-    const uint16_t* Bp = packed + p * Kp * G * 2 * W;
+    const uint16_t* Bh = h.packed + p * h.Kp * G * 2 * W;
+    const uint16_t* Bx = x ? x->packed + p * x->Kp * G * 2 * W : nullptr;
     for (int64_t n = ws.r_begin; n < ws.r_end; n += MR) {
       const int mr = static_cast<int>(std::min<int64_t>(MR, ws.r_end - n));
-      tile_rows<G>(mr, A + n * lda, lda, Kp, Bp, acc);
+      if (x) {
+        tile_rows<G, false>(mr, x->A + n * x->lda, x->lda, x->Kp, Bx, acc);
+        tile_rows<G, true>(mr, h.A + n * h.lda, h.lda, h.Kp, Bh, acc);
+      } else {
+        tile_rows<G, false>(mr, h.A + n * h.lda, h.lda, h.Kp, Bh, acc);
+      }
       for (int r = 0; r < mr; ++r) epi(p, n + r, acc + r * G);
     }
   }
@@ -150,6 +175,10 @@ void seq_forward(const Bf16SeqParams& a) {
   const int64_t Kp = (H + 1) / 2, lda = 2 * Kp;  // the operand rows, padded to whole pairs
   int64_t P = 0;
   std::shared_ptr<const uint16_t> packed = pack_pairs_cached(a.w_hh, G, H, H, &P);
+  const bool fused = a.x != nullptr;  // the projection in each step's GEMM
+  int64_t Px = 0;
+  std::shared_ptr<const uint16_t> packed_x;
+  if (fused) packed_x = pack_pairs_cached(a.w_ih, G, H, a.I, &Px);
   Buffer<uint16_t> hb = make_buffer<uint16_t>(2 * N * lda);  // ping-pong bf16 operand, pads 0
   Buffer<float> hf = make_buffer<float>(N * H);               // h in fp32
   Buffer<float> c;
@@ -160,7 +189,7 @@ void seq_forward(const Bf16SeqParams& a) {
     c = make_buffer<float>(N * H);
     std::copy(a.c0, a.c0 + N * H, c.get());
   }
-  const bool xb = a.xg_bf16;
+  const XTerm xt{a, GH};
   run_team(a.num_threads, [&](int tid, int nthr, TeamBarrier* bar) {
     const WorkSplit ws(P, N, tid, nthr, rows_per_tile<G>(), bar);
     for_each_step(ws, T, a.reverse, /*backward=*/false, [&](int64_t s, int64_t t) {
@@ -170,7 +199,9 @@ void seq_forward(const Bf16SeqParams& a) {
       float* y32t = a.y32 ? a.y32 + t * N * H : nullptr;
       float* gt = a.gates && G > 1 ? a.gates + t * N * 4 * H : nullptr;
       float* ct = a.cs ? a.cs + t * N * H : nullptr;
-      fused_gemm_bf16<G>(ws, A, lda, Kp, packed.get(), [&](int64_t p, int64_t n, const V* acc) {
+      const Operand oh{A, lda, Kp, packed.get()};
+      const Operand ox{fused ? a.x + t * N * a.I : nullptr, a.I, a.I / 2, packed_x.get()};
+      fused_gemm_bf16<G>(ws, oh, fused ? &ox : nullptr, [&](int64_t p, int64_t n, const V* acc) {
         const int64_t u = p * W;
         const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
         float* hrow = hf.get() + n * H + u;
@@ -181,18 +212,17 @@ void seq_forward(const Bf16SeqParams& a) {
             for (int g = 0; g < 4; ++g) vstore_n(gr + g * H, vzero<float>(), cnt);
           if (G == 4 && ct) vstore_n(ct + n * H + u, vload_n(c.get() + n * H + u, cnt), cnt);
         } else {
-          const int64_t x = (t * N + n) * GH + u;
           if constexpr (G == 4) {
             float* crow = c.get() + n * H + u;
             const V cp = vload_n(crow, cnt);
-            V pre_i = acc[0] + load_xg(a.xg, xb, x, cnt), pre_f = acc[1] + load_xg(a.xg, xb, x + H, cnt);
-            V pre_o = acc[3] + load_xg(a.xg, xb, x + 3 * H, cnt);
+            V pre_i = acc[0] + xt(t, n, 0, H, u, cnt), pre_f = acc[1] + xt(t, n, 1, H, u, cnt);
+            V pre_o = acc[3] + xt(t, n, 3, H, u, cnt);
             if (a.w_ch) {  // peepholes: i and f see c_{t-1}, o sees c_t
               pre_i = pre_i + vload_n(a.w_ch + u, cnt) * cp;
               pre_f = pre_f + vload_n(a.w_ch + H + u, cnt) * cp;
             }
             const V i = vsigmoid<float>(pre_i), f = vsigmoid<float>(pre_f);
-            const V g = vtanh<float>(acc[2] + load_xg(a.xg, xb, x + 2 * H, cnt));
+            const V g = vtanh<float>(acc[2] + xt(t, n, 2, H, u, cnt));
             const V cnew = f * cp + i * g;
             if (a.w_ch) pre_o = pre_o + vload_n(a.w_ch + 2 * H + u, cnt) * cnew;
             const V o = vsigmoid<float>(pre_o);
@@ -207,10 +237,10 @@ void seq_forward(const Bf16SeqParams& a) {
             }
           } else if constexpr (G == 3) {
             const float* b = a.b_hh + u;
-            const V r = vsigmoid<float>(load_xg(a.xg, xb, x, cnt) + acc[0] + vload_n(b, cnt));
-            const V z = vsigmoid<float>(load_xg(a.xg, xb, x + H, cnt) + acc[1] + vload_n(b + H, cnt));
+            const V r = vsigmoid<float>(xt(t, n, 0, H, u, cnt) + acc[0] + vload_n(b, cnt));
+            const V z = vsigmoid<float>(xt(t, n, 1, H, u, cnt) + acc[1] + vload_n(b + H, cnt));
             const V hn = acc[2] + vload_n(b + 2 * H, cnt);
-            const V nn = vtanh<float>(load_xg(a.xg, xb, x + 2 * H, cnt) + r * hn);
+            const V nn = vtanh<float>(xt(t, n, 2, H, u, cnt) + r * hn);
             h = (1.0f - z) * nn + z * h;
             if (gr) {
               vstore_n(gr, r, cnt);
@@ -219,7 +249,7 @@ void seq_forward(const Bf16SeqParams& a) {
               vstore_n(gr + 3 * H, hn, cnt);
             }
           } else {
-            const V pre = acc[0] + load_xg(a.xg, xb, x, cnt);
+            const V pre = acc[0] + xt(t, n, 0, H, u, cnt);
             h = a.kind == kBf16RnnRelu ? vrelu<float>(pre) : vtanh<float>(pre);
           }
           vstore_n(hrow, h, cnt);

@@ -27,6 +27,12 @@ struct Bf16SeqParams {
   int64_t T, N, H;
   const void* xg;           // [T, N, G*H] (LSTM, RNN: x W_ih^T + b_ih + b_hh; GRU: + b_ih)
   bool xg_bf16;             // xg's dtype: bfloat16 (true) or float32
+  // Or (LSTM, RNN), with x given (xg unused), the input projection fused into each step's GEMM:
+  // [x_t, h_{t-1}] @ [W_ih; W_hh]^T, one accumulation, the bias added in fp32.
+  const uint16_t* x;        // [T, N, I] bf16, I even (pad a zero column otherwise), or nullptr
+  int64_t I;
+  const uint16_t* w_ih;     // [G*H, I] bf16
+  const float* bias;        // [G*H] (LSTM, RNN: b_ih + b_hh; GRU: b_ih) or nullptr
   const float* h0;          // [N, H]
   const float* c0;          // [N, H] (LSTM)
   const uint16_t* w_hh;     // [G*H, H] bf16

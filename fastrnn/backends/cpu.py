@@ -405,30 +405,45 @@ def bf16_available():
 _BF16_KINDS = {"LSTM": 0, "PEEPHOLE": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
 
 
-def bf16_seq_forward(mode, xg, h0, c0, w_hh, b_hh, w_ch, lengths, reverse):
+def bf16_seq_forward(mode, xg, h0, c0, w_hh, b_hh, w_ch, lengths, reverse, x=None, w_ih=None,
+                     bias=None):
     """Inference of one layer-direction on the bfloat16 kernels (csrc/cpu/bf16.h): xg
-    [T, N, G*H] bfloat16 (the input projection with its biases; GRU's b_hh apart), h0/c0
-    [N, H] float32, w_hh [G*H, H] bfloat16, b_hh [3H] (GRU) and w_ch [3H] (peepholes)
-    float32 -> (y [T, N, H] bfloat16, h_n [N, H] float32, c_n [N, H] float32 or None)."""
-    T, N, _ = xg.shape
+    [T, N, G*H] bfloat16 (the input projection with its biases; GRU's b_hh apart), or
+    instead x [T, N, I] and w_ih [G*H, I] bfloat16 with bias [G*H] float32 (LSTM, RNN:
+    b_ih + b_hh; GRU: b_ih) for the projection fused into each step's GEMM; h0/c0 [N, H]
+    float32, w_hh [G*H, H] bfloat16, b_hh [3H] (GRU) and w_ch [3H] (peepholes) float32 ->
+    (y [T, N, H] bfloat16, h_n [N, H] float32, c_n [N, H] float32 or None)."""
     H = w_hh.shape[1]
     kind = _BF16_KINDS[mode]
     lstm = kind == 0
-    for name, t, dtype in (("xg", xg, torch.bfloat16), ("w_hh", w_hh, torch.bfloat16),
+    for name, t, dtype in (("xg", xg, torch.bfloat16), ("x", x, torch.bfloat16),
+                           ("w_ih", w_ih, torch.bfloat16), ("w_hh", w_hh, torch.bfloat16),
                            ("h0", h0, torch.float32), ("c0", c0, torch.float32),
-                           ("b_hh", b_hh, torch.float32), ("w_ch", w_ch, torch.float32)):
+                           ("b_hh", b_hh, torch.float32), ("w_ch", w_ch, torch.float32),
+                           ("bias", bias, torch.float32)):
         if t is not None and (t.dtype != dtype or t.device.type != "cpu"):
             raise TypeError(f"bf16_seq_forward: {name} must be a {dtype} CPU tensor, got "
                             f"{t.dtype} on {t.device}")
-    xg, h0, c0, w_hh, b_hh, w_ch = (None if t is None else t.contiguous()
-                                    for t in (xg, h0, c0, w_hh, b_hh, w_ch))
+    if (xg is None) == (x is None) or (x is None) != (w_ih is None):
+        raise ValueError("bf16_seq_forward: give xg, or x with w_ih")
+    I = 0
+    if x is not None and x.shape[-1] % 2:  # whole bf16 pairs: a zero column on both
+        x = torch.nn.functional.pad(x, (0, 1))
+        w_ih = torch.nn.functional.pad(w_ih, (0, 1))
+    xg, x, w_ih, bias, h0, c0, w_hh, b_hh, w_ch = (
+        None if t is None else t.contiguous()
+        for t in (xg, x, w_ih, bias, h0, c0, w_hh, b_hh, w_ch))
+    T, N = (xg if x is None else x).shape[:2]
+    if x is not None:
+        I = x.shape[-1]
     lengths = _lengths(lengths, T, N)
     y = torch.empty((T, N, H), dtype=torch.bfloat16)
     hn = torch.empty((N, H), dtype=torch.float32)
     cn = torch.empty((N, H), dtype=torch.float32) if lstm else None
-    _C.bf16_seq_forward(kind, T, N, H, xg.data_ptr(), True, h0.data_ptr(), _opt_ptr(c0),
+    _C.bf16_seq_forward(kind, T, N, H, _opt_ptr(xg), True, h0.data_ptr(), _opt_ptr(c0),
                         w_hh.data_ptr(), _opt_ptr(b_hh), _opt_ptr(w_ch), _opt_ptr(lengths),
-                        bool(reverse), y.data_ptr(), hn.data_ptr(), _opt_ptr(cn), _threads())
+                        bool(reverse), y.data_ptr(), hn.data_ptr(), _opt_ptr(cn), _threads(),
+                        0, 0, 0, _opt_ptr(x), I, _opt_ptr(w_ih), _opt_ptr(bias))
     return y, hn, cn
 
 
