@@ -18,7 +18,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastrnn
 from fastrnn import backends
-from rnn_cases import CPU_BACKENDS
+from rnn_cases import CPU_BACKENDS, flat as _flat
 
 U = 2.0 ** -8
 TOL_U = 8
@@ -49,21 +49,6 @@ def spy(monkeypatch):
         return real(*args, **kw)
     monkeypatch.setattr(_cpu, "bf16_seq_forward", counted)
     return calls
-
-
-def _flat(out):
-    res = []
-
-    def rec(t):
-        if isinstance(t, nn.utils.rnn.PackedSequence):
-            res.append(t.data)
-        elif isinstance(t, torch.Tensor):
-            res.append(t)
-        else:
-            for u in t:
-                rec(u)
-    rec(out)
-    return res
 
 
 def _modules(name, I, H, **kw):
