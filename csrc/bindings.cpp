@@ -184,6 +184,17 @@ PYBIND11_MODULE(_C, m) {
   m.def("isa", &fastrnn::cpu::isa, "the instruction set build in use");
   m.def("set_isa", &fastrnn::cpu::set_isa, py::arg("name"));
   m.def("supported_isas", &fastrnn::cpu::supported_isas);
+  m.def(
+      "same_bytes",
+      [](std::uintptr_t a, std::uintptr_t b, int64_t nbytes) {
+        // whether two buffers hold the same bytes (a converted-weight cache's hit check)
+        if (nbytes < 0) throw std::invalid_argument("same_bytes: nbytes must be >= 0");
+        if (nbytes == 0) return true;
+        require(a, "a");
+        require(b, "b");
+        return std::memcmp(ptr<const void>(a), ptr<const void>(b), static_cast<size_t>(nbytes)) == 0;
+      },
+      "memcmp(a, b, nbytes) == 0", py::arg("a"), py::arg("b"), py::arg("nbytes"));
   m.def("bf16_available", &fastrnn::cpu::bf16_kernels_available,
         "whether the bfloat16 sequence kernels run (the 'avx512bf16' build is in use)");
   m.def(

@@ -45,13 +45,42 @@ from torch.nn.utils.rnn import PackedSequence
 from . import backends
 
 # Converted weights for calls that need no gradient through them: id(weight) -> (a weak
-# reference to it, its version counter, dtypes, the converted tensor). A step-by-step loop
-# then converts each weight once and hands the kernels the same tensor every step (whose
-# packed panels the pack cache keeps); an in-place update (optimizer step, load_state_dict)
-# bumps the version. Keyed by id with the reference's callback removing the entry when the
-# weight is freed (what WeakIdKeyDictionary does, without building a reference per lookup:
-# a bfloat16 cell call looks up four weights per step).
+# reference to it, its version counter, dtypes, a copy of its values, the converted tensor).
+# A step-by-step loop then converts each weight once and hands the kernels the same tensor
+# every step (whose packed panels the pack cache keeps). A hit needs the same version AND
+# the same bytes as the saved copy: version counters miss some writes (torch's fused
+# optimizers, e.g. Adam(fused=True), and writes through ``.data`` leave them unchanged), so
+# they only tell a change early, never vouch for none. Keyed by id with the reference's
+# callback removing the entry when the weight is freed (what WeakIdKeyDictionary does,
+# without building a reference per lookup: a bfloat16 cell call looks up four weights per
+# step).
 _converted = {}
+_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _memcmp():
+    try:
+        from .backends import cpu
+        return None if cpu._C is None else cpu._C.same_bytes
+    except Exception:
+        return None
+
+
+_MEMCMP = []
+
+
+def _same_bytes(a, b):
+    """Bitwise equality of two contiguous CPU tensors of one dtype and shape (NaNs
+    included): a memcmp in the compiled extension (a few microseconds for a cell's weights),
+    else torch.equal on their bits."""
+    if not _MEMCMP:
+        _MEMCMP.append(_memcmp())
+    if _MEMCMP[0] is not None and a.device.type == "cpu":
+        return _MEMCMP[0](a.data_ptr(), b.data_ptr(), a.numel() * a.element_size())
+    bits = _BITS.get(a.element_size())
+    if bits is None:
+        return torch.equal(a, b)
+    return torch.equal(a.view(bits), b.view(bits))
 
 
 def _forget(key):
@@ -97,19 +126,20 @@ class Plan:
         """A weight as the computation takes it: converted once while it is unchanged, when
         no gradient flows through the conversion."""
         if t is None or (t.requires_grad and torch.is_grad_enabled()) or \
-                torch.compiler.is_compiling() or t.is_inference():
+                torch.compiler.is_compiling() or t.is_inference() or not t.is_contiguous():
             return self.tensor(t)
         key = (self.round_to, self.compute)
         hit = _converted.get(id(t))
         if hit is not None and hit[0]() is t:
-            if hit[1] == t._version and hit[2] == key:
-                return hit[3]
+            if hit[1] == t._version and hit[2] == key and _same_bytes(t.detach(), hit[3]):
+                return hit[4]
             ref = hit[0]
         else:
             ref = weakref.ref(t, _forget(id(t)))
         out = self.tensor(t)
         if out is not t:  # (a value holding its own key would never be freed)
-            _converted[id(t)] = (ref, t._version, key, out)
+            with torch.no_grad():
+                _converted[id(t)] = (ref, t._version, key, t.detach().clone(), out)
         return out
 
     def state(self, t):

@@ -9,6 +9,8 @@ default init), so the error is a few u at any length. ``TOL_U`` u is asserted; t
 errors measured against float32 were 1.4 u over 6 steps (RNN) and, over 500 steps, 0.8 u
 (LSTM, GRU) and 1.5 u (RNN), the same in the first and the last 100 steps.
 """
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -353,6 +355,46 @@ def test_converted_weights_follow_in_place_updates():
     assert torch.equal(zero, torch.zeros_like(zero))  # all-zero weights: h = 0.5 * tanh(0)
     with torch.no_grad():
         assert torch.equal(fresh(x)[0], zero)
+
+
+@pytest.mark.parametrize("how", ["fused_adam", "data", "adam"])
+@pytest.mark.parametrize("name,mode", [("LSTM", "autocast"), ("GRU", "autocast"),
+                                       ("LSTMCell", "bf16"), ("LSTM", "bf16")])
+def test_converted_weights_follow_writes_that_keep_the_version(name, mode, how):
+    """Inference in low precision after training steps: the weights' converted copies follow
+    every write, including those that leave the version counter alone (torch's fused Adam,
+    writes through ``.data``), as a fresh module with the same state_dict computes."""
+    torch.manual_seed(0)
+    fast = getattr(fastrnn, name)(4, 5)
+    if mode == "bf16":
+        fast.to(torch.bfloat16)
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float32
+    x = torch.randn(6, 3, 4, dtype=dtype) if "Cell" not in name else torch.randn(3, 4, dtype=dtype)
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if mode == "autocast" else \
+        contextlib.nullcontext
+
+    def infer(m):
+        with torch.no_grad(), ctx():
+            return _flat(m(x))
+
+    infer(fast)  # converts and caches the initial weights
+    if how == "data":
+        for p in fast.parameters():
+            p.data.mul_(-1.5)
+    else:
+        opt = torch.optim.Adam(fast.parameters(), lr=0.5, **({"fused": True} if how == "fused_adam" else {}))
+        for _ in range(2):
+            opt.zero_grad()
+            with ctx():
+                loss = sum(t.float().sum() for t in _flat(fast(x)))
+            loss.backward()
+            opt.step()
+    got = infer(fast)
+    fresh = getattr(fastrnn, name)(4, 5, dtype=fast.weight_hh_l0.dtype if hasattr(fast, "weight_hh_l0")
+                                   else fast.weight_hh.dtype)
+    fresh.load_state_dict(fast.state_dict())
+    for g, w in zip(got, infer(fresh)):
+        assert torch.equal(g, w)
 
 
 CUDA_CASES = [("RNN", {}), ("GRU", {}), ("LSTM", {}), ("LSTM", dict(bidirectional=True)),
