@@ -151,20 +151,9 @@ py::object pooled_empty(const std::vector<int64_t>& shape, int itemsize) {
 }
 
 
-// bfloat16 <-> float32 for the bfloat16 step path (cell_forward_bf16). Rounding to nearest
-// even, NaN to the quiet NaN 0x7FC0: the same bits as torch's Tensor.to(torch.bfloat16).
-inline float bf16_to_f32(uint16_t b) {
-  const uint32_t u = uint32_t(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-inline uint16_t f32_to_bf16(float f) {
-  if (std::isnan(f)) return 0x7FC0;
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
+// bfloat16 <-> float32 for the bfloat16 step path (cell_forward_bf16): torch's bits (bf16.h).
+using fastrnn::cpu::bf16_round;
+using fastrnn::cpu::bf16_widen;
 
 void check_cell(int cell) {
   if (cell < fastrnn::kCellLstm || cell > fastrnn::kCellRnnRelu)
@@ -241,6 +230,41 @@ PYBIND11_MODULE(_C, m) {
       py::arg("b_hh"), py::arg("w_ch"), py::arg("lengths"), py::arg("reverse"), py::arg("y"), py::arg("hn"),
       py::arg("cn"), py::arg("num_threads"), py::arg("y32") = 0, py::arg("gates") = 0, py::arg("cs") = 0,
       py::arg("x") = 0, py::arg("I") = 0, py::arg("w_ih") = 0, py::arg("bias") = 0);
+  m.def(
+      "bf16_seq_backward",
+      [](int kind, int64_t T, int64_t N, int64_t H, std::uintptr_t dy, std::uintptr_t dcn, std::uintptr_t h0,
+         std::uintptr_t c0, std::uintptr_t w_hh, std::uintptr_t w_ch, std::uintptr_t lengths, bool reverse,
+         std::uintptr_t y, std::uintptr_t gates, std::uintptr_t cs, std::uintptr_t dxg, std::uintptr_t dxg16,
+         std::uintptr_t dh0, std::uintptr_t dc0, int num_threads) {
+        if (kind < fastrnn::cpu::kBf16Lstm || kind > fastrnn::cpu::kBf16RnnRelu)
+          throw std::invalid_argument("bf16_seq_backward: kind must be 0 (LSTM), 1 (GRU), 2 (RNN tanh) or 3 (RNN relu)");
+        check_sizes(T, N, H, H, num_threads);
+        check_lengths(lengths, T, N);
+        const bool lstm = kind == fastrnn::cpu::kBf16Lstm, gru = kind == fastrnn::cpu::kBf16Gru;
+        for (auto [p, what] : {std::pair{dy, "dy"}, {w_hh, "w_hh"}, {dxg, "dxg"}, {dh0, "dh0"}}) require(p, what);
+        if (!lstm) require(y, "y (GRU, RNN)");
+        if (lstm)
+          for (auto [p, what] : {std::pair{dcn, "dcn (LSTM)"}, {c0, "c0 (LSTM)"}, {gates, "gates (LSTM)"},
+                                 {cs, "cs (LSTM)"}, {dc0, "dc0 (LSTM)"}})
+            require(p, what);
+        if (gru) {
+          require(h0, "h0 (GRU)");
+          require(gates, "gates (GRU)");
+        }
+        if (w_ch && !lstm) throw std::invalid_argument("bf16_seq_backward: peepholes (w_ch) are for the LSTM");
+        fastrnn::cpu::Bf16BackParams p{kind, T, N, H, ptr<const float>(dy), ptr<const float>(dcn),
+                                       ptr<const float>(h0), ptr<const float>(c0), ptr<const uint16_t>(w_hh),
+                                       ptr<const float>(w_ch), ptr<const int64_t>(lengths), reverse,
+                                       ptr<const float>(y), ptr<const float>(gates), ptr<const float>(cs),
+                                       ptr<float>(dxg), ptr<uint16_t>(dxg16), ptr<float>(dh0), ptr<float>(dc0),
+                                       num_threads};
+        py::gil_scoped_release release;
+        fastrnn::cpu::bf16_seq_backward(p);
+      },
+      "the backward of one layer-direction with bfloat16 recurrent GEMMs (csrc/cpu/bf16.h)", py::arg("kind"),
+      py::arg("T"), py::arg("N"), py::arg("H"), py::arg("dy"), py::arg("dcn"), py::arg("h0"), py::arg("c0"),
+      py::arg("w_hh"), py::arg("w_ch"), py::arg("lengths"), py::arg("reverse"), py::arg("y"), py::arg("gates"),
+      py::arg("cs"), py::arg("dxg"), py::arg("dxg16"), py::arg("dh0"), py::arg("dc0"), py::arg("num_threads"));
   m.def("team_flush_denormals", &fastrnn::cpu::team_flush_denormals, py::arg("threads"),
         py::arg("on"), "denormals flushed (on) or the saved mode restored (off) in every "
         "thread of the caller's OpenMP team (torch's intra-op threads and BLAS)");
@@ -445,15 +469,15 @@ PYBIND11_MODULE(_C, m) {
           for (int64_t n = 0; n < N; ++n) {
             const uint16_t* src = xb + t * step + n * row;
             float* dst = xf.data() + (t * N + n) * I;
-            for (int64_t i = 0; i < I; ++i) dst[i] = bf16_to_f32(src[i]);
+            for (int64_t i = 0; i < I; ++i) dst[i] = bf16_widen(src[i]);
           }
         const uint16_t* hb = ptr<const uint16_t>(h);
-        for (int64_t k = 0; k < N * H; ++k) hf[k] = bf16_to_f32(hb[k]);
+        for (int64_t k = 0; k < N * H; ++k) hf[k] = bf16_widen(hb[k]);
         if (lstm) {
           cf.resize(size_t(N * H));
           cof.resize(size_t(N * H));
           const uint16_t* cb = ptr<const uint16_t>(c);
-          for (int64_t k = 0; k < N * H; ++k) cf[k] = bf16_to_f32(cb[k]);
+          for (int64_t k = 0; k < N * H; ++k) cf[k] = bf16_widen(cb[k]);
         }
         CellForwardParams<float> p{N, I, H, cell, xf.data(), hf.data(), lstm ? cf.data() : nullptr,
                                    ptr<const float>(w_ih), ptr<const float>(w_hh), ptr<const float>(b_ih),
@@ -462,10 +486,10 @@ PYBIND11_MODULE(_C, m) {
                                    ptr<const int64_t>(lengths)};
         fastrnn::cpu::cell_forward<float>(p);
         uint16_t* yb = ptr<uint16_t>(h_out);
-        for (int64_t k = 0; k < T * N * H; ++k) yb[k] = f32_to_bf16(yf[k]);
+        for (int64_t k = 0; k < T * N * H; ++k) yb[k] = bf16_round(yf[k]);
         if (lstm) {
           uint16_t* cob = ptr<uint16_t>(c_out);
-          for (int64_t k = 0; k < N * H; ++k) cob[k] = f32_to_bf16(cof[k]);
+          for (int64_t k = 0; k < N * H; ++k) cob[k] = bf16_round(cof[k]);
         }
       },
       "cell_forward for inference on bfloat16 x, h, c and outputs with float32 weights",

@@ -11,6 +11,7 @@ Below the op layer: ``fastrnn.ops`` and ``fastrnn.functional`` both use it.
 """
 import contextlib
 import threading
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from .backends._common import transformed
 
 __all__ = ["needs_grad", "linear", "projection_buffer", "pooled_empty", "use_pool", "PooledLinear", "linear_into",
            "FinalState", "POOLED_BACKENDS", "Bf16Linear", "bf16_projections",
-           "bf16_projections_on"]
+           "bf16_projections_on", "remember_bf16", "as_bf16"]
 
 def needs_grad(*ts):
     """Whether autograd will want a gradient through any of ``ts`` (None entries allowed)."""
@@ -138,7 +139,7 @@ class Bf16Linear(torch.autograd.Function):
             x16, w16 = ctx.saved_tensors
             T, N, I = ctx.shape
             g2 = g.reshape(T * N, g.shape[-1])
-            g16 = g2.to(torch.bfloat16)
+            g16 = as_bf16(g).reshape(T * N, g.shape[-1])
             dx = dw = db = None
             if ctx.needs_input_grad[0]:
                 dx = g16.mm(w16).to(torch.float32).view(T, N, I)
@@ -167,6 +168,25 @@ def bf16_projections_on():
     """Whether ``bf16_projections`` is on (the ops' autograd setup records it for their
     backward's weight-gradient GEMM)."""
     return getattr(_bf16_gemms, "on", False)
+
+
+_bf16_twins = {}  # id(float32 tensor) -> (weakref to it, its version, its bf16 rounding)
+
+
+def remember_bf16(t, t16):
+    """Records that ``t16`` is ``t`` rounded to bfloat16 (a kernel wrote both), for
+    ``as_bf16`` while ``t`` lives and is not modified."""
+    key = id(t)
+    _bf16_twins[key] = (weakref.ref(t, lambda _r: _bf16_twins.pop(key, None)), t._version, t16)
+
+
+def as_bf16(t):
+    """``t.to(torch.bfloat16)``: the recorded rounding when ``t`` is a tensor a kernel wrote
+    one for (the same object, unmodified since), else the conversion."""
+    e = _bf16_twins.get(id(t))
+    if e is not None and e[0]() is t and e[1] == t._version:
+        return e[2]
+    return t.to(torch.bfloat16)
 
 
 def linear_into(x, weight, bias, out):

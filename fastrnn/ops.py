@@ -97,7 +97,8 @@ def _grad_w_hh(dg: Tensor, y: Tensor, h0: Tensor, reverse: bool, bf16: bool = Fa
     if bf16 and dg.shape[0] > 1 and not transformed(dg):
         dg2 = dg.reshape(dg.shape[0], -1, dg.shape[-1])
         body, first, inner = (dg2[:-1], dg2[-1], y[1:]) if reverse else (dg2[1:], dg2[0], y[:-1])
-        a = body.reshape(-1, dg.shape[-1]).to(torch.bfloat16)
+        d16 = _memory.as_bf16(dg).reshape(dg2.shape)
+        a = (d16[:-1] if reverse else d16[1:]).reshape(-1, dg.shape[-1])
         b = inner.reshape(-1, y.shape[-1]).to(torch.bfloat16)
         return first.t().mm(h0).add_(a.t().mm(b))
     dg2 = dg.reshape(dg.shape[0], -1, dg.shape[-1])
@@ -390,9 +391,12 @@ def _lstm_backward_fn(ctx, dy, dcn, _dgates_unused, _dcs_unused):
 
 def _flushing(backward_fn):
     """``backward_fn`` run with denormals flushed in torch's threads (CPU kernels, eager):
-    its GEMMs consume the kernels' gate gradients (``_memory.denormals_flushed``)."""
+    its GEMMs consume the kernels' gate gradients (``_memory.denormals_flushed``); and in the
+    bf16 mode its forward ran in (``ctx.bf16``: the backend's bf16 backward kernels)."""
     def backward(ctx, *grads):
-        with _memory.denormals_flushed(ctx.backend, *grads):
+        # and with the forward's bf16 GEMM mode (the backend's backward follows its forward)
+        with _memory.denormals_flushed(ctx.backend, *grads), \
+                _memory.bf16_projections(getattr(ctx, "bf16", False)):
             return backward_fn(ctx, *grads)
     backward.__name__ = backward_fn.__name__
     backward.__doc__ = backward_fn.__doc__

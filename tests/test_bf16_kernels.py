@@ -229,9 +229,9 @@ def test_kernel_arguments_are_checked():
                          ids=str)
 def test_autocast_training_runs_its_gemms_in_bf16(name, kw, monkeypatch):
     """Under autocast to bf16, a training call's input projections (forward and both
-    backward products), its recurrence forward (the bf16 kernels, writing the float32
-    backward's inputs) and W_hh's gradient GEMM run in bfloat16 where the CPU has bf16
-    instructions; every gradient within the bf16 tolerance of the same call in float32
+    backward products), its recurrence forward (the bf16 kernels, writing the backward's
+    float32 records), its recurrence backward (bf16 GEMMs, fp32 gate gradients) and W_hh's
+    gradient GEMM run in bfloat16 where the CPU has bf16 instructions; every gradient within the bf16 tolerance of the same call in float32
     (the 'avx512' build), scaled by the gradient's size (a sum over T*N products)."""
     from fastrnn import _memory
     applied, recurrences = [], []
@@ -241,6 +241,17 @@ def test_autocast_training_runs_its_gemms_in_bf16(name, kw, monkeypatch):
     real_forward = _cpu._bf16_forward
     monkeypatch.setattr(_cpu, "_bf16_forward",
                         lambda *a: recurrences.append(a[0]) or real_forward(*a))
+    backwards, hits = [], []
+    real_backward = _cpu._bf16_backward
+    monkeypatch.setattr(_cpu, "_bf16_backward",
+                        lambda *a: backwards.append(a[0]) or real_backward(*a))
+    real_as_bf16 = _memory.as_bf16
+
+    def as_bf16(t):  # whether the kernel's bf16 rounding of the gate gradients is reused
+        e = _memory._bf16_twins.get(id(t))
+        hits.append(e is not None and e[0]() is t)
+        return real_as_bf16(t)
+    monkeypatch.setattr(_memory, "as_bf16", as_bf16)
     torch.manual_seed(0)
     m = getattr(fastrnn, name)(12, 24, **kw)
     x = torch.randn(30, 5, 12)
@@ -256,14 +267,53 @@ def test_autocast_training_runs_its_gemms_in_bf16(name, kw, monkeypatch):
 
     got = grads()
     layers_dirs = kw.get("num_layers", 1) * (2 if kw.get("bidirectional") else 1)
-    assert len(applied) == len(recurrences) == layers_dirs
+    assert len(applied) == len(recurrences) == len(backwards) == layers_dirs
+    # each input projection's backward (and the LSTM's and RNN's W_hh gradient) reads the
+    # backward kernel's bf16 gate gradients instead of converting them again
+    assert sum(hits) >= layers_dirs * (1 if name == "GRU" else 2)
     old = _cpu.isa()
     try:
         _cpu.set_isa("avx512")
         want = grads()
     finally:
         _cpu.set_isa(old)
-    assert len(applied) == len(recurrences) == layers_dirs  # not on the 'avx512' build
+    # not on the 'avx512' build
+    assert len(applied) == len(recurrences) == len(backwards) == layers_dirs
     for g, w in zip(got, want):
         assert g.dtype == torch.float32
         torch.testing.assert_close(g, w, rtol=0, atol=TOL_U * U * float(w.abs().max()))
+
+
+def test_remembered_bf16_rounding_is_used_only_while_valid():
+    """``_memory.as_bf16`` returns a kernel's recorded bf16 rounding of a tensor only for that
+    tensor object, unmodified; otherwise (and once it is gone) the conversion."""
+    from fastrnn import _memory
+    t = torch.randn(4, 6)
+    t16 = t.bfloat16()
+    _memory.remember_bf16(t, t16)
+    assert _memory.as_bf16(t) is t16
+    assert _memory.as_bf16(t.clone()) is not t16  # equal values, another tensor
+    t.add_(1.0)
+    got = _memory.as_bf16(t)
+    assert got is not t16 and torch.equal(got, t.bfloat16())
+    key = id(t)
+    del t
+    assert key not in _memory._bf16_twins
+
+
+def test_backward_kernel_arguments_are_checked():
+    C = _cpu._C
+    z = torch.zeros(8)
+    p = z.data_ptr()
+    args = dict(kind=0, T=2, N=1, H=2, dy=p, dcn=p, h0=p, c0=p, w_hh=p, w_ch=0, lengths=0,
+                reverse=False, y=p, gates=p, cs=p, dxg=p, dxg16=p, dh0=p, dc0=p, num_threads=1)
+    with pytest.raises(ValueError, match="kind must be"):
+        C.bf16_seq_backward(**{**args, "kind": 7})
+    with pytest.raises(ValueError, match="T, N, H and R must all be >= 1"):
+        C.bf16_seq_backward(**{**args, "T": 0})
+    with pytest.raises(ValueError, match="cs \\(LSTM\\) is required"):
+        C.bf16_seq_backward(**{**args, "cs": 0})
+    with pytest.raises(ValueError, match="y \\(GRU, RNN\\) is required"):
+        C.bf16_seq_backward(**{**args, "kind": 2, "y": 0})
+    with pytest.raises(ValueError, match="peepholes"):
+        C.bf16_seq_backward(**{**args, "kind": 1, "w_ch": p})

@@ -12,11 +12,13 @@
 // into the next step's operand buffer.
 #include "cpu/bf16.h"
 
+#include <array>
 #include <cstring>
 #include <typeinfo>
 #include <vector>
 
 #include "cpu/fused_gemm.h"
+#include "cpu/gate_grads.h"
 #include "cpu/pack_cache.h"
 
 namespace fastrnn {
@@ -63,14 +65,6 @@ struct XTerm {
   }
 };
 
-inline uint16_t to_bf16(float f) {  // scalar round to nearest even, NaN -> quiet NaN
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-
 // Gate-major bf16 panels of W [G*H, K] used as B = W^T: panel p holds units p*16 .. p*16+15,
 // laid out [Kp pairs][G][16 units][2], Kp = ceil(K/2); units >= H and k >= K are zero.
 Buffer<uint16_t> pack_pairs(const uint16_t* w, int G, int64_t H, int64_t K, int64_t* panels) {
@@ -90,24 +84,54 @@ Buffer<uint16_t> pack_pairs(const uint16_t* w, int G, int64_t H, int64_t K, int6
   return buf;
 }
 
-// Through the pack cache (pack_cache.h: a hit is checked against the source bytes).
-std::shared_ptr<const uint16_t> pack_pairs_cached(const uint16_t* w, int G, int64_t H, int64_t K,
-                                                  int64_t* panels) {
-  const size_t src_bytes = static_cast<size_t>(G * H * K) * sizeof(uint16_t);
+// Unit-block bf16 panels of W [K, C] (row-major) used as B = W itself: panel p holds columns
+// p*NB*16 .. +NB*16, laid out [Kp pairs][NB][16 columns][2], Kp = ceil(K/2); columns >= C and
+// k >= K are zero. The backward's dgates @ W_hh reads W_hh so (K = G*H, C = H).
+template <int NB>
+Buffer<uint16_t> pack_pairs_units(const uint16_t* w, int64_t K, int64_t C, int64_t* panels) {
+  const int64_t P = (C + NB * W - 1) / (NB * W), Kp = (K + 1) / 2;
+  Buffer<uint16_t> buf = make_buffer<uint16_t>(P * Kp * NB * 2 * W);
+  uint16_t* out = buf.get();
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t k = 0; k < K; ++k) {
+      uint16_t* dst = out + (p * Kp + k / 2) * NB * 2 * W + (k & 1);
+      for (int64_t j = 0; j < NB * W; ++j) {
+        const int64_t c = p * NB * W + j;
+        if (c >= C) break;
+        dst[2 * j] = w[k * C + c];
+      }
+    }
+  *panels = P;
+  return buf;
+}
+
+// A packing of a bf16 weight through the pack cache (pack_cache.h: a hit is checked against
+// the source bytes); `layout` tells packings of the same bytes apart.
+template <class Pack>
+std::shared_ptr<const uint16_t> pack_bf16_cached(const uint16_t* w, int64_t src_elems, std::array<int64_t, 4> layout,
+                                                 int64_t* panels, Pack&& pack) {
+  const size_t src_bytes = static_cast<size_t>(src_elems) * sizeof(uint16_t);
   auto own = [](Buffer<uint16_t> buf) {
     const size_t bytes = buf.get_deleter().capacity;
     return std::shared_ptr<const uint16_t>(buf.release(), PoolFree{bytes});
   };
-  if (!pack_cache_accepts(src_bytes)) return own(pack_pairs(w, G, H, K, panels));
-  const PackKey key{w, src_bytes, typeid(uint16_t).hash_code(), {3000 + G, H, K, 2 * W}};
+  if (!pack_cache_accepts(src_bytes)) return own(pack(w, panels));
+  const PackKey key{w, src_bytes, typeid(uint16_t).hash_code(), {layout[0], layout[1], layout[2], layout[3]}};
   if (auto hit = pack_cache_find(key, panels)) return std::static_pointer_cast<const uint16_t>(hit);
   std::vector<unsigned char> source(reinterpret_cast<const unsigned char*>(w),
                                     reinterpret_cast<const unsigned char*>(w) + src_bytes);
-  Buffer<uint16_t> buf = pack_pairs(reinterpret_cast<const uint16_t*>(source.data()), G, H, K, panels);
+  Buffer<uint16_t> buf = pack(reinterpret_cast<const uint16_t*>(source.data()), panels);
   const size_t bytes = buf.get_deleter().capacity;
   std::shared_ptr<const uint16_t> packed = own(std::move(buf));
   pack_cache_put(key, std::move(source), packed, bytes, *panels);
   return packed;
+}
+
+std::shared_ptr<const uint16_t> pack_pairs_cached(const uint16_t* w, int G, int64_t H, int64_t K,
+                                                  int64_t* panels) {
+  return pack_bf16_cached(w, G * H * K, {3000 + G, H, K, 2 * W}, panels, [&](const uint16_t* src, int64_t* P) {
+    return pack_pairs(src, G, H, K, P);
+  });
 }
 
 // acc[MR][G] = A[MR rows, 2*Kp] @ Bp (bf16 pairs, fp32 accumulation); Accumulate: acc +=.
@@ -158,7 +182,9 @@ FASTRNN_INLINE void fused_gemm_bf16(const WorkSplit& ws, const Operand& h, const
     const uint16_t* Bx = x ? x->packed + p * x->Kp * G * 2 * W : nullptr;
     for (int64_t n = ws.r_begin; n < ws.r_end; n += MR) {
       const int mr = static_cast<int>(std::min<int64_t>(MR, ws.r_end - n));
-      if (x) {
+      if (!h.A) {  // the first step of a backward pass: nothing from a later step
+        std::fill(acc, acc + MR * G, vzero<float>());
+      } else if (x) {
         tile_rows<G, false>(mr, x->A + n * x->lda, x->lda, x->Kp, Bx, acc);
         tile_rows<G, true>(mr, h.A + n * h.lda, h.lda, h.Kp, Bh, acc);
       } else {
@@ -184,7 +210,7 @@ void seq_forward(const Bf16SeqParams& a) {
   Buffer<float> c;
   std::copy(a.h0, a.h0 + N * H, hf.get());
   for (int64_t n = 0; n < N; ++n)
-    for (int64_t k = 0; k < H; ++k) hb[n * lda + k] = to_bf16(a.h0[n * H + k]);
+    for (int64_t k = 0; k < H; ++k) hb[n * lda + k] = bf16_round(a.h0[n * H + k]);
   if (G == 4) {
     c = make_buffer<float>(N * H);
     std::copy(a.c0, a.c0 + N * H, c.get());
@@ -264,6 +290,108 @@ void seq_forward(const Bf16SeqParams& a) {
   if (G == 4) std::copy(c.get(), c.get() + N * H, a.cn);
 }
 
+// The backward pass (bf16.h). G = 4 (LSTM), 3 (GRU), 1 (RNN). Per step, with the GEMM's
+// operand the previous processed step's gate gradients in bf16 (LSTM, RNN: the input part's
+// gradients, which are also the hidden part's; GRU: the hidden part's, (dr, dz, dn * r)),
+// the same fp32 epilogue as the float32 kernels' backward (lstm.cpp, gru.cpp, rnn.cpp).
+template <int G>
+void seq_backward(const Bf16BackParams& a) {
+  const int64_t T = a.T, N = a.N, H = a.H, GH = G * H;
+  const int64_t Kp = (GH + 1) / 2, lda = 2 * Kp;  // operand rows padded to whole pairs
+  int64_t P = 0;
+  std::shared_ptr<const uint16_t> packed =
+      pack_bf16_cached(a.w_hh, GH * H, {4000 + G, GH, H, 4 * 2 * W}, &P,
+                       [&](const uint16_t* src, int64_t* np) { return pack_pairs_units<4>(src, GH, H, np); });
+  Buffer<uint16_t> ops = make_buffer<uint16_t>(2 * N * lda);  // the last two steps' operands, pads 0
+  Buffer<float> carry = make_buffer<float>(N * H);  // dh carried to the previous step directly
+  Buffer<float> dc;                                  // LSTM: dc of the step before
+  if (G == 4) {
+    dc = make_buffer<float>(N * H);
+    std::copy(a.dcn, a.dcn + N * H, dc.get());
+  }
+  run_team(a.num_threads, [&](int tid, int nthr, TeamBarrier* bar) {
+    const WorkSplit ws(P, N, tid, nthr, rows_per_tile<4>(), bar);
+    for_each_step(ws, T, a.reverse, /*backward=*/true, [&](int64_t s, int64_t t) {
+      const Operand prev{s == 0 ? nullptr : ops.get() + ((s - 1) & 1) * N * lda, lda, Kp, packed.get()};
+      uint16_t* cur = ops.get() + (s & 1) * N * lda;
+      const bool first_fwd = a.reverse ? t == T - 1 : t == 0;
+      const float* dyt = a.dy + t * N * H;
+      const float* gt = a.gates ? a.gates + t * N * 4 * H : nullptr;
+      float* dx = a.dxg + t * N * GH;
+      uint16_t* dx16 = a.dxg16 ? a.dxg16 + t * N * GH : nullptr;
+      const float* hprev = G == 3 ? (first_fwd ? a.h0 : a.y + prev_time(t, a.reverse) * N * H) : nullptr;
+      const float* cprev = G == 4 ? (first_fwd ? a.c0 : a.cs + prev_time(t, a.reverse) * N * H) : nullptr;
+      fused_gemm_bf16<4>(ws, prev, nullptr, [&](int64_t p, int64_t n, const V* acc) {
+        const bool valid = step_valid(a.lengths, n, t);
+        for (int b = 0; b < 4; ++b) {
+          const int64_t u = (p * 4 + b) * W;
+          if (u >= H) break;
+          const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
+          float* cr = carry.get() + n * H + u;
+          const V dh = acc[b] + vload_n(dyt + n * H + u, cnt) + vload_n(cr, cnt);
+          float* dxr = dx + n * GH + u;
+          uint16_t* opr = cur + n * lda + u;
+          uint16_t* d16r = dx16 ? dx16 + n * GH + u : nullptr;
+          // gate k's gradients: fp32 out, bf16 as the next step's operand (hidden part `hid`)
+          auto put = [&](int k, V d, V hid) {
+            vstore_n(dxr + k * H, d, cnt);
+            store_bf16(opr + k * H, hid, cnt);
+            if (d16r) store_bf16(d16r + k * H, d, cnt);
+          };
+          if (!valid) {  // frozen step: no gate gradients, dh passes to the step before
+            for (int k = 0; k < G; ++k) put(k, vzero<float>(), vzero<float>());
+            vstore_n(cr, dh, cnt);
+            continue;
+          }
+          if constexpr (G == 4) {
+            const float* g = gt + n * 4 * H + u;
+            const V i = vload_n(g, cnt), f = vload_n(g + H, cnt);
+            const V gg = vload_n(g + 2 * H, cnt), o = vload_n(g + 3 * H, cnt);
+            const V tc = vtanh<float>(vload_n(a.cs + (t * N + n) * H + u, cnt));
+            float* dcrow = dc.get() + n * H + u;
+            const V cp = vload_n(cprev + n * H + u, cnt);
+            const LstmGateGrads<float> gr =
+                a.w_ch ? lstm_gate_grads<float>(i, f, gg, o, tc, cp, dh, vload_n(dcrow, cnt), vload_n(a.w_ch + u, cnt),
+                                                vload_n(a.w_ch + H + u, cnt), vload_n(a.w_ch + 2 * H + u, cnt))
+                       : lstm_gate_grads<float>(i, f, gg, o, tc, cp, dh, vload_n(dcrow, cnt));
+            put(0, gr.di, gr.di);
+            put(1, gr.df, gr.df);
+            put(2, gr.dg, gr.dg);
+            put(3, gr.dout, gr.dout);
+            vstore_n(dcrow, gr.dc_prev, cnt);
+            vstore_n(cr, vzero<float>(), cnt);
+          } else if constexpr (G == 3) {
+            const float* sv = gt + n * 4 * H + u;
+            const V r = vload_n(sv, cnt), z = vload_n(sv + H, cnt);
+            const V nn = vload_n(sv + 2 * H, cnt), hn = vload_n(sv + 3 * H, cnt);
+            const GruGateGrads<float> gr = gru_gate_grads<float>(dh, r, z, nn, hn, vload_n(hprev + n * H + u, cnt));
+            put(0, gr.dr, gr.dr);
+            put(1, gr.dz, gr.dz);
+            put(2, gr.dn, gr.dn * r);
+            vstore_n(cr, dh * z, cnt);
+          } else {
+            const V h = vload_n(a.y + (t * N + n) * H + u, cnt);
+            const V d = a.kind == kBf16RnnRelu ? (h > vzero<float>() ? dh : vzero<float>()) : dh * (1.0f - h * h);
+            put(0, d, d);
+            vstore_n(cr, vzero<float>(), cnt);
+          }
+        }
+      });
+    });
+    // dh0 = (the first forward step's operand) @ W_hh + what was carried past frozen steps.
+    const Operand first{ops.get() + ((T - 1) & 1) * N * lda, lda, Kp, packed.get()};
+    fused_gemm_bf16<4>(ws, first, nullptr, [&](int64_t p, int64_t n, const V* acc) {
+      for (int b = 0; b < 4; ++b) {
+        const int64_t u = (p * 4 + b) * W;
+        if (u >= H) break;
+        const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
+        vstore_n(a.dh0 + n * H + u, acc[b] + vload_n(carry.get() + n * H + u, cnt), cnt);
+      }
+    });
+  });
+  if (G == 4) std::copy(dc.get(), dc.get() + N * H, a.dc0);
+}
+
 }  // namespace
 
 void bf16_seq_forward(const Bf16SeqParams& a) {
@@ -271,6 +399,14 @@ void bf16_seq_forward(const Bf16SeqParams& a) {
     case kBf16Lstm: return seq_forward<4>(a);
     case kBf16Gru: return seq_forward<3>(a);
     default: return seq_forward<1>(a);
+  }
+}
+
+void bf16_seq_backward(const Bf16BackParams& a) {
+  switch (a.kind) {
+    case kBf16Lstm: return seq_backward<4>(a);
+    case kBf16Gru: return seq_backward<3>(a);
+    default: return seq_backward<1>(a);
   }
 }
 

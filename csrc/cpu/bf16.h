@@ -16,6 +16,7 @@
 //             and a long sequence would drift; in fp32 it does not.
 #pragma once
 #include <cstdint>
+#include <cstring>
 
 namespace fastrnn {
 namespace cpu {
@@ -50,8 +51,52 @@ struct Bf16SeqParams {
   float* cs;                // [T, N, H] LSTM: c after each step
 };
 
+// The backward pass of a whole layer-direction for a training call under CPU autocast: per
+// step ONE GEMM, the previous step's gate gradients (bf16) @ W_hh (bf16, packed per unit
+// block), fp32 accumulation, fused with the fp32 gate-gradient epilogue of the float32
+// kernels (gate_grads.h). As autocast's matmuls, the GEMM's operands are rounded to bf16
+// (the gate gradients where they enter the product, W_hh); everything else is fp32: the
+// incoming dy, the cell-state gradient dc carried across steps, the gate gradients written
+// out (dxg), dh0 and dc0. Inputs are the training forward's fp32 records (bf16.h above).
+struct Bf16BackParams {
+  int kind;
+  int64_t T, N, H;
+  const float* dy;          // [T, N, H]
+  const float* dcn;         // [N, H] (LSTM)
+  const float* h0;          // [N, H] (GRU: h carried into the first step)
+  const float* c0;          // [N, H] (LSTM)
+  const uint16_t* w_hh;     // [G*H, H] bf16
+  const float* w_ch;        // [3H] peepholes (LSTM) or nullptr
+  const int64_t* lengths;   // [N] or nullptr
+  bool reverse;
+  const float* y;           // [T, N, H] fp32 h after each step (GRU: h_{t-1}; RNN: the activation)
+  const float* gates;       // [T, N, 4H] LSTM: i, f, g, o; GRU: r, z, n, W_hn h + b_hn
+  const float* cs;          // [T, N, H] LSTM
+  float* dxg;               // [T, N, G*H] gradient of the pre-activations' input part
+  uint16_t* dxg16;          // [T, N, G*H] the same rounded to bf16, or nullptr
+  float* dh0;               // [N, H]
+  float* dc0;               // [N, H] (LSTM)
+  int num_threads;
+};
+
 bool bf16_kernels_available();  // compiled in, and this CPU has AVX512-BF16
 void bf16_seq_forward(const Bf16SeqParams& p);
+void bf16_seq_backward(const Bf16BackParams& p);
+
+// Scalar conversions with torch's bits: Tensor.to(torch.bfloat16) rounds to nearest even
+// and turns every NaN into the quiet NaN 0x7FC0; a bf16 widens exactly (its upper half).
+inline uint16_t bf16_round(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
+  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+inline float bf16_widen(uint16_t b) {
+  const uint32_t u = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
 
 }  // namespace cpu
 }  // namespace fastrnn

@@ -19,6 +19,7 @@ namespace fastrnn {
 namespace cpu {
 namespace avx512bf16 {
 void bf16_seq_forward(const Bf16SeqParams& p);
+void bf16_seq_backward(const Bf16BackParams& p);
 }
 }  // namespace cpu
 }  // namespace fastrnn
@@ -123,6 +124,14 @@ bool bf16_kernels_available() { return current() == "avx512bf16"; }
 void bf16_seq_forward(const Bf16SeqParams& p) {
 #if defined(FASTRNN_HAVE_avx512bf16)
   if (bf16_kernels_available()) return avx512bf16::bf16_seq_forward(p);
+#endif
+  (void)p;
+  throw std::invalid_argument("the bfloat16 sequence kernels need the 'avx512bf16' build (see isa())");
+}
+
+void bf16_seq_backward(const Bf16BackParams& p) {
+#if defined(FASTRNN_HAVE_avx512bf16)
+  if (bf16_kernels_available()) return avx512bf16::bf16_seq_backward(p);
 #endif
   (void)p;
   throw std::invalid_argument("the bfloat16 sequence kernels need the 'avx512bf16' build (see isa())");

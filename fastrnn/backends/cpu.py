@@ -217,8 +217,9 @@ def set_pool_limit(megabytes):
 
 
 def _bf16_recurrence(xg, w_hr=None):
-    """Whether a float32 forward runs its recurrence on the bfloat16 kernels (training
-    outputs in the float32 kernels' layout): a call under CPU autocast to bfloat16
+    """Whether a float32 forward (or its backward: ``xg`` is then dy) runs its recurrence on
+    the bfloat16 kernels (training records in the float32 kernels' layout): a call under CPU
+    autocast to bfloat16
     (``_memory.bf16_projections``; autocast rounds the recurrent matmul's operands, as
     torch.nn's layers do under it), the 'avx512bf16' build, no projection."""
     from .. import _memory
@@ -235,6 +236,26 @@ def _bf16_forward(kind, xg, h0, c0, w_hh, b_hh, w_ch, lengths, reverse, y, cn, g
                         _opt_ptr(b_hh), _opt_ptr(w_ch), ptr(lengths), bool(reverse), 0,
                         ptr(hn), _opt_ptr(cn), _threads(), ptr(y), _opt_ptr(gates),
                         _opt_ptr(cs))
+
+
+def _bf16_backward(kind, dy, dcn, h0, c0, w_hh, w_ch, lengths, reverse, y, gates, cs, G):
+    """The backward of a layer-direction whose forward ran ``_bf16_forward`` (the caller's
+    ``_bf16_recurrence``): bf16 recurrent GEMMs, fp32 epilogue (csrc/cpu/bf16.h). The gate
+    gradients' bf16 rounding, which the kernels write beside them, is remembered for the
+    weight-gradient GEMMs that follow (``_memory.remember_bf16``)."""
+    from .. import _memory
+    T, N, H = dy.shape
+    w16 = w_hh.to(torch.bfloat16)
+    dxg = _out(T, N, G * H, like=dy)
+    dxg16 = torch.empty((T, N, G * H), dtype=torch.bfloat16)
+    dh0 = _out(N, H, like=dy)
+    dc0 = _out(N, H, like=dy) if kind == 0 else None
+    _C.bf16_seq_backward(kind, T, N, H, ptr(dy), _opt_ptr(dcn), ptr(h0), _opt_ptr(c0), ptr(w16),
+                         _opt_ptr(w_ch), ptr(lengths), bool(reverse), ptr(y), _opt_ptr(gates),
+                         _opt_ptr(cs), ptr(dxg), ptr(dxg16), ptr(dh0), _opt_ptr(dc0),
+                         _threads())
+    _memory.remember_bf16(dxg, dxg16)
+    return dxg, dh0, dc0
 
 
 def lstm_forward(xg, h0, c0, w_hh, w_hr, lengths, reverse, training, w_ch=None):
@@ -270,6 +291,10 @@ def lstm_backward(dy, dcn, h0, c0, w_hh, w_hr, lengths, reverse, y, gates, cs, w
     dgates = _out(T, N, 4 * H, like=dy)
     dh0 = _out(N, R, like=dy)
     dc0 = _out(N, H, like=dy)
+    if T and N and _bf16_recurrence(dy, w_hr):
+        dgates, dh0, dc0 = _bf16_backward(0, dy, dcn, h0, c0, w_hh, w_ch, lengths, reverse, y,
+                                          gates, cs, 4)
+        return dgates, dh0, dc0, dy.new_empty(0)
     dr = _out(T, N, R, like=dy) if w_hr is not None else dy.new_empty(0)
     _C.lstm_backward(dy.element_size(), T, N, H, R, ptr(dy), ptr(dcn), ptr(h0), ptr(c0),
                      ptr(w_hh), ptr(w_hr), ptr(lengths), bool(reverse), ptr(y), ptr(gates),
@@ -301,6 +326,9 @@ def gru_backward(dy, h0, w_hh, lengths, reverse, y, saved):
     _check(dy, h0, w_hh, y, saved)
     T, N, H = dy.shape
     lengths = _lengths(lengths, T, N)
+    if T and N and _bf16_recurrence(dy):
+        return _bf16_backward(1, dy, None, h0, None, w_hh, None, lengths, reverse, y, saved, None,
+                              3)[:2]
     dxg = _out(T, N, 3 * H, like=dy)
     dh0 = _out(N, H, like=dy)
     _C.gru_backward(dy.element_size(), T, N, H, ptr(dy), ptr(h0), ptr(w_hh), ptr(lengths),
@@ -330,6 +358,9 @@ def rnn_backward(dy, h0, w_hh, lengths, reverse, relu, y):
     _check(dy, h0, w_hh, y)
     T, N, H = dy.shape
     lengths = _lengths(lengths, T, N)
+    if T and N and _bf16_recurrence(dy):
+        return _bf16_backward(3 if relu else 2, dy, None, h0, None, w_hh, None, lengths, reverse,
+                              y, None, None, 1)[:2]
     dxg = _out(T, N, H, like=dy)
     dh0 = _out(N, H, like=dy)
     _C.rnn_backward(dy.element_size(), T, N, H, ptr(dy), ptr(h0), ptr(w_hh), ptr(lengths),
