@@ -5,7 +5,12 @@ Modes (``precision`` in the group name):
 * ``autocast-bf16``: float32 modules under ``torch.autocast("cpu", dtype=torch.bfloat16)``,
   inference and a training step (forward under autocast, ``output.float().sum()``
   backward outside it, as a mixed-precision training loop does);
-* ``bf16``: modules cast to bfloat16 (``module.bfloat16()``), inference.
+* ``bf16``: modules cast to bfloat16 (``module.bfloat16()``), inference;
+* ``autocast-fp16`` and ``fp16``: the same with float16, inference, at the n1 shape only
+  (torch.nn's float16 layers run ATen's step loop, seconds per call at N=64; its LSTM under
+  float16 autocast raises on CPUs without oneDNN's fp16 LSTM). fastrnn computes float16
+  calls in float32 (its float32 kernels on rounded copies), so these cases carry the
+  float32 GEMM rate.
 
 Groups ``<cell>-<uni|bi>-<precision>-<infer|train>-cpu-<shape>`` for the shapes imdb and n1
 (the selected ones), and ``<cell>cell-<precision>-infer-cpu-N<n>-I100-H128``: 50 cell calls,
@@ -29,6 +34,13 @@ I, H = 100, 128
 CELL_STEPS = 50
 LOW = torch.bfloat16
 PRECISIONS = [("autocast-bf16", "infer"), ("autocast-bf16", "train"), ("bf16", "infer")]
+FP16_PRECISIONS = [("autocast-fp16", "infer"), ("fp16", "infer")]
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _dtype(prec):
+    """The low-precision dtype of a mode name (``autocast-bf16``, ``fp16``, ...)."""
+    return DTYPES[prec.rsplit("-", 1)[-1]]
 CELLS = ("rnn", "lstm", "gru")
 TORCH_CELLS = {"rnn": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}
 
@@ -40,8 +52,11 @@ def _seq_cases(config):
     shapes = [v for k, v in benchutil.selected_shapes(config).items() if k in ("imdb", "n1")]
     quick = benchutil.is_quick(config)
     directions = ("uni",) if quick else ("uni", "bi")
-    return [(cell, d, prec, mode, shape) for shape in shapes[:1 if quick else None]
-            for cell in CELLS for d in directions for prec, mode in PRECISIONS]
+    n1 = benchutil.selected_shapes(config).get("n1")
+    return ([(cell, d, prec, mode, shape) for shape in shapes[:1 if quick else None]
+             for cell in CELLS for d in directions for prec, mode in PRECISIONS]
+            + ([(cell, "uni", prec, mode, n1) for cell in CELLS
+                for prec, mode in FP16_PRECISIONS] if n1 is not None else []))
 
 
 def _seq_group(cell, direction, prec, mode, shape):
@@ -82,8 +97,11 @@ def _record(benchmark, gemm_gflops, info):
         benchmark.extra_info.update(dict(info, impl="fastrnn", device="cpu", backend=backend,
                                          threads=torch.get_num_threads()))
         benchmark.extra_info["gemm_gflops_fp32"] = round(gemm_gflops("cpu"), 1)
-        benchmark.extra_info["gemm_gflops"] = round(_bf16_gemm_gflops(), 1)
-        benchmark.extra_info["gemm_dtype"] = "bfloat16"
+        if _dtype(info["dtype"]) == torch.bfloat16:
+            benchmark.extra_info["gemm_gflops"] = round(_bf16_gemm_gflops(), 1)
+            benchmark.extra_info["gemm_dtype"] = "bfloat16"
+        else:  # float16 runs in float32
+            benchmark.extra_info["gemm_gflops"] = round(gemm_gflops("cpu"), 1)
         try:  # the kernel build in use (avx512bf16: the bf16 kernels run)
             from fastrnn.backends import cpu
             benchmark.extra_info["cpu_isa"] = cpu.isa()
@@ -94,7 +112,7 @@ def _record(benchmark, gemm_gflops, info):
 
 def _context(prec):
     if prec.startswith("autocast"):
-        return torch.autocast("cpu", dtype=LOW)
+        return torch.autocast("cpu", dtype=_dtype(prec))
     return contextlib.nullcontext()
 
 
@@ -140,6 +158,7 @@ def _torch_peer(run):
 
 def _check(got, full):
     # never time a wrong answer: within 8 units of bfloat16 roundoff of fastrnn's float32
+    # (float16's roundoff is 8 times smaller)
     torch.testing.assert_close(got.float(), full.float(), rtol=0, atol=8 * 2.0 ** -8)
 
 
@@ -162,8 +181,8 @@ def test_precision_layer(benchmark, seq_case, fastrnn_backend, gemm_gflops):
     fast32, _ = benchutil.fastrnn_layer_from(ref, cell, fastrnn_backend)
     x = torch.randn(T, N, I_, generator=torch.Generator().manual_seed(1))
     x_low = x
-    if prec == "bf16":
-        ref, fast, x_low = ref.to(LOW), fast.to(LOW), x.to(LOW)
+    if not prec.startswith("autocast"):
+        ref, fast, x_low = ref.to(_dtype(prec)), fast.to(_dtype(prec)), x.to(_dtype(prec))
     with torch.no_grad():
         _check(_layer_fn(fast, x_low, prec, "infer")(), fast32(x)[0])
     benchmark.group = _seq_group(*seq_case)
