@@ -34,10 +34,11 @@ import sys
 from collections import OrderedDict
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-# peers besides torch.nn and onnxruntime, with their column labels (the peephole suite: the
-# step loop in torch ops a user writes, and fastrnn.LSTM of the same size)
+# peers besides torch.nn and onnxruntime, with their column labels (the peephole and
+# regularised suites: the step loop in torch ops a user writes, fastrnn.LSTM of the same
+# size, the plain fused layer without the options; the precision suite: fastrnn in float32)
 EXTRA_PEERS = {"torch_loop": "torch step loop", "fastrnn_lstm": "fastrnn LSTM",
-               "fastrnn_fp32": "fastrnn fp32"}
+               "fastrnn_plain": "fastrnn plain layer", "fastrnn_fp32": "fastrnn fp32"}
 IMPLS = ("fastrnn_alone", "fastrnn", "torch", "onnxruntime")
 SHAPE_RE = re.compile(r"T(\d+)-N(\d+)-I(\d+)-H(\d+)")
 
@@ -450,6 +451,7 @@ def _sort_key(item):
 def section_title(info):
     kind = {"imdb-model": "IMDB models", "step": "Step by step",
             "peephole": "Peephole LSTM",
+            "regularized": "Layer norm and regularisation options",
             "precision": f"Low precision ({info.get('dtype', '?')})"}.get(info.get("kind"),
                                                                           "Layers")
     mode = {"infer": "inference", "train": "training step (forward + backward)"}.get(
