@@ -25,6 +25,8 @@ using fastrnn::GruBackwardParams;
 using fastrnn::GruForwardParams;
 using fastrnn::LstmBackwardParams;
 using fastrnn::LstmForwardParams;
+using fastrnn::RegBackwardParams;
+using fastrnn::RegForwardParams;
 using fastrnn::RnnBackwardParams;
 using fastrnn::RnnForwardParams;
 
@@ -314,6 +316,87 @@ PYBIND11_MODULE(_C, m) {
       py::arg("itemsize"), py::arg("T"), py::arg("N"), py::arg("H"), py::arg("R"), py::arg("xg"), py::arg("h0"),
       py::arg("c0"), py::arg("w_hh"), py::arg("w_hr"), py::arg("lengths"), py::arg("reverse"), py::arg("y"),
       py::arg("cn"), py::arg("gates"), py::arg("cs"), py::arg("num_threads"), py::arg("w_ch") = 0);
+
+  m.def(
+      "reg_forward",
+      [](int itemsize, int kind, int64_t T, int64_t N, int64_t H, std::uintptr_t xg, std::uintptr_t h0,
+         std::uintptr_t c0, std::uintptr_t w_hh, std::uintptr_t b_hh, std::uintptr_t rd, std::uintptr_t zh,
+         std::uintptr_t zc, double zh_p, double zc_p, std::uintptr_t lengths, bool reverse, std::uintptr_t y,
+         std::uintptr_t cn, std::uintptr_t gates, std::uintptr_t cs, std::uintptr_t cand, int num_threads) {
+        check_cell(kind);
+        check_sizes(T, N, H, H, num_threads);
+        check_lengths(lengths, T, N);
+        const bool lstm = kind == fastrnn::kCellLstm, gru = kind == fastrnn::kCellGru;
+        for (auto [p, what] : {std::pair{xg, "xg"}, {h0, "h0"}, {w_hh, "w_hh"}, {y, "y"}}) require(p, what);
+        if (lstm) {
+          require(c0, "c0 (LSTM)");
+          require(cn, "cn (LSTM)");
+        } else if (zc || zc_p != 0 || cs) {
+          throw std::invalid_argument("reg_forward: zc, zc_p and cs are the LSTM's");
+        }
+        if (b_hh && !gru) throw std::invalid_argument("reg_forward: b_hh is the GRU's");
+        if (gates && !(lstm || gru)) throw std::invalid_argument("reg_forward: gates are the LSTM's and GRU's");
+        if (!(zh_p >= 0 && zh_p < 1) || !(zc_p >= 0 && zc_p < 1))
+          throw std::invalid_argument("reg_forward: zh_p and zc_p must be in [0, 1)");
+        auto fill = [&](auto& p) {
+          using scalar_t = std::remove_pointer_t<decltype(p.y)>;
+          p = {kind, T, N, H, ptr<const scalar_t>(xg), ptr<const scalar_t>(h0), ptr<const scalar_t>(c0),
+               ptr<const scalar_t>(w_hh), ptr<const scalar_t>(b_hh), ptr<const scalar_t>(rd), ptr<const scalar_t>(zh),
+               ptr<const scalar_t>(zc), static_cast<scalar_t>(zh_p), static_cast<scalar_t>(zc_p),
+               ptr<const int64_t>(lengths), reverse, ptr<scalar_t>(y), ptr<scalar_t>(cn), ptr<scalar_t>(gates),
+               ptr<scalar_t>(cs), ptr<scalar_t>(cand), num_threads};
+        };
+        run<RegForwardParams>(itemsize, fastrnn::cpu::reg_forward<float>, fastrnn::cpu::reg_forward<double>, fill);
+      },
+      "the zoneout / recurrent-dropout recurrence of one layer-direction (RegForwardParams)",
+      py::arg("itemsize"), py::arg("kind"), py::arg("T"), py::arg("N"), py::arg("H"), py::arg("xg"), py::arg("h0"),
+      py::arg("c0"), py::arg("w_hh"), py::arg("b_hh"), py::arg("rd"), py::arg("zh"), py::arg("zc"), py::arg("zh_p"),
+      py::arg("zc_p"), py::arg("lengths"), py::arg("reverse"), py::arg("y"), py::arg("cn"), py::arg("gates"),
+      py::arg("cs"), py::arg("cand"), py::arg("num_threads"));
+
+  m.def(
+      "reg_backward",
+      [](int itemsize, int kind, int64_t T, int64_t N, int64_t H, std::uintptr_t dy, std::uintptr_t dcn,
+         std::uintptr_t h0, std::uintptr_t c0, std::uintptr_t w_hh, std::uintptr_t rd, std::uintptr_t zh,
+         std::uintptr_t zc, double zh_p, double zc_p, std::uintptr_t lengths, bool reverse, std::uintptr_t y,
+         std::uintptr_t gates, std::uintptr_t cs, std::uintptr_t cand, std::uintptr_t dxg, std::uintptr_t dhg,
+         std::uintptr_t dh0, std::uintptr_t dc0, int num_threads) {
+        check_cell(kind);
+        check_sizes(T, N, H, H, num_threads);
+        check_lengths(lengths, T, N);
+        const bool lstm = kind == fastrnn::kCellLstm, gru = kind == fastrnn::kCellGru;
+        for (auto [p, what] : {std::pair{dy, "dy"}, {h0, "h0"}, {w_hh, "w_hh"}, {y, "y"}, {dxg, "dxg"}, {dh0, "dh0"}})
+          require(p, what);
+        if (lstm)
+          for (auto [p, what] : {std::pair{dcn, "dcn (LSTM)"}, {c0, "c0 (LSTM)"}, {gates, "gates (LSTM)"},
+                                 {cs, "cs (LSTM)"}, {cand, "cand (LSTM)"}, {dc0, "dc0 (LSTM)"}})
+            require(p, what);
+        else if (zc || zc_p != 0)
+          throw std::invalid_argument("reg_backward: zc and zc_p are the LSTM's");
+        if (gru) {
+          require(gates, "gates (GRU)");
+          require(dhg, "dhg (GRU)");
+        }
+        if (!lstm && !gru) require(cand, "cand (RNN)");
+        if (!(zh_p >= 0 && zh_p < 1) || !(zc_p >= 0 && zc_p < 1))
+          throw std::invalid_argument("reg_backward: zh_p and zc_p must be in [0, 1)");
+        auto fill = [&](auto& p) {
+          using scalar_t = std::remove_pointer_t<decltype(p.dxg)>;
+          p = {kind, T, N, H, ptr<const scalar_t>(dy), ptr<const scalar_t>(dcn), ptr<const scalar_t>(h0),
+               ptr<const scalar_t>(c0), ptr<const scalar_t>(w_hh), ptr<const scalar_t>(rd), ptr<const scalar_t>(zh),
+               ptr<const scalar_t>(zc), static_cast<scalar_t>(zh_p), static_cast<scalar_t>(zc_p),
+               ptr<const int64_t>(lengths), reverse, ptr<const scalar_t>(y), ptr<const scalar_t>(gates),
+               ptr<const scalar_t>(cs), ptr<const scalar_t>(cand), ptr<scalar_t>(dxg), ptr<scalar_t>(dhg),
+               ptr<scalar_t>(dh0), ptr<scalar_t>(dc0), num_threads};
+        };
+        run<RegBackwardParams>(itemsize, fastrnn::cpu::reg_backward<float>, fastrnn::cpu::reg_backward<double>,
+                               fill);
+      },
+      "the backward of reg_forward (RegBackwardParams)", py::arg("itemsize"), py::arg("kind"), py::arg("T"),
+      py::arg("N"), py::arg("H"), py::arg("dy"), py::arg("dcn"), py::arg("h0"), py::arg("c0"), py::arg("w_hh"),
+      py::arg("rd"), py::arg("zh"), py::arg("zc"), py::arg("zh_p"), py::arg("zc_p"), py::arg("lengths"),
+      py::arg("reverse"), py::arg("y"), py::arg("gates"), py::arg("cs"), py::arg("cand"), py::arg("dxg"),
+      py::arg("dhg"), py::arg("dh0"), py::arg("dc0"), py::arg("num_threads"));
 
   m.def(
       "lstm_backward",

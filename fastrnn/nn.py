@@ -243,9 +243,9 @@ class _Regularized(_Zoneout):
             result = R.rnn(self.mode, input, hx, weights, self.bias, self.num_layers,
                            self.dropout, train, self.bidirectional, self.batch_first,
                            self.proj_size, (self._zoneout_h, self._zoneout_c),
-                           self._recurrent_dropout)
+                           self._recurrent_dropout, self.backend)
             if not torch.compiler.is_compiling():
-                self.__dict__["last_backend"] = F_.TORCH_OPS
+                self.__dict__["last_backend"] = R.last_path()
             return result
         result = F_.rnn(self.mode, input, hx, weights, self.bias, self.num_layers,
                         self.dropout, train, self.bidirectional, self.batch_first,

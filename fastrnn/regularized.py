@@ -49,7 +49,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import _validation as V
 from . import functional as _functional
 
-__all__ = ["EPS", "KINDS", "check_probability", "check_zoneout", "drop_weights", "rnn",
+__all__ = ["EPS", "KINDS", "check_probability", "check_zoneout", "drop_weights", "rnn", "last_path",
            "zoneout", "layer_norm_lstm_cell", "layer_norm_gru_cell"]
 
 EPS = 1e-5  # torch.nn.LayerNorm's
@@ -176,20 +176,13 @@ def _step(kind, ax, h_in, h, c, p):
     return (torch.relu(pre) if kind == "RNN_RELU" else torch.tanh(pre)), None
 
 
-def _direction(kind, x, h0, c0, p, lengths, reverse, opts, train):
-    """One layer, one direction. x [T, N, I] -> (y [T, N, R], h_n [N, R], c_n [N, H]|None).
-    ``opts``: (zoneout_h, zoneout_c, recurrent_dropout)."""
-    zh_p, zc_p, rd_p = opts
-    T, N = x.shape[0], x.shape[1]
+def _loop(kind, ax, h0, c0, p, rd, zh, zc, zh_p, zc_p, lengths, reverse, train):
+    """The step loop of one layer-direction on the input part ``ax`` [T, N, G*H], with the
+    masks given (rd [N, R] scaled; zh/zc bool [T, N, *] or None) -> (y, h_n, c_n|None)."""
+    T = ax.shape[0]
     two = kind in _TWO_STATES
-    ax = _project(kind, x, p)  # [T, N, G*H]
-    # the masks of this layer and direction, in the documented order
-    rd = _keep(h0, h0.shape, rd_p) if train and rd_p else None  # [N, R]
-    zh = _bernoulli(h0, (T,) + tuple(h0.shape), zh_p).bool() if train and zh_p else None
-    zc = (_bernoulli(c0, (T,) + tuple(c0.shape), zc_p).bool()
-          if train and two and zc_p else None)
     valid = None if lengths is None else \
-        (torch.arange(T, device=x.device)[:, None] < lengths[None, :]).unsqueeze(-1)
+        (torch.arange(T, device=ax.device)[:, None] < lengths[None, :]).unsqueeze(-1)
     h, c = h0, c0
     ys = [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
@@ -202,19 +195,143 @@ def _direction(kind, x, h0, c0, p, lengths, reverse, opts, train):
             c_new = torch.where(valid[t], c_new, c) if two else None
         ys[t] = h_new
         h, c = h_new, c_new
-    y = torch.stack(ys) if T else x.new_empty((0,) + tuple(h0.shape))
+    y = torch.stack(ys) if T else ax.new_empty((0,) + tuple(h0.shape))
     return y, h, c
+
+
+def _direction(kind, x, h0, c0, p, lengths, reverse, opts, train, fused):
+    """One layer, one direction. x [T, N, I] -> (y [T, N, R], h_n [N, R], c_n [N, H]|None).
+    ``opts``: (zoneout_h, zoneout_c, recurrent_dropout); ``fused``: the recurrence on the
+    compiled CPU kernels (``_Fused``), else the step loop in torch ops."""
+    zh_p, zc_p, rd_p = opts
+    T = x.shape[0]
+    two = kind in _TWO_STATES
+    ax = _project(kind, x, p)  # [T, N, G*H]
+    # the masks of this layer and direction, in the documented order
+    rd = _keep(h0, h0.shape, rd_p) if train and rd_p else None  # [N, R]
+    zh = _bernoulli(h0, (T,) + tuple(h0.shape), zh_p).bool() if train and zh_p else None
+    zc = (_bernoulli(c0, (T,) + tuple(c0.shape), zc_p).bool()
+          if train and two and zc_p else None)
+    if fused and T > 0:
+        f = ax.dtype  # masks as the kernels read them: the layer's dtype
+        y, cn = _Fused.apply(kind, ax, h0, c0, p["w_hh"], p["b_hh"] if kind == "GRU" else None,
+                             rd, None if zh is None else zh.to(f),
+                             None if zc is None else zc.to(f), zh_p, zc_p if two else 0.0,
+                             train, lengths, reverse)
+        return y, y[0 if reverse else T - 1], (cn if two else None)
+    return _loop(kind, ax, h0, c0, p, rd, zh, zc, zh_p, zc_p, lengths, reverse, train)
+
+
+class _Fused(torch.autograd.Function):
+    """A layer-direction's recurrence with zoneout / recurrent dropout on the compiled CPU
+    kernels (``backends.cpu.reg_forward``; csrc/cpu/regularized.cpp): ax [T, N, G*H] (the
+    input part: LSTM/RNN with both biases, GRU with b_ih) -> (y [T, N, H], c_n or an empty
+    tensor). rd, zh, zc: the masks ``_direction`` drew (zh/zc as 0/1 in the layer's dtype),
+    or None; in eval zoneout mixes with zh_p/zc_p. A gradient asked for with
+    ``create_graph=True`` replays ``_loop`` on the saved inputs and masks."""
+
+    @staticmethod
+    def forward(ctx, kind, ax, h0, c0, w_hh, b_hh, rd, zh, zc, zh_p, zc_p, train, lengths,
+                reverse):
+        from .backends import cpu
+        records = any(ctx.needs_input_grad[1:6])
+        lengths_c = cpu._lengths(lengths, ax.shape[0], ax.shape[1])
+        args = [t if t is None else t.contiguous() for t in (ax, h0, c0, w_hh, b_hh)]
+        masks = [t if t is None else t.contiguous() for t in (rd, zh, zc)]
+        y, cn, gates, cs, cand = cpu.reg_forward(
+            kind, *args, *masks, 0.0 if train else zh_p, 0.0 if train else zc_p, lengths_c,
+            reverse, records)
+        ctx.kind, ctx.reverse, ctx.opts = kind, reverse, (zh_p, zc_p, train)
+        ctx.save_for_backward(*args, *masks, lengths_c, y, gates, cs, cand)
+        if cn is None:
+            cn = ax.new_empty(0)
+            ctx.mark_non_differentiable(cn)
+        return y, cn
+
+    @staticmethod
+    def backward(ctx, dy, dcn):
+        from .backends import cpu
+        from .ops import _grad_w_hh
+        ax, h0, c0, w_hh, b_hh, rd, zh, zc, lengths, y, gates, cs, cand = ctx.saved_tensors
+        kind, reverse = ctx.kind, ctx.reverse
+        zh_p, zc_p, train = ctx.opts
+        need = ctx.needs_input_grad  # (kind, ax, h0, c0, w_hh, b_hh, ...)
+        inputs = (ax, h0, c0, w_hh, b_hh)
+        res = [None] * 14
+        if torch.is_grad_enabled():
+            # a graph of the gradient: differentiate the torch-ops loop on the same masks
+            with torch.enable_grad():
+                out = _loop(kind, ax, h0, c0, {"w_hh": w_hh, "b_hh": b_hh}, rd,
+                            None if zh is None else zh.bool(), None if zc is None else zc.bool(),
+                            zh_p, zc_p, lengths, reverse, train)
+            pairs = [(out[0], dy)]
+            if c0 is not None and dcn is not None:
+                pairs.append((out[2], dcn))
+            pairs = [(o, g) for o, g in pairs if g is not None]
+            wrt = [i for i in range(1, 6) if inputs[i - 1] is not None and need[i]]
+            if wrt and pairs:
+                got = torch.autograd.grad([o for o, _ in pairs], [inputs[i - 1] for i in wrt],
+                                          [g for _, g in pairs], create_graph=True,
+                                          allow_unused=True)
+                for i, g in zip(wrt, got):
+                    res[i] = g
+            return tuple(res)
+        dy = torch.zeros_like(y) if dy is None else dy.contiguous()
+        dcn = None if c0 is None else (torch.zeros_like(c0) if dcn is None else dcn.contiguous())
+        kz_h, kz_c = (0.0, 0.0) if train else (zh_p, zc_p)
+        dxg, dhg, dh0, dc0 = cpu.reg_backward(kind, dy, dcn, h0, c0, w_hh, rd, zh, zc, kz_h,
+                                              kz_c, lengths, reverse, y, gates, cs, cand)
+        rec = dhg if kind == "GRU" else dxg  # the recurrent product's output gradient
+        if need[4]:  # that product read h * rd: the weight gradient pairs with the same
+            res[4] = _grad_w_hh(rec, y if rd is None else y * rd,
+                                h0 if rd is None else h0 * rd, reverse)
+        if need[5] and b_hh is not None:
+            res[5] = rec.sum((0, 1))
+        res[1] = dxg if need[1] else None
+        res[2] = dh0 if need[2] else None
+        res[3] = dc0 if need[3] else None
+        return tuple(res)
+
+
+def _fused_ok(kind, x, h0, proj, backend):
+    """Whether a layer-direction of ``kind`` runs ``_Fused``: the compiled CPU kernels chosen
+    for these tensors (float32/float64 on the CPU), no projection, plain eager mode (not
+    compiled, traced or under a torch.func transform)."""
+    if kind.startswith("LN_") or proj or x.device.type != "cpu" \
+            or x.dtype not in (torch.float32, torch.float64):
+        return False
+    from .backends._common import transformed
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or transformed(x) \
+            or transformed(h0):
+        return False
+    try:
+        from . import backends as _b
+        return _b.resolve_cached(backend, "cpu") == "cpu"
+    except Exception:
+        return False
 
 
 # ----------------------------------------------------------------------------- layers
 
+_last = {"path": "torch-ops"}
+
+
+def last_path():
+    """Where the last ``rnn`` call's recurrences ran: "cpu" (the fused kernels) or
+    "torch-ops" (the step loop)."""
+    return _last["path"]
+
+
 def rnn(kind, input, hx, weights, has_biases, num_layers, dropout, train, bidirectional,
-        batch_first, proj_size=0, zoneout=(0.0, 0.0), recurrent_dropout=0.0):
+        batch_first, proj_size=0, zoneout=(0.0, 0.0), recurrent_dropout=0.0, backend=None):
     """torch.nn-style forward of a layer of ``kind`` (``KINDS``) as torch ops: ``input``
     [T, N, I] ([N, T, I] batch first; [T, I] unbatched) or a PackedSequence, ``hx`` as
     torch.nn takes it. ``weights``: the flat list (weight drop already applied: see
     ``drop_weights``); ``zoneout`` (p_h, p_c); options act as the module docstring says,
-    the random ones only with ``train``. Returns (output, h_n) or (output, (h_n, c_n))."""
+    the random ones only with ``train``. ``backend``: where the compiled CPU kernels are
+    chosen (None/"auto" resolves to them for CPU tensors when built), LSTM (no projection),
+    GRU and RNN run their recurrences fused (``last_path()`` then says "cpu"; otherwise
+    "torch-ops"). Returns (output, h_n) or (output, (h_n, c_n))."""
     two = kind in _TWO_STATES
     name = _NAMES[kind]
     D = 2 if bidirectional else 1
@@ -260,13 +377,15 @@ def rnn(kind, input, hx, weights, has_biases, num_layers, dropout, train, bidire
     c0 = (x.new_zeros(c_shape) if c is None else c) if two else None
 
     opts = (zoneout[0], zoneout[1], recurrent_dropout)
+    fused = _fused_ok(kind, x, h0, proj, backend)
+    _last["path"] = "cpu" if fused else "torch-ops"
     hns, cns = [], []
     for layer in range(num_layers):
         ys = []
         for d in range(D):
             k = layer * D + d
             y, hn, cn = _direction(kind, x, h0[k], None if c0 is None else c0[k], groups[k],
-                                   lengths, d == 1, opts, train)
+                                   lengths, d == 1, opts, train, fused)
             ys.append(y)
             hns.append(hn)
             cns.append(cn)

@@ -11,7 +11,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastrnn
-from rnn_cases import HAS_CUDA, TOL
+from rnn_cases import CPU_BACKENDS, HAS_CUDA, TOL
 
 F64 = torch.float64
 KINDS = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU", "LN_LSTM", "LN_GRU")
@@ -275,7 +275,46 @@ def test_matches_equations(kind, which, ci, train):
     _check(got_g, want_g, names)
     regularised = train and which != "none" and which != "weight_drop" or (
         which in ("zoneout", "all")) or kind.startswith("LN_")
-    assert (module.last_backend == "torch-ops") == regularised, module.last_backend
+    if regularised:  # zoneout / recurrent dropout: fused where the compiled kernels run
+        assert module.last_backend == _reg_path(kind, cfg), module.last_backend
+    else:
+        assert module.last_backend != "torch-ops", module.last_backend
+
+
+def _reg_path(kind, cfg, backend=None):
+    """Where a layer with zoneout or recurrent dropout runs: the fused CPU kernels for LSTM
+    (no projection), GRU and RNN where the compiled kernels are chosen, else the step loop."""
+    fused = ("cpu" in CPU_BACKENDS and backend in (None, "auto", "cpu")
+             and not kind.startswith("LN_") and "proj_size" not in cfg)
+    return "cpu" if fused else "torch-ops"
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
+def test_every_backend_matches_equations(kind, train, cpu_backend):
+    """Each CPU backend the module can name: zoneout and recurrent dropout on the fused
+    kernels ('cpu') or on the step loop in torch ops (the others); packed sequences of
+    different lengths, two layers, both directions: outputs, final states, every gradient."""
+    module = _make(kind, num_layers=2, bidirectional=True, dropout=0.3,
+                   **_options(kind, "all")).train(train)
+    module.backend = cpu_backend
+    T, N = 6, 4
+    lengths = [6, 5, 3, 1]
+    x = torch.randn(T, N, I, dtype=F64, requires_grad=True)
+    hx = _states(kind, module, N)
+    hxs = hx if kind in TWO else (hx,)
+    torch.manual_seed(13)
+    out, hn = module(pack_padded_sequence(x, lengths), hx)
+    y, _ = pad_packed_sequence(out)
+    hn, cn = hn if kind in TWO else (hn, None)
+    assert module.last_backend == _reg_path(kind, {}, cpu_backend)
+    masks = _draw(kind, module, T, N, train, 13)
+    want = _oracle(kind, module, x, hx, masks, train, torch.tensor(lengths))
+    _check((y, hn, cn), want, ("output", "h_n", "c_n"))
+    names = ["input"] + [f"hx[{i}]" for i in range(len(hxs))] + \
+        [n for n, _ in module.named_parameters()]
+    _check(_grads(module.parameters(), x, (y, hn, cn), hxs),
+           _grads(module.parameters(), x, want, hxs), names)
 
 
 @pytest.mark.parametrize("batch_first", [False, True])

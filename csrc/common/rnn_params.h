@@ -172,4 +172,61 @@ struct CellBackwardParams {
   scalar_t* dw_ch = nullptr;       // [3H] their gradient (with w_ch)
 };
 
+// The regularised recurrences (zoneout, variational recurrent dropout; fastrnn/regularized.py
+// has the equations): LSTM (no projection, no peepholes), GRU, RNN tanh/relu, one fused GEMM
+// per step as the plain kernels, the options in its epilogue. kind: CellKind.
+//   recurrent dropout: the GEMM reads h_{t-1} * rd (rd [N, H], the keep mask / (1 - p));
+//   zoneout: h_t = d_h h_{t-1} + (1 - d_h) h~_t (the LSTM's c likewise with d_c), d the
+//   masks zh/zc [T, N, H] (0 or 1, training) or, where a mask is nullptr, the constants
+//   zh_p/zc_p (eval: the expectation; 0: no zoneout).
+template <typename scalar_t>
+struct RegForwardParams {
+  int kind;
+  int64_t T, N, H;
+  const scalar_t* xg;              // [T, N, G*H] (LSTM, RNN: + b_ih + b_hh; GRU: + b_ih)
+  const scalar_t* h0;              // [N, H]
+  const scalar_t* c0;              // [N, H] (LSTM)
+  const scalar_t* w_hh;            // [G*H, H]
+  const scalar_t* b_hh;            // [3H] (GRU) or nullptr
+  const scalar_t* rd;              // [N, H] or nullptr
+  const scalar_t* zh;              // [T, N, H] or nullptr
+  const scalar_t* zc;              // [T, N, H] (LSTM) or nullptr
+  scalar_t zh_p, zc_p;
+  const int64_t* lengths;          // [N] or nullptr
+  bool reverse;
+  scalar_t* y;                     // [T, N, H]  h after each step
+  scalar_t* cn;                    // [N, H] (LSTM)
+  // training records, nullptr in inference:
+  scalar_t* gates;                 // [T, N, 4H] LSTM: i, f, g, o; GRU: r, z, n, W_hn (h rd) + b_hn
+  scalar_t* cs;                    // [T, N, H]  LSTM: c after each step (after zoneout)
+  scalar_t* cand;                  // [T, N, H]  LSTM: c~ (before zoneout); RNN: h~
+  int num_threads;
+};
+
+template <typename scalar_t>
+struct RegBackwardParams {
+  int kind;
+  int64_t T, N, H;
+  const scalar_t* dy;              // [T, N, H]  gradient of y (dhn folded in)
+  const scalar_t* dcn;             // [N, H] (LSTM)
+  const scalar_t* h0;              // [N, H]
+  const scalar_t* c0;              // [N, H] (LSTM)
+  const scalar_t* w_hh;            // [G*H, H]
+  const scalar_t* rd;              // as in RegForwardParams
+  const scalar_t* zh;
+  const scalar_t* zc;
+  scalar_t zh_p, zc_p;
+  const int64_t* lengths;
+  bool reverse;
+  const scalar_t* y;               // [T, N, H]
+  const scalar_t* gates;           // [T, N, 4H]
+  const scalar_t* cs;              // [T, N, H] (LSTM)
+  const scalar_t* cand;            // [T, N, H] (LSTM, RNN)
+  scalar_t* dxg;                   // [T, N, G*H] gradient of the input part (GRU: r, z, n)
+  scalar_t* dhg;                   // [T, N, 3H]  GRU: the hidden part's (r, z, n * r), else nullptr
+  scalar_t* dh0;                   // [N, H]
+  scalar_t* dc0;                   // [N, H] (LSTM)
+  int num_threads;
+};
+
 }  // namespace fastrnn

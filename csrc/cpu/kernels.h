@@ -15,6 +15,8 @@
   template <typename scalar_t> void rnn_backward(const RnnBackwardParams<scalar_t>& p);   \
   template <typename scalar_t> void cell_forward(const CellForwardParams<scalar_t>& p);   \
   template <typename scalar_t> void cell_backward(const CellBackwardParams<scalar_t>& p); \
+  template <typename scalar_t> void reg_forward(const RegForwardParams<scalar_t>& p);     \
+  template <typename scalar_t> void reg_backward(const RegBackwardParams<scalar_t>& p);   \
   }                                                                         \
   }                                                                         \
   }

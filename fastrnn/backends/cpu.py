@@ -368,6 +368,54 @@ def rnn_backward(dy, h0, w_hh, lengths, reverse, relu, y):
     return dxg, dh0
 
 
+# ------------------------------------------------------------------ regularised recurrences
+# Not part of the backend contract: fastrnn.regularized calls these for zoneout and
+# recurrent dropout (csrc/common/rnn_params.h, RegForwardParams).
+
+REG_KINDS = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
+
+
+def reg_forward(kind, xg, h0, c0, w_hh, b_hh, rd, zh, zc, zh_p, zc_p, lengths, reverse,
+                training):
+    """One layer-direction with zoneout / recurrent dropout on the fused kernels ->
+    (y, c_n|None, gates|None, cs|None, cand|None): the last three are the backward's
+    records (``training``). ``kind`` a key of ``REG_KINDS``; masks dense, the layer's dtype
+    (rd [N, H] scaled, zh/zc [T, N, H] of 0/1) or None (then zh_p/zc_p mix, 0: off)."""
+    k = REG_KINDS[kind]
+    T, N, GH = xg.shape
+    H = w_hh.shape[1]
+    lstm = k == 0
+    y = _out(T, N, H, like=xg)
+    cn = _out(N, H, like=xg) if lstm else None
+    gates = _out(T, N, 4 * H, like=xg) if training and k <= 1 else None
+    cs = _out(T, N, H, like=xg) if training and lstm else None
+    cand = _out(T, N, H, like=xg) if training and k != 1 else None
+    _C.reg_forward(xg.element_size(), k, T, N, H, ptr(xg), ptr(h0), _opt_ptr(c0), ptr(w_hh),
+                   _opt_ptr(b_hh), _opt_ptr(rd), _opt_ptr(zh), _opt_ptr(zc), float(zh_p),
+                   float(zc_p), _opt_ptr(lengths), bool(reverse), ptr(y), _opt_ptr(cn),
+                   _opt_ptr(gates), _opt_ptr(cs), _opt_ptr(cand), _threads())
+    return y, cn, gates, cs, cand
+
+
+def reg_backward(kind, dy, dcn, h0, c0, w_hh, rd, zh, zc, zh_p, zc_p, lengths, reverse, y,
+                 gates, cs, cand):
+    """The backward of ``reg_forward`` -> (dxg [T, N, G*H], dhg [T, N, 3H] (GRU: the hidden
+    part's gradient) or None, dh0, dc0|None)."""
+    k = REG_KINDS[kind]
+    T, N, H = dy.shape
+    G = (4, 3, 1, 1)[k]
+    dxg = _out(T, N, G * H, like=dy)
+    dhg = _out(T, N, 3 * H, like=dy) if k == 1 else None
+    dh0 = _out(N, H, like=dy)
+    dc0 = _out(N, H, like=dy) if k == 0 else None
+    _C.reg_backward(dy.element_size(), k, T, N, H, ptr(dy), _opt_ptr(dcn), ptr(h0),
+                    _opt_ptr(c0), ptr(w_hh), _opt_ptr(rd), _opt_ptr(zh), _opt_ptr(zc),
+                    float(zh_p), float(zc_p), _opt_ptr(lengths), bool(reverse), ptr(y),
+                    _opt_ptr(gates), _opt_ptr(cs), _opt_ptr(cand), ptr(dxg), _opt_ptr(dhg),
+                    ptr(dh0), _opt_ptr(dc0), _threads())
+    return dxg, dhg, dh0, dc0
+
+
 # ------------------------------------------------------------------ one fused cell step
 # Not part of the backend contract: fastrnn.fastpath calls these for cells and one-step
 # layer calls in plain eager mode (see csrc/common/rnn_params.h, CellForwardParams).
