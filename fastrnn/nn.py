@@ -17,9 +17,10 @@ Regularisation, keyword-only, all off (0.0) by default, and then nothing changes
 ``zoneout``, ``recurrent_dropout`` and ``weight_drop`` on the layers, ``zoneout`` on the
 cells (``fastrnn.regularized`` has the equations and the order of the random masks).
 ``weight_drop`` alone runs the backend's fused kernels on the masked W_hh; zoneout (training
-and eval) and recurrent dropout (training) run the step loop of ``fastrnn.regularized`` in
-torch ops (``last_backend`` "torch-ops"); in eval recurrent dropout and weight drop do
-nothing.
+and eval) and recurrent dropout (training) run the fused regularised CPU kernels where the
+compiled kernels are chosen (``last_backend`` "cpu"; LSTM without projection, GRU, RNN),
+else the step loop of ``fastrnn.regularized`` in torch ops ("torch-ops"); in eval recurrent
+dropout and weight drop do nothing.
 """
 import math
 
