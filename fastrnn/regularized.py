@@ -212,7 +212,7 @@ def _direction(kind, x, h0, c0, p, lengths, reverse, opts, train, fused):
     zh = _bernoulli(h0, (T,) + tuple(h0.shape), zh_p).bool() if train and zh_p else None
     zc = (_bernoulli(c0, (T,) + tuple(c0.shape), zc_p).bool()
           if train and two and zc_p else None)
-    if fused and T > 0:
+    if fused and T > 0 and x.shape[1] > 0 and h0.shape[-1] > 0:  # (the kernels take no 0)
         f = ax.dtype  # masks as the kernels read them: the layer's dtype
         y, cn = _Fused.apply(kind, ax, h0, c0, p["w_hh"], p["b_hh"] if kind == "GRU" else None,
                              rd, None if zh is None else zh.to(f),

@@ -654,3 +654,15 @@ def test_pickled_module_without_options_loads():
     assert not m2._reg_on and m2.zoneout == 0.0
     x = torch.randn(2, 1, 3)
     assert torch.equal(pickle.loads(pickle.dumps(m2))(x)[0], m(x)[0])
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN_TANH"])
+def test_zero_batch_with_options(kind):
+    """An empty batch with zoneout and recurrent dropout: empty outputs, as without them."""
+    module = _make(kind, **_options(kind, "all"))
+    x = torch.randn(3, 0, I, dtype=F64, requires_grad=True)
+    y, hn = module(x)
+    hn, cn = hn if kind in TWO else (hn, None)
+    assert y.shape == (3, 0, H) and hn.shape == (1, 0, H)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
