@@ -37,8 +37,8 @@ from torch import nn
 
 from .backends import BACKENDS
 from .keras_models import KERAS_BACKENDS
-from .models import ALL_MODEL_NAMES, DISPLAY, IMPLS, MODEL_NAMES, MODELS, build_model, \
-    count_parameters, fastrnn_layers_available, torch_side_label
+from .models import ALL_MODEL_NAMES, DISPLAY, IMPLS, MODEL_NAMES, MODELS, OPTIONS, \
+    build_model, count_parameters, fastrnn_layers_available, torch_side_label
 
 ACCURACY_TOLERANCE_PP = 0.5
 LR_SCHEDULES = ("constant", "cosine")
@@ -83,8 +83,9 @@ def build_parser():
                     "with fastrnn and with torch.nn; compare speed and accuracy.")
     p.add_argument("--models", type=_csv_choice(ALL_MODEL_NAMES), default=list(MODEL_NAMES),
                    help="comma-separated models (default: the assignment's six, %(default)s; "
-                        "also peephole, bipeephole: the peephole LSTM, whose torch side is a "
-                        "step loop in torch ops)" % {"default": ",".join(MODEL_NAMES)})
+                        "also peephole, bipeephole: the peephole LSTM; lnlstm, bilnlstm, lngru, "
+                        "bilngru: the layer-normalised LSTM and GRU; the torch side of these is "
+                        "a step loop in torch ops)" % {"default": ",".join(MODEL_NAMES)})
     p.add_argument("--impl", type=_csv_choice(IMPLS + ("keras",)), default=list(IMPLS),
                    help="implementations to run, comma-separated: fastrnn, torch, keras "
                         "(default fastrnn,torch; keras needs pip install 'fastrnn[keras]')")
@@ -153,6 +154,15 @@ def build_parser():
                         "to bfloat16 for the forward pass, parameters and optimizer in float32, "
                         "the mixed precision torch recommends); fp64 (model and loss in "
                         "float64: reproducible to ~1e-12 whatever the summation order)")
+    for flag, what in (("--zoneout", "zoneout: each unit keeps its previous h (and the "
+                                      "LSTM's c) with this probability per step"),
+                       ("--recurrent-dropout", "variational dropout of h where it enters the "
+                                               "recurrent product"),
+                       ("--weight-drop", "DropConnect on W_hh")):
+        p.add_argument(flag, type=float, default=0.0,
+                       help=f"{what} (docs/regularized.md), a probability in [0, 1); default 0: "
+                            "off. LSTM, GRU and the LayerNorm models; the torch side becomes a "
+                            "step loop in torch ops (torch.nn has no such option)")
     p.add_argument("--select-epoch", choices=("last", "best-val"), default="last",
                    help="weights tested at the end: the last epoch's (default) or the epoch "
                         "with the best validation accuracy (needs --val-size)")
@@ -171,6 +181,18 @@ def resolve_config(args):
             raise SystemExit(f"fastrnn-imdb: --{key.replace('_', '-')} must be >= 1")
     if getattr(args, "val_size", 0) < 0:
         raise SystemExit("fastrnn-imdb: --val-size must be >= 0")
+    for key in OPTIONS:
+        value = getattr(args, key, 0.0) or 0.0
+        if not 0 <= value < 1:
+            raise SystemExit(f"fastrnn-imdb: --{key.replace('_', '-')} must be in [0, 1), "
+                             f"got {value}")
+    if _options(args):
+        bad = [m for m in getattr(args, "models", []) or []
+               if MODELS[m][0] not in ("LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU")]
+        if bad:
+            raise SystemExit("fastrnn-imdb: --zoneout, --recurrent-dropout and --weight-drop "
+                             "are for the LSTM, GRU and LayerNorm models, not "
+                             + ", ".join(bad))
     if getattr(args, "select_epoch", "last") == "best-val" and not getattr(args, "val_size", 0):
         raise SystemExit("fastrnn-imdb: --select-epoch best-val needs a validation split "
                          "(--val-size N)")
@@ -477,6 +499,21 @@ def _forget_bias(args):
     return None if fb is None or fb != fb else fb  # nan: torch's own init
 
 
+def _options(args):
+    """The regularisation options asked for ({name: p}, only those on), from the parsed
+    arguments or the results' ``config``."""
+    get = args.get if isinstance(args, dict) else (lambda k, d: getattr(args, k, d))
+    return {k: float(get(k, 0.0) or 0.0) for k in OPTIONS if get(k, 0.0)}
+
+
+def _model(name, impl, args, backend=True):
+    """``build_model`` with the job's settings (``backend``: pass --backend to fastrnn)."""
+    return build_model(name, impl, seed=args.seed, vocab_size=args.num_words,
+                       embed_dim=args.embed_dim, hidden_size=args.hidden_size,
+                       backend=args.backend if impl == "fastrnn" and backend else None,
+                       forget_bias=_forget_bias(args), **_options(args))
+
+
 class Run:
     """One (model, implementation) pair being trained."""
 
@@ -485,10 +522,7 @@ class Run:
         self.name, self.impl, self.device, self.lengths = name, impl, device, lengths
         self.procs = procs or Processes()
         self.key = name + ("+len" if lengths else "")
-        self.model = build_model(name, impl, seed=args.seed, vocab_size=args.num_words,
-                                 embed_dim=args.embed_dim, hidden_size=args.hidden_size,
-                                 backend=args.backend if impl == "fastrnn" else None,
-                                 forget_bias=_forget_bias(args))
+        self.model = _model(name, impl, args)
         self.precision = _precision(args)
         self.model.to(device, dtype=self.precision.dtype)
         self.train_model = self.procs.wrap(self.model, device)  # DDP under torchrun
@@ -681,11 +715,7 @@ def _fastrnn_backend_name(backend, device):
 def _initial_agreement(name, args, device, batch):
     """Max |logit difference| of the two implementations before training (same weights)."""
     precision = _precision(args)
-    models = {impl: build_model(name, impl, seed=args.seed, vocab_size=args.num_words,
-                                embed_dim=args.embed_dim, hidden_size=args.hidden_size,
-                                backend=args.backend if impl == "fastrnn" else None,
-                                forget_bias=_forget_bias(args)).to(device, precision.dtype)
-              for impl in IMPLS}
+    models = {impl: _model(name, impl, args).to(device, precision.dtype) for impl in IMPLS}
     sd_t, sd_f = models["torch"].state_dict(), models["fastrnn"].state_dict()
     same_weights = sd_t.keys() == sd_f.keys() and all(torch.equal(sd_t[k], sd_f[k]) for k in sd_t)
     xb, _, lb = batch
@@ -782,6 +812,10 @@ class KerasSide:
     def unavailable_reason(self, name, lengths, procs, device):
         if MODELS[name][0] == "PeepholeLSTM":
             return "Keras has no peephole LSTM layer (n/a)"
+        if MODELS[name][0].startswith("LayerNorm"):
+            return "Keras has no layer-normalised LSTM/GRU layer (n/a)"
+        if _options(self.args):
+            return "the Keras side runs without zoneout, recurrent dropout and weight drop (n/a)"
         if lengths:
             return "the Keras side runs the padded reviews only (n/a for length-aware runs)"
         if procs.world > 1:
@@ -1074,7 +1108,8 @@ def table_rows(summary):
     rows = [head]
     for r in summary["results"]:
         c = comp.get(r["model"]) if r["impl"] == "fastrnn" else None
-        row = [r["display"], r["impl"], r.get("backend", torch_side_label(r["model"])),
+        row = [r["display"], r["impl"],
+               r.get("backend", torch_side_label(r["model"], _options(summary["config"]))),
                f"{r['parameters']:,}", f"{r['train_seconds_per_epoch']:.1f}",
                f"{r['train_samples_per_s']:.0f}", f"{r['inference_samples_per_s']:.0f}",
                f"{100 * r['test_accuracy']:.2f}",
@@ -1388,10 +1423,16 @@ def write_report(summary, out, charts):
         "Speedup = fastrnn samples/s / torch.nn samples/s (> 1: fastrnn faster). Training "
         "time excludes a warm-up step (JIT compilation, first allocations).", "",
     ]
-    if any(torch_side_label(r["model"]) != "torch.nn" for r in summary["results"]):
-        lines += ["torch.nn has no peephole LSTM: the torch side of the peephole models is the "
-                  "step loop in torch ops a user would write (`fastrnn.models.PeepholeLSTMLoop`, "
-                  "labelled `torch step loop`).", ""]
+    options = _options(cfg)
+    if options:
+        lines += ["Regularisation: " + ", ".join(f"{k.replace('_', ' ')} {v}"
+                                                  for k, v in options.items())
+                  + " (docs/regularized.md).", ""]
+    if any(torch_side_label(r["model"], options) != "torch.nn" for r in summary["results"]):
+        lines += ["torch.nn has no peephole LSTM, no layer-normalised LSTM/GRU and none of "
+                  "the regularisation options: the torch side of those is the step loop in "
+                  "torch ops a user would write (`fastrnn.models.PeepholeLSTMLoop`, "
+                  "`RegularizedLoop`; labelled `torch step loop`).", ""]
     if summary["comparisons"]:
         lines += ["## Agreement", "",
                   "| model | accuracy diff (pp) | within 0.5 pp | identical initial weights | "

@@ -14,7 +14,7 @@ from fastrnn.backends import available_backends
 from fastrnn.datasets import download as dl
 from fastrnn.datasets import imdb as imdb_data
 from fastrnn.models import ALL_MODEL_NAMES, MODEL_NAMES, build_model, build_pair, \
-    count_parameters, fastrnn_layers_available
+    count_parameters, fastrnn_layers_available, torch_side_label
 
 from fixtures.imdb_fixture import make_reviews, write_tar
 
@@ -237,6 +237,60 @@ def test_job_peephole_models(tmp_path, archive):
     report = (out / "report.md").read_text()
     assert "| Peephole | torch | torch step loop |" in report
     assert "| Bi-Peephole | fastrnn | " + BACKEND + " |" in report
+
+
+def test_job_regularized_models(tmp_path, archive):
+    """--models lnlstm,gru with --zoneout/--recurrent-dropout/--weight-drop: the torch side
+    is the step loop (labelled so) with the same masks, the options stated in the report."""
+    out = tmp_path / "reg"
+    argv = ["--quick", "--data", str(archive), "--models", "lnlstm,gru", "--impl",
+            "fastrnn,torch", "--device", "cpu", "--backend", BACKEND, "--hidden-size", "8",
+            "--maxlen", "32", "--batch-size", "8", "--eval-batch-size", "16", "--epochs", "2",
+            "--out", str(out), "--no-progress", "--seed", "1", "--lr", "0.01", "--threads",
+            "1", "--zoneout", "0.1", "--recurrent-dropout", "0.2", "--weight-drop", "0.3"]
+    assert job.main(argv) == 0
+    summary = _check_outputs(out, ["lnlstm", "gru"], ["fastrnn", "torch"])
+    for c in summary["comparisons"]:
+        assert c["identical_initial_weights"] and c["initial_logit_max_abs_diff"] < 1e-5
+    report = (out / "report.md").read_text()
+    assert "| LN-LSTM | torch | torch step loop |" in report
+    assert "| GRU | torch | torch step loop |" in report
+    assert "Regularisation: zoneout 0.1, recurrent dropout 0.2, weight drop 0.3" in report
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "bilstm", "lnlstm", "bilngru"])
+def test_regularized_models_match_their_step_loops(name):
+    """build_model with the options: the torch side (RegularizedLoop) and fastrnn draw the
+    same masks and give the same logits and gradients, in training and in eval."""
+    opts = dict(zoneout=0.2, recurrent_dropout=0.3, weight_drop=0.25)
+    pair = build_pair(name, seed=3, backend=BACKEND, **SMALL, **opts)
+    assert type(pair["torch"].rnn).__name__ == "RegularizedLoop"
+    assert torch_side_label(name, opts) == "torch step loop"
+    assert torch_side_label(name) == ("torch.nn" if name in MODEL_NAMES else "torch step loop")
+    x = torch.randint(0, 50, (3, 11))
+    x[:, :4] = 0
+    for train in (True, False):
+        outs = {}
+        for impl, m in pair.items():
+            m.train(train)
+            m.zero_grad()
+            torch.manual_seed(5)
+            out = m(x)
+            out.sum().backward()
+            outs[impl] = (out,) + tuple(p.grad for p in m.parameters())
+        for a, b in zip(outs["torch"], outs["fastrnn"]):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_regularization_options_are_checked(tmp_path, archive):
+    base = ["--quick", "--data", str(archive), "--impl", "torch", "--device", "cpu",
+            "--out", str(tmp_path / "o"), "--no-progress"]
+    with pytest.raises(SystemExit, match="--zoneout must be in \\[0, 1\\)"):
+        job.main(base + ["--models", "lstm", "--zoneout", "1.0"])
+    with pytest.raises(SystemExit, match="not rnn, peephole"):
+        job.main(base + ["--models", "rnn,lstm,peephole", "--weight-drop", "0.5"])
+    with pytest.raises(ValueError, match="regularisation options"):
+        build_model("rnn", "torch", zoneout=0.1, **SMALL)
 
 
 def test_default_models_are_the_assignments_six():
