@@ -102,6 +102,45 @@ def test_onnx_dynamo_export_runs_in_onnxruntime(kind):
         torch.testing.assert_close(torch.from_numpy(g), w, atol=1e-5, rtol=1e-4)
 
 
+REG_MODELS = {
+    "LayerNormLSTM": lambda: fastrnn.LayerNormLSTM(5, 7, bidirectional=True),
+    "LayerNormGRU": lambda: fastrnn.LayerNormGRU(5, 7, num_layers=2),
+    "LSTM-zoneout": lambda: fastrnn.LSTM(5, 7, zoneout=(0.2, 0.1), recurrent_dropout=0.3,
+                                         weight_drop=0.3),
+    "GRU-zoneout": lambda: fastrnn.GRU(5, 7, bidirectional=True, zoneout=0.2),
+}
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("name", list(REG_MODELS))
+def test_onnx_export_of_layer_norm_and_regularized_layers(name, dynamo):
+    """The LayerNorm layers and the regularisation options export in eval (zoneout its
+    expectation, dropout and weight drop nothing) as standard ONNX operators, the steps
+    unrolled for the sequence length of the example input; onnxruntime gives the module's
+    outputs and final states."""
+    ort = pytest.importorskip("onnxruntime")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    m = _Seq(REG_MODELS[name](), False).eval()
+    x = torch.randn(6, 3, 5, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            data = torch.onnx.export(m, (x,), dynamo=True).model_proto.SerializeToString()
+        else:
+            buf = io.BytesIO()
+            torch.onnx.export(m, (x,), buf, dynamo=False, input_names=["x"])
+            data = buf.getvalue()
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        want = m(x)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(torch.from_numpy(g), w, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
 def test_cells_trace_and_export(kind):
     torch.manual_seed(0)
