@@ -25,6 +25,7 @@ using fastrnn::GruBackwardParams;
 using fastrnn::GruForwardParams;
 using fastrnn::LstmBackwardParams;
 using fastrnn::LstmForwardParams;
+using fastrnn::LnForwardParams;
 using fastrnn::RegBackwardParams;
 using fastrnn::RegForwardParams;
 using fastrnn::RnnBackwardParams;
@@ -353,6 +354,44 @@ PYBIND11_MODULE(_C, m) {
       py::arg("c0"), py::arg("w_hh"), py::arg("b_hh"), py::arg("rd"), py::arg("zh"), py::arg("zc"), py::arg("zh_p"),
       py::arg("zc_p"), py::arg("lengths"), py::arg("reverse"), py::arg("y"), py::arg("cn"), py::arg("gates"),
       py::arg("cs"), py::arg("cand"), py::arg("num_threads"));
+
+  m.def(
+      "ln_forward",
+      [](int itemsize, int kind, int64_t T, int64_t N, int64_t H, std::uintptr_t ax, std::uintptr_t h0,
+         std::uintptr_t c0, std::uintptr_t w_hh, std::uintptr_t g_hh, std::uintptr_t s_hh, std::uintptr_t g_c,
+         std::uintptr_t s_c, double zh_p, double zc_p, double eps, std::uintptr_t lengths, bool reverse,
+         std::uintptr_t y, std::uintptr_t cn, int num_threads) {
+        if (kind != fastrnn::kCellLstm && kind != fastrnn::kCellGru)
+          throw std::invalid_argument("ln_forward: kind must be 0 (LSTM) or 1 (GRU)");
+        check_sizes(T, N, H, H, num_threads);
+        check_lengths(lengths, T, N);
+        const bool lstm = kind == fastrnn::kCellLstm;
+        for (auto [p, what] : {std::pair{ax, "ax"}, {h0, "h0"}, {w_hh, "w_hh"}, {g_hh, "g_hh"}, {s_hh, "s_hh"},
+                               {y, "y"}})
+          require(p, what);
+        if (lstm)
+          for (auto [p, what] : {std::pair{c0, "c0 (LSTM)"}, {g_c, "g_c (LSTM)"}, {s_c, "s_c (LSTM)"},
+                                 {cn, "cn (LSTM)"}})
+            require(p, what);
+        else if (zc_p != 0)
+          throw std::invalid_argument("ln_forward: zc_p is the LSTM's");
+        if (!(zh_p >= 0 && zh_p < 1) || !(zc_p >= 0 && zc_p < 1) || !(eps > 0))
+          throw std::invalid_argument("ln_forward: zh_p and zc_p must be in [0, 1) and eps > 0");
+        auto fill = [&](auto& p) {
+          using scalar_t = std::remove_pointer_t<decltype(p.y)>;
+          p = {kind, T, N, H, ptr<const scalar_t>(ax), ptr<const scalar_t>(h0), ptr<const scalar_t>(c0),
+               ptr<const scalar_t>(w_hh), ptr<const scalar_t>(g_hh), ptr<const scalar_t>(s_hh),
+               ptr<const scalar_t>(g_c), ptr<const scalar_t>(s_c), static_cast<scalar_t>(zh_p),
+               static_cast<scalar_t>(zc_p), static_cast<scalar_t>(eps), ptr<const int64_t>(lengths), reverse,
+               ptr<scalar_t>(y), ptr<scalar_t>(cn), num_threads};
+        };
+        run<LnForwardParams>(itemsize, fastrnn::cpu::ln_forward<float>, fastrnn::cpu::ln_forward<double>, fill);
+      },
+      "inference of a layer-normalised LSTM/GRU layer-direction (LnForwardParams)", py::arg("itemsize"),
+      py::arg("kind"), py::arg("T"), py::arg("N"), py::arg("H"), py::arg("ax"), py::arg("h0"), py::arg("c0"),
+      py::arg("w_hh"), py::arg("g_hh"), py::arg("s_hh"), py::arg("g_c"), py::arg("s_c"), py::arg("zh_p"),
+      py::arg("zc_p"), py::arg("eps"), py::arg("lengths"), py::arg("reverse"), py::arg("y"), py::arg("cn"),
+      py::arg("num_threads"));
 
   m.def(
       "reg_backward",

@@ -161,7 +161,7 @@ class _LayerNormRNNBase(_Regularized, nn.Module):
                        train, self.bidirectional, self.batch_first, 0,
                        (self._zoneout_h, self._zoneout_c), self._recurrent_dropout)
         if not torch.compiler.is_compiling():
-            self.__dict__["last_backend"] = F_.TORCH_OPS
+            self.__dict__["last_backend"] = R.last_path()
         return result
 
 

@@ -212,6 +212,10 @@ def _direction(kind, x, h0, c0, p, lengths, reverse, opts, train, fused):
     zh = _bernoulli(h0, (T,) + tuple(h0.shape), zh_p).bool() if train and zh_p else None
     zc = (_bernoulli(c0, (T,) + tuple(c0.shape), zc_p).bool()
           if train and two and zc_p else None)
+    if fused and kind.startswith("LN_") and T > 0 and x.shape[1] > 0 and h0.shape[-1] > 0:
+        # inference (``_ln_fused_ok``): no masks, zoneout's eval expectation
+        return _ln_fused(kind, ax, h0, c0, p, 0.0 if train else zh_p,
+                         0.0 if train or not two else zc_p, lengths, reverse)
     if fused and T > 0 and x.shape[1] > 0 and h0.shape[-1] > 0:  # (the kernels take no 0)
         f = ax.dtype  # masks as the kernels read them: the layer's dtype
         y, cn = _Fused.apply(kind, ax, h0, c0, p["w_hh"], p["b_hh"] if kind == "GRU" else None,
@@ -291,6 +295,39 @@ class _Fused(torch.autograd.Function):
         res[2] = dh0 if need[2] else None
         res[3] = dc0 if need[3] else None
         return tuple(res)
+
+
+def _ln_fused(kind, ax, h0, c0, p, zh_p, zc_p, lengths, reverse):
+    """Inference of a LayerNorm layer-direction on the compiled CPU kernels
+    (``_C.ln_forward``) -> (y, h_n, c_n|None)."""
+    from .backends import cpu
+    T, N, _ = ax.shape
+    H = h0.shape[-1]
+    lstm = kind == "LN_LSTM"
+    args = [None if t is None else t.detach().contiguous() for t in (
+        ax, h0, c0, p["w_hh"], p["g_hh"], p["s_hh"], p.get("g_c"), p.get("s_c"))]
+    ax, h0, c0, w_hh, g_hh, s_hh, g_c, s_c = args
+    y = ax.new_empty(T, N, H)
+    cn = ax.new_empty(N, H) if lstm else None
+    lengths = cpu._lengths(lengths, T, N)
+    cpu._C.ln_forward(ax.element_size(), 0 if lstm else 1, T, N, H, ax.data_ptr(),
+                      h0.data_ptr(), cpu._opt_ptr(c0), w_hh.data_ptr(), g_hh.data_ptr(),
+                      s_hh.data_ptr(), cpu._opt_ptr(g_c), cpu._opt_ptr(s_c), float(zh_p),
+                      float(zc_p), EPS, cpu._opt_ptr(lengths), bool(reverse), y.data_ptr(),
+                      cpu._opt_ptr(cn), cpu._threads())
+    return y, y[0 if reverse else T - 1], cn
+
+
+def _ln_fused_ok(kind, x, h0, c0, weights, train, opts):
+    """Whether a LayerNorm layer runs ``_ln_fused`` (inference only: the kernel has no
+    backward): no gradient asked of anything, no masks to draw (eval, or no zoneout or
+    recurrent dropout), and the conditions of ``_fused_ok`` for the compiled CPU kernels."""
+    if not kind.startswith("LN_") or (train and any(opts)):
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (x, h0, c0, *weights)):
+        return False
+    return _fused_ok(kind[3:], x, h0, False, None)
 
 
 def _fused_ok(kind, x, h0, proj, backend):
@@ -377,7 +414,8 @@ def rnn(kind, input, hx, weights, has_biases, num_layers, dropout, train, bidire
     c0 = (x.new_zeros(c_shape) if c is None else c) if two else None
 
     opts = (zoneout[0], zoneout[1], recurrent_dropout)
-    fused = _fused_ok(kind, x, h0, proj, backend)
+    fused = _fused_ok(kind, x, h0, proj, backend) or _ln_fused_ok(
+        kind, x, h0, c0, weights, train, opts)
     _last["path"] = "cpu" if fused else "torch-ops"
     hns, cns = [], []
     for layer in range(num_layers):

@@ -666,3 +666,28 @@ def test_zero_batch_with_options(kind):
     assert y.shape == (3, 0, H) and hn.shape == (1, 0, H)
     y.sum().backward()
     assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("N", [1, 4, 30])
+@pytest.mark.parametrize("kind", ["LN_LSTM", "LN_GRU"])
+def test_layer_norm_inference_on_the_fused_kernels(kind, N):
+    """Inference of the LayerNorm layers (no gradient asked for) runs the fused LayerNorm
+    kernel where the compiled CPU kernels are built: the equations' outputs and final states,
+    packed sequences of different lengths, two layers, both directions, zoneout's eval
+    expectation; with a gradient asked for, the step loop."""
+    module = _make(kind, num_layers=2, bidirectional=True, zoneout=0.3).eval()
+    T = 7
+    lengths = sorted(torch.randint(1, T + 1, (N,)).tolist(), reverse=True)
+    lengths[0] = T
+    x = torch.randn(T, N, I, dtype=F64)
+    hx = _states(kind, module, N)
+    with torch.no_grad():
+        out, hn = module(pack_padded_sequence(x, lengths), hx)
+        y, _ = pad_packed_sequence(out)
+        assert module.last_backend == _reg_path(kind[3:], {})
+        want = _oracle(kind, module, x, hx, _draw(kind, module, T, N, False, 0), False,
+                       torch.tensor(lengths))
+    hn, cn = hn if kind in TWO else (hn, None)
+    _check((y, hn, cn), want, ("output", "h_n", "c_n"))
+    module(x.requires_grad_(), hx)
+    assert module.last_backend == "torch-ops"

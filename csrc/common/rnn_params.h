@@ -229,4 +229,28 @@ struct RegBackwardParams {
   int num_threads;
 };
 
+// Inference of the layer-normalised LSTM / GRU (fastrnn/layer_norm.py has the equations):
+// per step one fused GEMM h_{t-1} @ W_hh^T into a row buffer, then per row LayerNorm over
+// all G*H recurrent pre-activations, the gates, and (LSTM) LayerNorm over c~_t. kind:
+// kCellLstm or kCellGru. zh_p/zc_p: zoneout's eval expectation (0: off).
+template <typename scalar_t>
+struct LnForwardParams {
+  int kind;
+  int64_t T, N, H;
+  const scalar_t* ax;              // [T, N, G*H] LN(W_ih x_t) g_ih + s_ih
+  const scalar_t* h0;              // [N, H]
+  const scalar_t* c0;              // [N, H] (LSTM)
+  const scalar_t* w_hh;            // [G*H, H]
+  const scalar_t* g_hh;            // [G*H] gain of LN(W_hh h)
+  const scalar_t* s_hh;            // [G*H] its shift
+  const scalar_t* g_c;             // [H] (LSTM) gain of LN(c)
+  const scalar_t* s_c;             // [H] (LSTM) its shift
+  scalar_t zh_p, zc_p, eps;
+  const int64_t* lengths;          // [N] or nullptr
+  bool reverse;
+  scalar_t* y;                     // [T, N, H]
+  scalar_t* cn;                    // [N, H] (LSTM)
+  int num_threads;
+};
+
 }  // namespace fastrnn

@@ -29,6 +29,7 @@ template <typename scalar_t> void cell_forward(const CellForwardParams<scalar_t>
 template <typename scalar_t> void cell_backward(const CellBackwardParams<scalar_t>& p);
 template <typename scalar_t> void reg_forward(const RegForwardParams<scalar_t>& p);
 template <typename scalar_t> void reg_backward(const RegBackwardParams<scalar_t>& p);
+template <typename scalar_t> void ln_forward(const LnForwardParams<scalar_t>& p);
 
 }  // namespace cpu
 }  // namespace fastrnn

@@ -10,6 +10,11 @@
 //             to h_{t-1} (and for c to c_{t-1}).
 // The LSTM records c~ (its candidate before zoneout: h~ = o tanh(c~)) beside the mixed
 // state c; the RNN records h~ (its activation's derivative).
+// Also here: the inference of the layer-normalised LSTM/GRU (LnForwardParams), whose
+// per-row LayerNorm needs the whole row of the step's product: the GEMM epilogue stores the
+// row, then each row's statistics, gates and state update follow.
+#include <cmath>
+
 #include "cpu/fused_gemm.h"
 #include "cpu/gate_grads.h"
 #include "cpu/kernels.h"
@@ -233,7 +238,122 @@ void backward_g(const RegBackwardParams<scalar_t>& a) {
   if (G == 4) std::copy(dc.get(), dc.get() + N * H, a.dc0);
 }
 
+// Mean and 1/sqrt(var + eps) of a row of n values (torch.nn.LayerNorm's biased variance),
+// two passes over it.
+template <typename scalar_t>
+FASTRNN_INLINE void row_stats(const scalar_t* row, int64_t n, scalar_t eps, scalar_t* mean, scalar_t* rstd) {
+  constexpr int W = Vec<scalar_t>::W;
+  using V = vec_t<scalar_t>;
+  V acc = vzero<scalar_t>();
+  for (int64_t k = 0; k < n; k += W) acc = acc + vload_n(row + k, static_cast<int>(std::min<int64_t>(W, n - k)));
+  const scalar_t m = vhsum<scalar_t>(acc) / static_cast<scalar_t>(n);
+  const V vm = vset<scalar_t>(m);
+  V sq = vzero<scalar_t>();
+  for (int64_t k = 0; k < n; k += W) {
+    const int cnt = static_cast<int>(std::min<int64_t>(W, n - k));
+    const V d = vload_n(row + k, cnt) - vm;
+    sq = sq + d * d;
+  }
+  // the lanes past the row's end read 0: each added m^2
+  const int64_t pad = (n + W - 1) / W * W - n;
+  const scalar_t var = (vhsum<scalar_t>(sq) - static_cast<scalar_t>(pad) * m * m) / static_cast<scalar_t>(n);
+  *mean = m;
+  *rstd = static_cast<scalar_t>(1) / std::sqrt(std::max(var, static_cast<scalar_t>(0)) + eps);
+}
+
+template <typename scalar_t, int G>
+void ln_forward_g(const LnForwardParams<scalar_t>& a) {
+  constexpr int W = Vec<scalar_t>::W;
+  using V = vec_t<scalar_t>;
+  const int64_t T = a.T, N = a.N, H = a.H, GH = G * H;
+  int64_t P = 0;
+  Packed<scalar_t> w = pack_gate_major_cached<scalar_t, G>(a.w_hh, H, H, &P);  // h @ W_hh^T
+  Buffer<scalar_t> hg = make_buffer<scalar_t>(N * GH);  // the step's recurrent product, per row
+  Buffer<scalar_t> c, cc;                               // LSTM: c, and c~ of the step
+  if (G == 4) {
+    c = make_buffer<scalar_t>(N * H);
+    cc = make_buffer<scalar_t>(N * H);
+    std::copy(a.c0, a.c0 + N * H, c.get());
+  }
+  run_team(a.num_threads, [&](int tid, int nthr, TeamBarrier* bar) {
+    const WorkSplit ws(P, N, tid, nthr, rows_per_tile<G>(), bar);
+    // the rows whose LayerNorm and gates this thread computes: its GEMM rows when it owns
+    // whole rows, else a share of them after the phase barrier
+    const int64_t rb = ws.independent ? ws.r_begin : N * tid / nthr;
+    const int64_t re = ws.independent ? ws.r_end : N * (tid + 1) / nthr;
+    for_each_step(ws, T, a.reverse, /*backward=*/false, [&](int64_t s, int64_t t) {
+      const scalar_t* hprev = s == 0 ? a.h0 : a.y + prev_time(t, a.reverse) * N * H;
+      scalar_t* yt = a.y + t * N * H;
+      fused_gemm<scalar_t, G>(ws, hprev, H, H, w.get(), [&](int64_t p, int64_t n, const V* acc) {
+        const int64_t u = p * W;
+        const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
+        for (int g = 0; g < G; ++g) vstore_n(hg.get() + n * GH + g * H + u, acc[g], cnt);
+      });
+      FASTRNN_PHASE_BARRIER(ws);
+      for (int64_t n = rb; n < re; ++n) {
+        const scalar_t* hp_row = hprev + n * H;
+        if (!step_valid(a.lengths, n, t)) {  // frozen state
+          std::copy(hp_row, hp_row + H, yt + n * H);
+          continue;
+        }
+        scalar_t* row = hg.get() + n * GH;
+        scalar_t mean, rstd;
+        row_stats(row, GH, a.eps, &mean, &rstd);
+        const V vm = vset<scalar_t>(mean), vr = vset<scalar_t>(rstd);
+        const scalar_t* x = a.ax + (t * N + n) * GH;
+        // gate k's pre-activation at units [u, u+cnt): ax + LN(W_hh h) g_hh + s_hh
+        auto pre = [&](int k, int64_t u, int cnt) {
+          const int64_t o = k * H + u;
+          return vload_n(x + o, cnt) + (vload_n(row + o, cnt) - vm) * vr * vload_n(a.g_hh + o, cnt) +
+                 vload_n(a.s_hh + o, cnt);
+        };
+        auto mix = [&](scalar_t p_keep, V prev, V cand) {
+          return p_keep != 0 ? vset<scalar_t>(p_keep) * prev + vset<scalar_t>(1 - p_keep) * cand : cand;
+        };
+        if constexpr (G == 4) {
+          for (int64_t u = 0; u < H; u += W) {
+            const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
+            const V i = vsigmoid<scalar_t>(pre(0, u, cnt)), f = vsigmoid<scalar_t>(pre(1, u, cnt));
+            const V g = vtanh<scalar_t>(pre(2, u, cnt));
+            vstore_n(row + 3 * H + u, vsigmoid<scalar_t>(pre(3, u, cnt)), cnt);  // o, kept in place
+            vstore_n(cc.get() + n * H + u, f * vload_n(c.get() + n * H + u, cnt) + i * g, cnt);
+          }
+          scalar_t cmean, crstd;
+          row_stats(cc.get() + n * H, H, a.eps, &cmean, &crstd);
+          const V cm = vset<scalar_t>(cmean), cr = vset<scalar_t>(crstd);
+          for (int64_t u = 0; u < H; u += W) {
+            const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
+            const int64_t o = n * H + u;
+            const V ctil = vload_n(cc.get() + o, cnt);
+            const V cand = vload_n(row + 3 * H + u, cnt) *
+                           vtanh<scalar_t>((ctil - cm) * cr * vload_n(a.g_c + u, cnt) + vload_n(a.s_c + u, cnt));
+            vstore_n(yt + o, mix(a.zh_p, vload_n(hp_row + u, cnt), cand), cnt);
+            vstore_n(c.get() + o, mix(a.zc_p, vload_n(c.get() + o, cnt), ctil), cnt);
+          }
+        } else {
+          for (int64_t u = 0; u < H; u += W) {
+            const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
+            const V r = vsigmoid<scalar_t>(pre(0, u, cnt)), z = vsigmoid<scalar_t>(pre(1, u, cnt));
+            const int64_t o = 2 * H + u;  // n = tanh(a_x^n + r a_h^n)
+            const V ah_n = (vload_n(row + o, cnt) - vm) * vr * vload_n(a.g_hh + o, cnt) + vload_n(a.s_hh + o, cnt);
+            const V nn = vtanh<scalar_t>(vload_n(x + o, cnt) + r * ah_n);
+            const V hp = vload_n(hp_row + u, cnt);
+            vstore_n(yt + n * H + u, mix(a.zh_p, hp, ((scalar_t)1 - z) * nn + z * hp), cnt);
+          }
+        }
+      }
+    });
+  });
+  if (G == 4) std::copy(c.get(), c.get() + N * H, a.cn);
+}
+
 }  // namespace
+
+template <typename scalar_t>
+void ln_forward(const LnForwardParams<scalar_t>& a) {
+  if (a.kind == kCellLstm) return ln_forward_g<scalar_t, 4>(a);
+  return ln_forward_g<scalar_t, 3>(a);
+}
 
 template <typename scalar_t>
 void reg_forward(const RegForwardParams<scalar_t>& a) {
@@ -255,6 +375,7 @@ void reg_backward(const RegBackwardParams<scalar_t>& a) {
 
 FASTRNN_INSTANTIATE(reg_forward, RegForwardParams)
 FASTRNN_INSTANTIATE(reg_backward, RegBackwardParams)
+FASTRNN_INSTANTIATE(ln_forward, LnForwardParams)
 
 }  // namespace FASTRNN_ISA
 }  // namespace cpu
