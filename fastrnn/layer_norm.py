@@ -24,8 +24,9 @@ Options (keyword-only, off by default): ``zoneout`` (LSTM: a float or a pair (p_
 ``recurrent_dropout``, ``weight_drop`` on the layers; ``zoneout`` on the cells (recurrent
 dropout and weight drop keep one mask per sequence; a cell sees one step).
 
-Every backend computes these layers with the same torch ops (no fused kernels yet):
-``last_backend`` is "torch-ops".
+Inference (no gradient asked for, no masks drawn) runs a fused LayerNorm kernel where the
+compiled CPU kernels are built (``last_backend`` "cpu"); training, the cells and other
+devices run the step loop of ``fastrnn.regularized`` in torch ops ("torch-ops").
 """
 import math
 import numbers
