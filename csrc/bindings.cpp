@@ -187,6 +187,33 @@ PYBIND11_MODULE(_C, m) {
         return std::memcmp(ptr<const void>(a), ptr<const void>(b), static_cast<size_t>(nbytes)) == 0;
       },
       "memcmp(a, b, nbytes) == 0", py::arg("a"), py::arg("b"), py::arg("nbytes"));
+  m.def(
+      "bf16_widen_add",
+      [](std::uintptr_t src, std::uintptr_t bias, std::uintptr_t out, int64_t rows, int64_t cols, int num_threads) {
+        // out[r, c] = float(src[r, c]) + bias[c]: a bfloat16 GEMM's result [rows, cols] widened
+        // into float32 with the bias added in one pass (what out.copy_(src) then out.add_(bias)
+        // computes, bit for bit, in two)
+        if (rows < 0 || cols < 0) throw std::invalid_argument("bf16_widen_add: rows and cols must be >= 0");
+        if (num_threads < 1) throw std::invalid_argument("bf16_widen_add: num_threads must be >= 1");
+        if (rows == 0 || cols == 0) return;
+        require(src, "src");
+        require(out, "out");
+        const uint16_t* s = ptr<const uint16_t>(src);
+        const float* b = ptr<const float>(bias);
+        float* o = ptr<float>(out);
+        py::gil_scoped_release release;
+#pragma omp parallel for num_threads(num_threads) schedule(static) if (rows * cols >= (1 << 16))
+        for (int64_t r = 0; r < rows; ++r) {
+          const uint16_t* sr = s + r * cols;
+          float* orow = o + r * cols;
+          if (b)
+            for (int64_t c = 0; c < cols; ++c) orow[c] = bf16_widen(sr[c]) + b[c];
+          else
+            for (int64_t c = 0; c < cols; ++c) orow[c] = bf16_widen(sr[c]);
+        }
+      },
+      "out = float32(src) + bias over [rows, cols] (bias [cols] or 0)", py::arg("src"), py::arg("bias"),
+      py::arg("out"), py::arg("rows"), py::arg("cols"), py::arg("num_threads"));
   m.def("bf16_available", &fastrnn::cpu::bf16_kernels_available,
         "whether the bfloat16 sequence kernels run (the 'avx512bf16' build is in use)");
   m.def(
@@ -524,12 +551,13 @@ PYBIND11_MODULE(_C, m) {
       [](int itemsize, int cell, int64_t N, int64_t I, int64_t H, std::uintptr_t x, std::uintptr_t h,
          std::uintptr_t c, std::uintptr_t w_ih, std::uintptr_t w_hh, std::uintptr_t b_ih, std::uintptr_t b_hh,
          std::uintptr_t h_out, std::uintptr_t c_out, std::uintptr_t saved, int num_threads, int64_t T,
-         bool reverse, int64_t x_step, int64_t x_row, std::uintptr_t w_ch, std::uintptr_t lengths) {
+         bool reverse, int64_t x_step, int64_t x_row, std::uintptr_t w_ch, std::uintptr_t lengths, bool round_bf16) {
         check_cell(cell);
         check_sizes(T, N, H, I, num_threads);
         if (x_row < 0 || x_step < 0 || (x_row && x_row < I))
           throw std::invalid_argument("cell_forward: x's strides must be 0 (dense) or leave its rows whole");
         if (T > 1 && saved) throw std::invalid_argument("cell_forward: several steps are for inference (no saved)");
+        if (round_bf16 && itemsize != 4) throw std::invalid_argument("cell_forward: round_bf16 is for float32");
         check_lengths(lengths, T, N);
         const bool lstm = cell == fastrnn::kCellLstm;
         for (auto [p, what] : {std::pair{x, "x"}, {h, "h"}, {w_ih, "w_ih"}, {w_hh, "w_hh"}, {h_out, "h_out"}})
@@ -545,7 +573,7 @@ PYBIND11_MODULE(_C, m) {
           p = {N, I, H, cell, ptr<const scalar_t>(x), ptr<const scalar_t>(h), ptr<const scalar_t>(c), ptr<const scalar_t>(w_ih),
                ptr<const scalar_t>(w_hh), ptr<const scalar_t>(b_ih), ptr<const scalar_t>(b_hh), ptr<scalar_t>(h_out), ptr<scalar_t>(c_out),
                ptr<scalar_t>(saved), num_threads, T, reverse, x_step, x_row, ptr<const scalar_t>(w_ch),
-               ptr<const int64_t>(lengths)};
+               ptr<const int64_t>(lengths), round_bf16};
         };
         run<CellForwardParams>(itemsize, fastrnn::cpu::cell_forward<float>, fastrnn::cpu::cell_forward<double>,
                                fill);
@@ -554,18 +582,21 @@ PYBIND11_MODULE(_C, m) {
       py::arg("itemsize"), py::arg("cell"), py::arg("N"), py::arg("I"), py::arg("H"), py::arg("x"), py::arg("h"),
       py::arg("c"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("h_out"),
       py::arg("c_out"), py::arg("saved"), py::arg("num_threads"), py::arg("T") = 1, py::arg("reverse") = false,
-      py::arg("x_step") = 0, py::arg("x_row") = 0, py::arg("w_ch") = 0, py::arg("lengths") = 0);
+      py::arg("x_step") = 0, py::arg("x_row") = 0, py::arg("w_ch") = 0, py::arg("lengths") = 0,
+      py::arg("round_bf16") = false);
 
   m.def(
       "cell_forward_bf16",
       [](int cell, int64_t N, int64_t I, int64_t H, std::uintptr_t x, std::uintptr_t h, std::uintptr_t c,
          std::uintptr_t w_ih, std::uintptr_t w_hh, std::uintptr_t b_ih, std::uintptr_t b_hh, std::uintptr_t h_out,
          std::uintptr_t c_out, int num_threads, int64_t T, bool reverse, int64_t x_step, int64_t x_row,
-         std::uintptr_t w_ch, std::uintptr_t lengths) {
-        // cell_forward for inference on bfloat16 activations with float32 weights: x, h, c
-        // and the outputs bfloat16 (x at element strides x_step/x_row, 0: dense), read into
-        // float32 scratch, the float32 kernel run, its results rounded back. A bfloat16 step
-        // loop then pays no tensor conversions around the kernel.
+         std::uintptr_t w_ch, std::uintptr_t lengths, bool weights_bf16) {
+        // cell_forward for inference on bfloat16 activations: x, h, c and the outputs
+        // bfloat16 (x at element strides x_step/x_row, 0: dense), read into float32 scratch,
+        // the float32 kernel run, its results rounded back. The weights are float32, or with
+        // weights_bf16 all bfloat16 (a bfloat16 module's own parameters: the kernel widens
+        // W_ih and W_hh as it reads or packs them, the biases and peepholes are widened
+        // here). A bfloat16 step loop then pays no tensor conversions around the kernel.
         check_cell(cell);
         check_sizes(T, N, H, I, num_threads);
         if (x_row < 0 || x_step < 0 || (x_row && x_row < I))
@@ -606,6 +637,23 @@ PYBIND11_MODULE(_C, m) {
                                    ptr<const float>(b_hh), yf.data(), lstm ? cof.data() : nullptr, nullptr,
                                    num_threads, T, reverse, 0, 0, ptr<const float>(w_ch),
                                    ptr<const int64_t>(lengths)};
+        thread_local std::vector<float> bif, bhf, chf;
+        if (weights_bf16) {
+          const int64_t GH = (lstm ? 4 : cell == fastrnn::kCellGru ? 3 : 1) * H;
+          auto widen = [](std::uintptr_t src, int64_t n, std::vector<float>& dst) -> const float* {
+            if (!src) return nullptr;
+            dst.resize(size_t(n));
+            const uint16_t* b = ptr<const uint16_t>(src);
+            for (int64_t k = 0; k < n; ++k) dst[k] = bf16_widen(b[k]);
+            return dst.data();
+          };
+          p.w_ih = p.w_hh = nullptr;
+          p.w_ih_bf16 = ptr<const uint16_t>(w_ih);
+          p.w_hh_bf16 = ptr<const uint16_t>(w_hh);
+          p.b_ih = widen(b_ih, GH, bif);
+          p.b_hh = widen(b_hh, GH, bhf);
+          p.w_ch = widen(w_ch, 3 * H, chf);
+        }
         fastrnn::cpu::cell_forward<float>(p);
         uint16_t* yb = ptr<uint16_t>(h_out);
         for (int64_t k = 0; k < T * N * H; ++k) yb[k] = bf16_round(yf[k]);
@@ -618,7 +666,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("cell"), py::arg("N"), py::arg("I"), py::arg("H"), py::arg("x"), py::arg("h"), py::arg("c"),
       py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("h_out"), py::arg("c_out"),
       py::arg("num_threads"), py::arg("T") = 1, py::arg("reverse") = false, py::arg("x_step") = 0,
-      py::arg("x_row") = 0, py::arg("w_ch") = 0, py::arg("lengths") = 0);
+      py::arg("x_row") = 0, py::arg("w_ch") = 0, py::arg("lengths") = 0, py::arg("weights_bf16") = false);
 
   m.def(
       "cell_backward",

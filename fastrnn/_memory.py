@@ -111,6 +111,15 @@ class PooledLinear(torch.autograd.Function):
         return dx, dw, db, None
 
 
+def _widen_add():
+    """The compiled one-pass ``out = float32(bf16) + bias`` (``_C.bf16_widen_add``), or None."""
+    try:
+        from .backends import cpu
+    except Exception:
+        return None
+    return getattr(cpu._C, "bf16_widen_add", None) if cpu._C is not None else None
+
+
 class Bf16Linear(torch.autograd.Function):
     """F.linear over [T, N, I] for a float32 training call under CPU autocast to bfloat16
     whose input and weight hold bfloat16 values (autocast rounded them): the GEMMs in
@@ -126,9 +135,16 @@ class Bf16Linear(torch.autograd.Function):
         x16 = x.reshape(T * N, I).to(torch.bfloat16)
         w16 = weight.to(torch.bfloat16)
         out = pooled_empty(T * N, weight.shape[0], like=x, backend=backend)
-        out.copy_(torch.mm(x16, w16.t()))  # (a mixed-dtype add into out is several times slower)
-        if bias is not None:
-            out.add_(bias)
+        y16 = torch.mm(x16, w16.t())
+        widen = _widen_add()
+        if widen is not None:  # one pass: widened, the bias added
+            b = None if bias is None else bias.detach().to(torch.float32).contiguous()
+            widen(y16.data_ptr(), 0 if b is None else b.data_ptr(), out.data_ptr(),
+                  T * N, weight.shape[0], max(1, torch.get_num_threads()))
+        else:
+            out.copy_(y16)  # (a mixed-dtype add into out is several times slower)
+            if bias is not None:
+                out.add_(bias)
         ctx.save_for_backward(x16, w16)
         ctx.has_bias, ctx.backend, ctx.shape = bias is not None, backend, (T, N, I)
         return out.view(T, N, weight.shape[0])

@@ -78,9 +78,10 @@ def usable(tensors, strided_first=True):
 
 def usable_bf16(acts, weights):
     """Whether a cell step on bfloat16 activations ``acts`` (x, h, c: the first a tensor,
-    None entries allowed) with float32 ``weights`` (the float32 copies of a bfloat16
-    module's weights) may run ``cell``'s bfloat16 inference kernel: CPU, the layouts of
-    ``usable``, and no gradient asked for (training runs the float32 copies with autograd)."""
+    None entries allowed) with ``weights`` all float32 (float32 copies) or all bfloat16 (a
+    bfloat16 module's own, which the kernel widens as it reads them) may run ``cell``'s
+    bfloat16 inference kernel: CPU, the layouts of ``usable``, and no gradient asked for
+    (training runs float32 copies with autograd)."""
     if has_torch_function(acts + weights) or _legacy_batched(acts[0]):
         return False
     grad = torch.is_grad_enabled()
@@ -91,8 +92,11 @@ def usable_bf16(acts, weights):
         if t is not None and (t.dtype != torch.bfloat16 or not t.is_cpu or not t.is_contiguous()
                               or (grad and t.requires_grad)):
             return False
+    wdtype = weights[0].dtype
+    if wdtype not in (torch.float32, torch.bfloat16):
+        return False
     for t in weights:
-        if t is not None and (t.dtype != torch.float32 or not t.is_cpu or not t.is_contiguous()
+        if t is not None and (t.dtype != wdtype or not t.is_cpu or not t.is_contiguous()
                               or (grad and t.requires_grad)):
             return False
     return True
@@ -203,10 +207,16 @@ _ONE_PASS_MACS = 1 << 20
 _cell_apply = super(torch.autograd.Function, _Cell).apply
 
 
-def cell(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch=None):
+def cell(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch=None, round_bf16=False):
     """One step of ``kind`` ("LSTM", "GRU", "RNN_TANH", "RNN_RELU", "PEEPHOLE" with the
     peephole weights w_ch [3H]): x [N, I], h (and c) [N, H]; returns (h', c') for LSTM and
-    PEEPHOLE, else h'. Arguments already checked by the caller (``usable`` and the shapes)."""
+    PEEPHOLE, else h'. Arguments already checked by the caller (``usable`` and the shapes).
+    ``round_bf16`` (float32 inference under CPU autocast, no gradient asked for): the
+    products read x and the weights rounded to bfloat16."""
+    if round_bf16:
+        h1, c1, _ = _cpu.cell_forward(_KINDS[kind], x, h, c, w_ih, w_hh, b_ih, b_hh, False,
+                                      w_ch, round_bf16=True)
+        return (h1, c1) if kind in _WITH_C else h1
     if torch.is_grad_enabled() and (x.requires_grad or h.requires_grad or w_ih.requires_grad
                                     or w_hh.requires_grad
                                     or (c is not None and c.requires_grad)

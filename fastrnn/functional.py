@@ -523,11 +523,22 @@ def _planned_cell(plan, fn, input, hx, weights, two_states, fast=None):
     ``fast`` (the cell's ``_fast_cell`` on the same arguments) is tried first: a bfloat16
     step loop then pays the casts and one fused step, not a second plan and dispatch."""
     if fast is not None and plan.round_to is None and input.dtype == torch.bfloat16:
-        # a bfloat16 module: its inference step runs on the bfloat16 activations as they
-        # are (the kernel reads them into float32), the weights' float32 copies
-        out = fast(input, hx, *[plan.weight(w) for w in weights])
+        # a bfloat16 module: its inference step runs on the bfloat16 activations and
+        # weights as they are (the kernel reads them into float32; no converted copies)
+        out = fast(input, hx, *weights)
         if out is not None:
             return out
+    if fast is not None and plan.round_to == torch.bfloat16 and plan.compute == torch.float32 \
+            and not _any_grad(input, hx, weights):
+        # autocast inference on the CPU: the float32 kernel rounds x and the weights to
+        # bfloat16 as it reads them (no converted copies of the weights, nor a check of such
+        # copies, per call); the states keep their precision (plan.state)
+        x = input if input.dtype == torch.float32 else input.to(torch.float32)
+        out = fast(x, _map_states(hx, plan.state), *weights, round_bf16=True)
+        if out is not None:
+            if two_states:
+                return out[0].to(plan.out_h), out[1].to(plan.out_c)
+            return out.to(plan.out_h)
     with plan.context():
         args = (plan.tensor(input), _map_states(hx, plan.state),
                 *[plan.weight(w) for w in weights])
@@ -537,6 +548,15 @@ def _planned_cell(plan, fn, input, hx, weights, two_states, fast=None):
     if two_states:
         return out[0].to(plan.out_h), out[1].to(plan.out_c)
     return out.to(plan.out_h)
+
+
+def _any_grad(input, hx, weights):
+    """Whether a gradient is asked of a cell call on these arguments."""
+    if not torch.is_grad_enabled():
+        return False
+    states = hx if isinstance(hx, (tuple, list)) else (hx,)
+    return any(isinstance(t, torch.Tensor) and t.requires_grad
+               for t in (input, *states, *weights))
 
 
 def _fast_backend(backend):
@@ -713,10 +733,12 @@ def _cell_backend(backend, x, H, peephole=False):
     return resolve_backend(backend, x, peephole=peephole)
 
 
-def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend, w_ch=None):
+def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend, w_ch=None, round_bf16=False):
     """A cell call in plain eager mode on the compiled CPU kernels: one fused step
     (``fastrnn.fastpath``). None whenever the general path must run (which also raises
-    every error for bad arguments)."""
+    every error for bad arguments). ``round_bf16``: float32 inference whose products read x
+    and the weights rounded to bfloat16 (CPU autocast; the caller has checked that no
+    gradient is asked for)."""
     if not isinstance(input, torch.Tensor) or not fastpath.eager():
         return None
     dim = input.dim()
@@ -751,7 +773,10 @@ def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend, w_ch=None):
         if not isinstance(h, torch.Tensor) or h.shape != input.shape[:-1] + (H,):
             return None
         h = h if dim == 2 else h.unsqueeze(0)
-    if x.dtype == torch.bfloat16:
+    if round_bf16:
+        if x.dtype != torch.float32 or not fastpath.usable((x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch)):
+            return None
+    elif x.dtype == torch.bfloat16:
         if not fastpath.usable_bf16((x, h, c), (w_ih, w_hh, b_ih, b_hh, w_ch)):
             return None
     elif not fastpath.usable((x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch)):
@@ -761,7 +786,7 @@ def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend, w_ch=None):
     if h is None:
         h = x.new_zeros((N, H))
         c = x.new_zeros((N, H)) if is_lstm else None
-    out = fastpath.cell(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch)
+    out = fastpath.cell(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch, round_bf16)
     if dim == 2:
         return out
     return (out[0].squeeze(0), out[1].squeeze(0)) if is_lstm else out.squeeze(0)
@@ -779,7 +804,7 @@ def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
     if plan is not None:
         return _planned_cell(plan, lambda *a: lstm_cell(*a, backend=backend), input, hx,
                              (w_ih, w_hh, b_ih, b_hh), True,
-                             lambda *a: _fast_cell("LSTM", *a, backend))
+                             lambda *a, **k: _fast_cell("LSTM", *a, backend, **k))
     fast = _fast_cell("LSTM", input, hx, w_ih, w_hh, b_ih, b_hh, backend)
     if fast is not None:
         return fast
@@ -802,8 +827,8 @@ def peephole_lstm_cell(input, hx, w_ih, w_hh, w_ch, b_ih=None, b_hh=None, backen
     if plan is not None:
         return _planned_cell(plan, lambda *a: peephole_lstm_cell(*a, backend=backend), input,
                              hx, (w_ih, w_hh, w_ch, b_ih, b_hh), True,
-                             lambda x, h, wi, wh, wc, bi, bh: _fast_cell(
-                                 "PEEPHOLE", x, h, wi, wh, bi, bh, backend, wc))
+                             lambda x, h, wi, wh, wc, bi, bh, **k: _fast_cell(
+                                 "PEEPHOLE", x, h, wi, wh, bi, bh, backend, wc, **k))
     fast = _fast_cell("PEEPHOLE", input, hx, w_ih, w_hh, b_ih, b_hh, backend, w_ch)
     if fast is not None:
         return fast
@@ -834,7 +859,7 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
     if plan is not None:
         return _planned_cell(plan, lambda *a: gru_cell(*a, backend=backend), input, hx,
                              (w_ih, w_hh, b_ih, b_hh), False,
-                             lambda *a: _fast_cell("GRU", *a, backend))
+                             lambda *a, **k: _fast_cell("GRU", *a, backend, **k))
     fast = _fast_cell("GRU", input, hx, w_ih, w_hh, b_ih, b_hh, backend)
     if fast is not None:
         return fast
@@ -861,7 +886,7 @@ def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", b
                 plan, lambda x, h, *w: rnn_cell(x, h, *w, nonlinearity=nonlinearity,
                                                 backend=backend),
                 input, hx, (w_ih, w_hh, b_ih, b_hh), False,
-                lambda *a: _fast_cell(mode, *a, backend))
+                lambda *a, **k: _fast_cell(mode, *a, backend, **k))
         fast = _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend)
         if fast is not None:
             return fast

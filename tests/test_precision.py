@@ -10,6 +10,7 @@ errors measured against float32 were 1.4 u over 6 steps (RNN) and, over 500 step
 (LSTM, GRU) and 1.5 u (RNN), the same in the first and the last 100 steps.
 """
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -227,11 +228,13 @@ def test_low_precision_cell_runs_the_compiled_kernels(name, low):
 @pytest.mark.parametrize("N,strided", [(1, False), (5, False), (5, True), (40, True)])
 @pytest.mark.parametrize("name,kw", [("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {}),
                                      ("RNNCell", {"nonlinearity": "relu"}),
-                                     ("PeepholeLSTMCell", {}), ("LSTMCell", {"bias": False})])
+                                     ("PeepholeLSTMCell", {}), ("LSTMCell", {"bias": False}),
+                                     ("GRUCell", {"bias": False})])
 def test_bf16_cell_inference_step_reads_bf16(name, kw, N, strided, monkeypatch):
-    """A bfloat16 cell's inference step runs one kernel call on the bfloat16 activations
-    (read into float32 in the kernel, rounded back as torch rounds): bit for bit what the
-    float32 kernel gives on converted copies, unbatched and on rows of a series too."""
+    """A bfloat16 cell's inference step runs one kernel call on the bfloat16 activations and
+    weights (read into float32 in the kernel, results rounded back as torch rounds): bit for
+    bit what the float32 kernel gives on converted copies, unbatched and on rows of a series
+    too, at few rows (dot products) and many (packed panels)."""
     if "cpu" not in backends.available_backends():
         pytest.skip("the compiled CPU kernels are not built")
     from fastrnn import fastpath
@@ -256,10 +259,13 @@ def test_bf16_cell_inference_step_reads_bf16(name, kw, N, strided, monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(cpu, "cell_forward_bf16", counting)
+    from fastrnn import _precision
     with torch.no_grad():
         got = _flat(fast(x, hx))
         got_unbatched = _flat(fast(x[0], tuple(t[0] for t in hx) if two else hx[0]))
         assert calls["n"] == 2
+        # the kernel read the bf16 weights themselves: no float32 copies were made
+        assert not any(id(p) in _precision._converted for p in fast.parameters())
         monkeypatch.setattr(fastpath, "usable_bf16", lambda *a: False)  # the float32 copies
         want = _flat(fast(x, hx))
         want_unbatched = _flat(fast(x[0], tuple(t[0] for t in hx) if two else hx[0]))
@@ -270,6 +276,67 @@ def test_bf16_cell_inference_step_reads_bf16(name, kw, N, strided, monkeypatch):
     # training (a gradient asked for) runs the float32 copies with autograd
     out = _flat(fast(x, hx))
     assert calls["n"] == 2 and all(t.requires_grad for t in out)
+
+
+@pytest.mark.parametrize("N,strided", [(1, False), (5, True), (40, False), (40, True)])
+@pytest.mark.parametrize("name,kw", [("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {}),
+                                     ("RNNCell", {"nonlinearity": "relu"}),
+                                     ("PeepholeLSTMCell", {}), ("LSTMCell", {"bias": False})])
+def test_autocast_cell_inference_rounds_in_the_kernel(name, kw, N, strided, monkeypatch):
+    """A cell's inference step under CPU autocast is one float32 kernel call that rounds x
+    and the weights (biases and peepholes too) to bfloat16 as it reads them (the dot
+    products at few rows, the packed panels at many): bit for bit the float32 kernel on copies rounded by torch, ties and NaN
+    included, and float32 calls on the same weights afterwards still read them unrounded."""
+    if "cpu" not in backends.available_backends():
+        pytest.skip("the compiled CPU kernels are not built")
+    from fastrnn import fastpath
+    torch.manual_seed(0)
+    fast = getattr(fastrnn, name)(7, 9, **kw)
+    with torch.no_grad():
+        for p in fast.parameters():
+            p.normal_(0, 0.5)
+        # values on bfloat16 ties (nearest even decides)
+        ties = torch.tensor([1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, -(1 + 2.0 ** -8), 2.0 ** -9 * 3])
+        fast.weight_ih[0, :4] = ties
+        fast.weight_hh[1, :4] = ties
+    series = torch.randn(N, 4, 7)
+    series[..., 3] = 1 + 2.0 ** -8  # x on a tie too
+    x = series[:, 1] if strided else series[:, 1].contiguous()
+    two = "LSTM" in name
+    h = torch.randn(N, 9)
+    hx = (h, torch.randn(N, 9)) if two else h
+    with torch.no_grad():
+        fp32_before = _flat(fast(x, hx))
+    rounded = copy.deepcopy(fast)
+    with torch.no_grad():  # every weight rounded, as autocast rounds a linear's operands
+        for p in rounded.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    calls = {"round": 0}
+    real = fastpath.cell
+
+    def counting(*args):
+        calls["round"] += bool(args[-1]) if len(args) == 10 else 0
+        return real(*args)
+
+    monkeypatch.setattr(fastpath, "cell", counting)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _flat(fast(x, hx))
+    assert calls["round"] == 1
+    with torch.no_grad():
+        want = _flat(rounded(x.to(torch.bfloat16).float(), hx))
+        fp32_after = _flat(fast(x, hx))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected_dtypes = [t.dtype for t in _flat(getattr(nn, name.replace("Peephole", ""))(
+            7, 9, **kw)(x, hx))]
+    assert [t.dtype for t in got] == expected_dtypes
+    for g, w in zip(got, want):
+        assert torch.equal(g, w.to(g.dtype))
+    for a, b in zip(fp32_after, fp32_before):
+        assert torch.equal(a, b)
+    with torch.no_grad():  # a NaN weight: NaN where torch's rounding keeps it
+        fast.weight_hh[0, 0] = float("nan")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.isnan(_flat(fast(x, hx))[0]).any()
 
 
 def test_bf16_rounding_of_the_step_kernel_is_torchs():
@@ -290,6 +357,30 @@ def test_bf16_rounding_of_the_step_kernel_is_torchs():
                                    None)
     want = torch.relu(x.float() + b).to(torch.bfloat16)
     assert torch.equal(got[:, :7], want[:, :7]) and torch.isnan(got[0, 7])
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_bf16_widen_add_is_copy_then_add(with_bias):
+    """The one-pass widening of a bfloat16 GEMM result with its bias (autocast training's
+    input projection) gives the bits of out.copy_(y16) then out.add_(bias)."""
+    if "cpu" not in backends.available_backends():
+        pytest.skip("the compiled CPU kernels are not built")
+    from fastrnn.backends import cpu
+    torch.manual_seed(0)
+    y16 = torch.randn(700, 37).to(torch.bfloat16)
+    y16[0, :3] = torch.tensor([float("inf"), float("nan"), -0.0])
+    bias = torch.randn(37) if with_bias else None
+    out = torch.empty(700, 37)
+    cpu._C.bf16_widen_add(y16.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(),
+                          700, 37, 2)
+    want = torch.empty(700, 37).copy_(y16)
+    if bias is not None:
+        want.add_(bias)
+    assert torch.equal(out.view(torch.int32)[1:], want.view(torch.int32)[1:])
+    assert torch.equal(out[0, :3].isnan(), want[0, :3].isnan())
+    assert out[0, 0] == want[0, 0] and (out[0, 2] == want[0, 2])
+    with pytest.raises(ValueError, match="rows and cols"):
+        cpu._C.bf16_widen_add(y16.data_ptr(), 0, out.data_ptr(), -1, 37, 1)
 
 
 def test_bf16_long_sequence_does_not_drift():

@@ -139,6 +139,16 @@ struct CellForwardParams {
   // With T > 1: [N] per-sequence lengths (state frozen from step lengths[n] on, as in the
   // sequence kernels), or nullptr (every sequence T long).
   const int64_t* lengths = nullptr;
+  // float only: the products' operands x, W_ih and W_hh rounded to bfloat16 first (what
+  // autocast does to a matmul's operands), read as float32; h, c, the biases, the
+  // accumulation and the epilogue stay float32. The weights are rounded as they are read
+  // (the dot products at few rows) or packed (the pack cache keys the rounded panels apart).
+  bool round_bf16 = false;
+  // float only: the weights as bfloat16 (a bfloat16 module's parameters, their bits), read
+  // widened to float32 (the dot products) or widened as they are packed; w_ih and w_hh are
+  // then unused. Biases and peepholes stay float32 (the caller widens those few values).
+  const uint16_t* w_ih_bf16 = nullptr;  // [G*H, I]
+  const uint16_t* w_hh_bf16 = nullptr;  // [G*H, H]
 };
 
 template <typename scalar_t>

@@ -15,6 +15,7 @@
 #include <array>
 #include <cstring>
 #include <typeinfo>
+#include <utility>
 #include <vector>
 
 #include "cpu/fused_gemm.h"
@@ -105,26 +106,13 @@ Buffer<uint16_t> pack_pairs_units(const uint16_t* w, int64_t K, int64_t C, int64
   return buf;
 }
 
-// A packing of a bf16 weight through the pack cache (pack_cache.h: a hit is checked against
-// the source bytes); `layout` tells packings of the same bytes apart.
+// A packing of a bf16 weight through the pack cache (packing.h's cached_pack_from: a hit
+// is checked against the source bytes); `layout` tells packings of the same bytes apart.
 template <class Pack>
 std::shared_ptr<const uint16_t> pack_bf16_cached(const uint16_t* w, int64_t src_elems, std::array<int64_t, 4> layout,
                                                  int64_t* panels, Pack&& pack) {
-  const size_t src_bytes = static_cast<size_t>(src_elems) * sizeof(uint16_t);
-  auto own = [](Buffer<uint16_t> buf) {
-    const size_t bytes = buf.get_deleter().capacity;
-    return std::shared_ptr<const uint16_t>(buf.release(), PoolFree{bytes});
-  };
-  if (!pack_cache_accepts(src_bytes)) return own(pack(w, panels));
-  const PackKey key{w, src_bytes, typeid(uint16_t).hash_code(), {layout[0], layout[1], layout[2], layout[3]}};
-  if (auto hit = pack_cache_find(key, panels)) return std::static_pointer_cast<const uint16_t>(hit);
-  std::vector<unsigned char> source(reinterpret_cast<const unsigned char*>(w),
-                                    reinterpret_cast<const unsigned char*>(w) + src_bytes);
-  Buffer<uint16_t> buf = pack(reinterpret_cast<const uint16_t*>(source.data()), panels);
-  const size_t bytes = buf.get_deleter().capacity;
-  std::shared_ptr<const uint16_t> packed = own(std::move(buf));
-  pack_cache_put(key, std::move(source), packed, bytes, *panels);
-  return packed;
+  const int64_t l[4] = {layout[0], layout[1], layout[2], layout[3]};
+  return cached_pack_from<uint16_t>(w, src_elems, l, panels, std::forward<Pack>(pack));
 }
 
 std::shared_ptr<const uint16_t> pack_pairs_cached(const uint16_t* w, int G, int64_t H, int64_t K,

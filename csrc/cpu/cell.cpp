@@ -13,6 +13,9 @@
 //    weights from the pack cache, the two sources accumulated into one tile.
 // Backward (cell_backward) is the pointwise part: the pre-activation gradients and the
 // state's direct gradient; the products with the weights are GEMMs the caller runs.
+#include <type_traits>
+#include <vector>
+
 #include "cpu/fused_gemm.h"
 #include "cpu/gate_grads.h"
 #include "cpu/kernels.h"
@@ -29,33 +32,45 @@ constexpr int64_t kDirectRows = 4;
 constexpr int64_t kParallelMacs = int64_t(1) << 18;
 
 // out[n * ldo + j] = dot(w[j, :K], a[n * lda : n * lda + K]) for rows j in [j0, j1): four weight rows at a
-// time, each row block kept in L1 across the batch rows.
-template <typename scalar_t>
-void rowdots(const scalar_t* __restrict w, int64_t K, const scalar_t* __restrict a, int64_t lda, int64_t N, int64_t j0,
+// time, each row block kept in L1 across the batch rows. With Round, w's values are
+// rounded to bfloat16 as they are loaded (vround_bf16); with wt_t = uint16_t w holds
+// bfloat16 values, widened as they are loaded.
+template <typename scalar_t, bool Round = false, typename wt_t = scalar_t>
+void rowdots(const wt_t* __restrict w, int64_t K, const scalar_t* __restrict a, int64_t lda, int64_t N, int64_t j0,
              int64_t j1, scalar_t* __restrict out, int64_t ldo) {
   constexpr int W = Vec<scalar_t>::W;
   using V = vec_t<scalar_t>;
   const int64_t Kfull = K / W * W;
   const int tail = static_cast<int>(K - Kfull);
+  auto wload = [](const wt_t* p) {
+    if constexpr (std::is_same_v<wt_t, uint16_t>) return vwiden_bf16(p);
+    else if constexpr (Round) return vround_bf16<scalar_t>(vload<scalar_t>(p));
+    else return vload<scalar_t>(p);
+  };
+  auto wload_n = [](const wt_t* p, int cnt) {
+    if constexpr (std::is_same_v<wt_t, uint16_t>) return vwiden_bf16(p, cnt);
+    else if constexpr (Round) return vround_bf16<scalar_t>(vload_n(p, cnt));
+    else return vload_n(p, cnt);
+  };
   int64_t j = j0;
   for (; j + 4 <= j1; j += 4) {
-    const scalar_t* w0 = w + j * K;
+    const wt_t* w0 = w + j * K;
     for (int64_t n = 0; n < N; ++n) {
       const scalar_t* an = a + n * lda;
       V acc0 = vzero<scalar_t>(), acc1 = vzero<scalar_t>(), acc2 = vzero<scalar_t>(), acc3 = vzero<scalar_t>();
       for (int64_t k = 0; k < Kfull; k += W) {
         const V av = vload<scalar_t>(an + k);
-        acc0 += vload<scalar_t>(w0 + k) * av;
-        acc1 += vload<scalar_t>(w0 + K + k) * av;
-        acc2 += vload<scalar_t>(w0 + 2 * K + k) * av;
-        acc3 += vload<scalar_t>(w0 + 3 * K + k) * av;
+        acc0 += wload(w0 + k) * av;
+        acc1 += wload(w0 + K + k) * av;
+        acc2 += wload(w0 + 2 * K + k) * av;
+        acc3 += wload(w0 + 3 * K + k) * av;
       }
       if (tail) {
         const V av = vload_n(an + Kfull, tail);
-        acc0 += vload_n(w0 + Kfull, tail) * av;
-        acc1 += vload_n(w0 + K + Kfull, tail) * av;
-        acc2 += vload_n(w0 + 2 * K + Kfull, tail) * av;
-        acc3 += vload_n(w0 + 3 * K + Kfull, tail) * av;
+        acc0 += wload_n(w0 + Kfull, tail) * av;
+        acc1 += wload_n(w0 + K + Kfull, tail) * av;
+        acc2 += wload_n(w0 + 2 * K + Kfull, tail) * av;
+        acc3 += wload_n(w0 + 3 * K + Kfull, tail) * av;
       }
       scalar_t* o = out + n * ldo + j;
       o[0] = vhsum<scalar_t>(acc0);
@@ -68,10 +83,25 @@ void rowdots(const scalar_t* __restrict w, int64_t K, const scalar_t* __restrict
     for (int64_t n = 0; n < N; ++n) {
       const scalar_t* an = a + n * lda;
       V acc = vzero<scalar_t>();
-      for (int64_t k = 0; k < Kfull; k += W) acc += vload<scalar_t>(w + j * K + k) * vload<scalar_t>(an + k);
-      if (tail) acc += vload_n(w + j * K + Kfull, tail) * vload_n(an + Kfull, tail);
+      for (int64_t k = 0; k < Kfull; k += W) acc += wload(w + j * K + k) * vload<scalar_t>(an + k);
+      if (tail) acc += wload_n(w + j * K + Kfull, tail) * vload_n(an + Kfull, tail);
       out[n * ldo + j] = vhsum<scalar_t>(acc);
     }
+}
+
+// Packed panels of a bfloat16 weight W [G*H, K] (as pack_gate_major, or for G = 1 as the
+// RNN's unit packing), widened to float32 as it is packed; cached on the bf16 bytes.
+template <int G>
+Packed<float> pack_bf16_weight(const uint16_t* w, int64_t H, int64_t K, int64_t* panels_out) {
+  const int64_t layout[4] = {20000 + G, H, K, Vec<float>::W};
+  return cached_pack_from<float>(w, G * H * K, layout, panels_out, [&](const uint16_t* src, int64_t* p) {
+    std::vector<float> wide(static_cast<size_t>(G * H * K));
+    for (size_t i = 0; i < wide.size(); ++i) wide[i] = bf16_widen(src[i]);
+    if constexpr (G == 1)
+      return pack_units<float, 4>(wide.data(), K, H, /*transposed=*/true, p);
+    else
+      return pack_gate_major<float, G>(wide.data(), H, K, p);
+  });
 }
 
 template <int Cell>
@@ -92,8 +122,10 @@ void cell_forward_impl(const CellForwardParams<scalar_t>& a) {
   Buffer<scalar_t> bias = make_buffer<scalar_t>(2 * GH);
   scalar_t* bx = bias.get();
   scalar_t* bh = bias.get() + GH;
+  const bool rounding = a.round_bf16 && sizeof(scalar_t) == 4;  // (see below)
   for (int64_t j = 0; j < GH; ++j) {
-    const scalar_t bi = a.b_ih ? a.b_ih[j] : scalar_t(0), bb = a.b_hh ? a.b_hh[j] : scalar_t(0);
+    const scalar_t bi = a.b_ih ? packed_value(a.b_ih[j], rounding) : scalar_t(0);
+    const scalar_t bb = a.b_hh ? packed_value(a.b_hh[j], rounding) : scalar_t(0);
     if (kGru) {
       bx[j] = bi;
       bh[j] = bb;
@@ -102,12 +134,45 @@ void cell_forward_impl(const CellForwardParams<scalar_t>& a) {
     }
   }
 
+  // x as the products read it: with round_bf16 (float only) a dense copy rounded to
+  // bfloat16 (T*N*I values: small next to the weights), else in place at its strides.
+  bool round_bf16 = false;
+  if constexpr (sizeof(scalar_t) == 4) round_bf16 = a.round_bf16;
+  const scalar_t* x_base = a.x;
+  int64_t x_row = a.x_row ? a.x_row : I, x_step = a.x_step ? a.x_step : N * I;
+  Buffer<scalar_t> x_rounded;
+  if constexpr (sizeof(scalar_t) == 4) {
+    if (round_bf16) {
+      x_rounded = make_buffer<scalar_t>(a.T * N * I);
+      const int64_t Ifull = I / W * W;
+      const int tail = static_cast<int>(I - Ifull);
+      for (int64_t t = 0; t < a.T; ++t)
+        for (int64_t n = 0; n < N; ++n) {
+          const scalar_t* src = a.x + t * x_step + n * x_row;
+          scalar_t* dst = x_rounded.get() + (t * N + n) * I;
+          for (int64_t i = 0; i < Ifull; i += W) vstore(dst + i, vround_bf16<scalar_t>(vload(src + i)));
+          if (tail) vstore_n(dst + Ifull, vround_bf16<scalar_t>(vload_n(src + Ifull, tail)), tail);
+        }
+      x_base = x_rounded.get();
+      x_row = I;
+      x_step = N * I;
+    }
+  }
+  // the peepholes' weights rounded too (the biases are, above)
+  const scalar_t* w_ch = a.w_ch;
+  Buffer<scalar_t> w_ch_rounded;
+  if (round_bf16 && w_ch) {
+    w_ch_rounded = make_buffer<scalar_t>(3 * H);
+    for (int64_t j = 0; j < 3 * H; ++j) w_ch_rounded.get()[j] = packed_value(w_ch[j], true);
+    w_ch = w_ch_rounded.get();
+  }
+
   // The step being computed (several with T > 1): its input, state in and out.
   struct Step {
     const scalar_t *x, *h, *c;
     scalar_t *h_out, *c_out, *saved;
     int64_t t;
-  } st{a.x, a.h, a.c, a.h_out, a.c_out, a.saved, 0};
+  } st{x_base, a.h, a.c, a.h_out, a.c_out, a.saved, 0};
 
   // px: G pre-activation vectors of the input side (with the hidden side added, except
   // for GRU); ph: GRU's hidden side.
@@ -122,15 +187,15 @@ void cell_forward_impl(const CellForwardParams<scalar_t>& a) {
       const V cp = vload_n(st.c + n * H + u, cnt);
       V pre_i = px[0] + vload_n(b, cnt), pre_f = px[1] + vload_n(b + H, cnt);
       V pre_o = px[3] + vload_n(b + 3 * H, cnt);
-      if (a.w_ch) {  // peepholes: i and f see c, o sees c'
-        pre_i = pre_i + vload_n(a.w_ch + u, cnt) * cp;
-        pre_f = pre_f + vload_n(a.w_ch + H + u, cnt) * cp;
+      if (w_ch) {  // peepholes: i and f see c, o sees c'
+        pre_i = pre_i + vload_n(w_ch + u, cnt) * cp;
+        pre_f = pre_f + vload_n(w_ch + H + u, cnt) * cp;
       }
       const V i = vsigmoid<scalar_t>(pre_i);
       const V f = vsigmoid<scalar_t>(pre_f);
       const V g = vtanh<scalar_t>(px[2] + vload_n(b + 2 * H, cnt));
       const V cn = f * cp + i * g;
-      if (a.w_ch) pre_o = pre_o + vload_n(a.w_ch + 2 * H + u, cnt) * cn;
+      if (w_ch) pre_o = pre_o + vload_n(w_ch + 2 * H + u, cnt) * cn;
       const V o = vsigmoid<scalar_t>(pre_o);
       vstore_n(st.c_out + n * H + u, cn, cnt);
       vstore_n(st.h_out + n * H + u, o * vtanh<scalar_t>(cn), cnt);
@@ -165,12 +230,11 @@ void cell_forward_impl(const CellForwardParams<scalar_t>& a) {
   const int64_t macs = N * GH * (I + H);
   const int nt = macs >= kParallelMacs ? std::max(1, a.num_threads) : 1;
 
-  const int64_t x_row = a.x_row ? a.x_row : I, x_step = a.x_step ? a.x_step : N * I;
   auto set_step = [&](int64_t s) {
     if (a.T == 1) return;
     const int64_t t = a.reverse ? a.T - 1 - s : s;
     st.t = t;
-    st.x = a.x + t * x_step;
+    st.x = x_base + t * x_step;
     st.h = s == 0 ? a.h : a.h_out + (a.reverse ? t + 1 : t - 1) * N * H;
     st.c = s == 0 ? a.c : a.c_out;  // read, then overwritten in place element by element
     st.h_out = a.h_out + t * N * H;
@@ -183,6 +247,18 @@ void cell_forward_impl(const CellForwardParams<scalar_t>& a) {
     for (int64_t s = 0; s < a.T; ++s) {
       set_step(s);
       auto dots = [&](int64_t j0, int64_t j1) {
+        if constexpr (sizeof(scalar_t) == 4) {
+          if (a.w_hh_bf16) {
+            rowdots<scalar_t, false, uint16_t>(a.w_ih_bf16, I, st.x, x_row, N, j0, j1, px, GH);
+            rowdots<scalar_t, false, uint16_t>(a.w_hh_bf16, H, st.h, H, N, j0, j1, ph, GH);
+            return;
+          }
+          if (round_bf16) {
+            rowdots<scalar_t, true>(a.w_ih, I, st.x, x_row, N, j0, j1, px, GH);
+            rowdots<scalar_t, true>(a.w_hh, H, st.h, H, N, j0, j1, ph, GH);
+            return;
+          }
+        }
         rowdots<scalar_t>(a.w_ih, I, st.x, x_row, N, j0, j1, px, GH);
         rowdots<scalar_t>(a.w_hh, H, st.h, H, N, j0, j1, ph, GH);
       };
@@ -217,12 +293,21 @@ void cell_forward_impl(const CellForwardParams<scalar_t>& a) {
   constexpr int NB = G == 1 ? 4 : G;
   int64_t P = 0, P2 = 0;
   Packed<scalar_t> wx, wh;
-  if constexpr (G == 1) {
-    wx = pack_units_cached<scalar_t, 4>(a.w_ih, I, H, /*transposed=*/true, &P);
-    wh = pack_units_cached<scalar_t, 4>(a.w_hh, H, H, /*transposed=*/true, &P2);
+  bool from_bf16 = false;
+  if constexpr (sizeof(scalar_t) == 4) {
+    if (a.w_hh_bf16) {
+      wx = pack_bf16_weight<G>(a.w_ih_bf16, H, I, &P);
+      wh = pack_bf16_weight<G>(a.w_hh_bf16, H, H, &P2);
+      from_bf16 = true;
+    }
+  }
+  if (from_bf16) {
+  } else if constexpr (G == 1) {
+    wx = pack_units_cached<scalar_t, 4>(a.w_ih, I, H, /*transposed=*/true, &P, round_bf16);
+    wh = pack_units_cached<scalar_t, 4>(a.w_hh, H, H, /*transposed=*/true, &P2, round_bf16);
   } else {
-    wx = pack_gate_major_cached<scalar_t, G>(a.w_ih, H, I, &P);
-    wh = pack_gate_major_cached<scalar_t, G>(a.w_hh, H, H, &P2);
+    wx = pack_gate_major_cached<scalar_t, G>(a.w_ih, H, I, &P, round_bf16);
+    wh = pack_gate_major_cached<scalar_t, G>(a.w_hh, H, H, &P2, round_bf16);
   }
   TeamBarrier bar;
 #pragma omp parallel num_threads(nt) if (nt > 1)

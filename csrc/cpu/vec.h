@@ -137,6 +137,29 @@ class FlushDenormals {
 #endif
 };
 
+// Each float lane rounded to bfloat16 and widened back (torch's Tensor.to(torch.bfloat16):
+// round to nearest even, every NaN the quiet NaN 0x7FC0), in integer lanes: autocast's
+// rounding of a matmul's operands where a float32 kernel reads them.
+template <typename scalar_t>
+FASTRNN_INLINE vec_t<scalar_t> vround_bf16(vec_t<scalar_t> v) {
+  static_assert(sizeof(scalar_t) == 4, "bfloat16 rounding is for float lanes");
+  typedef uint32_t U __attribute__((vector_size(kVecBytes)));
+  const U u = (U)v;
+  const U r = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  const U nan = (U)((u & 0x7FFFFFFFu) > 0x7F800000u);  // all ones where NaN
+  return (vec_t<scalar_t>)((r & ~nan) | (nan & 0x7FC00000u));
+}
+
+// cnt (<= W) bfloat16 values (their bits) as float lanes, exactly (a bfloat16 is the upper
+// half of a float); lanes past cnt are zero.
+FASTRNN_INLINE vec_t<float> vwiden_bf16(const uint16_t* p, int cnt = Vec<float>::W) {
+  typedef uint16_t H16 __attribute__((vector_size(kVecBytes / 2)));
+  typedef uint32_t U32 __attribute__((vector_size(kVecBytes)));
+  H16 b{};
+  std::memcpy(&b, p, static_cast<size_t>(cnt) * sizeof(uint16_t));
+  return (vec_t<float>)(__builtin_convertvector(b, U32) << 16);
+}
+
 // The sum of a vector's lanes.
 template <typename scalar_t>
 FASTRNN_INLINE scalar_t vhsum(vec_t<scalar_t> v) {

@@ -429,11 +429,12 @@ def _opt_ptr(t):
     return 0 if t is None else t.data_ptr()
 
 
-def cell_forward(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, training, w_ch=None):
+def cell_forward(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, training, w_ch=None, round_bf16=False):
     """One step, input projection fused in. x [N, I] (rows at any stride, its last
     dimension dense), h/c [N, H] (c: LSTM only), w_ch [3H] (LSTM peepholes, or None), the
     others contiguous, CPU, one float dtype. Returns (h_out, c_out|None, saved|None);
-    ``saved`` ([N, 4H], LSTM and GRU) only when ``training``."""
+    ``saved`` ([N, 4H], LSTM and GRU) only when ``training``. ``round_bf16`` (float32):
+    the products read x, w_ih and w_hh rounded to bfloat16 (autocast's operands)."""
     N, I = x.shape
     # Rows read in place (e.g. series[:, t] of a batch-first series): no copy to allocate
     # and write; measured 3-8% faster than a contiguous copy first at N=64, I=100, H=128.
@@ -451,15 +452,16 @@ def cell_forward(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, training, w_ch=None):
                     0 if b_ih is None else b_ih.data_ptr(), 0 if b_hh is None else b_hh.data_ptr(),
                     h_out.data_ptr(), 0 if c_out is None else c_out.data_ptr(),
                     0 if saved is None else saved.data_ptr(), max(1, torch.get_num_threads()),
-                    1, False, 0, x_row, _opt_ptr(w_ch))
+                    1, False, 0, x_row, _opt_ptr(w_ch), 0, round_bf16)
     return h_out, c_out, saved
 
 
 def cell_forward_bf16(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch=None):
     """``cell_forward`` for inference on bfloat16 x (rows at any stride, its last dimension
-    dense), h and c with float32 weights: the kernel reads the activations into float32
-    and rounds its results back (one call, no tensor conversions) -> (h_out, c_out|None)
-    in bfloat16."""
+    dense), h and c with float32 weights, or bfloat16 ones (all of them: a bfloat16
+    module's parameters, read widened in the kernel): the kernel reads the activations
+    into float32 and rounds its results back (one call, no tensor conversions) ->
+    (h_out, c_out|None) in bfloat16."""
     N, I = x.shape
     x_row = x.stride(0) if N > 1 else I
     if x.stride(1) != 1 or x_row < I:
@@ -471,7 +473,7 @@ def cell_forward_bf16(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch=None):
     _C.cell_forward_bf16(kind, N, I, H, x.data_ptr(), h.data_ptr(), _opt_ptr(c),
                          w_ih.data_ptr(), w_hh.data_ptr(), _opt_ptr(b_ih), _opt_ptr(b_hh),
                          h_out.data_ptr(), _opt_ptr(c_out), max(1, torch.get_num_threads()),
-                         1, False, 0, x_row, _opt_ptr(w_ch))
+                         1, False, 0, x_row, _opt_ptr(w_ch), 0, w_hh.dtype == torch.bfloat16)
     return h_out, c_out
 
 
