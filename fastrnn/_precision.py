@@ -144,7 +144,9 @@ class Plan:
 
     def state(self, t):
         """A state passed in: not rounded (the state keeps its own precision)."""
-        return None if t is None else t.to(self.compute)
+        if t is None or t.dtype == self.compute:
+            return t
+        return t.to(self.compute)
 
     def sequence(self, x):
         if isinstance(x, PackedSequence):

@@ -537,8 +537,8 @@ def _planned_cell(plan, fn, input, hx, weights, two_states, fast=None):
         out = fast(x, _map_states(hx, plan.state), *weights, round_bf16=True)
         if out is not None:
             if two_states:
-                return out[0].to(plan.out_h), out[1].to(plan.out_c)
-            return out.to(plan.out_h)
+                return _as(out[0], plan.out_h), _as(out[1], plan.out_c)
+            return _as(out, plan.out_h)
     with plan.context():
         args = (plan.tensor(input), _map_states(hx, plan.state),
                 *[plan.weight(w) for w in weights])
@@ -548,6 +548,10 @@ def _planned_cell(plan, fn, input, hx, weights, two_states, fast=None):
     if two_states:
         return out[0].to(plan.out_h), out[1].to(plan.out_c)
     return out.to(plan.out_h)
+
+
+def _as(t, dtype):
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _any_grad(input, hx, weights):
