@@ -209,9 +209,10 @@ def _direction(kind, x, h0, c0, p, lengths, reverse, opts, train, fused):
     ax = _project(kind, x, p)  # [T, N, G*H]
     # the masks of this layer and direction, in the documented order
     rd = _keep(h0, h0.shape, rd_p) if train and rd_p else None  # [N, R]
-    zh = _bernoulli(h0, (T,) + tuple(h0.shape), zh_p).bool() if train and zh_p else None
-    zc = (_bernoulli(c0, (T,) + tuple(c0.shape), zc_p).bool()
-          if train and two and zc_p else None)
+    # zoneout masks as 0/1 in the layer's dtype (what the fused kernels read; the loop
+    # takes them as bool)
+    zh = _bernoulli(h0, (T,) + tuple(h0.shape), zh_p) if train and zh_p else None
+    zc = _bernoulli(c0, (T,) + tuple(c0.shape), zc_p) if train and two and zc_p else None
     if fused and kind.startswith("LN_") and T > 0 and x.shape[1] > 0 and h0.shape[-1] > 0:
         # inference (``_ln_fused_ok``): no masks, zoneout's eval expectation
         return _ln_fused(kind, ax, h0, c0, p, 0.0 if train else zh_p,
@@ -223,7 +224,8 @@ def _direction(kind, x, h0, c0, p, lengths, reverse, opts, train, fused):
                              None if zc is None else zc.to(f), zh_p, zc_p if two else 0.0,
                              train, lengths, reverse)
         return y, y[0 if reverse else T - 1], (cn if two else None)
-    return _loop(kind, ax, h0, c0, p, rd, zh, zc, zh_p, zc_p, lengths, reverse, train)
+    return _loop(kind, ax, h0, c0, p, rd, None if zh is None else zh.bool(),
+                 None if zc is None else zc.bool(), zh_p, zc_p, lengths, reverse, train)
 
 
 class _Fused(torch.autograd.Function):
