@@ -612,41 +612,34 @@ PYBIND11_MODULE(_C, m) {
           throw std::invalid_argument("cell_forward_bf16: peepholes (w_ch) are for the LSTM cell");
         }
         py::gil_scoped_release release;
-        thread_local std::vector<float> xf, hf, cf, yf, cof;
+        // bfloat16 [n] at src widened into dst (float32 scratch); nullptr for a null src
+        auto widen = [](std::uintptr_t src, int64_t n, std::vector<float>& dst) -> float* {
+          if (!src) return nullptr;
+          dst.resize(size_t(n));
+          const uint16_t* b = ptr<const uint16_t>(src);
+          for (int64_t k = 0; k < n; ++k) dst[k] = bf16_widen(b[k]);
+          return dst.data();
+        };
+        thread_local std::vector<float> xf, hf, cf, yf, cof, bif, bhf, chf;
         const int64_t row = x_row ? x_row : I, step = x_step ? x_step : N * I;
-        xf.resize(size_t(T * N * I));
-        hf.resize(size_t(N * H));
-        yf.resize(size_t(T * N * H));
+        xf.resize(size_t(T * N * I));  // x at its strides, widened into a dense [T, N, I]
+        float* x_f = xf.data();
         const uint16_t* xb = ptr<const uint16_t>(x);
         for (int64_t t = 0; t < T; ++t)
           for (int64_t n = 0; n < N; ++n) {
             const uint16_t* src = xb + t * step + n * row;
-            float* dst = xf.data() + (t * N + n) * I;
+            float* dst = x_f + (t * N + n) * I;
             for (int64_t i = 0; i < I; ++i) dst[i] = bf16_widen(src[i]);
           }
-        const uint16_t* hb = ptr<const uint16_t>(h);
-        for (int64_t k = 0; k < N * H; ++k) hf[k] = bf16_widen(hb[k]);
-        if (lstm) {
-          cf.resize(size_t(N * H));
-          cof.resize(size_t(N * H));
-          const uint16_t* cb = ptr<const uint16_t>(c);
-          for (int64_t k = 0; k < N * H; ++k) cf[k] = bf16_widen(cb[k]);
-        }
-        CellForwardParams<float> p{N, I, H, cell, xf.data(), hf.data(), lstm ? cf.data() : nullptr,
+        yf.resize(size_t(T * N * H));
+        if (lstm) cof.resize(size_t(N * H));
+        CellForwardParams<float> p{N, I, H, cell, x_f, widen(h, N * H, hf), lstm ? widen(c, N * H, cf) : nullptr,
                                    ptr<const float>(w_ih), ptr<const float>(w_hh), ptr<const float>(b_ih),
                                    ptr<const float>(b_hh), yf.data(), lstm ? cof.data() : nullptr, nullptr,
                                    num_threads, T, reverse, 0, 0, ptr<const float>(w_ch),
                                    ptr<const int64_t>(lengths)};
-        thread_local std::vector<float> bif, bhf, chf;
         if (weights_bf16) {
           const int64_t GH = (lstm ? 4 : cell == fastrnn::kCellGru ? 3 : 1) * H;
-          auto widen = [](std::uintptr_t src, int64_t n, std::vector<float>& dst) -> const float* {
-            if (!src) return nullptr;
-            dst.resize(size_t(n));
-            const uint16_t* b = ptr<const uint16_t>(src);
-            for (int64_t k = 0; k < n; ++k) dst[k] = bf16_widen(b[k]);
-            return dst.data();
-          };
           p.w_ih = p.w_hh = nullptr;
           p.w_ih_bf16 = ptr<const uint16_t>(w_ih);
           p.w_hh_bf16 = ptr<const uint16_t>(w_hh);

@@ -10,6 +10,7 @@ gradient come from a buffer pool (the compiled extension's, or ``fastrnn._pool``
 Below the op layer: ``fastrnn.ops`` and ``fastrnn.functional`` both use it.
 """
 import contextlib
+import functools
 import threading
 import weakref
 
@@ -111,8 +112,10 @@ class PooledLinear(torch.autograd.Function):
         return dx, dw, db, None
 
 
+@functools.cache
 def _widen_add():
-    """The compiled one-pass ``out = float32(bf16) + bias`` (``_C.bf16_widen_add``), or None."""
+    """The compiled one-pass ``out = float32(bf16) + bias`` (``_C.bf16_widen_add``), or None
+    (looked up once)."""
     try:
         from .backends import cpu
     except Exception:

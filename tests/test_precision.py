@@ -225,6 +225,19 @@ def test_low_precision_cell_runs_the_compiled_kernels(name, low):
         torch.testing.assert_close(g.float(), f, rtol=0, atol=_atol(low))
 
 
+def _compiled_cell(name, kw, dtype=torch.float32):
+    """A cell of the compiled backend, seeded, every parameter ~ N(0, 0.5) (peepholes too:
+    zero at construction), in ``dtype``; skips where the compiled kernels are not built."""
+    if "cpu" not in backends.available_backends():
+        pytest.skip("the compiled CPU kernels are not built")
+    torch.manual_seed(0)
+    fast = getattr(fastrnn, name)(7, 9, **kw)
+    with torch.no_grad():
+        for p in fast.parameters():
+            p.normal_(0, 0.5)
+    return fast.to(dtype)
+
+
 @pytest.mark.parametrize("N,strided", [(1, False), (5, False), (5, True), (40, True)])
 @pytest.mark.parametrize("name,kw", [("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {}),
                                      ("RNNCell", {"nonlinearity": "relu"}),
@@ -235,16 +248,9 @@ def test_bf16_cell_inference_step_reads_bf16(name, kw, N, strided, monkeypatch):
     weights (read into float32 in the kernel, results rounded back as torch rounds): bit for
     bit what the float32 kernel gives on converted copies, unbatched and on rows of a series
     too, at few rows (dot products) and many (packed panels)."""
-    if "cpu" not in backends.available_backends():
-        pytest.skip("the compiled CPU kernels are not built")
+    fast = _compiled_cell(name, kw, torch.bfloat16)
     from fastrnn import fastpath
     from fastrnn.backends import cpu
-    torch.manual_seed(0)
-    fast = getattr(fastrnn, name)(7, 9, **kw)
-    with torch.no_grad():
-        for p in fast.parameters():
-            p.normal_(0, 0.5)  # (peepholes too: zero at construction)
-    fast.to(torch.bfloat16)
     series = torch.randn(N, 4, 7).to(torch.bfloat16)
     x = series[:, 1] if strided else series[:, 1].contiguous()
     assert strided == (N > 1 and not x.is_contiguous())
@@ -285,16 +291,12 @@ def test_bf16_cell_inference_step_reads_bf16(name, kw, N, strided, monkeypatch):
 def test_autocast_cell_inference_rounds_in_the_kernel(name, kw, N, strided, monkeypatch):
     """A cell's inference step under CPU autocast is one float32 kernel call that rounds x
     and the weights (biases and peepholes too) to bfloat16 as it reads them (the dot
-    products at few rows, the packed panels at many): bit for bit the float32 kernel on copies rounded by torch, ties and NaN
-    included, and float32 calls on the same weights afterwards still read them unrounded."""
-    if "cpu" not in backends.available_backends():
-        pytest.skip("the compiled CPU kernels are not built")
+    products at few rows, the packed panels at many): bit for bit the float32 kernel on
+    copies rounded by torch, ties and NaN included, and float32 calls on the same weights
+    afterwards still read them unrounded."""
+    fast = _compiled_cell(name, kw)
     from fastrnn import fastpath
-    torch.manual_seed(0)
-    fast = getattr(fastrnn, name)(7, 9, **kw)
     with torch.no_grad():
-        for p in fast.parameters():
-            p.normal_(0, 0.5)
         # values on bfloat16 ties (nearest even decides)
         ties = torch.tensor([1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, -(1 + 2.0 ** -8), 2.0 ** -9 * 3])
         fast.weight_ih[0, :4] = ties

@@ -122,10 +122,11 @@ void cell_forward_impl(const CellForwardParams<scalar_t>& a) {
   Buffer<scalar_t> bias = make_buffer<scalar_t>(2 * GH);
   scalar_t* bx = bias.get();
   scalar_t* bh = bias.get() + GH;
-  const bool rounding = a.round_bf16 && sizeof(scalar_t) == 4;  // (see below)
+  // round_bf16 (float only): x, the weights, biases and peepholes rounded to bfloat16 as read
+  const bool round_bf16 = sizeof(scalar_t) == 4 && a.round_bf16;
   for (int64_t j = 0; j < GH; ++j) {
-    const scalar_t bi = a.b_ih ? packed_value(a.b_ih[j], rounding) : scalar_t(0);
-    const scalar_t bb = a.b_hh ? packed_value(a.b_hh[j], rounding) : scalar_t(0);
+    const scalar_t bi = a.b_ih ? packed_value(a.b_ih[j], round_bf16) : scalar_t(0);
+    const scalar_t bb = a.b_hh ? packed_value(a.b_hh[j], round_bf16) : scalar_t(0);
     if (kGru) {
       bx[j] = bi;
       bh[j] = bb;
@@ -136,8 +137,6 @@ void cell_forward_impl(const CellForwardParams<scalar_t>& a) {
 
   // x as the products read it: with round_bf16 (float only) a dense copy rounded to
   // bfloat16 (T*N*I values: small next to the weights), else in place at its strides.
-  bool round_bf16 = false;
-  if constexpr (sizeof(scalar_t) == 4) round_bf16 = a.round_bf16;
   const scalar_t* x_base = a.x;
   int64_t x_row = a.x_row ? a.x_row : I, x_step = a.x_step ? a.x_step : N * I;
   Buffer<scalar_t> x_rounded;
