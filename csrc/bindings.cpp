@@ -26,6 +26,7 @@ using fastrnn::GruForwardParams;
 using fastrnn::LstmBackwardParams;
 using fastrnn::LstmForwardParams;
 using fastrnn::LnForwardParams;
+using fastrnn::LnBackwardParams;
 using fastrnn::RegBackwardParams;
 using fastrnn::RegForwardParams;
 using fastrnn::RnnBackwardParams;
@@ -387,9 +388,19 @@ PYBIND11_MODULE(_C, m) {
       [](int itemsize, int kind, int64_t T, int64_t N, int64_t H, std::uintptr_t ax, std::uintptr_t h0,
          std::uintptr_t c0, std::uintptr_t w_hh, std::uintptr_t g_hh, std::uintptr_t s_hh, std::uintptr_t g_c,
          std::uintptr_t s_c, double zh_p, double zc_p, double eps, std::uintptr_t lengths, bool reverse,
-         std::uintptr_t y, std::uintptr_t cn, int num_threads) {
+         std::uintptr_t y, std::uintptr_t cn, int num_threads, std::uintptr_t zhat, std::uintptr_t rstd_h,
+         std::uintptr_t gates, std::uintptr_t chat, std::uintptr_t rstd_c, std::uintptr_t cs) {
         if (kind != fastrnn::kCellLstm && kind != fastrnn::kCellGru)
           throw std::invalid_argument("ln_forward: kind must be 0 (LSTM) or 1 (GRU)");
+        const bool records = gates != 0;
+        if (records) {
+          if (zh_p != 0 || zc_p != 0)
+            throw std::invalid_argument("ln_forward: the training records are for zh_p = zc_p = 0");
+          for (auto [p, what] : {std::pair{zhat, "zhat"}, {rstd_h, "rstd_h"}}) require(p, what);
+          if (kind == fastrnn::kCellLstm)
+            for (auto [p, what] : {std::pair{chat, "chat (LSTM)"}, {rstd_c, "rstd_c (LSTM)"}, {cs, "cs (LSTM)"}})
+              require(p, what);
+        }
         check_sizes(T, N, H, H, num_threads);
         check_lengths(lengths, T, N);
         const bool lstm = kind == fastrnn::kCellLstm;
@@ -411,6 +422,14 @@ PYBIND11_MODULE(_C, m) {
                ptr<const scalar_t>(g_c), ptr<const scalar_t>(s_c), static_cast<scalar_t>(zh_p),
                static_cast<scalar_t>(zc_p), static_cast<scalar_t>(eps), ptr<const int64_t>(lengths), reverse,
                ptr<scalar_t>(y), ptr<scalar_t>(cn), num_threads};
+          if (records) {
+            p.zhat = ptr<scalar_t>(zhat);
+            p.rstd_h = ptr<scalar_t>(rstd_h);
+            p.gates = ptr<scalar_t>(gates);
+            p.chat = ptr<scalar_t>(chat);
+            p.rstd_c = ptr<scalar_t>(rstd_c);
+            p.cs = ptr<scalar_t>(cs);
+          }
         };
         run<LnForwardParams>(itemsize, fastrnn::cpu::ln_forward<float>, fastrnn::cpu::ln_forward<double>, fill);
       },
@@ -418,7 +437,49 @@ PYBIND11_MODULE(_C, m) {
       py::arg("kind"), py::arg("T"), py::arg("N"), py::arg("H"), py::arg("ax"), py::arg("h0"), py::arg("c0"),
       py::arg("w_hh"), py::arg("g_hh"), py::arg("s_hh"), py::arg("g_c"), py::arg("s_c"), py::arg("zh_p"),
       py::arg("zc_p"), py::arg("eps"), py::arg("lengths"), py::arg("reverse"), py::arg("y"), py::arg("cn"),
-      py::arg("num_threads"));
+      py::arg("num_threads"), py::arg("zhat") = 0, py::arg("rstd_h") = 0, py::arg("gates") = 0,
+      py::arg("chat") = 0, py::arg("rstd_c") = 0, py::arg("cs") = 0);
+
+  m.def(
+      "ln_backward",
+      [](int itemsize, int kind, int64_t T, int64_t N, int64_t H, std::uintptr_t dy, std::uintptr_t dcn,
+         std::uintptr_t h0, std::uintptr_t c0, std::uintptr_t w_hh, std::uintptr_t g_hh, std::uintptr_t s_hh,
+         std::uintptr_t g_c, std::uintptr_t s_c, std::uintptr_t lengths, bool reverse, std::uintptr_t y,
+         std::uintptr_t zhat, std::uintptr_t rstd_h, std::uintptr_t gates, std::uintptr_t chat,
+         std::uintptr_t rstd_c, std::uintptr_t cs, std::uintptr_t dax, std::uintptr_t dah, std::uintptr_t dcl,
+         std::uintptr_t dh0, std::uintptr_t dc0, int num_threads) {
+        if (kind != fastrnn::kCellLstm && kind != fastrnn::kCellGru)
+          throw std::invalid_argument("ln_backward: kind must be 0 (LSTM) or 1 (GRU)");
+        check_sizes(T, N, H, H, num_threads);
+        check_lengths(lengths, T, N);
+        for (auto [p, what] : {std::pair{dy, "dy"}, {h0, "h0"}, {w_hh, "w_hh"}, {g_hh, "g_hh"}, {s_hh, "s_hh"},
+                               {y, "y"}, {zhat, "zhat"}, {rstd_h, "rstd_h"}, {gates, "gates"}, {dax, "dax"},
+                               {dah, "dah"}, {dh0, "dh0"}})
+          require(p, what);
+        if (kind == fastrnn::kCellLstm)
+          for (auto [p, what] : {std::pair{dcn, "dcn (LSTM)"}, {c0, "c0 (LSTM)"}, {g_c, "g_c (LSTM)"},
+                                 {s_c, "s_c (LSTM)"}, {chat, "chat (LSTM)"}, {rstd_c, "rstd_c (LSTM)"},
+                                 {cs, "cs (LSTM)"}, {dcl, "dcl (LSTM)"}, {dc0, "dc0 (LSTM)"}})
+            require(p, what);
+        auto fill = [&](auto& p) {
+          using scalar_t = std::remove_pointer_t<decltype(p.dax)>;
+          p = {kind, T, N, H, ptr<const scalar_t>(dy), ptr<const scalar_t>(dcn), ptr<const scalar_t>(h0),
+               ptr<const scalar_t>(c0), ptr<const scalar_t>(w_hh), ptr<const scalar_t>(g_hh),
+               ptr<const scalar_t>(s_hh), ptr<const scalar_t>(g_c), ptr<const scalar_t>(s_c),
+               ptr<const int64_t>(lengths), reverse, ptr<const scalar_t>(y), ptr<const scalar_t>(zhat),
+               ptr<const scalar_t>(rstd_h), ptr<const scalar_t>(gates), ptr<const scalar_t>(chat),
+               ptr<const scalar_t>(rstd_c), ptr<const scalar_t>(cs), ptr<scalar_t>(dax), ptr<scalar_t>(dah),
+               ptr<scalar_t>(dcl), ptr<scalar_t>(dh0), ptr<scalar_t>(dc0), num_threads};
+        };
+        run<LnBackwardParams>(itemsize, fastrnn::cpu::ln_backward<float>, fastrnn::cpu::ln_backward<double>,
+                              fill);
+      },
+      "the backward of a layer-normalised LSTM/GRU layer-direction (LnBackwardParams)", py::arg("itemsize"),
+      py::arg("kind"), py::arg("T"), py::arg("N"), py::arg("H"), py::arg("dy"), py::arg("dcn"), py::arg("h0"),
+      py::arg("c0"), py::arg("w_hh"), py::arg("g_hh"), py::arg("s_hh"), py::arg("g_c"), py::arg("s_c"),
+      py::arg("lengths"), py::arg("reverse"), py::arg("y"), py::arg("zhat"), py::arg("rstd_h"), py::arg("gates"),
+      py::arg("chat"), py::arg("rstd_c"), py::arg("cs"), py::arg("dax"), py::arg("dah"), py::arg("dcl"),
+      py::arg("dh0"), py::arg("dc0"), py::arg("num_threads"));
 
   m.def(
       "reg_backward",

@@ -4,6 +4,7 @@ against step loops written here from the equations, with the random masks drawn 
 documented order (outputs, final states, every gradient), uni- and bidirectional, one and
 two layers, batch first, packed; eval mode; options at 0 against torch.nn; seeded
 reproducibility; gradcheck and gradgradcheck; torch.compile; bad option values."""
+import copy
 import warnings
 
 import pytest
@@ -275,7 +276,11 @@ def test_matches_equations(kind, which, ci, train):
     _check(got_g, want_g, names)
     regularised = train and which != "none" and which != "weight_drop" or (
         which in ("zoneout", "all")) or kind.startswith("LN_")
-    if regularised:  # zoneout / recurrent dropout: fused where the compiled kernels run
+    if kind.startswith("LN_"):  # fused unless masks are drawn or zoneout meets a gradient
+        fused = "cpu" in CPU_BACKENDS and which not in ("zoneout", "all") and not (
+            train and which == "recurrent_dropout")
+        assert module.last_backend == ("cpu" if fused else "torch-ops"), module.last_backend
+    elif regularised:  # zoneout / recurrent dropout: fused where the compiled kernels run
         assert module.last_backend == _reg_path(kind, cfg), module.last_backend
     else:
         assert module.last_backend != "torch-ops", module.last_backend
@@ -668,6 +673,72 @@ def test_zero_batch_with_options(kind):
     assert x.grad.shape == x.shape
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("N", [1, 4, 30])
+@pytest.mark.parametrize("kind", ["LN_LSTM", "LN_GRU"])
+def test_layer_norm_training_on_the_fused_kernels(kind, N, dtype):
+    """Training of the LayerNorm layers (no zoneout, no recurrent dropout; weight drop
+    allowed) runs the fused forward and backward kernels where the compiled CPU kernels are
+    built: the equations' outputs, final states and every gradient (input, states, W_ih,
+    W_hh, every gain and shift), packed sequences of different lengths, two layers, both
+    directions, a row split per thread (N = 30) and a unit split (N = 1, 4); float32
+    against the float64 equations."""
+    if "cpu" not in CPU_BACKENDS:
+        pytest.skip("the compiled CPU kernels are not built")
+    module = _make(kind, num_layers=2, bidirectional=True, weight_drop=0.3).train()
+    T = 7
+    torch.manual_seed(N)
+    lengths = sorted(torch.randint(1, T + 1, (N,)).tolist(), reverse=True)
+    lengths[0] = T
+    x = torch.randn(T, N, I, dtype=F64, requires_grad=True)
+    hx = _states(kind, module, N)
+    hxs = hx if kind in TWO else (hx,)
+    low = copy.deepcopy(module).to(dtype)
+    xl = x.detach().to(dtype).requires_grad_()
+    hxl = tuple(h.detach().to(dtype).requires_grad_() for h in hxs)
+    torch.manual_seed(3)
+    out, hn = low(pack_padded_sequence(xl, lengths), hxl if kind in TWO else hxl[0])
+    assert low.last_backend == "cpu"
+    y, _ = pad_packed_sequence(out)
+    hn, cn = hn if kind in TWO else (hn, None)
+    masks = _draw(kind, module, T, N, True, 3, dtype=dtype)  # (the draws of the low module)
+    want = _oracle(kind, module, x, hx, masks, True, torch.tensor(lengths))
+    tol = TOL[F64] if dtype == F64 else dict(rtol=2e-4, atol=2e-5)
+    names = ["output", "h_n", "c_n"]
+    for name, a, b in zip(names, (y, hn, cn), want):
+        if b is not None:
+            torch.testing.assert_close(a.double(), b, **tol, msg=lambda m: f"{name}: {m}")
+    names = ["input"] + [f"hx[{i}]" for i in range(len(hxs))] + \
+        [n for n, _ in module.named_parameters()]
+    torch.manual_seed(5)
+    seeds = [torch.randn_like(t.double()) for t in (y, hn, cn) if t is not None]
+    got = torch.autograd.grad([t for t in (y, hn, cn) if t is not None],
+                              [xl, *hxl, *low.parameters()], [s.to(dtype) for s in seeds])
+    wanted = torch.autograd.grad([t for t in want if t is not None],
+                                 [x, *hxs, *module.parameters()], seeds)
+    for name, a, b in zip(names, got, wanted):  # (relative to the gradient's largest value)
+        scale = b.abs().max().clamp_min(1.0)
+        torch.testing.assert_close(a.double() / scale, b / scale, **tol,
+                                   msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("kind", ["LN_LSTM", "LN_GRU"])
+def test_layer_norm_fused_gradcheck(kind):
+    """gradcheck and gradgradcheck (float64) of a LayerNorm layer on the fused training
+    kernels (the second derivative replays the step loop), both directions."""
+    if "cpu" not in CPU_BACKENDS:
+        pytest.skip("the compiled CPU kernels are not built")
+    module = _make(kind, bidirectional=True)
+    x = torch.randn(3, 2, I, dtype=F64, requires_grad=True)
+    hx = _states(kind, module, 2)
+    hxs = hx if kind in TWO else (hx,)
+    module(x, hx)
+    assert module.last_backend == "cpu"
+    f = _functional(module, 4, True)
+    assert torch.autograd.gradcheck(f, (x, *hxs, *module.parameters()))
+    assert torch.autograd.gradgradcheck(f, (x, *hxs, *module.parameters()))
+
+
 @pytest.mark.parametrize("N", [1, 4, 30])
 @pytest.mark.parametrize("kind", ["LN_LSTM", "LN_GRU"])
 def test_layer_norm_inference_on_the_fused_kernels(kind, N):
@@ -689,5 +760,5 @@ def test_layer_norm_inference_on_the_fused_kernels(kind, N):
                        torch.tensor(lengths))
     hn, cn = hn if kind in TWO else (hn, None)
     _check((y, hn, cn), want, ("output", "h_n", "c_n"))
-    module(x.requires_grad_(), hx)
+    module(x.requires_grad_(), hx)  # (zoneout with a gradient: the step loop)
     assert module.last_backend == "torch-ops"

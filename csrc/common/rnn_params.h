@@ -239,10 +239,11 @@ struct RegBackwardParams {
   int num_threads;
 };
 
-// Inference of the layer-normalised LSTM / GRU (fastrnn/layer_norm.py has the equations):
-// per step one fused GEMM h_{t-1} @ W_hh^T into a row buffer, then per row LayerNorm over
-// all G*H recurrent pre-activations, the gates, and (LSTM) LayerNorm over c~_t. kind:
-// kCellLstm or kCellGru. zh_p/zc_p: zoneout's eval expectation (0: off).
+// The layer-normalised LSTM / GRU (fastrnn/layer_norm.py has the equations): per step one
+// fused GEMM h_{t-1} @ W_hh^T into a row buffer, then per row LayerNorm over all G*H
+// recurrent pre-activations, the gates, and (LSTM) LayerNorm over c~_t. kind: kCellLstm or
+// kCellGru. zh_p/zc_p: zoneout's eval expectation (0: off). A training forward (zh_p =
+// zc_p = 0) also writes the records LnBackwardParams reads (all of them, or none).
 template <typename scalar_t>
 struct LnForwardParams {
   int kind;
@@ -260,6 +261,50 @@ struct LnForwardParams {
   bool reverse;
   scalar_t* y;                     // [T, N, H]
   scalar_t* cn;                    // [N, H] (LSTM)
+  int num_threads;
+  // training records (frozen steps: zhat, gates and chat zero, cs the state carried):
+  scalar_t* zhat = nullptr;        // [T, N, G*H] the recurrent product, normalised (before g_hh, s_hh)
+  scalar_t* rstd_h = nullptr;      // [T, N] its 1 / sqrt(var + eps)
+  scalar_t* gates = nullptr;       // [T, N, G*H] LSTM: i, f, g, o; GRU: r, z, n (activated)
+  scalar_t* chat = nullptr;        // [T, N, H] LSTM: c~ normalised (before g_c, s_c)
+  scalar_t* rstd_c = nullptr;      // [T, N] LSTM
+  scalar_t* cs = nullptr;          // [T, N, H] LSTM: c after each step
+};
+
+// The backward of a layer-normalised LSTM / GRU layer-direction (no zoneout) from its
+// forward's records. Per step (reverse order): the recurrent gradient dah_{next} @ W_hh (one
+// fused GEMM), then per row the gates' gradients, the backward of LN(c) (LSTM) and of the
+// recurrent LayerNorm (two row reductions each). The weight and gain/shift gradients are
+// sums over the written gradients, left to the caller's GEMM and reductions:
+//   dW_hh = sum_t dah_t^T h_{t-1}; dg_hh = sum dl * zhat, ds_hh = sum dl with dl = dax
+//   (GRU: its n part times r); dg_c = sum dcl * chat, ds_c = sum dcl.
+template <typename scalar_t>
+struct LnBackwardParams {
+  int kind;
+  int64_t T, N, H;
+  const scalar_t* dy;              // [T, N, H]  gradient of y (dhn folded in)
+  const scalar_t* dcn;             // [N, H] (LSTM)
+  const scalar_t* h0;              // [N, H]
+  const scalar_t* c0;              // [N, H] (LSTM)
+  const scalar_t* w_hh;            // [G*H, H]
+  const scalar_t* g_hh;            // [G*H]
+  const scalar_t* s_hh;            // [G*H]
+  const scalar_t* g_c;             // [H] (LSTM)
+  const scalar_t* s_c;             // [H] (LSTM)
+  const int64_t* lengths;          // [N] or nullptr
+  bool reverse;
+  const scalar_t* y;               // [T, N, H]
+  const scalar_t* zhat;            // the forward's records (LnForwardParams)
+  const scalar_t* rstd_h;
+  const scalar_t* gates;
+  const scalar_t* chat;
+  const scalar_t* rstd_c;
+  const scalar_t* cs;
+  scalar_t* dax;                   // [T, N, G*H] gradient of the pre-activations' input part
+  scalar_t* dah;                   // [T, N, G*H] gradient of the recurrent product W_hh h_{t-1}
+  scalar_t* dcl;                   // [T, N, H] (LSTM) gradient of LN(c~) g_c + s_c
+  scalar_t* dh0;                   // [N, H]
+  scalar_t* dc0;                   // [N, H] (LSTM)
   int num_threads;
 };
 

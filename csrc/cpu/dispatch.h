@@ -30,6 +30,7 @@ template <typename scalar_t> void cell_backward(const CellBackwardParams<scalar_
 template <typename scalar_t> void reg_forward(const RegForwardParams<scalar_t>& p);
 template <typename scalar_t> void reg_backward(const RegBackwardParams<scalar_t>& p);
 template <typename scalar_t> void ln_forward(const LnForwardParams<scalar_t>& p);
+template <typename scalar_t> void ln_backward(const LnBackwardParams<scalar_t>& p);
 
 }  // namespace cpu
 }  // namespace fastrnn

@@ -10,9 +10,10 @@
 //             to h_{t-1} (and for c to c_{t-1}).
 // The LSTM records c~ (its candidate before zoneout: h~ = o tanh(c~)) beside the mixed
 // state c; the RNN records h~ (its activation's derivative).
-// Also here: the inference of the layer-normalised LSTM/GRU (LnForwardParams), whose
+// Also here: the layer-normalised LSTM/GRU (LnForwardParams, LnBackwardParams), whose
 // per-row LayerNorm needs the whole row of the step's product: the GEMM epilogue stores the
-// row, then each row's statistics, gates and state update follow.
+// row, then each row's statistics, gates and state update follow (backward: the GEMM of the
+// recurrent gradient, then each row's gate gradients and LayerNorm backward).
 #include <cmath>
 
 #include "cpu/fused_gemm.h"
@@ -269,6 +270,7 @@ void ln_forward_g(const LnForwardParams<scalar_t>& a) {
   int64_t P = 0;
   Packed<scalar_t> w = pack_gate_major_cached<scalar_t, G>(a.w_hh, H, H, &P);  // h @ W_hh^T
   Buffer<scalar_t> hg = make_buffer<scalar_t>(N * GH);  // the step's recurrent product, per row
+  const bool rec = a.gates != nullptr;                  // a training forward: write the records
   Buffer<scalar_t> c, cc;                               // LSTM: c, and c~ of the step
   if (G == 4) {
     c = make_buffer<scalar_t>(N * H);
@@ -292,15 +294,32 @@ void ln_forward_g(const LnForwardParams<scalar_t>& a) {
       FASTRNN_PHASE_BARRIER(ws);
       for (int64_t n = rb; n < re; ++n) {
         const scalar_t* hp_row = hprev + n * H;
+        const int64_t tn = t * N + n;
         if (!step_valid(a.lengths, n, t)) {  // frozen state
           std::copy(hp_row, hp_row + H, yt + n * H);
+          if (rec) {  // (records the backward sums over: zero)
+            std::fill(a.zhat + tn * GH, a.zhat + (tn + 1) * GH, scalar_t(0));
+            std::fill(a.gates + tn * GH, a.gates + (tn + 1) * GH, scalar_t(0));
+            if (G == 4) {
+              std::fill(a.chat + tn * H, a.chat + (tn + 1) * H, scalar_t(0));
+              std::copy(c.get() + n * H, c.get() + (n + 1) * H, a.cs + tn * H);
+            }
+          }
           continue;
         }
         scalar_t* row = hg.get() + n * GH;
         scalar_t mean, rstd;
         row_stats(row, GH, a.eps, &mean, &rstd);
         const V vm = vset<scalar_t>(mean), vr = vset<scalar_t>(rstd);
-        const scalar_t* x = a.ax + (t * N + n) * GH;
+        const scalar_t* x = a.ax + tn * GH;
+        scalar_t* gr = rec ? a.gates + tn * GH : nullptr;
+        if (rec) {
+          a.rstd_h[tn] = rstd;
+          for (int64_t k = 0; k < GH; k += W) {
+            const int cnt = static_cast<int>(std::min<int64_t>(W, GH - k));
+            vstore_n(a.zhat + tn * GH + k, (vload_n(row + k, cnt) - vm) * vr, cnt);
+          }
+        }
         // gate k's pre-activation at units [u, u+cnt): ax + LN(W_hh h) g_hh + s_hh
         auto pre = [&](int k, int64_t u, int cnt) {
           const int64_t o = k * H + u;
@@ -315,20 +334,34 @@ void ln_forward_g(const LnForwardParams<scalar_t>& a) {
             const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
             const V i = vsigmoid<scalar_t>(pre(0, u, cnt)), f = vsigmoid<scalar_t>(pre(1, u, cnt));
             const V g = vtanh<scalar_t>(pre(2, u, cnt));
-            vstore_n(row + 3 * H + u, vsigmoid<scalar_t>(pre(3, u, cnt)), cnt);  // o, kept in place
+            const V o = vsigmoid<scalar_t>(pre(3, u, cnt));
+            vstore_n(row + 3 * H + u, o, cnt);  // kept in place
             vstore_n(cc.get() + n * H + u, f * vload_n(c.get() + n * H + u, cnt) + i * g, cnt);
+            if (gr) {
+              vstore_n(gr + u, i, cnt);
+              vstore_n(gr + H + u, f, cnt);
+              vstore_n(gr + 2 * H + u, g, cnt);
+              vstore_n(gr + 3 * H + u, o, cnt);
+            }
           }
           scalar_t cmean, crstd;
           row_stats(cc.get() + n * H, H, a.eps, &cmean, &crstd);
           const V cm = vset<scalar_t>(cmean), cr = vset<scalar_t>(crstd);
+          if (rec) a.rstd_c[tn] = crstd;
           for (int64_t u = 0; u < H; u += W) {
             const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
             const int64_t o = n * H + u;
             const V ctil = vload_n(cc.get() + o, cnt);
+            const V chat = (ctil - cm) * cr;
             const V cand = vload_n(row + 3 * H + u, cnt) *
-                           vtanh<scalar_t>((ctil - cm) * cr * vload_n(a.g_c + u, cnt) + vload_n(a.s_c + u, cnt));
+                           vtanh<scalar_t>(chat * vload_n(a.g_c + u, cnt) + vload_n(a.s_c + u, cnt));
             vstore_n(yt + o, mix(a.zh_p, vload_n(hp_row + u, cnt), cand), cnt);
-            vstore_n(c.get() + o, mix(a.zc_p, vload_n(c.get() + o, cnt), ctil), cnt);
+            const V cnew = mix(a.zc_p, vload_n(c.get() + o, cnt), ctil);
+            vstore_n(c.get() + o, cnew, cnt);
+            if (rec) {
+              vstore_n(a.chat + tn * H + u, chat, cnt);
+              vstore_n(a.cs + tn * H + u, cnew, cnt);
+            }
           }
         } else {
           for (int64_t u = 0; u < H; u += W) {
@@ -338,6 +371,11 @@ void ln_forward_g(const LnForwardParams<scalar_t>& a) {
             const V ah_n = (vload_n(row + o, cnt) - vm) * vr * vload_n(a.g_hh + o, cnt) + vload_n(a.s_hh + o, cnt);
             const V nn = vtanh<scalar_t>(vload_n(x + o, cnt) + r * ah_n);
             const V hp = vload_n(hp_row + u, cnt);
+            if (gr) {
+              vstore_n(gr + u, r, cnt);
+              vstore_n(gr + H + u, z, cnt);
+              vstore_n(gr + 2 * H + u, nn, cnt);
+            }
             vstore_n(yt + n * H + u, mix(a.zh_p, hp, ((scalar_t)1 - z) * nn + z * hp), cnt);
           }
         }
@@ -347,12 +385,160 @@ void ln_forward_g(const LnForwardParams<scalar_t>& a) {
   if (G == 4) std::copy(c.get(), c.get() + N * H, a.cn);
 }
 
+
+// The backward of ln_forward_g's training forward (LnBackwardParams). Per step: the GEMM
+// dah_{t+1} @ W_hh into a row buffer; after the phase barrier each row's gradients:
+//   LSTM  dh -> dcl = dh o (1 - tanh^2(l)), l = chat g_c + s_c; LN(c~)'s backward
+//         dc~ = rstd_c (dchat - mean(dchat) - chat mean(dchat chat)), dchat = dcl g_c;
+//         dc = dc~ + the carried dc; the gates' pre-activation gradients (dax);
+//   GRU   dh -> (dr, dz, dn) pre-activation gradients (dax), z dh carried to h_{t-1};
+// then the recurrent LayerNorm's backward over the row's G*H values with dl = dax (GRU: its
+// n part times r): dah = rstd_h (dzh - mean(dzh) - zhat mean(dzh zhat)), dzh = dl g_hh.
+template <typename scalar_t, int G>
+void ln_backward_g(const LnBackwardParams<scalar_t>& a) {
+  constexpr int W = Vec<scalar_t>::W;
+  using V = vec_t<scalar_t>;
+  const int64_t T = a.T, N = a.N, H = a.H, GH = G * H;
+  int64_t P = 0;
+  Packed<scalar_t> w_back = pack_units_cached<scalar_t, 4>(a.w_hh, GH, H, /*transposed=*/false, &P);  // dah @ W_hh
+  Buffer<scalar_t> dhr = make_buffer<scalar_t>(N * H);    // the step's recurrent gradient
+  Buffer<scalar_t> carry = make_buffer<scalar_t>(N * H);  // dh passed straight to h_{t-1}
+  Buffer<scalar_t> dzh = make_buffer<scalar_t>(N * GH);   // per row: the gradient of zhat
+  std::fill(carry.get(), carry.get() + N * H, scalar_t(0));
+  Buffer<scalar_t> dc;  // LSTM: the gradient of c carried to the step before
+  if (G == 4) {
+    dc = make_buffer<scalar_t>(N * H);
+    std::copy(a.dcn, a.dcn + N * H, dc.get());
+  }
+  const scalar_t one = 1;
+  run_team(a.num_threads, [&](int tid, int nthr, TeamBarrier* bar) {
+    const WorkSplit ws(P, N, tid, nthr, rows_per_tile<4>(), bar);
+    const int64_t rb = ws.independent ? ws.r_begin : N * tid / nthr;
+    const int64_t re = ws.independent ? ws.r_end : N * (tid + 1) / nthr;
+    for_each_step(ws, T, a.reverse, /*backward=*/true, [&](int64_t s, int64_t t) {
+      const scalar_t* dah_next = s == 0 ? nullptr : a.dah + (a.reverse ? t - 1 : t + 1) * N * GH;
+      fused_gemm<scalar_t, 4>(ws, dah_next, GH, GH, w_back.get(), [&](int64_t p, int64_t n, const V* acc) {
+        for (int b = 0; b < 4; ++b) {
+          const int64_t u = (p * 4 + b) * W;
+          if (u >= H) break;
+          vstore_n(dhr.get() + n * H + u, acc[b], static_cast<int>(std::min<int64_t>(W, H - u)));
+        }
+      });
+      FASTRNN_PHASE_BARRIER(ws);
+      const bool first_fwd = a.reverse ? t == T - 1 : t == 0;
+      const scalar_t* hprev = first_fwd ? a.h0 : a.y + prev_time(t, a.reverse) * N * H;
+      const scalar_t* cprev = G == 4 ? (first_fwd ? a.c0 : a.cs + prev_time(t, a.reverse) * N * H) : nullptr;
+      for (int64_t n = rb; n < re; ++n) {
+        const int64_t tn = t * N + n;
+        scalar_t* dx = a.dax + tn * GH;
+        scalar_t* dah = a.dah + tn * GH;
+        scalar_t* cr = carry.get() + n * H;
+        const scalar_t* hr = dhr.get() + n * H;
+        const scalar_t* dyr = a.dy + tn * H;
+        auto dh_at = [&](int64_t u, int cnt) {
+          return vload_n(dyr + u, cnt) + vload_n(hr + u, cnt) + vload_n(cr + u, cnt);
+        };
+        if (!step_valid(a.lengths, n, t)) {  // frozen: dh (and the LSTM's dc) pass through
+          for (int64_t u = 0; u < H; u += W) {
+            const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
+            vstore_n(cr + u, dh_at(u, cnt), cnt);
+          }
+          std::fill(dx, dx + GH, scalar_t(0));
+          std::fill(dah, dah + GH, scalar_t(0));
+          if (G == 4) std::fill(a.dcl + tn * H, a.dcl + (tn + 1) * H, scalar_t(0));
+          continue;
+        }
+        const scalar_t* gt = a.gates + tn * GH;
+        const scalar_t* zh = a.zhat + tn * GH;
+        scalar_t* dz = dzh.get() + n * GH;
+        if constexpr (G == 4) {
+          const scalar_t* ch = a.chat + tn * H;
+          scalar_t* dclr = a.dcl + tn * H;
+          scalar_t* dcr = dc.get() + n * H;
+          V s1 = vzero<scalar_t>(), s2 = vzero<scalar_t>();
+          for (int64_t u = 0; u < H; u += W) {  // dcl, dchat (in dz's first H), do
+            const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
+            const V dh = dh_at(u, cnt), o = vload_n(gt + 3 * H + u, cnt), chat = vload_n(ch + u, cnt);
+            const V gc = vload_n(a.g_c + u, cnt);
+            const V tl = vtanh<scalar_t>(chat * gc + vload_n(a.s_c + u, cnt));
+            const V dcl = dh * o * (one - tl * tl);
+            vstore_n(dclr + u, dcl, cnt);
+            const V dchat = dcl * gc;
+            vstore_n(dz + u, dchat, cnt);
+            s1 = s1 + dchat;
+            s2 = s2 + dchat * chat;
+            vstore_n(dx + 3 * H + u, dh * tl * o * (one - o), cnt);
+            vstore_n(cr + u, vzero<scalar_t>(), cnt);
+          }
+          const V m1 = vset<scalar_t>(vhsum<scalar_t>(s1) / static_cast<scalar_t>(H));
+          const V m2 = vset<scalar_t>(vhsum<scalar_t>(s2) / static_cast<scalar_t>(H));
+          const V rc = vset<scalar_t>(a.rstd_c[tn]);
+          for (int64_t u = 0; u < H; u += W) {  // dc, the i, f, g gradients, dc carried
+            const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
+            const V dct = rc * (vload_n(dz + u, cnt) - m1 - vload_n(ch + u, cnt) * m2) + vload_n(dcr + u, cnt);
+            const V i = vload_n(gt + u, cnt), f = vload_n(gt + H + u, cnt), g = vload_n(gt + 2 * H + u, cnt);
+            vstore_n(dx + u, dct * g * i * (one - i), cnt);
+            vstore_n(dx + H + u, dct * vload_n(cprev + n * H + u, cnt) * f * (one - f), cnt);
+            vstore_n(dx + 2 * H + u, dct * i * (one - g * g), cnt);
+            vstore_n(dcr + u, dct * f, cnt);
+          }
+        } else {
+          for (int64_t u = 0; u < H; u += W) {
+            const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
+            const V dh = dh_at(u, cnt);
+            const V r = vload_n(gt + u, cnt), z = vload_n(gt + H + u, cnt), nn = vload_n(gt + 2 * H + u, cnt);
+            const V dn = dh * (one - z) * (one - nn * nn);
+            const int64_t k = 2 * H + u;
+            const V ah_n = vload_n(zh + k, cnt) * vload_n(a.g_hh + k, cnt) + vload_n(a.s_hh + k, cnt);
+            vstore_n(dx + u, dn * ah_n * r * (one - r), cnt);
+            vstore_n(dx + H + u, dh * (vload_n(hprev + n * H + u, cnt) - nn) * z * (one - z), cnt);
+            vstore_n(dx + k, dn, cnt);
+            vstore_n(cr + u, dh * z, cnt);
+          }
+        }
+        // the recurrent LayerNorm's backward over the row's G*H values
+        V s1 = vzero<scalar_t>(), s2 = vzero<scalar_t>();
+        for (int k = 0; k < G; ++k)
+          for (int64_t u = 0; u < H; u += W) {
+            const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
+            const int64_t o = k * H + u;
+            V dl = vload_n(dx + o, cnt);
+            if (G == 3 && k == 2) dl = dl * vload_n(gt + u, cnt);  // GRU: r (W_hn h) enters n
+            const V d = dl * vload_n(a.g_hh + o, cnt);
+            vstore_n(dz + o, d, cnt);
+            s1 = s1 + d;
+            s2 = s2 + d * vload_n(zh + o, cnt);
+          }
+        const V m1 = vset<scalar_t>(vhsum<scalar_t>(s1) / static_cast<scalar_t>(GH));
+        const V m2 = vset<scalar_t>(vhsum<scalar_t>(s2) / static_cast<scalar_t>(GH));
+        const V rh = vset<scalar_t>(a.rstd_h[tn]);
+        for (int k = 0; k < G; ++k)
+          for (int64_t u = 0; u < H; u += W) {
+            const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
+            const int64_t o = k * H + u;
+            vstore_n(dah + o, rh * (vload_n(dz + o, cnt) - m1 - vload_n(zh + o, cnt) * m2), cnt);
+          }
+      }
+    });
+    // dh0 = dah(the first forward step) @ W_hh + what was carried
+    const scalar_t* first = a.dah + (a.reverse ? T - 1 : 0) * N * GH;
+    gemm_plus_carry<scalar_t>(ws, first, GH, w_back.get(), H, carry.get(), a.dh0);
+  });
+  if (G == 4) std::copy(dc.get(), dc.get() + N * H, a.dc0);
+}
+
 }  // namespace
 
 template <typename scalar_t>
 void ln_forward(const LnForwardParams<scalar_t>& a) {
   if (a.kind == kCellLstm) return ln_forward_g<scalar_t, 4>(a);
   return ln_forward_g<scalar_t, 3>(a);
+}
+
+template <typename scalar_t>
+void ln_backward(const LnBackwardParams<scalar_t>& a) {
+  if (a.kind == kCellLstm) return ln_backward_g<scalar_t, 4>(a);
+  return ln_backward_g<scalar_t, 3>(a);
 }
 
 template <typename scalar_t>
@@ -376,6 +562,7 @@ void reg_backward(const RegBackwardParams<scalar_t>& a) {
 FASTRNN_INSTANTIATE(reg_forward, RegForwardParams)
 FASTRNN_INSTANTIATE(reg_backward, RegBackwardParams)
 FASTRNN_INSTANTIATE(ln_forward, LnForwardParams)
+FASTRNN_INSTANTIATE(ln_backward, LnBackwardParams)
 
 }  // namespace FASTRNN_ISA
 }  // namespace cpu
