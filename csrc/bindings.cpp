@@ -389,7 +389,8 @@ PYBIND11_MODULE(_C, m) {
          std::uintptr_t c0, std::uintptr_t w_hh, std::uintptr_t g_hh, std::uintptr_t s_hh, std::uintptr_t g_c,
          std::uintptr_t s_c, double zh_p, double zc_p, double eps, std::uintptr_t lengths, bool reverse,
          std::uintptr_t y, std::uintptr_t cn, int num_threads, std::uintptr_t zhat, std::uintptr_t rstd_h,
-         std::uintptr_t gates, std::uintptr_t chat, std::uintptr_t rstd_c, std::uintptr_t cs) {
+         std::uintptr_t gates, std::uintptr_t chat, std::uintptr_t rstd_c, std::uintptr_t cs, std::uintptr_t g_ih,
+         std::uintptr_t s_ih, std::uintptr_t zhat_x, std::uintptr_t rstd_x) {
         if (kind != fastrnn::kCellLstm && kind != fastrnn::kCellGru)
           throw std::invalid_argument("ln_forward: kind must be 0 (LSTM) or 1 (GRU)");
         const bool records = gates != 0;
@@ -400,7 +401,11 @@ PYBIND11_MODULE(_C, m) {
           if (kind == fastrnn::kCellLstm)
             for (auto [p, what] : {std::pair{chat, "chat (LSTM)"}, {rstd_c, "rstd_c (LSTM)"}, {cs, "cs (LSTM)"}})
               require(p, what);
+          if (g_ih)
+            for (auto [p, what] : {std::pair{zhat_x, "zhat_x (with g_ih)"}, {rstd_x, "rstd_x (with g_ih)"}})
+              require(p, what);
         }
+        if ((g_ih == 0) != (s_ih == 0)) throw std::invalid_argument("ln_forward: g_ih and s_ih go together");
         check_sizes(T, N, H, H, num_threads);
         check_lengths(lengths, T, N);
         const bool lstm = kind == fastrnn::kCellLstm;
@@ -429,7 +434,11 @@ PYBIND11_MODULE(_C, m) {
             p.chat = ptr<scalar_t>(chat);
             p.rstd_c = ptr<scalar_t>(rstd_c);
             p.cs = ptr<scalar_t>(cs);
+            p.zhat_x = ptr<scalar_t>(zhat_x);
+            p.rstd_x = ptr<scalar_t>(rstd_x);
           }
+          p.g_ih = ptr<const scalar_t>(g_ih);
+          p.s_ih = ptr<const scalar_t>(s_ih);
         };
         run<LnForwardParams>(itemsize, fastrnn::cpu::ln_forward<float>, fastrnn::cpu::ln_forward<double>, fill);
       },
@@ -438,16 +447,19 @@ PYBIND11_MODULE(_C, m) {
       py::arg("w_hh"), py::arg("g_hh"), py::arg("s_hh"), py::arg("g_c"), py::arg("s_c"), py::arg("zh_p"),
       py::arg("zc_p"), py::arg("eps"), py::arg("lengths"), py::arg("reverse"), py::arg("y"), py::arg("cn"),
       py::arg("num_threads"), py::arg("zhat") = 0, py::arg("rstd_h") = 0, py::arg("gates") = 0,
-      py::arg("chat") = 0, py::arg("rstd_c") = 0, py::arg("cs") = 0);
+      py::arg("chat") = 0, py::arg("rstd_c") = 0, py::arg("cs") = 0, py::arg("g_ih") = 0, py::arg("s_ih") = 0,
+      py::arg("zhat_x") = 0, py::arg("rstd_x") = 0);
 
   m.def(
       "ln_backward",
       [](int itemsize, int kind, int64_t T, int64_t N, int64_t H, std::uintptr_t dy, std::uintptr_t dcn,
-         std::uintptr_t h0, std::uintptr_t c0, std::uintptr_t w_hh, std::uintptr_t g_hh, std::uintptr_t s_hh,
-         std::uintptr_t g_c, std::uintptr_t s_c, std::uintptr_t lengths, bool reverse, std::uintptr_t y,
-         std::uintptr_t zhat, std::uintptr_t rstd_h, std::uintptr_t gates, std::uintptr_t chat,
-         std::uintptr_t rstd_c, std::uintptr_t cs, std::uintptr_t dax, std::uintptr_t dah, std::uintptr_t dcl,
-         std::uintptr_t dh0, std::uintptr_t dc0, int num_threads) {
+         std::uintptr_t h0, std::uintptr_t c0, std::uintptr_t w_hh, std::uintptr_t g_ih, std::uintptr_t g_hh,
+         std::uintptr_t s_hh, std::uintptr_t g_c, std::uintptr_t s_c, std::uintptr_t lengths, bool reverse,
+         std::uintptr_t y, std::uintptr_t zhat, std::uintptr_t rstd_h, std::uintptr_t gates, std::uintptr_t chat,
+         std::uintptr_t rstd_c, std::uintptr_t cs, std::uintptr_t zhat_x, std::uintptr_t rstd_x,
+         std::uintptr_t dax, std::uintptr_t dah, std::uintptr_t dh0, std::uintptr_t dc0, std::uintptr_t dg_ih,
+         std::uintptr_t ds_ih, std::uintptr_t dg_hh, std::uintptr_t ds_hh, std::uintptr_t dg_c,
+         std::uintptr_t ds_c, int num_threads) {
         if (kind != fastrnn::kCellLstm && kind != fastrnn::kCellGru)
           throw std::invalid_argument("ln_backward: kind must be 0 (LSTM) or 1 (GRU)");
         check_sizes(T, N, H, H, num_threads);
@@ -459,27 +471,30 @@ PYBIND11_MODULE(_C, m) {
         if (kind == fastrnn::kCellLstm)
           for (auto [p, what] : {std::pair{dcn, "dcn (LSTM)"}, {c0, "c0 (LSTM)"}, {g_c, "g_c (LSTM)"},
                                  {s_c, "s_c (LSTM)"}, {chat, "chat (LSTM)"}, {rstd_c, "rstd_c (LSTM)"},
-                                 {cs, "cs (LSTM)"}, {dcl, "dcl (LSTM)"}, {dc0, "dc0 (LSTM)"}})
+                                 {cs, "cs (LSTM)"}, {dc0, "dc0 (LSTM)"}})
+            require(p, what);
+        if (g_ih)
+          for (auto [p, what] : {std::pair{zhat_x, "zhat_x (with g_ih)"}, {rstd_x, "rstd_x (with g_ih)"}})
             require(p, what);
         auto fill = [&](auto& p) {
           using scalar_t = std::remove_pointer_t<decltype(p.dax)>;
-          p = {kind, T, N, H, ptr<const scalar_t>(dy), ptr<const scalar_t>(dcn), ptr<const scalar_t>(h0),
-               ptr<const scalar_t>(c0), ptr<const scalar_t>(w_hh), ptr<const scalar_t>(g_hh),
-               ptr<const scalar_t>(s_hh), ptr<const scalar_t>(g_c), ptr<const scalar_t>(s_c),
-               ptr<const int64_t>(lengths), reverse, ptr<const scalar_t>(y), ptr<const scalar_t>(zhat),
-               ptr<const scalar_t>(rstd_h), ptr<const scalar_t>(gates), ptr<const scalar_t>(chat),
-               ptr<const scalar_t>(rstd_c), ptr<const scalar_t>(cs), ptr<scalar_t>(dax), ptr<scalar_t>(dah),
-               ptr<scalar_t>(dcl), ptr<scalar_t>(dh0), ptr<scalar_t>(dc0), num_threads};
+          auto in = [](std::uintptr_t q) { return ptr<const scalar_t>(q); };
+          auto out = [](std::uintptr_t q) { return ptr<scalar_t>(q); };
+          p = {kind, T, N, H, in(dy), in(dcn), in(h0), in(c0), in(w_hh), in(g_ih), in(g_hh), in(s_hh), in(g_c),
+               in(s_c), ptr<const int64_t>(lengths), reverse, in(y), in(zhat), in(rstd_h), in(gates), in(chat),
+               in(rstd_c), in(cs), in(zhat_x), in(rstd_x), out(dax), out(dah), out(dh0), out(dc0), out(dg_ih),
+               out(ds_ih), out(dg_hh), out(ds_hh), out(dg_c), out(ds_c), num_threads};
         };
         run<LnBackwardParams>(itemsize, fastrnn::cpu::ln_backward<float>, fastrnn::cpu::ln_backward<double>,
                               fill);
       },
       "the backward of a layer-normalised LSTM/GRU layer-direction (LnBackwardParams)", py::arg("itemsize"),
       py::arg("kind"), py::arg("T"), py::arg("N"), py::arg("H"), py::arg("dy"), py::arg("dcn"), py::arg("h0"),
-      py::arg("c0"), py::arg("w_hh"), py::arg("g_hh"), py::arg("s_hh"), py::arg("g_c"), py::arg("s_c"),
-      py::arg("lengths"), py::arg("reverse"), py::arg("y"), py::arg("zhat"), py::arg("rstd_h"), py::arg("gates"),
-      py::arg("chat"), py::arg("rstd_c"), py::arg("cs"), py::arg("dax"), py::arg("dah"), py::arg("dcl"),
-      py::arg("dh0"), py::arg("dc0"), py::arg("num_threads"));
+      py::arg("c0"), py::arg("w_hh"), py::arg("g_ih"), py::arg("g_hh"), py::arg("s_hh"), py::arg("g_c"),
+      py::arg("s_c"), py::arg("lengths"), py::arg("reverse"), py::arg("y"), py::arg("zhat"), py::arg("rstd_h"),
+      py::arg("gates"), py::arg("chat"), py::arg("rstd_c"), py::arg("cs"), py::arg("zhat_x"), py::arg("rstd_x"),
+      py::arg("dax"), py::arg("dah"), py::arg("dh0"), py::arg("dc0"), py::arg("dg_ih"), py::arg("ds_ih"),
+      py::arg("dg_hh"), py::arg("ds_hh"), py::arg("dg_c"), py::arg("ds_c"), py::arg("num_threads"));
 
   m.def(
       "reg_backward",

@@ -206,6 +206,17 @@ def _direction(kind, x, h0, c0, p, lengths, reverse, opts, train, fused):
     zh_p, zc_p, rd_p = opts
     T = x.shape[0]
     two = kind in _TWO_STATES
+    if fused and kind.startswith("LN_") and T > 0 and x.shape[1] > 0 and h0.shape[-1] > 0:
+        # (``_ln_fused_ok``: no masks; zoneout's eval expectation in inference only): the
+        # kernels take the projection and normalise it themselves
+        proj = F.linear(x, p["w_ih"])  # [T, N, G*H]
+        if _wants_grad(proj, h0, c0, p):
+            y, cn = _LnFused.apply(kind, proj, h0, c0, p["w_hh"], p["g_ih"], p["s_ih"],
+                                   p["g_hh"], p["s_hh"], p.get("g_c"), p.get("s_c"), lengths,
+                                   reverse)
+            return y, y[0 if reverse else T - 1], (cn if two else None)
+        return _ln_fused(kind, proj, h0, c0, p, 0.0 if train else zh_p,
+                         0.0 if train or not two else zc_p, lengths, reverse)
     ax = _project(kind, x, p)  # [T, N, G*H]
     # the masks of this layer and direction, in the documented order
     rd = _keep(h0, h0.shape, rd_p) if train and rd_p else None  # [N, R]
@@ -213,14 +224,6 @@ def _direction(kind, x, h0, c0, p, lengths, reverse, opts, train, fused):
     # takes them as bool)
     zh = _bernoulli(h0, (T,) + tuple(h0.shape), zh_p) if train and zh_p else None
     zc = _bernoulli(c0, (T,) + tuple(c0.shape), zc_p) if train and two and zc_p else None
-    if fused and kind.startswith("LN_") and T > 0 and x.shape[1] > 0 and h0.shape[-1] > 0:
-        # (``_ln_fused_ok``): no masks; zoneout's eval expectation in inference only
-        if _wants_grad(ax, h0, c0, p):
-            y, cn = _LnFused.apply(kind, ax, h0, c0, p["w_hh"], p["g_hh"], p["s_hh"],
-                                   p.get("g_c"), p.get("s_c"), lengths, reverse)
-            return y, y[0 if reverse else T - 1], (cn if two else None)
-        return _ln_fused(kind, ax, h0, c0, p, 0.0 if train else zh_p,
-                         0.0 if train or not two else zc_p, lengths, reverse)
     if fused and T > 0 and x.shape[1] > 0 and h0.shape[-1] > 0:  # (the kernels take no 0)
         f = ax.dtype  # masks as the kernels read them: the layer's dtype
         y, cn = _Fused.apply(kind, ax, h0, c0, p["w_hh"], p["b_hh"] if kind == "GRU" else None,
@@ -317,38 +320,39 @@ def _wants_grad(*tensors):
 class _LnFused(torch.autograd.Function):
     """A layer-normalised LSTM/GRU layer-direction, no zoneout, forward and backward on the
     compiled CPU kernels (``_C.ln_forward`` with its training records, ``_C.ln_backward``;
-    csrc/cpu/regularized.cpp): ax [T, N, G*H] (the input part, LN(W_ih x) g_ih + s_ih) ->
-    (y [T, N, H], c_n or an empty tensor). The gradients of W_hh and of the gains and
-    shifts are one GEMM and sums over what the backward kernel writes. A gradient asked for
-    with ``create_graph=True`` replays ``_loop`` on the saved inputs."""
+    csrc/cpu/regularized.cpp): proj [T, N, G*H] (W_ih x; the kernels apply the input
+    side's LayerNorm, g_ih and s_ih) -> (y [T, N, H], c_n or an empty tensor). The backward
+    kernel sums the gains' and shifts' gradients; W_hh's is one GEMM over its dah. A
+    gradient asked for with ``create_graph=True`` replays ``_loop`` on the saved inputs."""
 
     @staticmethod
-    def forward(ctx, kind, ax, h0, c0, w_hh, g_hh, s_hh, g_c, s_c, lengths, reverse):
+    def forward(ctx, kind, proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c, lengths,
+                reverse):
         from .backends import cpu
         lstm = kind == "LN_LSTM"
-        T, N, GH = ax.shape
+        T, N, GH = proj.shape
         H = h0.shape[-1]
         args = [None if t is None else t.contiguous()
-                for t in (ax, h0, c0, w_hh, g_hh, s_hh, g_c, s_c)]
-        ax, h0, c0, w_hh, g_hh, s_hh, g_c, s_c = args
+                for t in (proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c)]
+        proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c = args
         lengths_c = cpu._lengths(lengths, T, N)
-        y = ax.new_empty(T, N, H)
-        zhat, gates = ax.new_empty(T, N, GH), ax.new_empty(T, N, GH)
-        rstd_h = ax.new_empty(T, N)
-        cn = ax.new_empty(N, H) if lstm else None
-        chat, cs = (ax.new_empty(T, N, H), ax.new_empty(T, N, H)) if lstm else (None, None)
-        rstd_c = ax.new_empty(T, N) if lstm else None
+        e = proj.new_empty
+        y, zhat, gates, zhat_x = e(T, N, H), e(T, N, GH), e(T, N, GH), e(T, N, GH)
+        rstd_h, rstd_x = e(T, N), e(T, N)
+        cn, chat, cs, rstd_c = (e(N, H), e(T, N, H), e(T, N, H), e(T, N)) if lstm else \
+            (None, None, None, None)
         o = cpu._opt_ptr
-        cpu._C.ln_forward(ax.element_size(), 0 if lstm else 1, T, N, H, ax.data_ptr(),
+        cpu._C.ln_forward(proj.element_size(), 0 if lstm else 1, T, N, H, proj.data_ptr(),
                           h0.data_ptr(), o(c0), w_hh.data_ptr(), g_hh.data_ptr(), s_hh.data_ptr(),
                           o(g_c), o(s_c), 0.0, 0.0, EPS, o(lengths_c), bool(reverse), y.data_ptr(),
                           o(cn), cpu._threads(), zhat.data_ptr(), rstd_h.data_ptr(),
-                          gates.data_ptr(), o(chat), o(rstd_c), o(cs))
+                          gates.data_ptr(), o(chat), o(rstd_c), o(cs), g_ih.data_ptr(),
+                          s_ih.data_ptr(), zhat_x.data_ptr(), rstd_x.data_ptr())
         ctx.kind, ctx.reverse = kind, reverse
-        ctx.save_for_backward(ax, h0, c0, w_hh, g_hh, s_hh, g_c, s_c, lengths_c, y, zhat,
-                              rstd_h, gates, chat, rstd_c, cs)
+        ctx.save_for_backward(proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c, lengths_c, y,
+                              zhat, rstd_h, gates, chat, rstd_c, cs, zhat_x, rstd_x)
         if cn is None:
-            cn = ax.new_empty(0)
+            cn = proj.new_empty(0)
             ctx.mark_non_differentiable(cn)
         return y, cn
 
@@ -356,22 +360,23 @@ class _LnFused(torch.autograd.Function):
     def backward(ctx, dy, dcn):
         from .backends import cpu
         from .ops import _grad_w_hh
-        (ax, h0, c0, w_hh, g_hh, s_hh, g_c, s_c, lengths, y, zhat, rstd_h, gates, chat, rstd_c,
-         cs) = ctx.saved_tensors
+        (proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c, lengths, y, zhat, rstd_h, gates,
+         chat, rstd_c, cs, zhat_x, rstd_x) = ctx.saved_tensors
         kind, reverse = ctx.kind, ctx.reverse
         lstm = kind == "LN_LSTM"
-        need = ctx.needs_input_grad  # (kind, ax, h0, c0, w_hh, g_hh, s_hh, g_c, s_c, ...)
-        inputs = (ax, h0, c0, w_hh, g_hh, s_hh, g_c, s_c)
-        res = [None] * 11
+        # (kind, proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c, lengths, reverse)
+        need = ctx.needs_input_grad
+        inputs = (proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c)
+        res = [None] * 13
         if torch.is_grad_enabled():
             # a graph of the gradient: differentiate the torch-ops loop
             p = {"w_hh": w_hh, "g_hh": g_hh, "s_hh": s_hh, "g_c": g_c, "s_c": s_c}
             with torch.enable_grad():
-                out = _loop(kind, ax, h0, c0, p, None, None, None, 0.0, 0.0, lengths,
-                            reverse, True)
+                out = _loop(kind, _ln(proj, g_ih, s_ih), h0, c0, p, None, None, None, 0.0, 0.0,
+                            lengths, reverse, True)
             pairs = [(out[0], dy)] + ([(out[2], dcn)] if lstm and dcn is not None else [])
             pairs = [(o, g) for o, g in pairs if g is not None]
-            wrt = [i for i in range(1, 9) if inputs[i - 1] is not None and need[i]]
+            wrt = [i for i in range(1, 11) if inputs[i - 1] is not None and need[i]]
             if wrt and pairs:
                 got = torch.autograd.grad([o for o, _ in pairs], [inputs[i - 1] for i in wrt],
                                           [g for _, g in pairs], create_graph=True,
@@ -379,53 +384,44 @@ class _LnFused(torch.autograd.Function):
                 for i, g in zip(wrt, got):
                     res[i] = g
             return tuple(res)
-        T, N, GH = ax.shape
+        T, N, GH = proj.shape
         H = h0.shape[-1]
         dy = torch.zeros_like(y) if dy is None else dy.contiguous()
         if lstm:
             dcn = torch.zeros_like(c0) if dcn is None else dcn.contiguous()
-        dax, dah = ax.new_empty(T, N, GH), ax.new_empty(T, N, GH)
-        dcl = ax.new_empty(T, N, H) if lstm else None
-        dh0 = ax.new_empty(N, H)
-        dc0 = ax.new_empty(N, H) if lstm else None
+        e = proj.new_empty
+        dproj, dah, dh0 = e(T, N, GH), e(T, N, GH), e(N, H)
+        dc0 = e(N, H) if lstm else None
+        sums = [e(GH), e(GH), e(GH), e(GH)] + ([e(H), e(H)] if lstm else [None, None])
         o = cpu._opt_ptr
-        cpu._C.ln_backward(ax.element_size(), 0 if lstm else 1, T, N, H, dy.data_ptr(),
-                           o(dcn), h0.data_ptr(), o(c0), w_hh.data_ptr(), g_hh.data_ptr(),
-                           s_hh.data_ptr(), o(g_c), o(s_c), o(lengths), bool(reverse),
-                           y.data_ptr(), zhat.data_ptr(), rstd_h.data_ptr(), gates.data_ptr(),
-                           o(chat), o(rstd_c), o(cs), dax.data_ptr(), dah.data_ptr(), o(dcl),
-                           dh0.data_ptr(), o(dc0), cpu._threads())
+        cpu._C.ln_backward(proj.element_size(), 0 if lstm else 1, T, N, H, dy.data_ptr(),
+                           o(dcn), h0.data_ptr(), o(c0), w_hh.data_ptr(), g_ih.data_ptr(),
+                           g_hh.data_ptr(), s_hh.data_ptr(), o(g_c), o(s_c), o(lengths),
+                           bool(reverse), y.data_ptr(), zhat.data_ptr(), rstd_h.data_ptr(),
+                           gates.data_ptr(), o(chat), o(rstd_c), o(cs), zhat_x.data_ptr(),
+                           rstd_x.data_ptr(), dproj.data_ptr(), dah.data_ptr(), dh0.data_ptr(),
+                           o(dc0), *map(o, sums), cpu._threads())
         if need[4]:
             res[4] = _grad_w_hh(dah, y, h0, reverse)
-        if need[5] or need[6]:  # the recurrent LayerNorm's output gradient dl
-            dl = dax
-            if not lstm:
-                dl = dax.clone()
-                dl[..., 2 * (GH // 3):] *= gates[..., :GH // 3]  # r (W_hn h) enters n
-            if need[5]:
-                res[5] = (dl * zhat).sum((0, 1))
-            if need[6]:
-                res[6] = dl.sum((0, 1))
-        if lstm and need[7]:
-            res[7] = (dcl * chat).sum((0, 1))
-        if lstm and need[8]:
-            res[8] = dcl.sum((0, 1))
-        res[1] = dax if need[1] else None
+        res[1] = dproj if need[1] else None
         res[2] = dh0 if need[2] else None
         res[3] = dc0 if need[3] else None
+        for i, g in zip(range(5, 11), sums):  # g_ih, s_ih, g_hh, s_hh, g_c, s_c
+            res[i] = g if need[i] else None
         return tuple(res)
 
 
-def _ln_fused(kind, ax, h0, c0, p, zh_p, zc_p, lengths, reverse):
+def _ln_fused(kind, proj, h0, c0, p, zh_p, zc_p, lengths, reverse):
     """Inference of a LayerNorm layer-direction on the compiled CPU kernels
-    (``_C.ln_forward``) -> (y, h_n, c_n|None)."""
+    (``_C.ln_forward``; proj = W_ih x, normalised there) -> (y, h_n, c_n|None)."""
     from .backends import cpu
-    T, N, _ = ax.shape
+    T, N, _ = proj.shape
     H = h0.shape[-1]
     lstm = kind == "LN_LSTM"
     args = [None if t is None else t.detach().contiguous() for t in (
-        ax, h0, c0, p["w_hh"], p["g_hh"], p["s_hh"], p.get("g_c"), p.get("s_c"))]
-    ax, h0, c0, w_hh, g_hh, s_hh, g_c, s_c = args
+        proj, h0, c0, p["w_hh"], p["g_hh"], p["s_hh"], p.get("g_c"), p.get("s_c"), p["g_ih"],
+        p["s_ih"])]
+    ax, h0, c0, w_hh, g_hh, s_hh, g_c, s_c, g_ih, s_ih = args
     y = ax.new_empty(T, N, H)
     cn = ax.new_empty(N, H) if lstm else None
     lengths = cpu._lengths(lengths, T, N)
@@ -433,7 +429,8 @@ def _ln_fused(kind, ax, h0, c0, p, zh_p, zc_p, lengths, reverse):
                       h0.data_ptr(), cpu._opt_ptr(c0), w_hh.data_ptr(), g_hh.data_ptr(),
                       s_hh.data_ptr(), cpu._opt_ptr(g_c), cpu._opt_ptr(s_c), float(zh_p),
                       float(zc_p), EPS, cpu._opt_ptr(lengths), bool(reverse), y.data_ptr(),
-                      cpu._opt_ptr(cn), cpu._threads())
+                      cpu._opt_ptr(cn), cpu._threads(), g_ih=g_ih.data_ptr(),
+                      s_ih=s_ih.data_ptr())
     return y, y[0 if reverse else T - 1], cn
 
 

@@ -269,15 +269,20 @@ struct LnForwardParams {
   scalar_t* chat = nullptr;        // [T, N, H] LSTM: c~ normalised (before g_c, s_c)
   scalar_t* rstd_c = nullptr;      // [T, N] LSTM
   scalar_t* cs = nullptr;          // [T, N, H] LSTM: c after each step
+  // The input side's LayerNorm in the kernel: with g_ih, ax is the projection W_ih x_t
+  // itself and each row's input part is LN(ax) g_ih + s_ih (records: zhat_x, rstd_x).
+  const scalar_t* g_ih = nullptr;  // [G*H]
+  const scalar_t* s_ih = nullptr;  // [G*H]
+  scalar_t* zhat_x = nullptr;      // [T, N, G*H] ax normalised
+  scalar_t* rstd_x = nullptr;      // [T, N]
 };
 
 // The backward of a layer-normalised LSTM / GRU layer-direction (no zoneout) from its
 // forward's records. Per step (reverse order): the recurrent gradient dah_{next} @ W_hh (one
-// fused GEMM), then per row the gates' gradients, the backward of LN(c) (LSTM) and of the
-// recurrent LayerNorm (two row reductions each). The weight and gain/shift gradients are
-// sums over the written gradients, left to the caller's GEMM and reductions:
-//   dW_hh = sum_t dah_t^T h_{t-1}; dg_hh = sum dl * zhat, ds_hh = sum dl with dl = dax
-//   (GRU: its n part times r); dg_c = sum dcl * chat, ds_c = sum dcl.
+// fused GEMM), then per row the gates' gradients, the backward of LN(c) (LSTM), of the
+// recurrent LayerNorm and (with g_ih) of the input side's, two row reductions each; the
+// gains' and shifts' gradients summed on the way (per thread and step in scalar_t, over
+// steps in double). dW_hh = sum_t dah_t^T h_{t-1} is left to the caller's GEMM.
 template <typename scalar_t>
 struct LnBackwardParams {
   int kind;
@@ -287,6 +292,7 @@ struct LnBackwardParams {
   const scalar_t* h0;              // [N, H]
   const scalar_t* c0;              // [N, H] (LSTM)
   const scalar_t* w_hh;            // [G*H, H]
+  const scalar_t* g_ih;            // [G*H] or nullptr (as in the forward)
   const scalar_t* g_hh;            // [G*H]
   const scalar_t* s_hh;            // [G*H]
   const scalar_t* g_c;             // [H] (LSTM)
@@ -300,11 +306,18 @@ struct LnBackwardParams {
   const scalar_t* chat;
   const scalar_t* rstd_c;
   const scalar_t* cs;
-  scalar_t* dax;                   // [T, N, G*H] gradient of the pre-activations' input part
+  const scalar_t* zhat_x;          // with g_ih
+  const scalar_t* rstd_x;          // with g_ih
+  scalar_t* dax;                   // [T, N, G*H] gradient of ax (with g_ih: of the projection)
   scalar_t* dah;                   // [T, N, G*H] gradient of the recurrent product W_hh h_{t-1}
-  scalar_t* dcl;                   // [T, N, H] (LSTM) gradient of LN(c~) g_c + s_c
   scalar_t* dh0;                   // [N, H]
   scalar_t* dc0;                   // [N, H] (LSTM)
+  scalar_t* dg_ih;                 // [G*H] (with g_ih) gradients of the gains and shifts
+  scalar_t* ds_ih;                 // [G*H] (with g_ih)
+  scalar_t* dg_hh;                 // [G*H]
+  scalar_t* ds_hh;                 // [G*H]
+  scalar_t* dg_c;                  // [H] (LSTM)
+  scalar_t* ds_c;                  // [H] (LSTM)
   int num_threads;
 };
 

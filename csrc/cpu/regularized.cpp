@@ -15,6 +15,7 @@
 // row, then each row's statistics, gates and state update follow (backward: the GEMM of the
 // recurrent gradient, then each row's gate gradients and LayerNorm backward).
 #include <cmath>
+#include <vector>
 
 #include "cpu/fused_gemm.h"
 #include "cpu/gate_grads.h"
@@ -299,6 +300,7 @@ void ln_forward_g(const LnForwardParams<scalar_t>& a) {
           std::copy(hp_row, hp_row + H, yt + n * H);
           if (rec) {  // (records the backward sums over: zero)
             std::fill(a.zhat + tn * GH, a.zhat + (tn + 1) * GH, scalar_t(0));
+            if (a.g_ih) std::fill(a.zhat_x + tn * GH, a.zhat_x + (tn + 1) * GH, scalar_t(0));
             std::fill(a.gates + tn * GH, a.gates + (tn + 1) * GH, scalar_t(0));
             if (G == 4) {
               std::fill(a.chat + tn * H, a.chat + (tn + 1) * H, scalar_t(0));
@@ -320,10 +322,29 @@ void ln_forward_g(const LnForwardParams<scalar_t>& a) {
             vstore_n(a.zhat + tn * GH + k, (vload_n(row + k, cnt) - vm) * vr, cnt);
           }
         }
-        // gate k's pre-activation at units [u, u+cnt): ax + LN(W_hh h) g_hh + s_hh
+        // the input part at [o, o+cnt): ax as given, or with g_ih LN(ax) g_ih + s_ih
+        V xm = vzero<scalar_t>(), xr = vzero<scalar_t>();
+        if (a.g_ih) {
+          scalar_t m, r;
+          row_stats(x, GH, a.eps, &m, &r);
+          xm = vset<scalar_t>(m);
+          xr = vset<scalar_t>(r);
+          if (rec) {
+            a.rstd_x[tn] = r;
+            for (int64_t k = 0; k < GH; k += W) {
+              const int cnt = static_cast<int>(std::min<int64_t>(W, GH - k));
+              vstore_n(a.zhat_x + tn * GH + k, (vload_n(x + k, cnt) - xm) * xr, cnt);
+            }
+          }
+        }
+        auto xin = [&](int64_t o, int cnt) {
+          const V v = vload_n(x + o, cnt);
+          return a.g_ih ? (v - xm) * xr * vload_n(a.g_ih + o, cnt) + vload_n(a.s_ih + o, cnt) : v;
+        };
+        // gate k's pre-activation at units [u, u+cnt): the input part + LN(W_hh h) g_hh + s_hh
         auto pre = [&](int k, int64_t u, int cnt) {
           const int64_t o = k * H + u;
-          return vload_n(x + o, cnt) + (vload_n(row + o, cnt) - vm) * vr * vload_n(a.g_hh + o, cnt) +
+          return xin(o, cnt) + (vload_n(row + o, cnt) - vm) * vr * vload_n(a.g_hh + o, cnt) +
                  vload_n(a.s_hh + o, cnt);
         };
         auto mix = [&](scalar_t p_keep, V prev, V cand) {
@@ -369,7 +390,7 @@ void ln_forward_g(const LnForwardParams<scalar_t>& a) {
             const V r = vsigmoid<scalar_t>(pre(0, u, cnt)), z = vsigmoid<scalar_t>(pre(1, u, cnt));
             const int64_t o = 2 * H + u;  // n = tanh(a_x^n + r a_h^n)
             const V ah_n = (vload_n(row + o, cnt) - vm) * vr * vload_n(a.g_hh + o, cnt) + vload_n(a.s_hh + o, cnt);
-            const V nn = vtanh<scalar_t>(vload_n(x + o, cnt) + r * ah_n);
+            const V nn = vtanh<scalar_t>(xin(o, cnt) + r * ah_n);
             const V hp = vload_n(hp_row + u, cnt);
             if (gr) {
               vstore_n(gr + u, r, cnt);
@@ -390,41 +411,56 @@ void ln_forward_g(const LnForwardParams<scalar_t>& a) {
 // dah_{t+1} @ W_hh into a row buffer; after the phase barrier each row's gradients:
 //   LSTM  dh -> dcl = dh o (1 - tanh^2(l)), l = chat g_c + s_c; LN(c~)'s backward
 //         dc~ = rstd_c (dchat - mean(dchat) - chat mean(dchat chat)), dchat = dcl g_c;
-//         dc = dc~ + the carried dc; the gates' pre-activation gradients (dax);
-//   GRU   dh -> (dr, dz, dn) pre-activation gradients (dax), z dh carried to h_{t-1};
-// then the recurrent LayerNorm's backward over the row's G*H values with dl = dax (GRU: its
-// n part times r): dah = rstd_h (dzh - mean(dzh) - zhat mean(dzh zhat)), dzh = dl g_hh.
+//         dc = dc~ + the carried dc; the gates' pre-activation gradients da;
+//   GRU   dh -> (dr, dz, dn) pre-activation gradients da, z dh carried to h_{t-1};
+// then the recurrent LayerNorm's backward over the row's G*H values with dl = da (GRU: its
+// n part times r): dah = rstd_h (dzh - mean(dzh) - zhat mean(dzh zhat)), dzh = dl g_hh;
+// with g_ih the input side's likewise from da (dax: the projection's gradient), else dax = da.
+// The gains' and shifts' gradients: sums of dl zhat, dl, da zhat_x, da, dcl chat, dcl.
 template <typename scalar_t, int G>
 void ln_backward_g(const LnBackwardParams<scalar_t>& a) {
   constexpr int W = Vec<scalar_t>::W;
   using V = vec_t<scalar_t>;
   const int64_t T = a.T, N = a.N, H = a.H, GH = G * H;
+  const bool lnx = a.g_ih != nullptr;
   int64_t P = 0;
   Packed<scalar_t> w_back = pack_units_cached<scalar_t, 4>(a.w_hh, GH, H, /*transposed=*/false, &P);  // dah @ W_hh
   Buffer<scalar_t> dhr = make_buffer<scalar_t>(N * H);    // the step's recurrent gradient
   Buffer<scalar_t> carry = make_buffer<scalar_t>(N * H);  // dh passed straight to h_{t-1}
-  Buffer<scalar_t> dzh = make_buffer<scalar_t>(N * GH);   // per row: the gradient of zhat
+  Buffer<scalar_t> dzh = make_buffer<scalar_t>(N * GH);   // per row: the gradient of a zhat
+  Buffer<scalar_t> da = make_buffer<scalar_t>(N * GH);    // per row: the pre-activations' gradient
   std::fill(carry.get(), carry.get() + N * H, scalar_t(0));
   Buffer<scalar_t> dc;  // LSTM: the gradient of c carried to the step before
   if (G == 4) {
     dc = make_buffer<scalar_t>(N * H);
     std::copy(a.dcn, a.dcn + N * H, dc.get());
   }
+  // the gains' and shifts' sums, in this order: g_ih, s_ih, g_hh, s_hh [G*H each], g_c, s_c [H]
+  const int64_t S = 4 * GH + 2 * H;
+  const int nt = std::max(1, a.num_threads);
+  Buffer<scalar_t> step_sums = make_buffer<scalar_t>(nt * S);  // per thread, this step's rows
+  std::vector<double> sums(size_t(nt * S), 0.0);                // per thread, every step
   const scalar_t one = 1;
-  run_team(a.num_threads, [&](int tid, int nthr, TeamBarrier* bar) {
+  run_team(nt, [&](int tid, int nthr, TeamBarrier* bar) {
     const WorkSplit ws(P, N, tid, nthr, rows_per_tile<4>(), bar);
     const int64_t rb = ws.independent ? ws.r_begin : N * tid / nthr;
     const int64_t re = ws.independent ? ws.r_end : N * (tid + 1) / nthr;
+    scalar_t* acc = step_sums.get() + tid * S;
+    double* total = sums.data() + tid * S;
+    scalar_t *acc_gih = acc, *acc_sih = acc + GH, *acc_ghh = acc + 2 * GH, *acc_shh = acc + 3 * GH;
+    scalar_t *acc_gc = acc + 4 * GH, *acc_sc = acc + 4 * GH + H;
+    auto add = [](scalar_t* p, V v, int cnt) { vstore_n(p, vload_n(p, cnt) + v, cnt); };
     for_each_step(ws, T, a.reverse, /*backward=*/true, [&](int64_t s, int64_t t) {
       const scalar_t* dah_next = s == 0 ? nullptr : a.dah + (a.reverse ? t - 1 : t + 1) * N * GH;
-      fused_gemm<scalar_t, 4>(ws, dah_next, GH, GH, w_back.get(), [&](int64_t p, int64_t n, const V* acc) {
+      fused_gemm<scalar_t, 4>(ws, dah_next, GH, GH, w_back.get(), [&](int64_t p, int64_t n, const V* acc4) {
         for (int b = 0; b < 4; ++b) {
           const int64_t u = (p * 4 + b) * W;
           if (u >= H) break;
-          vstore_n(dhr.get() + n * H + u, acc[b], static_cast<int>(std::min<int64_t>(W, H - u)));
+          vstore_n(dhr.get() + n * H + u, acc4[b], static_cast<int>(std::min<int64_t>(W, H - u)));
         }
       });
       FASTRNN_PHASE_BARRIER(ws);
+      std::fill(acc, acc + S, scalar_t(0));
       const bool first_fwd = a.reverse ? t == T - 1 : t == 0;
       const scalar_t* hprev = first_fwd ? a.h0 : a.y + prev_time(t, a.reverse) * N * H;
       const scalar_t* cprev = G == 4 ? (first_fwd ? a.c0 : a.cs + prev_time(t, a.reverse) * N * H) : nullptr;
@@ -432,6 +468,7 @@ void ln_backward_g(const LnBackwardParams<scalar_t>& a) {
         const int64_t tn = t * N + n;
         scalar_t* dx = a.dax + tn * GH;
         scalar_t* dah = a.dah + tn * GH;
+        scalar_t* d = lnx ? da.get() + n * GH : dx;  // the pre-activations' gradient
         scalar_t* cr = carry.get() + n * H;
         const scalar_t* hr = dhr.get() + n * H;
         const scalar_t* dyr = a.dy + tn * H;
@@ -445,7 +482,6 @@ void ln_backward_g(const LnBackwardParams<scalar_t>& a) {
           }
           std::fill(dx, dx + GH, scalar_t(0));
           std::fill(dah, dah + GH, scalar_t(0));
-          if (G == 4) std::fill(a.dcl + tn * H, a.dcl + (tn + 1) * H, scalar_t(0));
           continue;
         }
         const scalar_t* gt = a.gates + tn * GH;
@@ -453,7 +489,6 @@ void ln_backward_g(const LnBackwardParams<scalar_t>& a) {
         scalar_t* dz = dzh.get() + n * GH;
         if constexpr (G == 4) {
           const scalar_t* ch = a.chat + tn * H;
-          scalar_t* dclr = a.dcl + tn * H;
           scalar_t* dcr = dc.get() + n * H;
           V s1 = vzero<scalar_t>(), s2 = vzero<scalar_t>();
           for (int64_t u = 0; u < H; u += W) {  // dcl, dchat (in dz's first H), do
@@ -462,12 +497,13 @@ void ln_backward_g(const LnBackwardParams<scalar_t>& a) {
             const V gc = vload_n(a.g_c + u, cnt);
             const V tl = vtanh<scalar_t>(chat * gc + vload_n(a.s_c + u, cnt));
             const V dcl = dh * o * (one - tl * tl);
-            vstore_n(dclr + u, dcl, cnt);
+            add(acc_gc + u, dcl * chat, cnt);
+            add(acc_sc + u, dcl, cnt);
             const V dchat = dcl * gc;
             vstore_n(dz + u, dchat, cnt);
             s1 = s1 + dchat;
             s2 = s2 + dchat * chat;
-            vstore_n(dx + 3 * H + u, dh * tl * o * (one - o), cnt);
+            vstore_n(d + 3 * H + u, dh * tl * o * (one - o), cnt);
             vstore_n(cr + u, vzero<scalar_t>(), cnt);
           }
           const V m1 = vset<scalar_t>(vhsum<scalar_t>(s1) / static_cast<scalar_t>(H));
@@ -477,9 +513,9 @@ void ln_backward_g(const LnBackwardParams<scalar_t>& a) {
             const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
             const V dct = rc * (vload_n(dz + u, cnt) - m1 - vload_n(ch + u, cnt) * m2) + vload_n(dcr + u, cnt);
             const V i = vload_n(gt + u, cnt), f = vload_n(gt + H + u, cnt), g = vload_n(gt + 2 * H + u, cnt);
-            vstore_n(dx + u, dct * g * i * (one - i), cnt);
-            vstore_n(dx + H + u, dct * vload_n(cprev + n * H + u, cnt) * f * (one - f), cnt);
-            vstore_n(dx + 2 * H + u, dct * i * (one - g * g), cnt);
+            vstore_n(d + u, dct * g * i * (one - i), cnt);
+            vstore_n(d + H + u, dct * vload_n(cprev + n * H + u, cnt) * f * (one - f), cnt);
+            vstore_n(d + 2 * H + u, dct * i * (one - g * g), cnt);
             vstore_n(dcr + u, dct * f, cnt);
           }
         } else {
@@ -490,41 +526,64 @@ void ln_backward_g(const LnBackwardParams<scalar_t>& a) {
             const V dn = dh * (one - z) * (one - nn * nn);
             const int64_t k = 2 * H + u;
             const V ah_n = vload_n(zh + k, cnt) * vload_n(a.g_hh + k, cnt) + vload_n(a.s_hh + k, cnt);
-            vstore_n(dx + u, dn * ah_n * r * (one - r), cnt);
-            vstore_n(dx + H + u, dh * (vload_n(hprev + n * H + u, cnt) - nn) * z * (one - z), cnt);
-            vstore_n(dx + k, dn, cnt);
+            vstore_n(d + u, dn * ah_n * r * (one - r), cnt);
+            vstore_n(d + H + u, dh * (vload_n(hprev + n * H + u, cnt) - nn) * z * (one - z), cnt);
+            vstore_n(d + k, dn, cnt);
             vstore_n(cr + u, dh * z, cnt);
           }
         }
-        // the recurrent LayerNorm's backward over the row's G*H values
-        V s1 = vzero<scalar_t>(), s2 = vzero<scalar_t>();
-        for (int k = 0; k < G; ++k)
-          for (int64_t u = 0; u < H; u += W) {
-            const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
-            const int64_t o = k * H + u;
-            V dl = vload_n(dx + o, cnt);
-            if (G == 3 && k == 2) dl = dl * vload_n(gt + u, cnt);  // GRU: r (W_hn h) enters n
-            const V d = dl * vload_n(a.g_hh + o, cnt);
-            vstore_n(dz + o, d, cnt);
-            s1 = s1 + d;
-            s2 = s2 + d * vload_n(zh + o, cnt);
+        // A LayerNorm's backward over the row's G*H values: out = rstd (dzv - mean(dzv) - zv
+        // mean(dzv zv)), dzv = dl gain, with dl = dl_of(k, u, cnt); the gain's and shift's
+        // sums added to acc_g, acc_s.
+        auto ln_back = [&](const scalar_t* zv, const scalar_t* gain, scalar_t rstd, scalar_t* acc_g, scalar_t* acc_s,
+                           scalar_t* out, auto&& dl_of) {
+          V s1 = vzero<scalar_t>(), s2 = vzero<scalar_t>();
+          for (int k = 0; k < G; ++k)
+            for (int64_t u = 0; u < H; u += W) {
+              const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
+              const int64_t o = k * H + u;
+              const V dl = dl_of(k, u, cnt), z = vload_n(zv + o, cnt);
+              add(acc_g + o, dl * z, cnt);
+              add(acc_s + o, dl, cnt);
+              const V dv = dl * vload_n(gain + o, cnt);
+              vstore_n(dz + o, dv, cnt);
+              s1 = s1 + dv;
+              s2 = s2 + dv * z;
+            }
+          const V m1 = vset<scalar_t>(vhsum<scalar_t>(s1) / static_cast<scalar_t>(GH));
+          const V m2 = vset<scalar_t>(vhsum<scalar_t>(s2) / static_cast<scalar_t>(GH));
+          const V vr = vset<scalar_t>(rstd);
+          for (int64_t o = 0; o < GH; o += W) {
+            const int cnt = static_cast<int>(std::min<int64_t>(W, GH - o));
+            vstore_n(out + o, vr * (vload_n(dz + o, cnt) - m1 - vload_n(zv + o, cnt) * m2), cnt);
           }
-        const V m1 = vset<scalar_t>(vhsum<scalar_t>(s1) / static_cast<scalar_t>(GH));
-        const V m2 = vset<scalar_t>(vhsum<scalar_t>(s2) / static_cast<scalar_t>(GH));
-        const V rh = vset<scalar_t>(a.rstd_h[tn]);
-        for (int k = 0; k < G; ++k)
-          for (int64_t u = 0; u < H; u += W) {
-            const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
-            const int64_t o = k * H + u;
-            vstore_n(dah + o, rh * (vload_n(dz + o, cnt) - m1 - vload_n(zh + o, cnt) * m2), cnt);
-          }
+        };
+        ln_back(zh, a.g_hh, a.rstd_h[tn], acc_ghh, acc_shh, dah, [&](int k, int64_t u, int cnt) {
+          const V dl = vload_n(d + k * H + u, cnt);
+          return G == 3 && k == 2 ? dl * vload_n(gt + u, cnt) : dl;  // GRU: r (W_hn h) enters n
+        });
+        if (lnx)
+          ln_back(a.zhat_x + tn * GH, a.g_ih, a.rstd_x[tn], acc_gih, acc_sih, dx,
+                  [&](int k, int64_t u, int cnt) { return vload_n(d + k * H + u, cnt); });
       }
+      for (int64_t k = 0; k < S; ++k) total[k] += static_cast<double>(acc[k]);
     });
     // dh0 = dah(the first forward step) @ W_hh + what was carried
     const scalar_t* first = a.dah + (a.reverse ? T - 1 : 0) * N * GH;
     gemm_plus_carry<scalar_t>(ws, first, GH, w_back.get(), H, carry.get(), a.dh0);
   });
   if (G == 4) std::copy(dc.get(), dc.get() + N * H, a.dc0);
+  scalar_t* outs[6] = {a.dg_ih, a.ds_ih, a.dg_hh, a.ds_hh, a.dg_c, a.ds_c};
+  const int64_t offs[6] = {0, GH, 2 * GH, 3 * GH, 4 * GH, 4 * GH + H};
+  const int64_t lens[6] = {GH, GH, GH, GH, H, H};
+  for (int j = 0; j < 6; ++j) {
+    if (!outs[j]) continue;
+    for (int64_t k = 0; k < lens[j]; ++k) {
+      double v = 0;
+      for (int th = 0; th < nt; ++th) v += sums[size_t(th * S + offs[j] + k)];
+      outs[j][k] = static_cast<scalar_t>(v);
+    }
+  }
 }
 
 }  // namespace
