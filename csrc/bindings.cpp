@@ -266,9 +266,11 @@ PYBIND11_MODULE(_C, m) {
       [](int kind, int64_t T, int64_t N, int64_t H, std::uintptr_t dy, std::uintptr_t dcn, std::uintptr_t h0,
          std::uintptr_t c0, std::uintptr_t w_hh, std::uintptr_t w_ch, std::uintptr_t lengths, bool reverse,
          std::uintptr_t y, std::uintptr_t gates, std::uintptr_t cs, std::uintptr_t dxg, std::uintptr_t dxg16,
-         std::uintptr_t dh0, std::uintptr_t dc0, int num_threads) {
+         std::uintptr_t dh0, std::uintptr_t dc0, int num_threads, std::uintptr_t db, std::uintptr_t db_h) {
         if (kind < fastrnn::cpu::kBf16Lstm || kind > fastrnn::cpu::kBf16RnnRelu)
           throw std::invalid_argument("bf16_seq_backward: kind must be 0 (LSTM), 1 (GRU), 2 (RNN tanh) or 3 (RNN relu)");
+        if (db_h && kind != fastrnn::cpu::kBf16Gru)
+          throw std::invalid_argument("bf16_seq_backward: db_h (the hidden part's sums) is the GRU's");
         check_sizes(T, N, H, H, num_threads);
         check_lengths(lengths, T, N);
         const bool lstm = kind == fastrnn::cpu::kBf16Lstm, gru = kind == fastrnn::cpu::kBf16Gru;
@@ -289,13 +291,16 @@ PYBIND11_MODULE(_C, m) {
                                        ptr<const float>(y), ptr<const float>(gates), ptr<const float>(cs),
                                        ptr<float>(dxg), ptr<uint16_t>(dxg16), ptr<float>(dh0), ptr<float>(dc0),
                                        num_threads};
+        p.db = ptr<float>(db);
+        p.db_h = ptr<float>(db_h);
         py::gil_scoped_release release;
         fastrnn::cpu::bf16_seq_backward(p);
       },
       "the backward of one layer-direction with bfloat16 recurrent GEMMs (csrc/cpu/bf16.h)", py::arg("kind"),
       py::arg("T"), py::arg("N"), py::arg("H"), py::arg("dy"), py::arg("dcn"), py::arg("h0"), py::arg("c0"),
       py::arg("w_hh"), py::arg("w_ch"), py::arg("lengths"), py::arg("reverse"), py::arg("y"), py::arg("gates"),
-      py::arg("cs"), py::arg("dxg"), py::arg("dxg16"), py::arg("dh0"), py::arg("dc0"), py::arg("num_threads"));
+      py::arg("cs"), py::arg("dxg"), py::arg("dxg16"), py::arg("dh0"), py::arg("dc0"), py::arg("num_threads"),
+      py::arg("db") = 0, py::arg("db_h") = 0);
   m.def("team_flush_denormals", &fastrnn::cpu::team_flush_denormals, py::arg("threads"),
         py::arg("on"), "denormals flushed (on) or the saved mode restored (off) in every "
         "thread of the caller's OpenMP team (torch's intra-op threads and BLAS)");

@@ -165,7 +165,9 @@ class Bf16Linear(torch.autograd.Function):
             if ctx.needs_input_grad[1]:
                 dw = g16.t().mm(x16).to(torch.float32)
             if ctx.has_bias and ctx.needs_input_grad[2]:
-                db = g2.sum(0)
+                db = recorded_sum(g)  # (summed by the recurrence's backward kernel)
+                if db is None:
+                    db = g2.sum(0)
             return dx, dw, db, None
 
 
@@ -206,6 +208,25 @@ def as_bf16(t):
     if e is not None and e[0]() is t and e[1] == t._version:
         return e[2]
     return t.to(torch.bfloat16)
+
+
+_sums = {}  # id(tensor) -> (weakref to it, its version, {name: a sum a kernel computed})
+
+
+def remember_sums(t, **sums):
+    """Records sums over all but the last dimension of what a kernel wrote into ``t``
+    (``x``: of ``t`` itself; ``h``: the GRU's hidden part's gradients), for ``recorded_sum``
+    while ``t`` lives and is not modified."""
+    key = id(t)
+    _sums[key] = (weakref.ref(t, lambda _r: _sums.pop(key, None)), t._version, sums)
+
+
+def recorded_sum(t, name="x"):
+    """The sum ``name`` recorded for ``t`` (the same object, unmodified since), or None."""
+    e = _sums.get(id(t))
+    if e is not None and e[0]() is t and e[1] == t._version:
+        return e[2].get(name)
+    return None
 
 
 def linear_into(x, weight, bias, out):

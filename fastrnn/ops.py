@@ -505,7 +505,9 @@ def _gru_backward_fn(ctx, dy, _dsaved_unused):
             dw_hh = torch.cat([_grad_w_hh(d_rz, y, h0, ctx.reverse, ctx.bf16),
                                _grad_w_hh(d_n, y, h0, ctx.reverse, ctx.bf16)], dim=0)  # [3H, H]
         if need[3]:
-            db_hh = torch.cat([d_rz.sum(dim=(0, 1)), d_n.sum(dim=(0, 1))])
+            db_hh = _memory.recorded_sum(dxg, "h")  # (summed by a bf16 backward kernel)
+            if db_hh is None:
+                db_hh = torch.cat([d_rz.sum(dim=(0, 1)), d_n.sum(dim=(0, 1))])
     return (dxg if need[0] else None, dh0 if need[1] else None, dw_hh, db_hh,
             None, None, None, None)
 

@@ -284,6 +284,39 @@ def test_autocast_training_runs_its_gemms_in_bf16(name, kw, monkeypatch):
         torch.testing.assert_close(g, w, rtol=0, atol=TOL_U * U * float(w.abs().max()))
 
 
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "PeepholeLSTM"])
+def test_autocast_training_bias_gradients_are_the_kernels_sums(name, monkeypatch):
+    """The bf16 backward kernels sum the gate gradients over steps and rows as they write
+    them (the GRU also its hidden part's, dn * r); the bias gradients are those sums (used
+    once per kernel call, then torch's sums again): within float32 rounding of torch's sums
+    of the same gradients, packed sequences of different lengths included."""
+    from fastrnn import _memory
+    used = []
+    real = _memory.recorded_sum
+    torch.manual_seed(0)
+    m = getattr(fastrnn, name)(12, 24)
+    x = torch.randn(40, 6, 12)
+    lengths = [40, 33, 20, 20, 7, 1]
+
+    def grads(recorded):
+        monkeypatch.setattr(_memory, "recorded_sum", lambda t, n="x": used.append(n) or real(t, n)
+                            if recorded else None)
+        xr = x.clone().requires_grad_()
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = m(torch.nn.utils.rnn.pack_padded_sequence(xr, lengths))
+        y, _ = torch.nn.utils.rnn.pad_packed_sequence(out)
+        (y.float() * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        return {n: p.grad.clone() for n, p in m.named_parameters() if n.startswith("bias")}
+
+    got = grads(True)
+    assert used.count("x") == 1 and used.count("h") == (1 if name == "GRU" else 0)
+    want = grads(False)
+    for n, w in want.items():
+        torch.testing.assert_close(got[n], w, rtol=0, atol=1e-5 * float(w.abs().max()),
+                                   msg=lambda msg: f"{n}: {msg}")
+
+
 def test_remembered_bf16_rounding_is_used_only_while_valid():
     """``_memory.as_bf16`` returns a kernel's recorded bf16 rounding of a tensor only for that
     tensor object, unmodified; otherwise (and once it is gone) the conversion."""

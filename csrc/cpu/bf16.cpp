@@ -297,8 +297,16 @@ void seq_backward(const Bf16BackParams& a) {
     dc = make_buffer<float>(N * H);
     std::copy(a.dcn, a.dcn + N * H, dc.get());
   }
-  run_team(a.num_threads, [&](int tid, int nthr, TeamBarrier* bar) {
+  // the bias gradients' sums: per thread, this step's items in fp32 ([db | db_h]), all steps in double
+  const bool sum_x = a.db != nullptr, sum_h = G == 3 && a.db_h != nullptr;
+  const int nt = std::max(1, a.num_threads);
+  Buffer<float> step_sums = make_buffer<float>(nt * 2 * GH);
+  std::vector<double> sums(size_t((sum_x || sum_h) ? nt * 2 * GH : 0), 0.0);
+  run_team(nt, [&](int tid, int nthr, TeamBarrier* bar) {
     const WorkSplit ws(P, N, tid, nthr, rows_per_tile<4>(), bar);
+    float* acc_x = step_sums.get() + tid * 2 * GH;
+    float* acc_h = acc_x + GH;
+    if (sum_x || sum_h) std::fill(acc_x, acc_x + 2 * GH, 0.0f);
     for_each_step(ws, T, a.reverse, /*backward=*/true, [&](int64_t s, int64_t t) {
       const Operand prev{s == 0 ? nullptr : ops.get() + ((s - 1) & 1) * N * lda, lda, Kp, packed.get()};
       uint16_t* cur = ops.get() + (s & 1) * N * lda;
@@ -325,6 +333,8 @@ void seq_backward(const Bf16BackParams& a) {
             vstore_n(dxr + k * H, d, cnt);
             store_bf16(opr + k * H, hid, cnt);
             if (d16r) store_bf16(d16r + k * H, d, cnt);
+            if (sum_x) vstore_n(acc_x + k * H + u, vload_n(acc_x + k * H + u, cnt) + d, cnt);
+            if (sum_h) vstore_n(acc_h + k * H + u, vload_n(acc_h + k * H + u, cnt) + hid, cnt);
           };
           if (!valid) {  // frozen step: no gate gradients, dh passes to the step before
             for (int k = 0; k < G; ++k) put(k, vzero<float>(), vzero<float>());
@@ -365,6 +375,11 @@ void seq_backward(const Bf16BackParams& a) {
           }
         }
       });
+      if (sum_x || sum_h) {
+        double* total = sums.data() + tid * 2 * GH;
+        for (int64_t k = 0; k < 2 * GH; ++k) total[k] += static_cast<double>(acc_x[k]);
+        std::fill(acc_x, acc_x + 2 * GH, 0.0f);
+      }
     });
     // dh0 = (the first forward step's operand) @ W_hh + what was carried past frozen steps.
     const Operand first{ops.get() + ((T - 1) & 1) * N * lda, lda, Kp, packed.get()};
@@ -378,6 +393,15 @@ void seq_backward(const Bf16BackParams& a) {
     });
   });
   if (G == 4) std::copy(dc.get(), dc.get() + N * H, a.dc0);
+  for (int half = 0; half < 2; ++half) {
+    float* out = half == 0 ? (sum_x ? a.db : nullptr) : (sum_h ? a.db_h : nullptr);
+    if (!out) continue;
+    for (int64_t k = 0; k < GH; ++k) {
+      double v = 0;
+      for (int th = 0; th < nt; ++th) v += sums[size_t((th * 2 + half) * GH + k)];
+      out[k] = static_cast<float>(v);
+    }
+  }
 }
 
 }  // namespace

@@ -77,6 +77,10 @@ struct Bf16BackParams {
   float* dh0;               // [N, H]
   float* dc0;               // [N, H] (LSTM)
   int num_threads;
+  // The gate gradients summed over steps and rows (the biases' gradients; per thread and
+  // step in fp32, over steps in double), each nullable:
+  float* db = nullptr;      // [G*H] of dxg
+  float* db_h = nullptr;    // [G*H] GRU: of the hidden part's (dr, dz, dn * r)
 };
 
 bool bf16_kernels_available();  // compiled in, and this CPU has AVX512-BF16

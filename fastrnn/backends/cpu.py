@@ -242,7 +242,8 @@ def _bf16_backward(kind, dy, dcn, h0, c0, w_hh, w_ch, lengths, reverse, y, gates
     """The backward of a layer-direction whose forward ran ``_bf16_forward`` (the caller's
     ``_bf16_recurrence``): bf16 recurrent GEMMs, fp32 epilogue (csrc/cpu/bf16.h). The gate
     gradients' bf16 rounding, which the kernels write beside them, is remembered for the
-    weight-gradient GEMMs that follow (``_memory.remember_bf16``)."""
+    weight-gradient GEMMs that follow (``_memory.remember_bf16``), and their sums over steps
+    and rows for the bias gradients (``_memory.remember_sums``)."""
     from .. import _memory
     T, N, H = dy.shape
     w16 = w_hh.to(torch.bfloat16)
@@ -250,11 +251,14 @@ def _bf16_backward(kind, dy, dcn, h0, c0, w_hh, w_ch, lengths, reverse, y, gates
     dxg16 = torch.empty((T, N, G * H), dtype=torch.bfloat16)
     dh0 = _out(N, H, like=dy)
     dc0 = _out(N, H, like=dy) if kind == 0 else None
+    db = torch.empty(G * H, dtype=torch.float32)  # the bias gradients, summed in the kernel
+    db_h = torch.empty(G * H, dtype=torch.float32) if kind == 1 else None
     _C.bf16_seq_backward(kind, T, N, H, ptr(dy), _opt_ptr(dcn), ptr(h0), _opt_ptr(c0), ptr(w16),
                          _opt_ptr(w_ch), ptr(lengths), bool(reverse), ptr(y), _opt_ptr(gates),
                          _opt_ptr(cs), ptr(dxg), ptr(dxg16), ptr(dh0), _opt_ptr(dc0),
-                         _threads())
+                         _threads(), ptr(db), _opt_ptr(db_h))
     _memory.remember_bf16(dxg, dxg16)
+    _memory.remember_sums(dxg, x=db, h=db_h)
     return dxg, dh0, dc0
 
 
