@@ -235,6 +235,21 @@ def _direction(kind, x, h0, c0, p, lengths, reverse, opts, train, fused):
                  None if zc is None else zc.bool(), zh_p, zc_p, lengths, reverse, train)
 
 
+def _replay_grads(out, dy, dcn, inputs, need, res):
+    """The backward of a fused layer-direction when a graph of the gradient is asked for:
+    ``out`` is ``_loop``'s (y, h_n, c_n) replayed on the saved inputs; the incoming gradients
+    dy (and dcn, None where the cell has no c) flow back to each of ``inputs`` (the
+    Function's arguments from the second on) that ``need`` asks for, into ``res``."""
+    pairs = [(o, g) for o, g in ((out[0], dy), (out[2], dcn)) if g is not None]
+    wrt = [i for i in range(1, len(inputs) + 1) if inputs[i - 1] is not None and need[i]]
+    if wrt and pairs:
+        got = torch.autograd.grad([o for o, _ in pairs], [inputs[i - 1] for i in wrt],
+                                  [g for _, g in pairs], create_graph=True, allow_unused=True)
+        for i, g in zip(wrt, got):
+            res[i] = g
+    return tuple(res)
+
+
 class _Fused(torch.autograd.Function):
     """A layer-direction's recurrence with zoneout / recurrent dropout on the compiled CPU
     kernels (``backends.cpu.reg_forward``; csrc/cpu/regularized.cpp): ax [T, N, G*H] (the
@@ -277,18 +292,7 @@ class _Fused(torch.autograd.Function):
                 out = _loop(kind, ax, h0, c0, {"w_hh": w_hh, "b_hh": b_hh}, rd,
                             None if zh is None else zh.bool(), None if zc is None else zc.bool(),
                             zh_p, zc_p, lengths, reverse, train)
-            pairs = [(out[0], dy)]
-            if c0 is not None and dcn is not None:
-                pairs.append((out[2], dcn))
-            pairs = [(o, g) for o, g in pairs if g is not None]
-            wrt = [i for i in range(1, 6) if inputs[i - 1] is not None and need[i]]
-            if wrt and pairs:
-                got = torch.autograd.grad([o for o, _ in pairs], [inputs[i - 1] for i in wrt],
-                                          [g for _, g in pairs], create_graph=True,
-                                          allow_unused=True)
-                for i, g in zip(wrt, got):
-                    res[i] = g
-            return tuple(res)
+            return _replay_grads(out, dy, dcn if c0 is not None else None, inputs, need, res)
         dy = torch.zeros_like(y) if dy is None else dy.contiguous()
         dcn = None if c0 is None else (torch.zeros_like(c0) if dcn is None else dcn.contiguous())
         kz_h, kz_c = (0.0, 0.0) if train else (zh_p, zc_p)
@@ -374,16 +378,7 @@ class _LnFused(torch.autograd.Function):
             with torch.enable_grad():
                 out = _loop(kind, _ln(proj, g_ih, s_ih), h0, c0, p, None, None, None, 0.0, 0.0,
                             lengths, reverse, True)
-            pairs = [(out[0], dy)] + ([(out[2], dcn)] if lstm and dcn is not None else [])
-            pairs = [(o, g) for o, g in pairs if g is not None]
-            wrt = [i for i in range(1, 11) if inputs[i - 1] is not None and need[i]]
-            if wrt and pairs:
-                got = torch.autograd.grad([o for o, _ in pairs], [inputs[i - 1] for i in wrt],
-                                          [g for _, g in pairs], create_graph=True,
-                                          allow_unused=True)
-                for i, g in zip(wrt, got):
-                    res[i] = g
-            return tuple(res)
+            return _replay_grads(out, dy, dcn if lstm else None, inputs, need, res)
         T, N, GH = proj.shape
         H = h0.shape[-1]
         dy = torch.zeros_like(y) if dy is None else dy.contiguous()
