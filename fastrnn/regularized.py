@@ -226,10 +226,15 @@ def _direction(kind, x, h0, c0, p, lengths, reverse, opts, train, fused):
     zc = _bernoulli(c0, (T,) + tuple(c0.shape), zc_p) if train and two and zc_p else None
     if fused and T > 0 and x.shape[1] > 0 and h0.shape[-1] > 0:  # (the kernels take no 0)
         f = ax.dtype  # masks as the kernels read them: the layer's dtype
-        y, cn = _Fused.apply(kind, ax, h0, c0, p["w_hh"], p["b_hh"] if kind == "GRU" else None,
-                             rd, None if zh is None else zh.to(f),
-                             None if zc is None else zc.to(f), zh_p, zc_p if two else 0.0,
-                             train, lengths, reverse)
+        b_hh = p["b_hh"] if kind == "GRU" else None
+        args = (kind, ax, h0, c0, p["w_hh"], b_hh, rd, None if zh is None else zh.to(f),
+                None if zc is None else zc.to(f), zh_p, zc_p if two else 0.0, train, lengths,
+                reverse)
+        if _wants_grad(ax, h0, c0, p["w_hh"], b_hh):
+            y, cn = _Fused.apply(*args)
+        else:  # no gradient can be asked for: no records (the parameters still require
+            # grad under no_grad/inference_mode, so the Function could not tell)
+            y, cn = _reg_forward(*args, records=False)[3][:2]
         return y, y[0 if reverse else T - 1], (cn if two else None)
     return _loop(kind, ax, h0, c0, p, rd, None if zh is None else zh.bool(),
                  None if zc is None else zc.bool(), zh_p, zc_p, lengths, reverse, train)
@@ -250,6 +255,20 @@ def _replay_grads(out, dy, dcn, inputs, need, res):
     return tuple(res)
 
 
+def _reg_forward(kind, ax, h0, c0, w_hh, b_hh, rd, zh, zc, zh_p, zc_p, train, lengths,
+                 reverse, records):
+    """``backends.cpu.reg_forward`` on ``_Fused``'s arguments -> (the contiguous (ax, h0,
+    c0, w_hh, b_hh), the masks, the kernels' lengths, (y, c_n, gates, cs, cand)); the
+    records only with ``records``."""
+    from .backends import cpu
+    lengths_c = cpu._lengths(lengths, ax.shape[0], ax.shape[1])
+    args = [t if t is None else t.contiguous() for t in (ax, h0, c0, w_hh, b_hh)]
+    masks = [t if t is None else t.contiguous() for t in (rd, zh, zc)]
+    out = cpu.reg_forward(kind, *args, *masks, 0.0 if train else zh_p, 0.0 if train else zc_p,
+                          lengths_c, reverse, records)
+    return args, masks, lengths_c, out
+
+
 class _Fused(torch.autograd.Function):
     """A layer-direction's recurrence with zoneout / recurrent dropout on the compiled CPU
     kernels (``backends.cpu.reg_forward``; csrc/cpu/regularized.cpp): ax [T, N, G*H] (the
@@ -261,14 +280,9 @@ class _Fused(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kind, ax, h0, c0, w_hh, b_hh, rd, zh, zc, zh_p, zc_p, train, lengths,
                 reverse):
-        from .backends import cpu
-        records = any(ctx.needs_input_grad[1:6])
-        lengths_c = cpu._lengths(lengths, ax.shape[0], ax.shape[1])
-        args = [t if t is None else t.contiguous() for t in (ax, h0, c0, w_hh, b_hh)]
-        masks = [t if t is None else t.contiguous() for t in (rd, zh, zc)]
-        y, cn, gates, cs, cand = cpu.reg_forward(
-            kind, *args, *masks, 0.0 if train else zh_p, 0.0 if train else zc_p, lengths_c,
-            reverse, records)
+        args, masks, lengths_c, (y, cn, gates, cs, cand) = _reg_forward(
+            kind, ax, h0, c0, w_hh, b_hh, rd, zh, zc, zh_p, zc_p, train, lengths, reverse,
+            records=any(ctx.needs_input_grad[1:6]))
         ctx.kind, ctx.reverse, ctx.opts = kind, reverse, (zh_p, zc_p, train)
         ctx.save_for_backward(*args, *masks, lengths_c, y, gates, cs, cand)
         if cn is None:

@@ -294,6 +294,33 @@ def _reg_path(kind, cfg, backend=None):
     return "cpu" if fused else "torch-ops"
 
 
+@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="the compiled CPU kernels are not built")
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN_TANH"])
+def test_fused_inference_writes_no_records(kind, monkeypatch):
+    """Zoneout's eval expectation on the fused kernels: where no gradient can be asked for
+    (no_grad, inference_mode; the parameters still require grad) the kernel is told not to
+    write the backward's records; where one can, it is, and the outputs are the same."""
+    from fastrnn.backends import cpu
+    calls = []
+    real = cpu.reg_forward
+
+    def spy(*args):
+        calls.append(args[-1])  # ``training``: whether the records are written
+        return real(*args)
+
+    monkeypatch.setattr(cpu, "reg_forward", spy)
+    module = _make(kind, dtype=torch.float32, bidirectional=True, zoneout=0.3).eval()
+    x = torch.randn(6, 3, I)
+    want = module(x)[0]
+    assert module.last_backend == "cpu" and calls == [True, True]
+    for mode in (torch.no_grad, torch.inference_mode):
+        calls.clear()
+        with mode():
+            got = module(x)[0]
+        assert calls == [False, False], mode.__name__
+        torch.testing.assert_close(got, want.detach(), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
 def test_every_backend_matches_equations(kind, train, cpu_backend):
