@@ -9,7 +9,8 @@ order, and are trained epoch by epoch in alternation (so machine noise hits both
 Reported per model and implementation: parameters, training seconds per epoch and
 samples/s, inference samples/s, test accuracy; per model the fastrnn/torch speed ratios
 and the accuracy difference. Written to ``--out``: ``results.json``, ``report.md`` and
-two PNG charts; the table is also printed.
+two PNG charts; the table is also printed. While it runs, ``partial-results.json`` holds the
+models finished so far.
 
 Several processes: ``torchrun --standalone --nproc_per_node N -m fastrnn.imdb ...`` trains
 each model with DistributedDataParallel (gloo on the CPU, nccl on GPUs, one GPU per
@@ -977,6 +978,24 @@ def _run(args, progress, procs):
         else None
     t_start = time.perf_counter()
     machine = {"gemm_gflops": [], "load_average": []}  # the machine's speed, per model and at the end
+
+    def summary():
+        env = _environment(device, args)
+        env["processes"] = procs.world  # torchrun: DistributedDataParallel over this many
+        env["machine_samples"] = machine
+        return {
+            "config": {k: v for k, v in vars(args).items()},
+            "environment": env,
+            "data": data_info,
+            "results": results,
+            "comparisons": comparisons,
+            "unavailable": unavailable,
+            "keras_comparisons": keras_comparisons,
+            "keras": keras.summary() if keras else None,
+            "accuracy_tolerance_pp": ACCURACY_TOLERANCE_PP,
+            "total_seconds": time.perf_counter() - t_start,
+        }
+
     for name, lengths in ((m, v) for m in args.models for v in variants):
         _sample_machine(machine, device)
         key = name + ("+len" if lengths else "")
@@ -1053,22 +1072,10 @@ def _run(args, progress, procs):
                 "initial_logit_max_abs_diff": diff,
                 "final_train_loss_diff": f["final_train_loss"] - t["final_train_loss"],
             })
+        # what is finished so far, so that an interrupted run keeps its finished models
+        _write_partial(args.out, summary())
     _sample_machine(machine, device)
-    env = _environment(device, args)
-    env["processes"] = procs.world  # torchrun: DistributedDataParallel over this many
-    env["machine_samples"] = machine
-    return {
-        "config": {k: v for k, v in vars(args).items()},
-        "environment": env,
-        "data": data_info,
-        "results": results,
-        "comparisons": comparisons,
-        "unavailable": unavailable,
-        "keras_comparisons": keras_comparisons,
-        "keras": keras.summary() if keras else None,
-        "accuracy_tolerance_pp": ACCURACY_TOLERANCE_PP,
-        "total_seconds": time.perf_counter() - t_start,
-    }
+    return summary()
 
 
 def _environment(device, args):
@@ -1470,9 +1477,24 @@ def _jsonable(obj):
     return str(obj)
 
 
+PARTIAL = "partial-results.json"
+
+
+def _write_partial(out, summary):
+    """``<out>/partial-results.json``: results.json's contents for the models finished so
+    far (written after each model; ``write_outputs`` removes it once the run is complete)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = dict(summary, complete=False)
+    tmp = out / (PARTIAL + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(summary), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out / PARTIAL)
+
+
 def write_outputs(summary, out):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / PARTIAL).unlink(missing_ok=True)
     charts = write_charts(summary, out)
     summary["files"] = {"json": "results.json", "report": "report.md",
                         **{k: p.name for k, p in charts.items()}}

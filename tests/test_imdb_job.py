@@ -309,6 +309,30 @@ def test_job_torch_only(tmp_path, archive):
     assert summary["comparisons"] == []
 
 
+def test_interrupted_run_keeps_its_finished_models(tmp_path, archive, monkeypatch):
+    """partial-results.json holds the models finished so far while the job runs (an
+    interrupted run keeps them); a complete run removes it and writes results.json."""
+    out = tmp_path / "partial"
+    warmup = job.Run.warmup
+
+    def interrupt_gru(self, *a):
+        if self.name == "gru":
+            raise KeyboardInterrupt
+        return warmup(self, *a)
+
+    monkeypatch.setattr(job.Run, "warmup", interrupt_gru)
+    with pytest.raises(KeyboardInterrupt):
+        _run_quick(archive, out, "torch", models="rnn,gru")
+    partial = json.loads((out / job.PARTIAL).read_text())
+    assert partial["complete"] is False and not (out / "results.json").exists()
+    assert [(r["model"], r["impl"]) for r in partial["results"]] == [("rnn", "torch")]
+    assert 0.0 <= partial["results"][0]["test_accuracy"] <= 1.0
+    monkeypatch.setattr(job.Run, "warmup", warmup)
+    assert _run_quick(archive, out, "torch", models="rnn,gru") == 0
+    assert not (out / job.PARTIAL).exists()
+    _check_outputs(out, ["rnn", "gru"], ["torch"])
+
+
 def test_forget_bias_init_is_shared_by_both_implementations():
     from fastrnn.models import init_forget_bias
     pair = build_pair("bilstm", seed=4, backend=BACKEND, forget_bias=1.0, **SMALL)
