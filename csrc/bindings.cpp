@@ -395,9 +395,13 @@ PYBIND11_MODULE(_C, m) {
          std::uintptr_t s_c, double zh_p, double zc_p, double eps, std::uintptr_t lengths, bool reverse,
          std::uintptr_t y, std::uintptr_t cn, int num_threads, std::uintptr_t zhat, std::uintptr_t rstd_h,
          std::uintptr_t gates, std::uintptr_t chat, std::uintptr_t rstd_c, std::uintptr_t cs, std::uintptr_t g_ih,
-         std::uintptr_t s_ih, std::uintptr_t zhat_x, std::uintptr_t rstd_x) {
+         std::uintptr_t s_ih, std::uintptr_t zhat_x, std::uintptr_t rstd_x, std::uintptr_t rd, std::uintptr_t zh,
+         std::uintptr_t zc) {
         if (kind != fastrnn::kCellLstm && kind != fastrnn::kCellGru)
           throw std::invalid_argument("ln_forward: kind must be 0 (LSTM) or 1 (GRU)");
+        if ((zh && zh_p != 0) || (zc && zc_p != 0))
+          throw std::invalid_argument("ln_forward: a zoneout mask (training) or its probability (eval), not both");
+        if (zc && kind != fastrnn::kCellLstm) throw std::invalid_argument("ln_forward: zc is the LSTM's");
         const bool records = gates != 0;
         if (records) {
           if (zh_p != 0 || zc_p != 0)
@@ -444,6 +448,9 @@ PYBIND11_MODULE(_C, m) {
           }
           p.g_ih = ptr<const scalar_t>(g_ih);
           p.s_ih = ptr<const scalar_t>(s_ih);
+          p.rd = ptr<const scalar_t>(rd);
+          p.zh = ptr<const scalar_t>(zh);
+          p.zc = ptr<const scalar_t>(zc);
         };
         run<LnForwardParams>(itemsize, fastrnn::cpu::ln_forward<float>, fastrnn::cpu::ln_forward<double>, fill);
       },
@@ -453,7 +460,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("zc_p"), py::arg("eps"), py::arg("lengths"), py::arg("reverse"), py::arg("y"), py::arg("cn"),
       py::arg("num_threads"), py::arg("zhat") = 0, py::arg("rstd_h") = 0, py::arg("gates") = 0,
       py::arg("chat") = 0, py::arg("rstd_c") = 0, py::arg("cs") = 0, py::arg("g_ih") = 0, py::arg("s_ih") = 0,
-      py::arg("zhat_x") = 0, py::arg("rstd_x") = 0);
+      py::arg("zhat_x") = 0, py::arg("rstd_x") = 0, py::arg("rd") = 0, py::arg("zh") = 0, py::arg("zc") = 0);
 
   m.def(
       "ln_backward",
@@ -464,9 +471,10 @@ PYBIND11_MODULE(_C, m) {
          std::uintptr_t rstd_c, std::uintptr_t cs, std::uintptr_t zhat_x, std::uintptr_t rstd_x,
          std::uintptr_t dax, std::uintptr_t dah, std::uintptr_t dh0, std::uintptr_t dc0, std::uintptr_t dg_ih,
          std::uintptr_t ds_ih, std::uintptr_t dg_hh, std::uintptr_t ds_hh, std::uintptr_t dg_c,
-         std::uintptr_t ds_c, int num_threads) {
+         std::uintptr_t ds_c, int num_threads, std::uintptr_t rd, std::uintptr_t zh, std::uintptr_t zc) {
         if (kind != fastrnn::kCellLstm && kind != fastrnn::kCellGru)
           throw std::invalid_argument("ln_backward: kind must be 0 (LSTM) or 1 (GRU)");
+        if (zc && kind != fastrnn::kCellLstm) throw std::invalid_argument("ln_backward: zc is the LSTM's");
         check_sizes(T, N, H, H, num_threads);
         check_lengths(lengths, T, N);
         for (auto [p, what] : {std::pair{dy, "dy"}, {h0, "h0"}, {w_hh, "w_hh"}, {g_hh, "g_hh"}, {s_hh, "s_hh"},
@@ -488,7 +496,7 @@ PYBIND11_MODULE(_C, m) {
           p = {kind, T, N, H, in(dy), in(dcn), in(h0), in(c0), in(w_hh), in(g_ih), in(g_hh), in(s_hh), in(g_c),
                in(s_c), ptr<const int64_t>(lengths), reverse, in(y), in(zhat), in(rstd_h), in(gates), in(chat),
                in(rstd_c), in(cs), in(zhat_x), in(rstd_x), out(dax), out(dah), out(dh0), out(dc0), out(dg_ih),
-               out(ds_ih), out(dg_hh), out(ds_hh), out(dg_c), out(ds_c), num_threads};
+               out(ds_ih), out(dg_hh), out(ds_hh), out(dg_c), out(ds_c), num_threads, in(rd), in(zh), in(zc)};
         };
         run<LnBackwardParams>(itemsize, fastrnn::cpu::ln_backward<float>, fastrnn::cpu::ln_backward<double>,
                               fill);
@@ -499,7 +507,8 @@ PYBIND11_MODULE(_C, m) {
       py::arg("s_c"), py::arg("lengths"), py::arg("reverse"), py::arg("y"), py::arg("zhat"), py::arg("rstd_h"),
       py::arg("gates"), py::arg("chat"), py::arg("rstd_c"), py::arg("cs"), py::arg("zhat_x"), py::arg("rstd_x"),
       py::arg("dax"), py::arg("dah"), py::arg("dh0"), py::arg("dc0"), py::arg("dg_ih"), py::arg("ds_ih"),
-      py::arg("dg_hh"), py::arg("ds_hh"), py::arg("dg_c"), py::arg("ds_c"), py::arg("num_threads"));
+      py::arg("dg_hh"), py::arg("ds_hh"), py::arg("dg_c"), py::arg("ds_c"), py::arg("num_threads"),
+      py::arg("rd") = 0, py::arg("zh") = 0, py::arg("zc") = 0);
 
   m.def(
       "reg_backward",

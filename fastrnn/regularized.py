@@ -206,24 +206,26 @@ def _direction(kind, x, h0, c0, p, lengths, reverse, opts, train, fused):
     zh_p, zc_p, rd_p = opts
     T = x.shape[0]
     two = kind in _TWO_STATES
-    if fused and kind.startswith("LN_") and T > 0 and x.shape[1] > 0 and h0.shape[-1] > 0:
-        # (``_ln_fused_ok``: no masks; zoneout's eval expectation in inference only): the
-        # kernels take the projection and normalise it themselves
-        proj = F.linear(x, p["w_ih"])  # [T, N, G*H]
-        if _wants_grad(proj, h0, c0, p):
-            y, cn = _LnFused.apply(kind, proj, h0, c0, p["w_hh"], p["g_ih"], p["s_ih"],
-                                   p["g_hh"], p["s_hh"], p.get("g_c"), p.get("s_c"), lengths,
-                                   reverse)
-            return y, y[0 if reverse else T - 1], (cn if two else None)
-        return _ln_fused(kind, proj, h0, c0, p, 0.0 if train else zh_p,
-                         0.0 if train or not two else zc_p, lengths, reverse)
-    ax = _project(kind, x, p)  # [T, N, G*H]
     # the masks of this layer and direction, in the documented order
     rd = _keep(h0, h0.shape, rd_p) if train and rd_p else None  # [N, R]
     # zoneout masks as 0/1 in the layer's dtype (what the fused kernels read; the loop
     # takes them as bool)
     zh = _bernoulli(h0, (T,) + tuple(h0.shape), zh_p) if train and zh_p else None
     zc = _bernoulli(c0, (T,) + tuple(c0.shape), zc_p) if train and two and zc_p else None
+    if fused and kind.startswith("LN_") and T > 0 and x.shape[1] > 0 and h0.shape[-1] > 0:
+        # the LayerNorm kernels take the projection and normalise it themselves
+        proj = F.linear(x, p["w_ih"])  # [T, N, G*H]
+        if _wants_grad(proj, h0, c0, p):
+            if not train:  # zoneout's expectation as a mask of p (the backward reads a mask)
+                zh = proj.new_full((T,) + tuple(h0.shape), zh_p) if zh_p else None
+                zc = proj.new_full((T,) + tuple(c0.shape), zc_p) if two and zc_p else None
+            y, cn = _LnFused.apply(kind, proj, h0, c0, p["w_hh"], p["g_ih"], p["s_ih"],
+                                   p["g_hh"], p["s_hh"], p.get("g_c"), p.get("s_c"), rd, zh, zc,
+                                   (zh_p, zc_p, train), lengths, reverse)
+            return y, y[0 if reverse else T - 1], (cn if two else None)
+        return _ln_fused(kind, proj, h0, c0, p, 0.0 if train else zh_p,
+                         0.0 if train or not two else zc_p, lengths, reverse, rd, zh, zc)
+    ax = _project(kind, x, p)  # [T, N, G*H]
     if fused and T > 0 and x.shape[1] > 0 and h0.shape[-1] > 0:  # (the kernels take no 0)
         f = ax.dtype  # masks as the kernels read them: the layer's dtype
         b_hh = p["b_hh"] if kind == "GRU" else None
@@ -336,23 +338,26 @@ def _wants_grad(*tensors):
 
 
 class _LnFused(torch.autograd.Function):
-    """A layer-normalised LSTM/GRU layer-direction, no zoneout, forward and backward on the
-    compiled CPU kernels (``_C.ln_forward`` with its training records, ``_C.ln_backward``;
+    """A layer-normalised LSTM/GRU layer-direction, forward and backward on the compiled CPU
+    kernels (``_C.ln_forward`` with its training records, ``_C.ln_backward``;
     csrc/cpu/regularized.cpp): proj [T, N, G*H] (W_ih x; the kernels apply the input
-    side's LayerNorm, g_ih and s_ih) -> (y [T, N, H], c_n or an empty tensor). The backward
-    kernel sums the gains' and shifts' gradients; W_hh's is one GEMM over its dah. A
-    gradient asked for with ``create_graph=True`` replays ``_loop`` on the saved inputs."""
+    side's LayerNorm, g_ih and s_ih) -> (y [T, N, H], c_n or an empty tensor). rd, zh, zc:
+    the masks ``_direction`` drew (zh/zc as 0/1 in the layer's dtype; in eval, zoneout's p
+    as a full mask), or None; ``opts`` (zh_p, zc_p, train) for the replay. The backward
+    kernel sums the gains' and shifts' gradients; W_hh's is one GEMM over its dah (and the
+    masked h). A gradient asked for with ``create_graph=True`` replays ``_loop`` on the
+    saved inputs and masks."""
 
     @staticmethod
-    def forward(ctx, kind, proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c, lengths,
-                reverse):
+    def forward(ctx, kind, proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c, rd, zh, zc,
+                opts, lengths, reverse):
         from .backends import cpu
         lstm = kind == "LN_LSTM"
         T, N, GH = proj.shape
         H = h0.shape[-1]
         args = [None if t is None else t.contiguous()
-                for t in (proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c)]
-        proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c = args
+                for t in (proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c, rd, zh, zc)]
+        proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c, rd, zh, zc = args
         lengths_c = cpu._lengths(lengths, T, N)
         e = proj.new_empty
         y, zhat, gates, zhat_x = e(T, N, H), e(T, N, GH), e(T, N, GH), e(T, N, GH)
@@ -365,10 +370,11 @@ class _LnFused(torch.autograd.Function):
                           o(g_c), o(s_c), 0.0, 0.0, EPS, o(lengths_c), bool(reverse), y.data_ptr(),
                           o(cn), cpu._threads(), zhat.data_ptr(), rstd_h.data_ptr(),
                           gates.data_ptr(), o(chat), o(rstd_c), o(cs), g_ih.data_ptr(),
-                          s_ih.data_ptr(), zhat_x.data_ptr(), rstd_x.data_ptr())
-        ctx.kind, ctx.reverse = kind, reverse
-        ctx.save_for_backward(proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c, lengths_c, y,
-                              zhat, rstd_h, gates, chat, rstd_c, cs, zhat_x, rstd_x)
+                          s_ih.data_ptr(), zhat_x.data_ptr(), rstd_x.data_ptr(), o(rd), o(zh),
+                          o(zc))
+        ctx.kind, ctx.reverse, ctx.opts = kind, reverse, opts
+        ctx.save_for_backward(proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c, rd, zh, zc,
+                              lengths_c, y, zhat, rstd_h, gates, chat, rstd_c, cs, zhat_x, rstd_x)
         if cn is None:
             cn = proj.new_empty(0)
             ctx.mark_non_differentiable(cn)
@@ -378,20 +384,24 @@ class _LnFused(torch.autograd.Function):
     def backward(ctx, dy, dcn):
         from .backends import cpu
         from .ops import _grad_w_hh
-        (proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c, lengths, y, zhat, rstd_h, gates,
-         chat, rstd_c, cs, zhat_x, rstd_x) = ctx.saved_tensors
+        (proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c, rd, zh, zc, lengths, y, zhat,
+         rstd_h, gates, chat, rstd_c, cs, zhat_x, rstd_x) = ctx.saved_tensors
         kind, reverse = ctx.kind, ctx.reverse
+        zh_p, zc_p, train = ctx.opts
         lstm = kind == "LN_LSTM"
-        # (kind, proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c, lengths, reverse)
+        # (kind, proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c, rd, zh, zc, opts,
+        #  lengths, reverse)
         need = ctx.needs_input_grad
         inputs = (proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c)
-        res = [None] * 13
+        res = [None] * 17
         if torch.is_grad_enabled():
-            # a graph of the gradient: differentiate the torch-ops loop
+            # a graph of the gradient: differentiate the torch-ops loop on the same masks
             p = {"w_hh": w_hh, "g_hh": g_hh, "s_hh": s_hh, "g_c": g_c, "s_c": s_c}
+            masks = (rd, None if zh is None else zh.bool(), None if zc is None else zc.bool()) \
+                if train else (None, None, None)
             with torch.enable_grad():
-                out = _loop(kind, _ln(proj, g_ih, s_ih), h0, c0, p, None, None, None, 0.0, 0.0,
-                            lengths, reverse, True)
+                out = _loop(kind, _ln(proj, g_ih, s_ih), h0, c0, p, *masks, zh_p, zc_p, lengths,
+                            reverse, train)
             return _replay_grads(out, dy, dcn if lstm else None, inputs, need, res)
         T, N, GH = proj.shape
         H = h0.shape[-1]
@@ -409,9 +419,10 @@ class _LnFused(torch.autograd.Function):
                            bool(reverse), y.data_ptr(), zhat.data_ptr(), rstd_h.data_ptr(),
                            gates.data_ptr(), o(chat), o(rstd_c), o(cs), zhat_x.data_ptr(),
                            rstd_x.data_ptr(), dproj.data_ptr(), dah.data_ptr(), dh0.data_ptr(),
-                           o(dc0), *map(o, sums), cpu._threads())
-        if need[4]:
-            res[4] = _grad_w_hh(dah, y, h0, reverse)
+                           o(dc0), *map(o, sums), cpu._threads(), o(rd), o(zh), o(zc))
+        if need[4]:  # the recurrent product read h * rd: the weight gradient pairs with it
+            res[4] = _grad_w_hh(dah, y if rd is None else y * rd,
+                                h0 if rd is None else h0 * rd, reverse)
         res[1] = dproj if need[1] else None
         res[2] = dh0 if need[2] else None
         res[3] = dc0 if need[3] else None
@@ -420,17 +431,18 @@ class _LnFused(torch.autograd.Function):
         return tuple(res)
 
 
-def _ln_fused(kind, proj, h0, c0, p, zh_p, zc_p, lengths, reverse):
-    """Inference of a LayerNorm layer-direction on the compiled CPU kernels
-    (``_C.ln_forward``; proj = W_ih x, normalised there) -> (y, h_n, c_n|None)."""
+def _ln_fused(kind, proj, h0, c0, p, zh_p, zc_p, lengths, reverse, rd=None, zh=None, zc=None):
+    """A LayerNorm layer-direction without gradients on the compiled CPU kernels
+    (``_C.ln_forward``; proj = W_ih x, normalised there) -> (y, h_n, c_n|None): zoneout
+    with zh_p/zc_p (eval) or the masks zh/zc (training), recurrent dropout with rd."""
     from .backends import cpu
     T, N, _ = proj.shape
     H = h0.shape[-1]
     lstm = kind == "LN_LSTM"
     args = [None if t is None else t.detach().contiguous() for t in (
         proj, h0, c0, p["w_hh"], p["g_hh"], p["s_hh"], p.get("g_c"), p.get("s_c"), p["g_ih"],
-        p["s_ih"])]
-    ax, h0, c0, w_hh, g_hh, s_hh, g_c, s_c, g_ih, s_ih = args
+        p["s_ih"], rd, zh, zc)]
+    ax, h0, c0, w_hh, g_hh, s_hh, g_c, s_c, g_ih, s_ih, rd, zh, zc = args
     y = ax.new_empty(T, N, H)
     cn = ax.new_empty(N, H) if lstm else None
     lengths = cpu._lengths(lengths, T, N)
@@ -439,20 +451,16 @@ def _ln_fused(kind, proj, h0, c0, p, zh_p, zc_p, lengths, reverse):
                       s_hh.data_ptr(), cpu._opt_ptr(g_c), cpu._opt_ptr(s_c), float(zh_p),
                       float(zc_p), EPS, cpu._opt_ptr(lengths), bool(reverse), y.data_ptr(),
                       cpu._opt_ptr(cn), cpu._threads(), g_ih=g_ih.data_ptr(),
-                      s_ih=s_ih.data_ptr())
+                      s_ih=s_ih.data_ptr(), rd=cpu._opt_ptr(rd), zh=cpu._opt_ptr(zh),
+                      zc=cpu._opt_ptr(zc))
     return y, y[0 if reverse else T - 1], cn
 
 
-def _ln_fused_ok(kind, x, h0, c0, weights, train, opts):
-    """Whether a LayerNorm layer runs on the compiled CPU kernels (``_ln_fused`` in
-    inference, ``_LnFused`` with gradients): no masks to draw (eval, or no zoneout or
-    recurrent dropout), no zoneout at all where a gradient is asked for (the backward
-    kernel has none), and the conditions of ``_fused_ok`` for the compiled CPU kernels."""
-    if not kind.startswith("LN_") or (train and any(opts)):
-        return False
-    if any(opts[:2]) and _wants_grad(x, h0, c0, *weights):
-        return False
-    return _fused_ok(kind[3:], x, h0, False, None)
+def _ln_fused_ok(kind, x, h0):
+    """Whether a LayerNorm layer runs on the compiled CPU kernels (``_ln_fused`` without
+    gradients, ``_LnFused`` with them; zoneout and recurrent dropout inside them): the
+    conditions of ``_fused_ok`` for the compiled CPU kernels."""
+    return kind.startswith("LN_") and _fused_ok(kind[3:], x, h0, False, None)
 
 
 def _fused_ok(kind, x, h0, proj, backend):
@@ -539,8 +547,7 @@ def rnn(kind, input, hx, weights, has_biases, num_layers, dropout, train, bidire
     c0 = (x.new_zeros(c_shape) if c is None else c) if two else None
 
     opts = (zoneout[0], zoneout[1], recurrent_dropout)
-    fused = _fused_ok(kind, x, h0, proj, backend) or _ln_fused_ok(
-        kind, x, h0, c0, weights, train, opts)
+    fused = _fused_ok(kind, x, h0, proj, backend) or _ln_fused_ok(kind, x, h0)
     _last["path"] = "cpu" if fused else "torch-ops"
     hns, cns = [], []
     for layer in range(num_layers):

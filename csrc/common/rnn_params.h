@@ -275,14 +275,20 @@ struct LnForwardParams {
   const scalar_t* s_ih = nullptr;  // [G*H]
   scalar_t* zhat_x = nullptr;      // [T, N, G*H] ax normalised
   scalar_t* rstd_x = nullptr;      // [T, N]
+  // Training masks (RegForwardParams' meaning; with them zh_p = zc_p = 0): recurrent dropout
+  // (the recurrent product reads h_{t-1} * rd) and zoneout's 0/1 masks of h and (LSTM) c.
+  const scalar_t* rd = nullptr;    // [N, H] scaled keep mask
+  const scalar_t* zh = nullptr;    // [T, N, H]
+  const scalar_t* zc = nullptr;    // [T, N, H] (LSTM)
 };
 
-// The backward of a layer-normalised LSTM / GRU layer-direction (no zoneout) from its
-// forward's records. Per step (reverse order): the recurrent gradient dah_{next} @ W_hh (one
-// fused GEMM), then per row the gates' gradients, the backward of LN(c) (LSTM), of the
-// recurrent LayerNorm and (with g_ih) of the input side's, two row reductions each; the
-// gains' and shifts' gradients summed on the way (per thread and step in scalar_t, over
-// steps in double). dW_hh = sum_t dah_t^T h_{t-1} is left to the caller's GEMM.
+// The backward of a layer-normalised LSTM / GRU layer-direction (the forward's training
+// masks, if any) from its forward's records. Per step (reverse order): the recurrent
+// gradient dah_{next} @ W_hh (one fused GEMM, times rd with recurrent dropout), then per
+// row the gates' gradients, the backward of LN(c) (LSTM), of the recurrent LayerNorm and
+// (with g_ih) of the input side's, two row reductions each; the gains' and shifts'
+// gradients summed on the way (per thread and step in scalar_t, over steps in double).
+// dW_hh = sum_t dah_t^T (h_{t-1} rd) is left to the caller's GEMM.
 template <typename scalar_t>
 struct LnBackwardParams {
   int kind;
@@ -319,6 +325,9 @@ struct LnBackwardParams {
   scalar_t* dg_c;                  // [H] (LSTM)
   scalar_t* ds_c;                  // [H] (LSTM)
   int num_threads;
+  const scalar_t* rd = nullptr;    // the forward's training masks (LnForwardParams)
+  const scalar_t* zh = nullptr;
+  const scalar_t* zc = nullptr;
 };
 
 }  // namespace fastrnn

@@ -13,7 +13,9 @@
 // Also here: the layer-normalised LSTM/GRU (LnForwardParams, LnBackwardParams), whose
 // per-row LayerNorm needs the whole row of the step's product: the GEMM epilogue stores the
 // row, then each row's statistics, gates and state update follow (backward: the GEMM of the
-// recurrent gradient, then each row's gate gradients and LayerNorm backward).
+// recurrent gradient, then each row's gate gradients and LayerNorm backward); the options
+// as above (the GEMM operand h * rd, the zoneout mix after the state update; backward: the
+// recurrent gradient times rd, (1 - d) dH to the candidate, d dH carried).
 #include <cmath>
 #include <vector>
 
@@ -278,6 +280,11 @@ void ln_forward_g(const LnForwardParams<scalar_t>& a) {
     cc = make_buffer<scalar_t>(N * H);
     std::copy(a.c0, a.c0 + N * H, c.get());
   }
+  Buffer<scalar_t> hm;  // recurrent dropout: the GEMM operand h * rd of the last two steps
+  if (a.rd) {
+    hm = make_buffer<scalar_t>(2 * N * H);
+    for (int64_t k = 0; k < N * H; ++k) hm[k] = a.h0[k] * a.rd[k];
+  }
   run_team(a.num_threads, [&](int tid, int nthr, TeamBarrier* bar) {
     const WorkSplit ws(P, N, tid, nthr, rows_per_tile<G>(), bar);
     // the rows whose LayerNorm and gates this thread computes: its GEMM rows when it owns
@@ -287,7 +294,13 @@ void ln_forward_g(const LnForwardParams<scalar_t>& a) {
     for_each_step(ws, T, a.reverse, /*backward=*/false, [&](int64_t s, int64_t t) {
       const scalar_t* hprev = s == 0 ? a.h0 : a.y + prev_time(t, a.reverse) * N * H;
       scalar_t* yt = a.y + t * N * H;
-      fused_gemm<scalar_t, G>(ws, hprev, H, H, w.get(), [&](int64_t p, int64_t n, const V* acc) {
+      const scalar_t* A = a.rd ? hm.get() + (s & 1) * N * H : hprev;
+      scalar_t* hm_next = a.rd ? hm.get() + ((s + 1) & 1) * N * H : nullptr;
+      auto masked = [&](int64_t n) {  // the next step's operand row: h_t * rd
+        if (hm_next)
+          for (int64_t k = n * H; k < (n + 1) * H; ++k) hm_next[k] = yt[k] * a.rd[k];
+      };
+      fused_gemm<scalar_t, G>(ws, A, H, H, w.get(), [&](int64_t p, int64_t n, const V* acc) {
         const int64_t u = p * W;
         const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
         for (int g = 0; g < G; ++g) vstore_n(hg.get() + n * GH + g * H + u, acc[g], cnt);
@@ -298,6 +311,7 @@ void ln_forward_g(const LnForwardParams<scalar_t>& a) {
         const int64_t tn = t * N + n;
         if (!step_valid(a.lengths, n, t)) {  // frozen state
           std::copy(hp_row, hp_row + H, yt + n * H);
+          masked(n);
           if (rec) {  // (records the backward sums over: zero)
             std::fill(a.zhat + tn * GH, a.zhat + (tn + 1) * GH, scalar_t(0));
             if (a.g_ih) std::fill(a.zhat_x + tn * GH, a.zhat_x + (tn + 1) * GH, scalar_t(0));
@@ -347,7 +361,12 @@ void ln_forward_g(const LnForwardParams<scalar_t>& a) {
           return xin(o, cnt) + (vload_n(row + o, cnt) - vm) * vr * vload_n(a.g_hh + o, cnt) +
                  vload_n(a.s_hh + o, cnt);
         };
-        auto mix = [&](scalar_t p_keep, V prev, V cand) {
+        // zoneout: d prev + (1 - d) cand, d the mask's (training) or p (eval: the expectation)
+        auto mix = [&](const scalar_t* mask, scalar_t p_keep, int64_t u, int cnt, V prev, V cand) {
+          if (mask) {
+            const V d = vload_n(mask + tn * H + u, cnt);
+            return d * prev + ((scalar_t)1 - d) * cand;
+          }
           return p_keep != 0 ? vset<scalar_t>(p_keep) * prev + vset<scalar_t>(1 - p_keep) * cand : cand;
         };
         if constexpr (G == 4) {
@@ -376,8 +395,8 @@ void ln_forward_g(const LnForwardParams<scalar_t>& a) {
             const V chat = (ctil - cm) * cr;
             const V cand = vload_n(row + 3 * H + u, cnt) *
                            vtanh<scalar_t>(chat * vload_n(a.g_c + u, cnt) + vload_n(a.s_c + u, cnt));
-            vstore_n(yt + o, mix(a.zh_p, vload_n(hp_row + u, cnt), cand), cnt);
-            const V cnew = mix(a.zc_p, vload_n(c.get() + o, cnt), ctil);
+            vstore_n(yt + o, mix(a.zh, a.zh_p, u, cnt, vload_n(hp_row + u, cnt), cand), cnt);
+            const V cnew = mix(a.zc, a.zc_p, u, cnt, vload_n(c.get() + o, cnt), ctil);
             vstore_n(c.get() + o, cnew, cnt);
             if (rec) {
               vstore_n(a.chat + tn * H + u, chat, cnt);
@@ -397,9 +416,10 @@ void ln_forward_g(const LnForwardParams<scalar_t>& a) {
               vstore_n(gr + H + u, z, cnt);
               vstore_n(gr + 2 * H + u, nn, cnt);
             }
-            vstore_n(yt + n * H + u, mix(a.zh_p, hp, ((scalar_t)1 - z) * nn + z * hp), cnt);
+            vstore_n(yt + n * H + u, mix(a.zh, a.zh_p, u, cnt, hp, ((scalar_t)1 - z) * nn + z * hp), cnt);
           }
         }
+        masked(n);
       }
     });
   });
@@ -468,12 +488,18 @@ void ln_backward_g(const LnBackwardParams<scalar_t>& a) {
         const int64_t tn = t * N + n;
         scalar_t* dx = a.dax + tn * GH;
         scalar_t* dah = a.dah + tn * GH;
-        scalar_t* d = lnx ? da.get() + n * GH : dx;  // the pre-activations' gradient
+        scalar_t* dg = lnx ? da.get() + n * GH : dx;  // the pre-activations' gradient
         scalar_t* cr = carry.get() + n * H;
         const scalar_t* hr = dhr.get() + n * H;
         const scalar_t* dyr = a.dy + tn * H;
-        auto dh_at = [&](int64_t u, int cnt) {
-          return vload_n(dyr + u, cnt) + vload_n(hr + u, cnt) + vload_n(cr + u, cnt);
+        const scalar_t* rdr = a.rd ? a.rd + n * H : nullptr;
+        auto dh_at = [&](int64_t u, int cnt) {  // the gradient of h_t (the state, after zoneout)
+          const V r = rdr ? vload_n(hr + u, cnt) * vload_n(rdr + u, cnt) : vload_n(hr + u, cnt);
+          return vload_n(dyr + u, cnt) + r + vload_n(cr + u, cnt);
+        };
+        // zoneout's mask at units [u, u+cnt) of h (or c): 0 without zoneout
+        auto mask_at = [&](const scalar_t* m, int64_t u, int cnt) {
+          return m ? vload_n(m + tn * H + u, cnt) : vzero<scalar_t>();
         };
         if (!step_valid(a.lengths, n, t)) {  // frozen: dh (and the LSTM's dc) pass through
           for (int64_t u = 0; u < H; u += W) {
@@ -493,7 +519,9 @@ void ln_backward_g(const LnBackwardParams<scalar_t>& a) {
           V s1 = vzero<scalar_t>(), s2 = vzero<scalar_t>();
           for (int64_t u = 0; u < H; u += W) {  // dcl, dchat (in dz's first H), do
             const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
-            const V dh = dh_at(u, cnt), o = vload_n(gt + 3 * H + u, cnt), chat = vload_n(ch + u, cnt);
+            const V dH = dh_at(u, cnt), d = mask_at(a.zh, u, cnt);
+            const V dh = (one - d) * dH;  // the candidate's share; d dH goes to h_{t-1}
+            const V o = vload_n(gt + 3 * H + u, cnt), chat = vload_n(ch + u, cnt);
             const V gc = vload_n(a.g_c + u, cnt);
             const V tl = vtanh<scalar_t>(chat * gc + vload_n(a.s_c + u, cnt));
             const V dcl = dh * o * (one - tl * tl);
@@ -503,33 +531,35 @@ void ln_backward_g(const LnBackwardParams<scalar_t>& a) {
             vstore_n(dz + u, dchat, cnt);
             s1 = s1 + dchat;
             s2 = s2 + dchat * chat;
-            vstore_n(d + 3 * H + u, dh * tl * o * (one - o), cnt);
-            vstore_n(cr + u, vzero<scalar_t>(), cnt);
+            vstore_n(dg + 3 * H + u, dh * tl * o * (one - o), cnt);
+            vstore_n(cr + u, d * dH, cnt);
           }
           const V m1 = vset<scalar_t>(vhsum<scalar_t>(s1) / static_cast<scalar_t>(H));
           const V m2 = vset<scalar_t>(vhsum<scalar_t>(s2) / static_cast<scalar_t>(H));
           const V rc = vset<scalar_t>(a.rstd_c[tn]);
-          for (int64_t u = 0; u < H; u += W) {  // dc, the i, f, g gradients, dc carried
+          for (int64_t u = 0; u < H; u += W) {  // dc~, the i, f, g gradients, dc carried
             const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
-            const V dct = rc * (vload_n(dz + u, cnt) - m1 - vload_n(ch + u, cnt) * m2) + vload_n(dcr + u, cnt);
+            const V dC = vload_n(dcr + u, cnt), dzc = mask_at(a.zc, u, cnt);  // c_t = dzc c_{t-1} + (1 - dzc) c~_t
+            const V dct = rc * (vload_n(dz + u, cnt) - m1 - vload_n(ch + u, cnt) * m2) + (one - dzc) * dC;
             const V i = vload_n(gt + u, cnt), f = vload_n(gt + H + u, cnt), g = vload_n(gt + 2 * H + u, cnt);
-            vstore_n(d + u, dct * g * i * (one - i), cnt);
-            vstore_n(d + H + u, dct * vload_n(cprev + n * H + u, cnt) * f * (one - f), cnt);
-            vstore_n(d + 2 * H + u, dct * i * (one - g * g), cnt);
-            vstore_n(dcr + u, dct * f, cnt);
+            vstore_n(dg + u, dct * g * i * (one - i), cnt);
+            vstore_n(dg + H + u, dct * vload_n(cprev + n * H + u, cnt) * f * (one - f), cnt);
+            vstore_n(dg + 2 * H + u, dct * i * (one - g * g), cnt);
+            vstore_n(dcr + u, dct * f + dzc * dC, cnt);
           }
         } else {
           for (int64_t u = 0; u < H; u += W) {
             const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
-            const V dh = dh_at(u, cnt);
+            const V dH = dh_at(u, cnt), dm = mask_at(a.zh, u, cnt);
+            const V dh = (one - dm) * dH;  // the candidate's share; dm dH goes to h_{t-1}
             const V r = vload_n(gt + u, cnt), z = vload_n(gt + H + u, cnt), nn = vload_n(gt + 2 * H + u, cnt);
             const V dn = dh * (one - z) * (one - nn * nn);
             const int64_t k = 2 * H + u;
             const V ah_n = vload_n(zh + k, cnt) * vload_n(a.g_hh + k, cnt) + vload_n(a.s_hh + k, cnt);
-            vstore_n(d + u, dn * ah_n * r * (one - r), cnt);
-            vstore_n(d + H + u, dh * (vload_n(hprev + n * H + u, cnt) - nn) * z * (one - z), cnt);
-            vstore_n(d + k, dn, cnt);
-            vstore_n(cr + u, dh * z, cnt);
+            vstore_n(dg + u, dn * ah_n * r * (one - r), cnt);
+            vstore_n(dg + H + u, dh * (vload_n(hprev + n * H + u, cnt) - nn) * z * (one - z), cnt);
+            vstore_n(dg + k, dn, cnt);
+            vstore_n(cr + u, dh * z + dm * dH, cnt);
           }
         }
         // A LayerNorm's backward over the row's G*H values: out = rstd (dzv - mean(dzv) - zv
@@ -559,18 +589,26 @@ void ln_backward_g(const LnBackwardParams<scalar_t>& a) {
           }
         };
         ln_back(zh, a.g_hh, a.rstd_h[tn], acc_ghh, acc_shh, dah, [&](int k, int64_t u, int cnt) {
-          const V dl = vload_n(d + k * H + u, cnt);
+          const V dl = vload_n(dg + k * H + u, cnt);
           return G == 3 && k == 2 ? dl * vload_n(gt + u, cnt) : dl;  // GRU: r (W_hn h) enters n
         });
         if (lnx)
           ln_back(a.zhat_x + tn * GH, a.g_ih, a.rstd_x[tn], acc_gih, acc_sih, dx,
-                  [&](int k, int64_t u, int cnt) { return vload_n(d + k * H + u, cnt); });
+                  [&](int k, int64_t u, int cnt) { return vload_n(dg + k * H + u, cnt); });
       }
       for (int64_t k = 0; k < S; ++k) total[k] += static_cast<double>(acc[k]);
     });
-    // dh0 = dah(the first forward step) @ W_hh + what was carried
+    // dh0 = dah(the first forward step) @ W_hh (times rd) + what was carried
     const scalar_t* first = a.dah + (a.reverse ? T - 1 : 0) * N * GH;
-    gemm_plus_carry<scalar_t>(ws, first, GH, w_back.get(), H, carry.get(), a.dh0);
+    fused_gemm<scalar_t, 4>(ws, first, GH, GH, w_back.get(), [&](int64_t p, int64_t n, const V* acc4) {
+      for (int b = 0; b < 4; ++b) {
+        const int64_t u = (p * 4 + b) * W, o = n * H + u;
+        if (u >= H) break;
+        const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
+        const V r = a.rd ? acc4[b] * vload_n(a.rd + o, cnt) : acc4[b];
+        vstore_n(a.dh0 + o, r + vload_n(carry.get() + o, cnt), cnt);
+      }
+    });
   });
   if (G == 4) std::copy(dc.get(), dc.get() + N * H, a.dc0);
   scalar_t* outs[6] = {a.dg_ih, a.ds_ih, a.dg_hh, a.ds_hh, a.dg_c, a.ds_c};
