@@ -6,7 +6,8 @@ per-round ratios).
 Groups ``reg-<cell>-<variant>-<infer|train>-cpu-<shape>`` for the shapes imdb and n1 (the
 selected ones; quick mode: the first), one layer, unidirectional:
 
-* ``layernorm``: ``fastrnn.LayerNormLSTM`` / ``LayerNormGRU``;
+* ``layernorm``: ``fastrnn.LayerNormLSTM`` / ``LayerNormGRU``; ``lnzoneout``: the same with
+  ``zoneout=0.1``, training;
 * ``zoneout``: ``fastrnn.LSTM``/``GRU`` with ``zoneout=0.1`` (inference: its expectation);
 * ``recdrop``: ``recurrent_dropout=0.25`` and ``weightdrop``: ``weight_drop=0.5``, training
   only (in eval both are the plain layer).
@@ -25,10 +26,13 @@ import torch.nn.functional as F
 
 import benchutil
 
-P = {"zoneout": 0.1, "recdrop": 0.25, "weightdrop": 0.5}
+P = {"zoneout": 0.1, "recdrop": 0.25, "weightdrop": 0.5, "lnzoneout": 0.1}
 OPTION = {"zoneout": "zoneout", "recdrop": "recurrent_dropout", "weightdrop": "weight_drop"}
-VARIANTS = [("layernorm", "infer"), ("layernorm", "train"), ("zoneout", "infer"),
-            ("zoneout", "train"), ("recdrop", "train"), ("weightdrop", "train")]
+VARIANTS = [("layernorm", "infer"), ("layernorm", "train"), ("lnzoneout", "train"),
+            ("zoneout", "infer"), ("zoneout", "train"), ("recdrop", "train"),
+            ("weightdrop", "train")]
+LAYER_NORM = ("layernorm", "lnzoneout")
+ZONEOUT = ("zoneout", "lnzoneout")
 CELLS = ("lstm", "gru")
 CHECK_STEPS = 100  # steps whose outputs are checked before timing (test_regularized_layer)
 EPS = 1e-5
@@ -77,11 +81,11 @@ class UserLoop(torch.nn.Module):
         rd = zh = zc = None
         if v == "recdrop" and train:
             rd = torch.empty(N, H, dtype=x.dtype).bernoulli_(1 - p) / (1 - p)
-        if v == "zoneout" and train:
+        if v in ZONEOUT and train:
             zh = torch.empty(T, N, H, dtype=x.dtype).bernoulli_(p)
             if lstm:
                 zc = torch.empty(T, N, H, dtype=x.dtype).bernoulli_(p)
-        if v == "layernorm":
+        if v in LAYER_NORM:
             xg = _ln(x @ w_ih.t(), m.ln_ih_weight_l0, m.ln_ih_bias_l0)
             b_hn = None
         elif lstm:
@@ -94,12 +98,13 @@ class UserLoop(torch.nn.Module):
         for t in range(T):
             hm = h if rd is None else h * rd
             hg = hm @ w_hh.t()
-            if v == "layernorm":
+            if v in LAYER_NORM:
                 hg = _ln(hg, m.ln_hh_weight_l0, m.ln_hh_bias_l0)
             if lstm:
                 i, f, g, o = (xg[t] + hg).chunk(4, 1)
                 c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                cc = c_new if v != "layernorm" else _ln(c_new, m.ln_c_weight_l0, m.ln_c_bias_l0)
+                cc = c_new if v not in LAYER_NORM else _ln(c_new, m.ln_c_weight_l0,
+                                                           m.ln_c_bias_l0)
                 h_new = torch.sigmoid(o) * torch.tanh(cc)
             else:
                 xr, xz, xn = xg[t].chunk(3, 1)
@@ -108,7 +113,7 @@ class UserLoop(torch.nn.Module):
                     hn = hn + b_hn
                 r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
                 h_new = (1 - z) * torch.tanh(xn + r * hn) + z * h
-            if v == "zoneout":
+            if v in ZONEOUT:
                 if train:
                     h_new = zh[t] * h + (1 - zh[t]) * h_new
                     if lstm:
@@ -129,8 +134,9 @@ def _modules(cell, variant, I_, H_, backend):
     kw = {"backend": backend} if backend else {}
     torch.manual_seed(0)
     plain = getattr(fr, cell.upper())(I_, H_, **kw)
-    if variant == "layernorm":
-        fast = getattr(fr, "LayerNorm" + cell.upper())(I_, H_)
+    if variant in LAYER_NORM:
+        kw = {"zoneout": P[variant]} if variant in ZONEOUT else {}
+        fast = getattr(fr, "LayerNorm" + cell.upper())(I_, H_, **kw)
     else:
         fast = getattr(fr, cell.upper())(I_, H_, **{OPTION[variant]: P[variant]}, **kw)
         fast.load_state_dict(plain.state_dict())
