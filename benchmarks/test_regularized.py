@@ -59,6 +59,11 @@ def _ln(v, gain, shift):
     return F.layer_norm(v, v.shape[-1:], gain, shift, EPS)
 
 
+def _mask(shape, q, dtype):
+    """fastrnn's masks (``fastrnn.regularized.bernoulli_mask``): the loop sees the same ones."""
+    return benchutil.FASTRNN.regularized.bernoulli_mask(shape, q, dtype)
+
+
 class UserLoop(torch.nn.Module):
     """The step loop a user writes for one of the variants, on ``fast``'s parameters (one
     layer, unidirectional, time-major, zero initial state). Masks are drawn as fastrnn
@@ -77,14 +82,14 @@ class UserLoop(torch.nn.Module):
         p = P.get(v, 0.0)
         w_ih, w_hh = m.weight_ih_l0, m.weight_hh_l0
         if v == "weightdrop" and train:
-            w_hh = w_hh * torch.empty_like(w_hh).bernoulli_(1 - p) / (1 - p)
+            w_hh = w_hh * _mask(w_hh.shape, 1 - p, x.dtype) / (1 - p)
         rd = zh = zc = None
         if v == "recdrop" and train:
-            rd = torch.empty(N, H, dtype=x.dtype).bernoulli_(1 - p) / (1 - p)
+            rd = _mask((N, H), 1 - p, x.dtype) / (1 - p)
         if v in ZONEOUT and train:
-            zh = torch.empty(T, N, H, dtype=x.dtype).bernoulli_(p)
+            zh = _mask((T, N, H), p, x.dtype)
             if lstm:
-                zc = torch.empty(T, N, H, dtype=x.dtype).bernoulli_(p)
+                zc = _mask((T, N, H), p, x.dtype)
         if v in LAYER_NORM:
             xg = _ln(x @ w_ih.t(), m.ln_ih_weight_l0, m.ln_ih_bias_l0)
             b_hn = None

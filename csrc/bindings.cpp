@@ -27,6 +27,7 @@ using fastrnn::LstmBackwardParams;
 using fastrnn::LstmForwardParams;
 using fastrnn::LnForwardParams;
 using fastrnn::LnBackwardParams;
+using fastrnn::MaskParams;
 using fastrnn::RegBackwardParams;
 using fastrnn::RegForwardParams;
 using fastrnn::RnnBackwardParams;
@@ -387,6 +388,25 @@ PYBIND11_MODULE(_C, m) {
       py::arg("c0"), py::arg("w_hh"), py::arg("b_hh"), py::arg("rd"), py::arg("zh"), py::arg("zc"), py::arg("zh_p"),
       py::arg("zc_p"), py::arg("lengths"), py::arg("reverse"), py::arg("y"), py::arg("cn"), py::arg("gates"),
       py::arg("cs"), py::arg("cand"), py::arg("num_threads"));
+
+  m.def(
+      "bernoulli_mask",
+      [](int itemsize, uint64_t seed, int64_t offset, int64_t n, uint64_t threshold, double on, std::uintptr_t out,
+         int num_threads) {
+        if (seed >> 63) throw std::invalid_argument("bernoulli_mask: seed must be below 2^63");
+        if (offset < 0 || n < 0) throw std::invalid_argument("bernoulli_mask: offset and n must be >= 0");
+        if (threshold > (uint64_t(1) << 32)) throw std::invalid_argument("bernoulli_mask: threshold must be <= 2^32");
+        if (num_threads < 1) throw std::invalid_argument("bernoulli_mask: num_threads must be >= 1");
+        if (n > 0) require(out, "out");
+        auto fill = [&](auto& p) {
+          using scalar_t = std::remove_pointer_t<decltype(p.out)>;
+          p = {seed, offset, n, threshold, static_cast<scalar_t>(on), ptr<scalar_t>(out), num_threads};
+        };
+        run<MaskParams>(itemsize, fastrnn::cpu::bernoulli_mask<float>, fastrnn::cpu::bernoulli_mask<double>, fill);
+      },
+      "a Bernoulli mask from a keyed hash of each element's index (MaskParams)", py::arg("itemsize"),
+      py::arg("seed"), py::arg("offset"), py::arg("n"), py::arg("threshold"), py::arg("on"), py::arg("out"),
+      py::arg("num_threads"));
 
   m.def(
       "ln_forward",

@@ -166,6 +166,8 @@ class RegularizedLoop(nn.Module):
 
     def _direction(self, x, sfx, reverse, lengths, w_hh):
         import torch.nn.functional as F
+
+        from .regularized import bernoulli_mask
         H, train = self.hidden_size, self.training
         T, N = x.shape[0], x.shape[1]
         p = lambda name: getattr(self, name + sfx)  # noqa: E731
@@ -175,11 +177,11 @@ class RegularizedLoop(nn.Module):
         rd = zh = zc = None
         if train and self.recurrent_dropout:
             q = 1 - self.recurrent_dropout
-            rd = x.new_empty(N, H).bernoulli_(q) / q
+            rd = bernoulli_mask((N, H), q, x.dtype, x.device) / q
         if train and self.zoneout_h:
-            zh = x.new_empty(T, N, H).bernoulli_(self.zoneout_h)
+            zh = bernoulli_mask((T, N, H), self.zoneout_h, x.dtype, x.device)
         if train and self.lstm and self.zoneout_c:
-            zc = x.new_empty(T, N, H).bernoulli_(self.zoneout_c)
+            zc = bernoulli_mask((T, N, H), self.zoneout_c, x.dtype, x.device)
         b_hn = None
         if self.ln:
             ax = ln(x @ p("weight_ih").t(), "ih")
@@ -230,12 +232,13 @@ class RegularizedLoop(nn.Module):
         if packed:
             x, lengths = nn.utils.rnn.pad_packed_sequence(x)
             lengths = lengths.to(x.device)
+        from .regularized import bernoulli_mask
         w_hhs = []
         for sfx in self._suffixes:  # the weight-drop masks first, in parameter order
             w_hh = getattr(self, "weight_hh" + sfx)
             if self.training and self.weight_drop:
                 q = 1 - self.weight_drop
-                w_hh = w_hh * (w_hh.new_empty(w_hh.shape).bernoulli_(q) / q)
+                w_hh = w_hh * (bernoulli_mask(w_hh.shape, q, w_hh.dtype, w_hh.device) / q)
             w_hhs.append(w_hh)
         outs = [self._direction(x, sfx, d == 1, lengths, w_hhs[d])
                 for d, sfx in enumerate(self._suffixes)]

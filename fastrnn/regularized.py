@@ -37,8 +37,11 @@ masks, one per layer and direction in the weights' order (``drop_weights``); the
 per direction (forward, then reverse): the recurrent-dropout mask [N, R], the zoneout mask of
 h [T, N, R], the LSTM's zoneout mask of c [T, N, H]; after each layer but the last, torch.nn's
 inter-layer dropout of its output [T, N, D*R] (``F.dropout``). Each mask is
-``torch.empty(shape, dtype, device).bernoulli_(q)`` in the layer's dtype, q the probability of
-a 1 (keep for dropout, 1 - p; zone out for zoneout, p). N is the batch in its packed (sorted)
+``bernoulli_mask(shape, q, dtype, device)`` in the layer's dtype, q the probability of a 1
+(keep for dropout, 1 - p, then divided by 1 - p; zone out for zoneout, p): one seed s =
+``torch.randint(0, 2**62, ())`` from the default generator of the device, and element i
+(row-major) is 1 where ``_mask_bits(s, i) < round(q * 2**32)``, a keyed 32-bit hash of i
+(the compiled CPU kernels and torch ops compute the same bits). N is the batch in its packed (sorted)
 order for a PackedSequence, T the longest length; steps past a sequence's end draw too.
 A cell draws its zoneout masks (h, then c) [N, H] per call.
 """
@@ -49,7 +52,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import _validation as V
 from . import functional as _functional
 
-__all__ = ["EPS", "KINDS", "check_probability", "check_zoneout", "drop_weights", "rnn", "last_path",
+__all__ = ["EPS", "KINDS", "bernoulli_mask", "check_probability", "check_zoneout", "drop_weights", "rnn", "last_path",
            "zoneout", "layer_norm_lstm_cell", "layer_norm_gru_cell"]
 
 EPS = 1e-5  # torch.nn.LayerNorm's
@@ -85,9 +88,79 @@ def check_zoneout(value, two_states):
 
 # ----------------------------------------------------------------------------- masks
 
+_SEEDS = 2 ** 62  # a mask's seed: torch.randint(0, _SEEDS, ()) on the tensors' device
+
+
+def _mul32(x, c):
+    """x * c mod 2^32 for int64 x in [0, 2^32) and a 32-bit constant c (no int64 overflow:
+    c in two 16-bit halves)."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & 0xFFFFFFFF
+
+
+def _mix32(x):
+    """A 32-bit mixer (xor-shift-multiply, the "lowbias32" constants) on int64 tensors
+    holding uint32 values: a bijection whose every output bit depends on every input bit."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _mask_bits(seed, n, device, offset=0):
+    """The 32 random bits of elements offset .. offset+n-1 of a mask with ``seed`` (an int or an int64
+    tensor in [0, 2^62)), as int64: mix(mix(mix(lo(i) ^ k0) ^ k1) ^ hi(i)) with k0, k1 the
+    seed's low and high 32 bits and lo(i), hi(i) the index's. The compiled CPU kernels
+    compute the same bits (``_C.bernoulli_mask``, csrc/cpu/masks.cpp)."""
+    i = torch.arange(offset, offset + n, dtype=torch.int64, device=device)
+    k0, k1 = seed & 0xFFFFFFFF, seed >> 32
+    return _mix32(_mix32(_mix32((i & 0xFFFFFFFF) ^ k0) ^ k1) ^ (i >> 32))
+
+
+def _threshold(q):
+    """A mask element is 1 where its bits < round(q * 2^32): probability q within 2^-33."""
+    return int(round(float(q) * 2 ** 32))
+
+
+def _mask_kernel(like):
+    """``_C.bernoulli_mask`` where it can fill a mask of ``like``'s kind: a plain CPU
+    float32/float64 tensor in eager mode, the compiled kernels built; else None."""
+    if like.device.type != "cpu" or like.dtype not in (torch.float32, torch.float64):
+        return None
+    from . import fastpath
+    from .backends import cpu
+    if cpu._C is None or not fastpath.eager() or type(like) is not torch.Tensor:
+        return None
+    return getattr(cpu._C, "bernoulli_mask", None)
+
+
 def _bernoulli(like, shape, q):
-    """A mask of ``like``'s dtype and device, 1 with probability ``q``."""
-    return like.new_empty(shape).bernoulli_(q)
+    """A mask of ``like``'s dtype and device, 1 with probability ``q``: one seed from torch's
+    generator for the device, each element's bits from ``_mask_bits`` (so every backend and
+    device computes the same mask from the same seed; on the CPU the compiled kernels fill
+    it, in torch ops elsewhere)."""
+    shape = tuple(shape)
+    n = 1
+    for s in shape:
+        n *= s
+    seed = torch.randint(0, _SEEDS, (), device=like.device)
+    fill = _mask_kernel(like)
+    if fill is not None:
+        from .backends import cpu
+        out = cpu._out(*shape, like=like)  # (large ones from the pool: no page faults)
+        fill(out.element_size(), int(seed), 0, n, _threshold(q), 1.0, out.data_ptr(),
+             cpu._threads())
+        return out
+    return (_mask_bits(seed, n, like.device) < _threshold(q)).to(like.dtype).reshape(shape)
+
+
+def bernoulli_mask(shape, q, dtype=torch.float32, device="cpu"):
+    """The mask fastrnn's layers draw for zoneout (q = p), recurrent dropout and weight drop
+    (q = 1 - p, then divided by 1 - p): 1 with probability ``q``, else 0, from torch's
+    default generator for ``device`` (one draw per mask). For step loops that should see
+    fastrnn's masks (``torch.manual_seed`` before both, masks drawn in the documented
+    order)."""
+    return _bernoulli(torch.empty((), dtype=dtype, device=device), shape, q)
 
 
 def _keep(like, shape, p):

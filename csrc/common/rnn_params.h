@@ -182,6 +182,20 @@ struct CellBackwardParams {
   scalar_t* dw_ch = nullptr;       // [3H] their gradient (with w_ch)
 };
 
+// A Bernoulli mask from a counter-based hash of (seed, element index): out[k] = on where
+// bits(seed, offset + k) < threshold, else 0, for k in [0, n). bits: three rounds of a
+// 32-bit mixer (fastrnn/regularized.py ``_mask_bits`` is the same function in torch ops,
+// and its docstring the definition); threshold = round(q 2^32) for probability q of `on`.
+template <typename scalar_t>
+struct MaskParams {
+  uint64_t seed;        // < 2^63 (drawn from torch's generator)
+  int64_t offset, n;
+  uint64_t threshold;   // in [0, 2^32]
+  scalar_t on;
+  scalar_t* out;        // [n]
+  int num_threads;
+};
+
 // The regularised recurrences (zoneout, variational recurrent dropout; fastrnn/regularized.py
 // has the equations): LSTM (no projection, no peepholes), GRU, RNN tanh/relu, one fused GEMM
 // per step as the plain kernels, the options in its epilogue. kind: CellKind.

@@ -121,6 +121,7 @@ FASTRNN_DISPATCH(reg_forward, RegForwardParams)
 FASTRNN_DISPATCH(reg_backward, RegBackwardParams)
 FASTRNN_DISPATCH(ln_forward, LnForwardParams)
 FASTRNN_DISPATCH(ln_backward, LnBackwardParams)
+FASTRNN_DISPATCH(bernoulli_mask, MaskParams)
 
 // avx512bf16 is the avx512 build of the float kernels plus the bfloat16 sequence kernels.
 bool bf16_kernels_available() { return current() == "avx512bf16"; }

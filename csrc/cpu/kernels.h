@@ -19,6 +19,7 @@
   template <typename scalar_t> void reg_backward(const RegBackwardParams<scalar_t>& p);   \
   template <typename scalar_t> void ln_forward(const LnForwardParams<scalar_t>& p);       \
   template <typename scalar_t> void ln_backward(const LnBackwardParams<scalar_t>& p);     \
+  template <typename scalar_t> void bernoulli_mask(const MaskParams<scalar_t>& p);        \
   }                                                                         \
   }                                                                         \
   }
