@@ -190,7 +190,8 @@ def test_regularized_layer(benchmark, reg_case, fastrnn_backend):
     # 480 of T=500 both fastrnn and this loop are 0.1-0.3 away from float64, which the two
     # match to 1e-8), so the later steps compare nothing but roundoff.
     k = min(T, CHECK_STEPS)
-    torch.testing.assert_close(got[:k], want[:k], atol=2e-4, rtol=1e-3)
+    atol = 1e-3 if variant in LAYER_NORM else 2e-4  # (with zoneout, up to ~3e-4 by step 100)
+    torch.testing.assert_close(got[:k], want[:k], atol=atol, rtol=1e-3)
     benchmark.group = _group(*reg_case)
 
     def record(backend):

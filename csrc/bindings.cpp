@@ -661,8 +661,14 @@ PYBIND11_MODULE(_C, m) {
       [](int itemsize, int cell, int64_t N, int64_t I, int64_t H, std::uintptr_t x, std::uintptr_t h,
          std::uintptr_t c, std::uintptr_t w_ih, std::uintptr_t w_hh, std::uintptr_t b_ih, std::uintptr_t b_hh,
          std::uintptr_t h_out, std::uintptr_t c_out, std::uintptr_t saved, int num_threads, int64_t T,
-         bool reverse, int64_t x_step, int64_t x_row, std::uintptr_t w_ch, std::uintptr_t lengths, bool round_bf16) {
+         bool reverse, int64_t x_step, int64_t x_row, std::uintptr_t w_ch, std::uintptr_t lengths, bool round_bf16,
+         double zh_p, double zc_p) {
         check_cell(cell);
+        if (!(zh_p >= 0 && zh_p < 1) || !(zc_p >= 0 && zc_p < 1))
+          throw std::invalid_argument("cell_forward: zh_p and zc_p must be in [0, 1)");
+        if ((zh_p != 0 || zc_p != 0) && saved)
+          throw std::invalid_argument("cell_forward: zoneout's expectation is for inference (no saved)");
+        if (zc_p != 0 && cell != fastrnn::kCellLstm) throw std::invalid_argument("cell_forward: zc_p is the LSTM's");
         check_sizes(T, N, H, I, num_threads);
         if (x_row < 0 || x_step < 0 || (x_row && x_row < I))
           throw std::invalid_argument("cell_forward: x's strides must be 0 (dense) or leave its rows whole");
@@ -684,6 +690,8 @@ PYBIND11_MODULE(_C, m) {
                ptr<const scalar_t>(w_hh), ptr<const scalar_t>(b_ih), ptr<const scalar_t>(b_hh), ptr<scalar_t>(h_out), ptr<scalar_t>(c_out),
                ptr<scalar_t>(saved), num_threads, T, reverse, x_step, x_row, ptr<const scalar_t>(w_ch),
                ptr<const int64_t>(lengths), round_bf16};
+          p.zh_p = static_cast<scalar_t>(zh_p);
+          p.zc_p = static_cast<scalar_t>(zc_p);
         };
         run<CellForwardParams>(itemsize, fastrnn::cpu::cell_forward<float>, fastrnn::cpu::cell_forward<double>,
                                fill);
@@ -693,7 +701,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("c"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("h_out"),
       py::arg("c_out"), py::arg("saved"), py::arg("num_threads"), py::arg("T") = 1, py::arg("reverse") = false,
       py::arg("x_step") = 0, py::arg("x_row") = 0, py::arg("w_ch") = 0, py::arg("lengths") = 0,
-      py::arg("round_bf16") = false);
+      py::arg("round_bf16") = false, py::arg("zh_p") = 0.0, py::arg("zc_p") = 0.0);
 
   m.def(
       "cell_forward_bf16",

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _validation as V
+from . import fastpath
 from . import functional as _functional
 
 __all__ = ["EPS", "KINDS", "bernoulli_mask", "check_probability", "check_zoneout", "drop_weights", "rnn", "last_path",
@@ -298,6 +299,17 @@ def _direction(kind, x, h0, c0, p, lengths, reverse, opts, train, fused):
             return y, y[0 if reverse else T - 1], (cn if two else None)
         return _ln_fused(kind, proj, h0, c0, p, 0.0 if train else zh_p,
                          0.0 if train or not two else zc_p, lengths, reverse, rd, zh, zc)
+    if fused and not train and T > 0 and x.shape[1] > 0 and h0.shape[-1] > 0 \
+            and fastpath.steps_pay(T, x.shape[1]) and not _wants_grad(x, h0, c0, p):
+        # zoneout's expectation in inference: the fused steps (each step's projection in
+        # its recurrent product, as the plain layers' inference), the mix in their epilogue
+        from .backends import cpu
+        y, cn = cpu.cell_forward_seq(
+            fastpath._KINDS[kind], x, h0.contiguous(), None if c0 is None else c0.contiguous(),
+            *(None if t is None else t.detach().contiguous()
+              for t in (p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])),
+            reverse, lengths=lengths, zh_p=zh_p, zc_p=zc_p if two else 0.0)
+        return y, y[0 if reverse else T - 1], cn
     ax = _project(kind, x, p)  # [T, N, G*H]
     if fused and T > 0 and x.shape[1] > 0 and h0.shape[-1] > 0:  # (the kernels take no 0)
         f = ax.dtype  # masks as the kernels read them: the layer's dtype

@@ -294,12 +294,40 @@ def _reg_path(kind, cfg, backend=None):
     return "cpu" if fused else "torch-ops"
 
 
-@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="the compiled CPU kernels are not built")
+@pytest.mark.parametrize("N", [3, 8, 40])
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN_TANH"])
-def test_fused_inference_writes_no_records(kind, monkeypatch):
+def test_zoneout_inference_matches_equations(kind, N):
+    """Zoneout's eval expectation with no gradient asked for (the fused steps at N = 3 and
+    40, the regularised kernel at N = 8): the equations' outputs and final states, packed
+    sequences of different lengths, two layers, both directions, float64."""
+    zo = (0.3, 0.2) if kind in TWO else 0.3
+    module = _make(kind, num_layers=2, bidirectional=True, zoneout=zo).eval()
+    T = 7
+    torch.manual_seed(N)
+    lengths = sorted(torch.randint(1, T + 1, (N,)).tolist(), reverse=True)
+    lengths[0] = T
+    x = torch.randn(T, N, I, dtype=F64)
+    hx = _states(kind, module, N)
+    with torch.no_grad():
+        out, hn = module(pack_padded_sequence(x, lengths), hx)
+        y, _ = pad_packed_sequence(out)
+        assert module.last_backend == _reg_path(kind, {})
+        want = _oracle(kind, module, x, hx, _draw(kind, module, T, N, False, 0), False,
+                       torch.tensor(lengths))
+    hn, cn = hn if kind in TWO else (hn, None)
+    _check((y, hn, cn), want, ("output", "h_n", "c_n"))
+
+
+@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="the compiled CPU kernels are not built")
+@pytest.mark.parametrize("N", [8, 40])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN_TANH"])
+def test_fused_inference_writes_no_records(kind, N, monkeypatch):
     """Zoneout's eval expectation on the fused kernels: where no gradient can be asked for
-    (no_grad, inference_mode; the parameters still require grad) the kernel is told not to
-    write the backward's records; where one can, it is, and the outputs are the same."""
+    (no_grad, inference_mode; the parameters still require grad) no backward records are
+    written: the regularised kernel is told so (N = 8), or the fused steps run, the
+    expectation in their epilogue (N = 40, where the plain layers' inference runs them:
+    ``fastpath.steps_pay``); where a gradient can be asked for, the records are written.
+    The outputs agree."""
     from fastrnn.backends import cpu
     calls = []
     real = cpu.reg_forward
@@ -310,15 +338,17 @@ def test_fused_inference_writes_no_records(kind, monkeypatch):
 
     monkeypatch.setattr(cpu, "reg_forward", spy)
     module = _make(kind, dtype=torch.float32, bidirectional=True, zoneout=0.3).eval()
-    x = torch.randn(6, 3, I)
+    x = torch.randn(6, N, I)
     want = module(x)[0]
     assert module.last_backend == "cpu" and calls == [True, True]
+    steps = fastrnn.fastpath.steps_pay(6, N)
+    assert steps == (N == 40)
     for mode in (torch.no_grad, torch.inference_mode):
         calls.clear()
         with mode():
             got = module(x)[0]
-        assert calls == [False, False], mode.__name__
-        torch.testing.assert_close(got, want.detach(), rtol=0, atol=0)
+        assert calls == ([] if steps else [False, False]), mode.__name__
+        torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])

@@ -149,6 +149,9 @@ struct CellForwardParams {
   // then unused. Biases and peepholes stay float32 (the caller widens those few values).
   const uint16_t* w_ih_bf16 = nullptr;  // [G*H, I]
   const uint16_t* w_hh_bf16 = nullptr;  // [G*H, H]
+  // Inference only (no saved): zoneout's eval expectation, h' = zh_p h + (1 - zh_p) h~ and
+  // (LSTM) c' = zc_p c + (1 - zc_p) c~, h~ computed from c~ (0: no zoneout).
+  scalar_t zh_p = 0, zc_p = 0;
 };
 
 template <typename scalar_t>

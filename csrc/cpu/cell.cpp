@@ -173,6 +173,12 @@ void cell_forward_impl(const CellForwardParams<scalar_t>& a) {
     int64_t t;
   } st{x_base, a.h, a.c, a.h_out, a.c_out, a.saved, 0};
 
+  // zoneout's eval expectation of h (CellForwardParams::zh_p; 0: the candidate itself)
+  const scalar_t zh_p = a.zh_p, zc_p = a.zc_p;
+  auto zoned = [&](int64_t n, int64_t u, int cnt, V cand) {
+    return zh_p != 0 ? vset<scalar_t>(zh_p) * vload_n(st.h + n * H + u, cnt) + vset<scalar_t>(1 - zh_p) * cand : cand;
+  };
+
   // px: G pre-activation vectors of the input side (with the hidden side added, except
   // for GRU); ph: GRU's hidden side.
   auto epilogue = [&](int64_t n, int64_t u, int cnt, const V* px, const V* ph) {
@@ -196,8 +202,9 @@ void cell_forward_impl(const CellForwardParams<scalar_t>& a) {
       const V cn = f * cp + i * g;
       if (w_ch) pre_o = pre_o + vload_n(w_ch + 2 * H + u, cnt) * cn;
       const V o = vsigmoid<scalar_t>(pre_o);
-      vstore_n(st.c_out + n * H + u, cn, cnt);
-      vstore_n(st.h_out + n * H + u, o * vtanh<scalar_t>(cn), cnt);
+      const V hn = o * vtanh<scalar_t>(cn);
+      vstore_n(st.c_out + n * H + u, zc_p != 0 ? vset<scalar_t>(zc_p) * cp + vset<scalar_t>(1 - zc_p) * cn : cn, cnt);
+      vstore_n(st.h_out + n * H + u, zoned(n, u, cnt, hn), cnt);
       if (st.saved) {
         scalar_t* s = st.saved + n * 4 * H + u;
         vstore_n(s, i, cnt);
@@ -212,7 +219,7 @@ void cell_forward_impl(const CellForwardParams<scalar_t>& a) {
       const V z = vsigmoid<scalar_t>(px[1] + vload_n(b + H, cnt) + ph[1] + vload_n(c + H, cnt));
       const V nn = vtanh<scalar_t>(px[2] + vload_n(b + 2 * H, cnt) + r * hn);
       const V hp = vload_n(st.h + n * H + u, cnt);
-      vstore_n(st.h_out + n * H + u, ((scalar_t)1 - z) * nn + z * hp, cnt);
+      vstore_n(st.h_out + n * H + u, zoned(n, u, cnt, ((scalar_t)1 - z) * nn + z * hp), cnt);
       if (st.saved) {
         scalar_t* s = st.saved + n * 4 * H + u;
         vstore_n(s, r, cnt);
@@ -222,7 +229,8 @@ void cell_forward_impl(const CellForwardParams<scalar_t>& a) {
       }
     } else {
       const V pre = px[0] + vload_n(b, cnt);
-      vstore_n(st.h_out + n * H + u, Cell == kCellRnnRelu ? vrelu<scalar_t>(pre) : vtanh<scalar_t>(pre), cnt);
+      vstore_n(st.h_out + n * H + u, zoned(n, u, cnt, Cell == kCellRnnRelu ? vrelu<scalar_t>(pre) : vtanh<scalar_t>(pre)),
+               cnt);
     }
   };
 

@@ -532,10 +532,11 @@ def bf16_seq_forward(mode, xg, h0, c0, w_hh, b_hh, w_ch, lengths, reverse, x=Non
     return y, hn, cn
 
 
-def cell_forward_seq(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, w_ch=None, lengths=None):
+def cell_forward_seq(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, w_ch=None, lengths=None,
+                     zh_p=0.0, zc_p=0.0):
     """``T`` inference steps of ``cell_forward`` in one call, the state carried: x [T, N, I]
     (any strides over T and N; its last dimension dense) -> (y [T, N, H], c_n [N, H] or
-    None)."""
+    None). zh_p, zc_p: zoneout's eval expectation (0: none)."""
     T, N, I = x.shape
     x_step, x_row = x.stride(0) if T > 1 else N * I, x.stride(1) if N > 1 else I
     if x.stride(2) != 1 or x_step <= 0 or x_row < I:  # (broadcast or overlapping: made dense)
@@ -550,7 +551,7 @@ def cell_forward_seq(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, w_ch=None, 
                     0 if b_ih is None else b_ih.data_ptr(), 0 if b_hh is None else b_hh.data_ptr(),
                     y.data_ptr(), 0 if c_out is None else c_out.data_ptr(), 0,
                     max(1, torch.get_num_threads()), T, bool(reverse), x_step, x_row, _opt_ptr(w_ch),
-                    ptr(_lengths(lengths, T, N)))
+                    ptr(_lengths(lengths, T, N)), zh_p=float(zh_p), zc_p=float(zc_p))
     return y, c_out
 
 
