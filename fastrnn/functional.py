@@ -219,7 +219,7 @@ def _bf16_route(plan, mode, input, hx, weights, proj_size, backend):
 def _bf16_projections(plan, backend):
     """Whether a planned (float32) training call under CPU autocast to bfloat16 runs its
     input projections' GEMMs in bfloat16 (``_memory.Bf16Linear``): plain eager mode, the
-    compiled kernels, and a CPU whose bf16 GEMMs are fast (the 'avx512bf16' build in use:
+    compiled kernels, and a CPU whose bf16 GEMMs are fast (the 'avx512bf16' or 'amxbf16' build in use:
     without bf16 instructions torch's bf16 GEMM is slower than its float32 one)."""
     if plan.round_to != torch.bfloat16 or plan.device_type != "cpu" or not fastpath.eager():
         return False

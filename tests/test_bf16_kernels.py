@@ -37,6 +37,29 @@ pytestmark = pytest.mark.skipif(
     not HAVE, reason="the bfloat16 kernels need the compiled CPU kernels on a CPU with "
                      "AVX512-BF16 ('avx512bf16' in fastrnn.backends.cpu.supported_isas())")
 
+# Every test runs on each build of the bf16 kernels: 'avx512bf16' (vdpbf16ps dot products)
+# and 'amxbf16' (the recurrent GEMMs on AMX-BF16 tiles, Intel Sapphire Rapids and later;
+# calls of 4 rows and more), each where this CPU has it.
+BF16_ISAS = ("amxbf16", "avx512bf16")
+
+
+@pytest.fixture(autouse=True, params=BF16_ISAS)
+def bf16_isa(request):
+    if not HAVE:
+        yield None
+        return
+    isa = request.param
+    if isa not in _cpu.supported_isas():
+        pytest.skip(f"the '{isa}' build needs a CPU with "
+                    f"{'AMX-BF16 (and the kernel permitting AMX)' if isa == 'amxbf16' else 'AVX512-BF16'}"
+                    f"; this one supports {_cpu.supported_isas()}")
+    old = _cpu.isa()
+    _cpu.set_isa(isa)
+    try:
+        yield isa
+    finally:
+        _cpu.set_isa(old)
+
 
 @pytest.fixture
 def spy(monkeypatch):
@@ -227,7 +250,8 @@ def test_kernel_arguments_are_checked():
 @pytest.mark.parametrize("name,kw", [("LSTM", dict(num_layers=2, bidirectional=True)),
                                      ("GRU", {}), ("RNN", {}), ("PeepholeLSTM", {})],
                          ids=str)
-def test_autocast_training_runs_its_gemms_in_bf16(name, kw, monkeypatch):
+@pytest.mark.parametrize("N", [5, 37])
+def test_autocast_training_runs_its_gemms_in_bf16(name, kw, N, monkeypatch):
     """Under autocast to bf16, a training call's input projections (forward and both
     backward products), its recurrence forward (the bf16 kernels, writing the backward's
     float32 records), its recurrence backward (bf16 GEMMs, fp32 gate gradients) and W_hh's
@@ -254,8 +278,8 @@ def test_autocast_training_runs_its_gemms_in_bf16(name, kw, monkeypatch):
     monkeypatch.setattr(_memory, "as_bf16", as_bf16)
     torch.manual_seed(0)
     m = getattr(fastrnn, name)(12, 24, **kw)
-    x = torch.randn(30, 5, 12)
-    weights = torch.linspace(-1, 1, 30 * 5 * 24 * (2 if kw.get("bidirectional") else 1))
+    x = torch.randn(30, N, 12)
+    weights = torch.linspace(-1, 1, 30 * N * 24 * (2 if kw.get("bidirectional") else 1))
 
     def grads():
         xr = x.clone().requires_grad_()

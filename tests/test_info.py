@@ -21,7 +21,7 @@ def test_info_keys_and_values():
     assert d["threads"]["torch"] == torch.get_num_threads()
     assert d["cuda"]["available"] == torch.cuda.is_available()
     if d["backends"]["cpu"] is None:
-        assert d["cpu_isa"] in ("avx512bf16", "avx512", "avx2", "generic")
+        assert d["cpu_isa"] in ("amxbf16", "avx512bf16", "avx512", "avx2", "generic")
         assert d["cpu_isa"] in d["cpu_isas_supported"]
     else:
         assert d["cpu_isa"] is None

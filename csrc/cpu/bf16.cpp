@@ -66,10 +66,17 @@ struct XTerm {
   }
 };
 
+// ceil(K/2) pairs, rounded up to whole AMX tiles (16 pairs) where `amx`.
+inline int64_t pairs(int64_t K, bool amx) {
+  const int64_t kp = (K + 1) / 2;
+  return amx ? (kp + 15) / 16 * 16 : kp;
+}
+
 // Gate-major bf16 panels of W [G*H, K] used as B = W^T: panel p holds units p*16 .. p*16+15,
-// laid out [Kp pairs][G][16 units][2], Kp = ceil(K/2); units >= H and k >= K are zero.
-Buffer<uint16_t> pack_pairs(const uint16_t* w, int G, int64_t H, int64_t K, int64_t* panels) {
-  const int64_t P = (H + W - 1) / W, Kp = (K + 1) / 2;
+// laid out [Kp pairs][G][16 units][2], Kp = pairs(K, amx); units >= H and k >= K are zero.
+// (Each gate's 16 pair-rows of a panel are an AMX B tile as it stands, G*64 bytes apart.)
+Buffer<uint16_t> pack_pairs(const uint16_t* w, int G, int64_t H, int64_t K, int64_t* panels, bool amx) {
+  const int64_t P = (H + W - 1) / W, Kp = pairs(K, amx);
   Buffer<uint16_t> buf = make_buffer<uint16_t>(P * Kp * G * 2 * W);
   uint16_t* out = buf.get();
   for (int64_t p = 0; p < P; ++p)
@@ -87,10 +94,10 @@ Buffer<uint16_t> pack_pairs(const uint16_t* w, int G, int64_t H, int64_t K, int6
 
 // Unit-block bf16 panels of W [K, C] (row-major) used as B = W itself: panel p holds columns
 // p*NB*16 .. +NB*16, laid out [Kp pairs][NB][16 columns][2], Kp = ceil(K/2); columns >= C and
-// k >= K are zero. The backward's dgates @ W_hh reads W_hh so (K = G*H, C = H).
+// k >= K are zero (Kp = pairs(K, amx)). The backward's dgates @ W_hh reads W_hh so (K = G*H, C = H).
 template <int NB>
-Buffer<uint16_t> pack_pairs_units(const uint16_t* w, int64_t K, int64_t C, int64_t* panels) {
-  const int64_t P = (C + NB * W - 1) / (NB * W), Kp = (K + 1) / 2;
+Buffer<uint16_t> pack_pairs_units(const uint16_t* w, int64_t K, int64_t C, int64_t* panels, bool amx) {
+  const int64_t P = (C + NB * W - 1) / (NB * W), Kp = pairs(K, amx);
   Buffer<uint16_t> buf = make_buffer<uint16_t>(P * Kp * NB * 2 * W);
   uint16_t* out = buf.get();
   for (int64_t p = 0; p < P; ++p)
@@ -116,10 +123,9 @@ std::shared_ptr<const uint16_t> pack_bf16_cached(const uint16_t* w, int64_t src_
 }
 
 std::shared_ptr<const uint16_t> pack_pairs_cached(const uint16_t* w, int G, int64_t H, int64_t K,
-                                                  int64_t* panels) {
-  return pack_bf16_cached(w, G * H * K, {3000 + G, H, K, 2 * W}, panels, [&](const uint16_t* src, int64_t* P) {
-    return pack_pairs(src, G, H, K, P);
-  });
+                                                  int64_t* panels, bool amx) {
+  return pack_bf16_cached(w, G * H * K, {3000 + G + (amx ? 100 : 0), H, K, 2 * W}, panels,
+                          [&](const uint16_t* src, int64_t* P) { return pack_pairs(src, G, H, K, P, amx); });
 }
 
 // acc[MR][G] = A[MR rows, 2*Kp] @ Bp (bf16 pairs, fp32 accumulation); Accumulate: acc +=.
@@ -153,16 +159,143 @@ FASTRNN_INLINE void tile_rows(int mr, const uint16_t* A, int64_t lda, int64_t Kp
 }
 
 // One operand of a step's GEMM: rows of A (bf16, lda apart) times packed panels of Kp pairs.
+// `staged` (the fused projection's x_t, the caller's rows): the AMX path copies each block of
+// 16 rows into a zero-padded buffer first (a tile reads whole 16-row, 32-column blocks).
 struct Operand {
   const uint16_t* A;
   int64_t lda, Kp;
   const uint16_t* packed;
+  bool staged = false;
+};
+
+#if defined(FASTRNN_HAVE_AMX)
+// AMX-BF16 (Intel Sapphire Rapids and later): a tile is 16 rows of 64 bytes; TDPBF16PS adds
+// C[16x16 fp32] += A[16 rows x 32 bf16] @ B[16 pair-rows x 16 columns x 2 bf16], the same
+// pair arithmetic as vdpbf16ps (products exact in fp32, fp32 sums), 16x32x16 per instruction.
+// Tiles 0..G-1 hold the accumulators, 4 the A block, 5..7 the B tiles.
+struct alignas(64) TileConfig {
+  uint8_t palette_id, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+void amx_configure() {  // per thread: the tile state is the thread's own
+  TileConfig c{};
+  c.palette_id = 1;
+  for (int t = 0; t < 8; ++t) {
+    c.rows[t] = 16;
+    c.colsb[t] = 64;
+  }
+  _tile_loadconfig(&c);
+}
+
+// Tiles 0..G-1 += A (16 rows, lda elements apart, 32*chunks bf16 columns) @ B (pack_pairs'
+// panel of one operand: [chunks*16 pairs][G][16][2]).
+template <int G>
+FASTRNN_INLINE void amx_accumulate(const uint16_t* A, int64_t lda, int64_t chunks, const uint16_t* B) {
+  for (int64_t c = 0; c < chunks; ++c) {
+    const uint16_t* b = B + c * 16 * G * 2 * W;
+    _tile_loadd(4, A + c * 32, lda * 2);
+    _tile_loadd(5, b, G * 64);
+    _tile_dpbf16ps(0, 4, 5);
+    if constexpr (G > 1) {
+      _tile_loadd(6, b + 2 * W, G * 64);
+      _tile_dpbf16ps(1, 4, 6);
+    }
+    if constexpr (G > 2) {
+      _tile_loadd(7, b + 4 * W, G * 64);
+      _tile_dpbf16ps(2, 4, 7);
+    }
+    if constexpr (G > 3) {
+      _tile_loadd(5, b + 6 * W, G * 64);
+      _tile_dpbf16ps(3, 4, 5);
+    }
+  }
+}
+
+template <int G>
+FASTRNN_INLINE void amx_zero() {
+  _tile_zero(0);
+  if constexpr (G > 1) _tile_zero(1);
+  if constexpr (G > 2) _tile_zero(2);
+  if constexpr (G > 3) _tile_zero(3);
+}
+
+// The accumulators into C [16 rows][G][16] fp32: row r's G vectors at C + r*G*16, the
+// layout the epilogues read (acc + r*G).
+template <int G>
+FASTRNN_INLINE void amx_store(float* C) {
+  _tile_stored(0, C, G * 64);
+  if constexpr (G > 1) _tile_stored(1, C + 16, G * 64);
+  if constexpr (G > 2) _tile_stored(2, C + 32, G * 64);
+  if constexpr (G > 3) _tile_stored(3, C + 48, G * 64);
+}
+#endif
+
+// Rows per block of the AMX path, and the fewest rows that take it: below that the tiles'
+// fixed 16-row cost is more than the dot products' (the bf16 kernels' benchmarks).
+constexpr int kAmxRows = 16;
+constexpr int64_t kAmxMinRows = 4;
+
+inline bool use_amx(bool asked, int64_t rows) {
+#if defined(FASTRNN_HAVE_AMX)
+  return asked && rows >= kAmxMinRows;
+#else
+  (void)asked;
+  (void)rows;
+  return false;
+#endif
+}
+
+// The tile configuration of this thread for one kernel call (released at its end: a thread
+// holding tile state costs every context switch the 8 KiB of tile data).
+struct AmxScope {
+  bool on;
+  explicit AmxScope(bool amx) : on(amx) {
+#if defined(FASTRNN_HAVE_AMX)
+    if (on) amx_configure();
+#endif
+  }
+  ~AmxScope() {
+#if defined(FASTRNN_HAVE_AMX)
+    if (on) _tile_release();
+#endif
+  }
 };
 
 // This thread's items of one step's GEMM (the sum over the operands given: h's, and x's when
 // the projection is fused in), epi(panel, row, acc[G]) on each row of each tile.
+// `stage` (AMX): this thread's [16][2 * x->Kp] buffer for x's blocks, its padding zero.
 template <int G, class Epi>
-FASTRNN_INLINE void fused_gemm_bf16(const WorkSplit& ws, const Operand& h, const Operand* x, Epi&& epi) {
+FASTRNN_INLINE void fused_gemm_bf16(const WorkSplit& ws, const Operand& h, const Operand* x, Epi&& epi,
+                                    bool amx = false, uint16_t* stage = nullptr) {
+#if defined(FASTRNN_HAVE_AMX)
+  if (amx) {  // rows outer: a block's A tiles (and x's staging) serve every panel
+    alignas(64) float C[kAmxRows * G * W];
+    for (int64_t n = ws.r_begin; n < ws.r_end; n += kAmxRows) {
+      const int mr = static_cast<int>(std::min<int64_t>(kAmxRows, ws.r_end - n));
+      if (x) {
+        const int64_t cols = 2 * x->Kp;  // the staging buffer's row (the columns past I stay 0)
+        for (int r = 0; r < mr; ++r)
+          std::memcpy(stage + r * cols, x->A + (n + r) * x->lda, size_t(x->lda) * 2);
+      }
+      for (int64_t p = ws.p_begin; p < ws.p_end; ++p) {
+        if (!h.A) {  // the first step of a backward pass: nothing from a later step
+          std::fill(C, C + kAmxRows * G * W, 0.0f);
+        } else {
+          amx_zero<G>();
+          if (x) amx_accumulate<G>(stage, 2 * x->Kp, x->Kp / 16, x->packed + p * x->Kp * G * 2 * W);
+          amx_accumulate<G>(h.A + n * h.lda, h.lda, h.Kp / 16, h.packed + p * h.Kp * G * 2 * W);
+          amx_store<G>(C);
+        }
+        for (int r = 0; r < mr; ++r) epi(p, n + r, reinterpret_cast<const V*>(C + r * G * W));
+      }
+    }
+    return;
+  }
+#endif
+  (void)amx;
+  (void)stage;
   constexpr int MR = rows_per_tile<G>();
   alignas(64) V acc[MR * G];
   for (int64_t p = ws.p_begin; p < ws.p_end; ++p) {
@@ -186,14 +319,20 @@ FASTRNN_INLINE void fused_gemm_bf16(const WorkSplit& ws, const Operand& h, const
 template <int G>
 void seq_forward(const Bf16SeqParams& a) {
   const int64_t T = a.T, N = a.N, H = a.H, GH = G * H;
-  const int64_t Kp = (H + 1) / 2, lda = 2 * Kp;  // the operand rows, padded to whole pairs
+  const bool amx = use_amx(a.amx, N);
+  // the operand rows, padded to whole pairs (AMX: whole tiles, 32 columns; rows to 16)
+  const int64_t Kp = pairs(H, amx), lda = 2 * Kp;
+  const int64_t NR = amx ? (N + kAmxRows - 1) / kAmxRows * kAmxRows : N;
   int64_t P = 0;
-  std::shared_ptr<const uint16_t> packed = pack_pairs_cached(a.w_hh, G, H, H, &P);
+  std::shared_ptr<const uint16_t> packed = pack_pairs_cached(a.w_hh, G, H, H, &P, amx);
   const bool fused = a.x != nullptr;  // the projection in each step's GEMM
   int64_t Px = 0;
+  const int64_t Kpx = fused ? (amx ? pairs(a.I, true) : a.I / 2) : 0;
   std::shared_ptr<const uint16_t> packed_x;
-  if (fused) packed_x = pack_pairs_cached(a.w_ih, G, H, a.I, &Px);
-  Buffer<uint16_t> hb = make_buffer<uint16_t>(2 * N * lda);  // ping-pong bf16 operand, pads 0
+  if (fused) packed_x = pack_pairs_cached(a.w_ih, G, H, a.I, &Px, amx);
+  const int nt = std::max(1, a.num_threads);
+  Buffer<uint16_t> stage = make_buffer<uint16_t>(fused && amx ? nt * kAmxRows * 2 * Kpx : 1);
+  Buffer<uint16_t> hb = make_buffer<uint16_t>(2 * NR * lda);  // ping-pong bf16 operand, pads 0
   Buffer<float> hf = make_buffer<float>(N * H);               // h in fp32
   Buffer<float> c;
   std::copy(a.h0, a.h0 + N * H, hf.get());
@@ -204,17 +343,19 @@ void seq_forward(const Bf16SeqParams& a) {
     std::copy(a.c0, a.c0 + N * H, c.get());
   }
   const XTerm xt{a, GH};
-  run_team(a.num_threads, [&](int tid, int nthr, TeamBarrier* bar) {
-    const WorkSplit ws(P, N, tid, nthr, rows_per_tile<G>(), bar);
+  run_team(nt, [&](int tid, int nthr, TeamBarrier* bar) {
+    const WorkSplit ws(P, N, tid, nthr, amx ? kAmxRows : rows_per_tile<G>(), bar);
+    const AmxScope tiles(amx);
+    uint16_t* my_stage = stage.get() + (fused && amx ? tid * kAmxRows * 2 * Kpx : 0);
     for_each_step(ws, T, a.reverse, /*backward=*/false, [&](int64_t s, int64_t t) {
-      const uint16_t* A = hb.get() + (s % 2) * N * lda;
-      uint16_t* next = hb.get() + ((s + 1) % 2) * N * lda;
+      const uint16_t* A = hb.get() + (s % 2) * NR * lda;
+      uint16_t* next = hb.get() + ((s + 1) % 2) * NR * lda;
       uint16_t* yt = a.y ? a.y + t * N * H : nullptr;
       float* y32t = a.y32 ? a.y32 + t * N * H : nullptr;
       float* gt = a.gates && G > 1 ? a.gates + t * N * 4 * H : nullptr;
       float* ct = a.cs ? a.cs + t * N * H : nullptr;
       const Operand oh{A, lda, Kp, packed.get()};
-      const Operand ox{fused ? a.x + t * N * a.I : nullptr, a.I, a.I / 2, packed_x.get()};
+      const Operand ox{fused ? a.x + t * N * a.I : nullptr, a.I, Kpx, packed_x.get(), true};
       fused_gemm_bf16<G>(ws, oh, fused ? &ox : nullptr, [&](int64_t p, int64_t n, const V* acc) {
         const int64_t u = p * W;
         const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
@@ -271,7 +412,7 @@ void seq_forward(const Bf16SeqParams& a) {
         if (yt) store_bf16(yt + n * H + u, h, cnt);
         if (y32t) vstore_n(y32t + n * H + u, h, cnt);
         store_bf16(next + n * lda + u, h, cnt);
-      });
+      }, amx, my_stage);
     });
   });
   std::copy(hf.get(), hf.get() + N * H, a.hn);
@@ -285,12 +426,14 @@ void seq_forward(const Bf16SeqParams& a) {
 template <int G>
 void seq_backward(const Bf16BackParams& a) {
   const int64_t T = a.T, N = a.N, H = a.H, GH = G * H;
-  const int64_t Kp = (GH + 1) / 2, lda = 2 * Kp;  // operand rows padded to whole pairs
+  const bool amx = use_amx(a.amx, N);
+  const int64_t Kp = pairs(GH, amx), lda = 2 * Kp;  // operand rows padded to whole pairs (AMX: tiles)
+  const int64_t NR = amx ? (N + kAmxRows - 1) / kAmxRows * kAmxRows : N;
   int64_t P = 0;
   std::shared_ptr<const uint16_t> packed =
-      pack_bf16_cached(a.w_hh, GH * H, {4000 + G, GH, H, 4 * 2 * W}, &P,
-                       [&](const uint16_t* src, int64_t* np) { return pack_pairs_units<4>(src, GH, H, np); });
-  Buffer<uint16_t> ops = make_buffer<uint16_t>(2 * N * lda);  // the last two steps' operands, pads 0
+      pack_bf16_cached(a.w_hh, GH * H, {4000 + G + (amx ? 100 : 0), GH, H, 4 * 2 * W}, &P,
+                       [&](const uint16_t* src, int64_t* np) { return pack_pairs_units<4>(src, GH, H, np, amx); });
+  Buffer<uint16_t> ops = make_buffer<uint16_t>(2 * NR * lda);  // the last two steps' operands, pads 0
   Buffer<float> carry = make_buffer<float>(N * H);  // dh carried to the previous step directly
   Buffer<float> dc;                                  // LSTM: dc of the step before
   if (G == 4) {
@@ -303,13 +446,14 @@ void seq_backward(const Bf16BackParams& a) {
   Buffer<float> step_sums = make_buffer<float>(nt * 2 * GH);
   std::vector<double> sums(size_t((sum_x || sum_h) ? nt * 2 * GH : 0), 0.0);
   run_team(nt, [&](int tid, int nthr, TeamBarrier* bar) {
-    const WorkSplit ws(P, N, tid, nthr, rows_per_tile<4>(), bar);
+    const WorkSplit ws(P, N, tid, nthr, amx ? kAmxRows : rows_per_tile<4>(), bar);
+    const AmxScope tiles(amx);
     float* acc_x = step_sums.get() + tid * 2 * GH;
     float* acc_h = acc_x + GH;
     if (sum_x || sum_h) std::fill(acc_x, acc_x + 2 * GH, 0.0f);
     for_each_step(ws, T, a.reverse, /*backward=*/true, [&](int64_t s, int64_t t) {
-      const Operand prev{s == 0 ? nullptr : ops.get() + ((s - 1) & 1) * N * lda, lda, Kp, packed.get()};
-      uint16_t* cur = ops.get() + (s & 1) * N * lda;
+      const Operand prev{s == 0 ? nullptr : ops.get() + ((s - 1) & 1) * NR * lda, lda, Kp, packed.get()};
+      uint16_t* cur = ops.get() + (s & 1) * NR * lda;
       const bool first_fwd = a.reverse ? t == T - 1 : t == 0;
       const float* dyt = a.dy + t * N * H;
       const float* gt = a.gates ? a.gates + t * N * 4 * H : nullptr;
@@ -374,7 +518,7 @@ void seq_backward(const Bf16BackParams& a) {
             vstore_n(cr, vzero<float>(), cnt);
           }
         }
-      });
+      }, amx);
       if (sum_x || sum_h) {
         double* total = sums.data() + tid * 2 * GH;
         for (int64_t k = 0; k < 2 * GH; ++k) total[k] += static_cast<double>(acc_x[k]);
@@ -382,7 +526,7 @@ void seq_backward(const Bf16BackParams& a) {
       }
     });
     // dh0 = (the first forward step's operand) @ W_hh + what was carried past frozen steps.
-    const Operand first{ops.get() + ((T - 1) & 1) * N * lda, lda, Kp, packed.get()};
+    const Operand first{ops.get() + ((T - 1) & 1) * NR * lda, lda, Kp, packed.get()};
     fused_gemm_bf16<4>(ws, first, nullptr, [&](int64_t p, int64_t n, const V* acc) {
       for (int b = 0; b < 4; ++b) {
         const int64_t u = (p * 4 + b) * W;
@@ -390,7 +534,7 @@ void seq_backward(const Bf16BackParams& a) {
         const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
         vstore_n(a.dh0 + n * H + u, acc[b] + vload_n(carry.get() + n * H + u, cnt), cnt);
       }
-    });
+    }, amx);
   });
   if (G == 4) std::copy(dc.get(), dc.get() + N * H, a.dc0);
   for (int half = 0; half < 2; ++half) {

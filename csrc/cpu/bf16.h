@@ -49,6 +49,9 @@ struct Bf16SeqParams {
   float* y32;               // [T, N, H] h after each step in fp32
   float* gates;             // [T, N, 4H] LSTM: activated i, f, g, o; GRU: r, z, n and W_hn h + b_hn
   float* cs;                // [T, N, H] LSTM: c after each step
+  // The recurrent GEMM on AMX-BF16 tiles (set by the dispatch for the 'amxbf16' build; calls
+  // of fewer than 4 rows keep the dot products). Same products and fp32 sums.
+  bool amx = false;
 };
 
 // The backward pass of a whole layer-direction for a training call under CPU autocast: per
@@ -81,9 +84,11 @@ struct Bf16BackParams {
   // step in fp32, over steps in double), each nullable:
   float* db = nullptr;      // [G*H] of dxg
   float* db_h = nullptr;    // [G*H] GRU: of the hidden part's (dr, dz, dn * r)
+  bool amx = false;         // as Bf16SeqParams::amx
 };
 
-bool bf16_kernels_available();  // compiled in, and this CPU has AVX512-BF16
+bool bf16_kernels_available();  // compiled in, this CPU has AVX512-BF16, and the build in use is
+                                // 'avx512bf16' or 'amxbf16' (the same with AMX-BF16 tiles)
 void bf16_seq_forward(const Bf16SeqParams& p);
 void bf16_seq_backward(const Bf16BackParams& p);
 

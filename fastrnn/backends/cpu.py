@@ -83,8 +83,9 @@ def unavailable_reason():
 
 
 def isa():
-    """The instruction-set build of the kernels in use: 'avx512bf16' (the AVX-512 build plus
-    the bfloat16 sequence kernels on AVX512-BF16), 'avx512', 'avx2' or 'generic'."""
+    """The instruction-set build of the kernels in use: 'amxbf16' (the 'avx512bf16' build with
+    the bfloat16 kernels' recurrent GEMMs on AMX-BF16 tiles), 'avx512bf16' (the AVX-512 build
+    plus the bfloat16 sequence kernels on AVX512-BF16), 'avx512', 'avx2' or 'generic'."""
     return _C.isa() if _C is not None else None
 
 
@@ -221,7 +222,7 @@ def _bf16_recurrence(xg, w_hr=None):
     the bfloat16 kernels (training records in the float32 kernels' layout): a call under CPU
     autocast to bfloat16
     (``_memory.bf16_projections``; autocast rounds the recurrent matmul's operands, as
-    torch.nn's layers do under it), the 'avx512bf16' build, no projection."""
+    torch.nn's layers do under it), the 'avx512bf16' or 'amxbf16' build, no projection."""
     from .. import _memory
     return (xg.dtype == torch.float32 and w_hr is None and _memory.bf16_projections_on()
             and bf16_available())
@@ -483,7 +484,7 @@ def cell_forward_bf16(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch=None):
 
 def bf16_available():
     """Whether the bfloat16 sequence kernels run: built in, and the 'avx512bf16' build (a CPU
-    with AVX512-BF16) in use (``FASTRNN_CPU_ISA`` / ``set_isa`` can turn them off)."""
+    with AVX512-BF16) or the 'amxbf16' one (AMX-BF16 too) in use (``FASTRNN_CPU_ISA`` / ``set_isa`` can turn them off)."""
     return _C is not None and hasattr(_C, "bf16_available") and bool(_C.bf16_available())
 
 
