@@ -125,12 +125,13 @@ def _threshold(q):
 
 def _mask_kernel(like):
     """``_C.bernoulli_mask`` where it can fill a mask of ``like``'s kind: a plain CPU
-    float32/float64 tensor in eager mode, the compiled kernels built; else None."""
+    float32/float64 tensor or parameter (weight drop's W_hh) in eager mode, the compiled
+    kernels built; else None (tensor subclasses, e.g. under torch.func, take torch ops)."""
     if like.device.type != "cpu" or like.dtype not in (torch.float32, torch.float64):
         return None
     from . import fastpath
     from .backends import cpu
-    if cpu._C is None or not fastpath.eager() or type(like) is not torch.Tensor:
+    if cpu._C is None or not fastpath.eager() or type(like) not in (torch.Tensor, torch.nn.Parameter):
         return None
     return getattr(cpu._C, "bernoulli_mask", None)
 

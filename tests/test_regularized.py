@@ -544,6 +544,29 @@ def test_masks_are_the_documented_hash(dtype):
                                     for i in range(offset, offset + 6)]
 
 
+@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="the compiled CPU kernels are not built")
+def test_weight_drop_masks_on_parameters_are_filled_by_the_kernel(monkeypatch):
+    """Weight drop draws its mask like a parameter (W_hh): the compiled kernel fills it (the
+    torch-ops hash costs ~1 ms per [512, 128] mask), with the same bits as torch ops."""
+    from fastrnn import regularized as R
+    from fastrnn.backends import cpu
+    calls = []
+    real = cpu._C.bernoulli_mask
+    monkeypatch.setattr(cpu._C, "bernoulli_mask", lambda *a: calls.append(a[3]) or real(*a), raising=False)
+    w = torch.nn.Parameter(torch.randn(512, 128))
+    weights = [torch.randn(512, 100), w]
+    torch.manual_seed(3)
+    got = R.drop_weights(weights, 2, 0.3)[1]
+    assert calls == [512 * 128]
+    torch.manual_seed(3)
+    seed = int(torch.randint(0, 2 ** 62, ()))
+    scale = (R._mask_bits(seed, w.numel(), "cpu") < R._threshold(1 - 0.3)).view(512, 128).float()
+    scale = scale / (1 - 0.3)
+    assert torch.equal(got, w * scale)
+    got.sum().backward()  # the gradient reaches W_hh through the mask
+    assert torch.equal(w.grad, scale)
+
+
 def test_masks_rate_and_independence():
     """Over a million elements: the rate within 5 standard deviations of q, no correlation
     between neighbours or between two masks drawn one after the other beyond 5 / sqrt(n)."""
