@@ -288,8 +288,10 @@ def _direction(kind, x, h0, c0, p, lengths, reverse, opts, train, fused):
     zh = _bernoulli(h0, (T,) + tuple(h0.shape), zh_p) if train and zh_p else None
     zc = _bernoulli(c0, (T,) + tuple(c0.shape), zc_p) if train and two and zc_p else None
     if fused and kind.startswith("LN_") and T > 0 and x.shape[1] > 0 and h0.shape[-1] > 0:
-        # the LayerNorm kernels take the projection and normalise it themselves
-        proj = F.linear(x, p["w_ih"])  # [T, N, G*H]
+        # the LayerNorm kernels take the projection and normalise it themselves; [T, N, G*H]
+        # from the buffer pool (a fresh one costs first-touch page faults every call)
+        from . import _memory
+        proj = _memory.PooledLinear.apply(x, p["w_ih"], None, "cpu")
         if _wants_grad(proj, h0, c0, p):
             if not train:  # zoneout's expectation as a mask of p (the backward reads a mask)
                 zh = proj.new_full((T,) + tuple(h0.shape), zh_p) if zh_p else None
@@ -445,7 +447,9 @@ class _LnFused(torch.autograd.Function):
                 for t in (proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c, rd, zh, zc)]
         proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c, rd, zh, zc = args
         lengths_c = cpu._lengths(lengths, T, N)
-        e = proj.new_empty
+
+        def e(*shape):  # the records from the buffer pool (no page faults each call)
+            return cpu._out(*shape, like=proj)
         y, zhat, gates, zhat_x = e(T, N, H), e(T, N, GH), e(T, N, GH), e(T, N, GH)
         rstd_h, rstd_x = e(T, N), e(T, N)
         cn, chat, cs, rstd_c = (e(N, H), e(T, N, H), e(T, N, H), e(T, N)) if lstm else \
@@ -494,7 +498,8 @@ class _LnFused(torch.autograd.Function):
         dy = torch.zeros_like(y) if dy is None else dy.contiguous()
         if lstm:
             dcn = torch.zeros_like(c0) if dcn is None else dcn.contiguous()
-        e = proj.new_empty
+        def e(*shape):
+            return cpu._out(*shape, like=proj)
         dproj, dah, dh0 = e(T, N, GH), e(T, N, GH), e(N, H)
         dc0 = e(N, H) if lstm else None
         sums = [e(GH), e(GH), e(GH), e(GH)] + ([e(H), e(H)] if lstm else [None, None])
@@ -529,7 +534,7 @@ def _ln_fused(kind, proj, h0, c0, p, zh_p, zc_p, lengths, reverse, rd=None, zh=N
         proj, h0, c0, p["w_hh"], p["g_hh"], p["s_hh"], p.get("g_c"), p.get("s_c"), p["g_ih"],
         p["s_ih"], rd, zh, zc)]
     ax, h0, c0, w_hh, g_hh, s_hh, g_c, s_c, g_ih, s_ih, rd, zh, zc = args
-    y = ax.new_empty(T, N, H)
+    y = cpu._out(T, N, H, like=ax)
     cn = ax.new_empty(N, H) if lstm else None
     lengths = cpu._lengths(lengths, T, N)
     cpu._C.ln_forward(ax.element_size(), 0 if lstm else 1, T, N, H, ax.data_ptr(),
