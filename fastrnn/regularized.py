@@ -213,14 +213,23 @@ def _group(kind, w, has_biases, proj):
     return p
 
 
-def _project(kind, x, p):
-    """The input part of every step at once: [..., G*H] (a GEMM, and its LayerNorm)."""
+def _project(kind, x, p, pooled=False):
+    """The input part of every step at once: [..., G*H] (a GEMM, and its LayerNorm).
+    ``pooled`` (x [T, N, I] for the compiled CPU kernels): the result in the kernels' buffer
+    pool (a fresh [T, N, G*H] costs first-touch page faults every call)."""
+    if pooled:
+        from . import _memory
+
+        def linear(v, w, b=None):
+            return _memory.PooledLinear.apply(v, w, b, "cpu")
+    else:
+        linear = F.linear
     if kind.startswith("LN_"):
-        return _ln(F.linear(x, p["w_ih"]), p["g_ih"], p["s_ih"])
+        return _ln(linear(x, p["w_ih"]), p["g_ih"], p["s_ih"])
     b_ih, b_hh = p["b_ih"], p["b_hh"]
     if kind == "GRU" or b_ih is None:  # (GRU: b_hh stays inside the reset gate's product)
-        return F.linear(x, p["w_ih"], b_ih)
-    return F.linear(x, p["w_ih"], b_ih + b_hh)
+        return linear(x, p["w_ih"], b_ih)
+    return linear(x, p["w_ih"], b_ih + b_hh)
 
 
 def _step(kind, ax, h_in, h, c, p):
@@ -313,8 +322,9 @@ def _direction(kind, x, h0, c0, p, lengths, reverse, opts, train, fused):
               for t in (p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])),
             reverse, lengths=lengths, zh_p=zh_p, zc_p=zc_p if two else 0.0)
         return y, y[0 if reverse else T - 1], cn
-    ax = _project(kind, x, p)  # [T, N, G*H]
-    if fused and T > 0 and x.shape[1] > 0 and h0.shape[-1] > 0:  # (the kernels take no 0)
+    use_kernels = fused and T > 0 and x.shape[1] > 0 and h0.shape[-1] > 0  # (the kernels take no 0)
+    ax = _project(kind, x, p, pooled=use_kernels)  # [T, N, G*H]
+    if use_kernels:
         f = ax.dtype  # masks as the kernels read them: the layer's dtype
         b_hh = p["b_hh"] if kind == "GRU" else None
         args = (kind, ax, h0, c0, p["w_hh"], b_hh, rd, None if zh is None else zh.to(f),
