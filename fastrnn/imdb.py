@@ -614,6 +614,10 @@ class Run:
         rec = {"epoch": epoch, "seconds": seconds, "samples": n, "samples_per_s": n / seconds,
                "loss": loss_sum / n, "train_accuracy": correct / n}
         self.epochs.append(rec)
+        if not math.isfinite(rec["loss"]) and self.procs.main:
+            print(f"fastrnn-imdb: {display(self.key)} ({self.impl}), epoch {epoch}: the training "
+                  f"loss is not finite: training diverged (the report's notes say more)",
+                  file=sys.stderr)
         return rec
 
     @torch.inference_mode()
@@ -1205,6 +1209,18 @@ def accuracy_notes(summary):
             notes.append(f"{r['display']}: onnxruntime's predictions from {r['onnx_file']} differ "
                          f"from PyTorch's for some reviews (largest logit difference "
                          f"{r['onnxruntime_max_abs_logit_diff']:.2e}).")
+    for r in summary["results"]:
+        diverged = [e["epoch"] for e in r.get("epochs") or []
+                    if e.get("loss") is None or not math.isfinite(e["loss"])]
+        if diverged:
+            hint = ""
+            if MODELS.get(r["model"], ("",))[0].startswith("LayerNorm") and not r.get("lengths"):
+                hint = (" LayerNorm of the state the padding steps hold at zero multiplies the "
+                        "gradient by about 1/sqrt(eps) per step, which overflows over the "
+                        "pre-padded reviews: rerun with --lengths on (docs/imdb.md).")
+            notes.append(f"{r['display']} ({r['impl']}): training diverged: the loss was not "
+                         f"finite from epoch {diverged[0]} on, so its accuracy "
+                         f"({100 * r['test_accuracy']:.1f}%) says nothing about the model." + hint)
     for r in summary["results"]:
         if r["model"] in ("rnn", "birnn") and r["test_accuracy"] < 0.75 and \
                 summary["data"]["maxlen"] >= 200:

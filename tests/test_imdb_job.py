@@ -396,6 +396,27 @@ def test_disagreement_note_states_its_causes(tf32):
     assert ("TF32" in notes[0]) is tf32
 
 
+@pytest.mark.parametrize("model,lengths,loss", [("lnlstm", False, float("nan")),
+                                                 ("bilngru", False, None),
+                                                 ("lnlstm", True, float("inf")),
+                                                 ("lstm", False, float("nan"))])
+def test_diverged_training_gets_a_note(model, lengths, loss):
+    """A model whose epoch loss was not finite (NaN in memory, null in results.json) gets a
+    note saying its accuracy means nothing; a LayerNorm model on pre-padded reviews also the
+    remedy (--lengths on). A finite run gets none."""
+    def summary(bad):
+        epochs = [{"epoch": 1, "loss": 0.69}, {"epoch": 2, "loss": loss if bad else 0.5}]
+        return {"config": {"quick": False, "epochs": 2, "maxlen": 500},
+                "data": {"train_reviews": 25000, "test_reviews": 25000, "maxlen": 500},
+                "environment": {"device": "cpu"}, "comparisons": [],
+                "results": [{"model": model, "display": "X", "impl": "fastrnn",
+                             "lengths": lengths, "test_accuracy": 0.5, "epochs": epochs}]}
+    assert job.accuracy_notes(summary(False)) == []
+    notes = job.accuracy_notes(summary(True))
+    assert len(notes) == 1 and "diverged" in notes[0] and "from epoch 2" in notes[0]
+    assert ("--lengths on" in notes[0]) is (model.startswith(("ln", "biln")) and not lengths)
+
+
 def test_validation_split_and_best_epoch(tmp_path, archive):
     """--val-size holds out the last training reviews and scores them every epoch;
     --select-epoch best-val tests the weights of the epoch that scored best there."""
