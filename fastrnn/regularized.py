@@ -45,6 +45,8 @@ inter-layer dropout of its output [T, N, D*R] (``F.dropout``). Each mask is
 order for a PackedSequence, T the longest length; steps past a sequence's end draw too.
 A cell draws its zoneout masks (h, then c) [N, H] per call.
 """
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence
@@ -213,17 +215,19 @@ def _group(kind, w, has_biases, proj):
     return p
 
 
-def _project(kind, x, p, pooled=False):
-    """The input part of every step at once: [..., G*H] (a GEMM, and its LayerNorm).
-    ``pooled`` (x [T, N, I] for the compiled CPU kernels): the result in the kernels' buffer
-    pool (a fresh [T, N, G*H] costs first-touch page faults every call)."""
+def _linear(x, w, b=None, pooled=False):
+    """F.linear; ``pooled`` (x [T, N, I] for the compiled CPU kernels): the result in the
+    kernels' buffer pool (a fresh [T, N, G*H] costs first-touch page faults every call)."""
     if pooled:
         from . import _memory
+        return _memory.PooledLinear.apply(x, w, b, "cpu")
+    return F.linear(x, w, b)
 
-        def linear(v, w, b=None):
-            return _memory.PooledLinear.apply(v, w, b, "cpu")
-    else:
-        linear = F.linear
+
+def _project(kind, x, p, pooled=False):
+    """The input part of every step at once: [..., G*H] (a GEMM, and its LayerNorm);
+    ``pooled`` as ``_linear``'s."""
+    linear = functools.partial(_linear, pooled=pooled)
     if kind.startswith("LN_"):
         return _ln(linear(x, p["w_ih"]), p["g_ih"], p["s_ih"])
     b_ih, b_hh = p["b_ih"], p["b_hh"]
@@ -297,10 +301,8 @@ def _direction(kind, x, h0, c0, p, lengths, reverse, opts, train, fused):
     zh = _bernoulli(h0, (T,) + tuple(h0.shape), zh_p) if train and zh_p else None
     zc = _bernoulli(c0, (T,) + tuple(c0.shape), zc_p) if train and two and zc_p else None
     if fused and kind.startswith("LN_") and T > 0 and x.shape[1] > 0 and h0.shape[-1] > 0:
-        # the LayerNorm kernels take the projection and normalise it themselves; [T, N, G*H]
-        # from the buffer pool (a fresh one costs first-touch page faults every call)
-        from . import _memory
-        proj = _memory.PooledLinear.apply(x, p["w_ih"], None, "cpu")
+        # the LayerNorm kernels take the projection and normalise it themselves
+        proj = _linear(x, p["w_ih"], pooled=True)  # [T, N, G*H]
         if _wants_grad(proj, h0, c0, p):
             if not train:  # zoneout's expectation as a mask of p (the backward reads a mask)
                 zh = proj.new_full((T,) + tuple(h0.shape), zh_p) if zh_p else None
@@ -457,9 +459,7 @@ class _LnFused(torch.autograd.Function):
                 for t in (proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c, rd, zh, zc)]
         proj, h0, c0, w_hh, g_ih, s_ih, g_hh, s_hh, g_c, s_c, rd, zh, zc = args
         lengths_c = cpu._lengths(lengths, T, N)
-
-        def e(*shape):  # the records from the buffer pool (no page faults each call)
-            return cpu._out(*shape, like=proj)
+        e = functools.partial(cpu._out, like=proj)  # the records from the buffer pool
         y, zhat, gates, zhat_x = e(T, N, H), e(T, N, GH), e(T, N, GH), e(T, N, GH)
         rstd_h, rstd_x = e(T, N), e(T, N)
         cn, chat, cs, rstd_c = (e(N, H), e(T, N, H), e(T, N, H), e(T, N)) if lstm else \
@@ -508,8 +508,7 @@ class _LnFused(torch.autograd.Function):
         dy = torch.zeros_like(y) if dy is None else dy.contiguous()
         if lstm:
             dcn = torch.zeros_like(c0) if dcn is None else dcn.contiguous()
-        def e(*shape):
-            return cpu._out(*shape, like=proj)
+        e = functools.partial(cpu._out, like=proj)
         dproj, dah, dh0 = e(T, N, GH), e(T, N, GH), e(N, H)
         dc0 = e(N, H) if lstm else None
         sums = [e(GH), e(GH), e(GH), e(GH)] + ([e(H), e(H)] if lstm else [None, None])

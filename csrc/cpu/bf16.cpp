@@ -90,6 +90,9 @@ inline int64_t pairs(int64_t K, bool amx) {
   return amx ? (kp + 15) / 16 * 16 : kp;
 }
 
+// The rows of an operand buffer: N, rounded up to whole 16-row tiles where `amx`.
+inline int64_t operand_rows(int64_t N, bool amx) { return amx ? (N + 15) / 16 * 16 : N; }
+
 // Gate-major bf16 panels of W [G*H, K] used as B = W^T: panel p holds units p*16 .. p*16+15,
 // laid out [Kp pairs][G][16 units][2], Kp = pairs(K, amx); units >= H and k >= K are zero.
 // (Each gate's 16 pair-rows of a panel are an AMX B tile as it stands, G*64 bytes apart.)
@@ -177,13 +180,10 @@ FASTRNN_INLINE void tile_rows(int mr, const uint16_t* A, int64_t lda, int64_t Kp
 }
 
 // One operand of a step's GEMM: rows of A (bf16, lda apart) times packed panels of Kp pairs.
-// `staged` (the fused projection's x_t, the caller's rows): the AMX path copies each block of
-// 16 rows into a zero-padded buffer first (a tile reads whole 16-row, 32-column blocks).
 struct Operand {
   const uint16_t* A;
   int64_t lda, Kp;
   const uint16_t* packed;
-  bool staged = false;
 };
 
 #if defined(FASTRNN_HAVE_AMX)
@@ -283,7 +283,8 @@ struct AmxScope {
 
 // This thread's items of one step's GEMM (the sum over the operands given: h's, and x's when
 // the projection is fused in), epi(panel, row, acc[G]) on each row of each tile.
-// `stage` (AMX): this thread's [16][2 * x->Kp] buffer for x's blocks, its padding zero.
+// `stage` (AMX): this thread's [16][2 * x->Kp] buffer, zero-padded, into which x's rows (the
+// caller's x_t, not padded to whole tiles) are copied per 16-row block.
 template <int G, class Epi>
 FASTRNN_INLINE void fused_gemm_bf16(const WorkSplit& ws, const Operand& h, const Operand* x, Epi&& epi,
                                     bool amx = false, uint16_t* stage = nullptr) {
@@ -340,12 +341,12 @@ void seq_forward(const Bf16SeqParams& a) {
   const bool amx = use_amx(a.amx, N);
   // the operand rows, padded to whole pairs (AMX: whole tiles, 32 columns; rows to 16)
   const int64_t Kp = pairs(H, amx), lda = 2 * Kp;
-  const int64_t NR = amx ? (N + kAmxRows - 1) / kAmxRows * kAmxRows : N;
+  const int64_t NR = operand_rows(N, amx);
   int64_t P = 0;
   std::shared_ptr<const uint16_t> packed = pack_pairs_cached(a.w_hh, G, H, H, &P, amx);
   const bool fused = a.x != nullptr;  // the projection in each step's GEMM
   int64_t Px = 0;
-  const int64_t Kpx = fused ? (amx ? pairs(a.I, true) : a.I / 2) : 0;
+  const int64_t Kpx = fused ? pairs(a.I, amx) : 0;  // (I is even with x given)
   std::shared_ptr<const uint16_t> packed_x;
   if (fused) packed_x = pack_pairs_cached(a.w_ih, G, H, a.I, &Px, amx);
   const int nt = std::max(1, a.num_threads);
@@ -373,7 +374,7 @@ void seq_forward(const Bf16SeqParams& a) {
       float* gt = a.gates && G > 1 ? a.gates + t * N * 4 * H : nullptr;
       float* ct = a.cs ? a.cs + t * N * H : nullptr;
       const Operand oh{A, lda, Kp, packed.get()};
-      const Operand ox{fused ? a.x + t * N * a.I : nullptr, a.I, Kpx, packed_x.get(), true};
+      const Operand ox{fused ? a.x + t * N * a.I : nullptr, a.I, Kpx, packed_x.get()};
       fused_gemm_bf16<G>(ws, oh, fused ? &ox : nullptr, [&](int64_t p, int64_t n, const V* acc) {
         const int64_t u = p * W;
         const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
@@ -446,7 +447,7 @@ void seq_backward(const Bf16BackParams& a) {
   const int64_t T = a.T, N = a.N, H = a.H, GH = G * H;
   const bool amx = use_amx(a.amx, N);
   const int64_t Kp = pairs(GH, amx), lda = 2 * Kp;  // operand rows padded to whole pairs (AMX: tiles)
-  const int64_t NR = amx ? (N + kAmxRows - 1) / kAmxRows * kAmxRows : N;
+  const int64_t NR = operand_rows(N, amx);
   int64_t P = 0;
   std::shared_ptr<const uint16_t> packed =
       pack_bf16_cached(a.w_hh, GH * H, {4000 + G + (amx ? 100 : 0), GH, H, 4 * 2 * W}, &P,
