@@ -6,10 +6,13 @@
 #     bash benchmarks/gpu_check.sh              # everything (about 10 minutes on an H100)
 #     bash benchmarks/gpu_check.sh build test   # only some stages: build test sanitize bench
 #     bash benchmarks/gpu_check.sh test_cuda gpu_timing   # or single stages, by their names
+#     DEADLINE=540 bash benchmarks/gpu_check.sh           # all that fits in 9 minutes, in order
 #
 # Environment: PYTHON (default: python3), OUT (folder for logs and tables, default
 # ./gpu_check_out), CUDA_ARCHS (default: the GPU's own compute capability, e.g. "90"),
 # STAGE_TIMEOUT (seconds a stage may run before it is killed and marked FAIL, default 600),
+# DEADLINE (seconds the whole check may take: each stage gets at most what is left, and a
+# stage with under 15 s left is SKIPPED; default none: fit a device lease with it),
 # TEST_TIMEOUT (seconds per test where pytest-timeout is installed, default 120),
 # WORKERS (pytest-xdist workers for the CUDA tests where xdist is installed, default 4),
 # SANITIZE_FILTER (pytest -k expression of the tests run under compute-sanitizer; racecheck
@@ -26,6 +29,7 @@ OUT="${OUT:-$PWD/gpu_check_out}"
 mkdir -p "$OUT"
 STAGES="${*:-build test sanitize bench}"
 STAGE_TIMEOUT="${STAGE_TIMEOUT:-600}"
+DEADLINE="${DEADLINE:-}"
 export PYTHONUNBUFFERED=1
 declare -A RESULT
 ORDER=()
@@ -33,10 +37,18 @@ ORDER=()
 stage() {  # stage NAME COMMAND...: run, log to $OUT/NAME.log, record PASS/FAIL
   local name="$1"; shift
   ORDER+=("$name")
-  echo "=== $name: $*"
+  local limit="$STAGE_TIMEOUT"
+  if [ -n "$DEADLINE" ]; then
+    local left=$((DEADLINE - SECONDS - 15))  # 15 s for the kill and the summary
+    if [ "$left" -lt 15 ]; then
+      RESULT[$name]="SKIPPED (DEADLINE=$DEADLINE s reached)"; echo "=== $name: skipped"; return
+    fi
+    [ "$left" -lt "$limit" ] && limit="$left"
+  fi
+  echo "=== $name (at most $limit s): $*"
   local t0=$SECONDS
   # bash -c so that the exported shell function pytest_ok can run under timeout too
-  if timeout -k 10 "$STAGE_TIMEOUT" bash -c '"$@"' _ "$@" > >(tee "$OUT/$name.log") 2>&1; then
+  if timeout -k 10 "$limit" bash -c '"$@"' _ "$@" > >(tee "$OUT/$name.log") 2>&1; then
     RESULT[$name]="PASS ($((SECONDS - t0)) s)"
   else
     RESULT[$name]="FAIL ($((SECONDS - t0)) s, see $OUT/$name.log)"
@@ -88,16 +100,18 @@ PYTEST=("$PY" -m pytest -p no:cacheprovider --rootdir "$REPO" -c "$REPO/pyprojec
 PAR=()
 "$PY" -c "import xdist" 2>/dev/null && PAR+=(-n "${WORKERS:-4}")
 "$PY" -c "import pytest_timeout" 2>/dev/null && PAR+=(--timeout "${TEST_TIMEOUT:-120}")
-if want test test_cuda; then
-  stage test_cuda "${PYTEST[@]}" "${PAR[@]}" -q -rs "$REPO/tests/test_cuda.py" -k "not persistent"
-fi
 if want test tests_k_cuda; then
   stage tests_k_cuda pytest_ok "${PYTEST[@]}" "${PAR[@]}" -q -rs "$REPO/tests" \
     -k "cuda and not test_cuda.py"
 fi
-if want test test_cuda_persistent; then
-  stage test_cuda_persistent "${PYTEST[@]}" "${PAR[@]}" -q -rs "$REPO/tests/test_cuda.py" \
-    -k "persistent"
+if want test test_cuda; then
+  stage test_cuda "${PYTEST[@]}" "${PAR[@]}" -q -rs "$REPO/tests/test_cuda.py" -k "not persistent"
+fi
+if want bench gpu_user; then
+  # What a user gets: the default backend (the CUDA dispatch) against torch.nn, fp32, bf16,
+  # autocast, padded and packed.
+  stage gpu_user "$PY" "$REPO/benchmarks/gpu_user.py" \
+    --json "$OUT/gpu_user.json" --markdown "$OUT/gpu_user.md"
 fi
 
 if want sanitize memcheck racecheck synccheck; then
@@ -115,8 +129,14 @@ if want sanitize memcheck racecheck synccheck; then
   fi
 fi
 
+if want test test_cuda_persistent; then
+  stage test_cuda_persistent "${PYTEST[@]}" "${PAR[@]}" -q -rs "$REPO/tests/test_cuda.py" \
+    -k "persistent"
+fi
 if want bench gpu_timing; then
-  stage gpu_timing "$PY" "$REPO/benchmarks/gpu_timing.py" --variants auto,small,large \
+  # GPU_TIMING_ARGS: more arguments (say "--shapes imdb,n1 --variants auto,step")
+  # shellcheck disable=SC2086
+  stage gpu_timing "$PY" "$REPO/benchmarks/gpu_timing.py" --variants auto,small,large ${GPU_TIMING_ARGS:-} \
     --json "$OUT/gpu_timing.json" --markdown "$OUT/gpu_timing.md"
 fi
 if want bench gpu_timing_persistent; then
@@ -134,8 +154,9 @@ echo
 echo "================ fastrnn GPU check ($(cat "$OUT/environment.txt" | grep '^gpu' || true))"
 printf "%-18s %s\n" "stage" "result"
 for n in "${ORDER[@]}"; do printf "%-18s %s\n" "$n" "${RESULT[$n]}"; done
-for f in gpu_timing.md gpu_timing_persistent.md; do
+for f in gpu_user.md gpu_timing.md gpu_timing_persistent.md; do
   if [ -f "$OUT/$f" ]; then echo; cat "$OUT/$f"; fi
 done
 for n in "${ORDER[@]}"; do [[ "${RESULT[$n]}" == FAIL* ]] && exit 1; done
+for n in "${ORDER[@]}"; do [[ "${RESULT[$n]}" == SKIPPED* ]] && exit 3; done
 exit 0
