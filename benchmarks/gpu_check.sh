@@ -110,7 +110,8 @@ fi
 if want bench gpu_user; then
   # What a user gets: the default backend (the CUDA dispatch) against torch.nn, fp32, bf16,
   # autocast, padded and packed.
-  stage gpu_user "$PY" "$REPO/benchmarks/gpu_user.py" \
+  # shellcheck disable=SC2086
+  stage gpu_user "$PY" "$REPO/benchmarks/gpu_user.py" ${GPU_USER_ARGS:-} \
     --json "$OUT/gpu_user.json" --markdown "$OUT/gpu_user.md"
 fi
 
@@ -134,7 +135,7 @@ if want test test_cuda_persistent; then
     -k "persistent"
 fi
 if want bench gpu_timing; then
-  # GPU_TIMING_ARGS: more arguments (say "--shapes imdb,n1 --variants auto,step")
+  # GPU_TIMING_ARGS (GPU_USER_ARGS): more arguments of gpu_timing.py (gpu_user.py) (say "--shapes imdb,n1 --variants auto,step")
   # shellcheck disable=SC2086
   stage gpu_timing "$PY" "$REPO/benchmarks/gpu_timing.py" --variants auto,small,large ${GPU_TIMING_ARGS:-} \
     --json "$OUT/gpu_timing.json" --markdown "$OUT/gpu_timing.md"

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """What a user who swaps fastrnn in gets on a GPU: fastrnn's modules as they come (the
 default backend, which routes each call to fastrnn's CUDA kernels or to torch's own cuDNN by
-``fastrnn.backends.cuda_dispatch``) against torch.nn, in float32, in bfloat16 modules and
-under ``torch.autocast("cuda", dtype=torch.bfloat16)``, padded and packed input.
+``fastrnn.backends.cuda_dispatch``) against torch.nn, in float32, in bfloat16 and float16
+modules and under ``torch.autocast("cuda", dtype=torch.bfloat16)``, padded and packed input.
 
     python benchmarks/gpu_user.py --json rows.json --markdown table.md
     python benchmarks/gpu_user.py --device cpu --T 20 --reps 2   # a dry run without a GPU
@@ -29,11 +29,11 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 SHAPES = {"imdb": (500, 64, 100, 128), "n1": (500, 1, 100, 128), "h256": (500, 64, 100, 256)}
 # (shape, precisions, inputs): bf16/autocast and packed input at the IMDB shape.
-PLAN = [("imdb", ("fp32", "bf16", "autocast"), ("padded", "packed")),
-        ("n1", ("fp32", "bf16", "autocast"), ("padded",)),
+PLAN = [("imdb", ("fp32", "bf16", "fp16", "autocast"), ("padded", "packed")),
+        ("n1", ("fp32", "bf16", "fp16", "autocast"), ("padded",)),
         ("h256", ("fp32",), ("padded", "packed"))]
 CELLS = ("lstm", "gru", "rnn")
-TOL = {"fp32": 2e-3, "bf16": 6e-2, "autocast": 6e-2}
+TOL = {"fp32": 2e-3, "bf16": 6e-2, "fp16": 1e-2, "autocast": 6e-2}
 
 
 def _fastrnn():
@@ -131,7 +131,9 @@ def run(args):
         T, N, I, H = SHAPES[shape]
         T = args.T or T
         for prec in precs:
-            dtype = torch.bfloat16 if prec == "bf16" else torch.float32
+            if args.precisions and prec not in args.precisions.split(","):
+                continue
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec, torch.float32)
             for cell in args.cells.split(","):
                 ref, fast = _pair(fastrnn, cell, I, H, dtype, args.device, None)
                 _, kern = _pair(fastrnn, cell, I, H, dtype, args.device,
@@ -192,6 +194,7 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", help=f"comma-separated subset of {list(SHAPES)}")
     p.add_argument("--cells", default=",".join(CELLS))
+    p.add_argument("--precisions", help="comma-separated subset of fp32,bf16,fp16,autocast")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--T", type=int, help="override every shape's T")

@@ -27,12 +27,18 @@ Two cases reach fastrnn's layers and cells in low precision:
   LSTM with proj_size             L                               promote(L, d_c)
   ==============================  ==============================  ====================
 
-  (The peephole LSTM follows the LSTM.) On CUDA every layer and cell returns L: cuDNN's
-  RNN and the three cells are on CUDA autocast's lower-precision list. fastrnn casts the
-  input and the weights to L for the call (the rounding autocast applies to a matmul's
-  operands), computes with autocast off in float32 on the CPU (in L on CUDA, whose kernels
-  take it), and returns the table's dtypes. The parameters stay float32 and receive float32
-  gradients.
+  (The peephole LSTM follows the LSTM.) On CUDA the three cells return L (they are on CUDA
+  autocast's lower-precision list), and the layers return **float16 whatever L is**: torch
+  runs cuDNN's RNN under CUDA autocast through a wrapper of its own that casts the input,
+  states and weights to float16 (measured on an H200 with torch 2.11: LSTM, packed LSTM,
+  LSTM with proj_size, GRU and RNN all return float16 under
+  ``torch.autocast("cuda", dtype=torch.bfloat16)``; ``tests/test_precision.py``). So a
+  fastrnn layer on CUDA computes in float16 under autocast while cuDNN is enabled
+  (``torch.backends.cudnn.enabled``), in L otherwise. fastrnn casts the input and the
+  weights to the computing dtype for the call (the rounding autocast applies to a matmul's
+  operands), computes with autocast off in float32 on the CPU (in that dtype on CUDA,
+  whose kernels take it), and returns the table's dtypes. The parameters stay float32 and
+  receive float32 gradients.
 
 A float64 input is left alone by autocast, as torch.nn's is.
 """
@@ -174,11 +180,18 @@ def _cpu_kernels_run(backend):
         return False
 
 
-def plan(kind, x, h, c, weight, backend, packed=False, proj=False):
+def _cuda_layer_dtype(low):
+    """The dtype torch.nn's layers compute and return in under CUDA autocast to ``low``:
+    cuDNN's autocast wrapper casts to float16 whatever the autocast dtype is."""
+    return torch.float16 if torch.backends.cudnn.enabled else low
+
+
+def plan(kind, x, h, c, weight, backend, packed=False, proj=False, layer=False):
     """The Plan for a call of ``kind`` ("RNN", "GRU", "LSTM" for the RNN/GRU layers and
     cells and the LSTM cells, "LSTM-layer" for the LSTM layers, with ``packed``/``proj``)
     on input ``x`` (a tensor: a PackedSequence's data) with states ``h``/``c`` (or None)
-    and weights like ``weight``; None when the call runs as it is."""
+    and weights like ``weight`` (``layer``: a layer's call, not a cell's); None when the
+    call runs as it is."""
     if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
         return None
     states = [t for t in (h, c) if t is not None]
@@ -191,6 +204,8 @@ def plan(kind, x, h, c, weight, backend, packed=False, proj=False):
         # them); the outputs follow the dtype of the state the update blends in
         if any(t.dtype not in _AUTOCASTABLE for t in states):
             return None
+        if dev == "cuda" and layer:
+            low = _cuda_layer_dtype(low)
         compute = low if dev == "cuda" else torch.float32
         if dev == "cuda":
             out_h = out_c = low

@@ -508,7 +508,7 @@ def _layer_plan(mode, input, hx, weights, proj_size, backend):
     packed = isinstance(input, PackedSequence)
     kind = "LSTM-layer" if mode in _LSTM_MODES else ("GRU" if mode == "GRU" else "RNN")
     return _precision.plan(kind, input.data if packed else input, states[0], states[1],
-                           weights[0], backend, packed=packed, proj=proj_size > 0)
+                           weights[0], backend, packed=packed, proj=proj_size > 0, layer=True)
 
 
 def _cell_plan(kind, input, hx, w_ih, backend):

@@ -287,16 +287,18 @@ class _RNNBase(_BackendMixin, nn.RNNBase):
             return _TORCH_FORWARD[mode](self, input, hx)
         data = input.data if isinstance(input, PackedSequence) else input
         if isinstance(data, torch.Tensor) and _cuda_dispatch.applies(data):
-            p = self._param(self._flat_weights_names[0])
-            if _cuda_dispatch.routes_to_torch(mode, p.dtype, self.hidden_size, self.backend):
+            dtype = _cuda_dispatch.call_dtype(self._param(self._flat_weights_names[0]).dtype)
+            packed = isinstance(input, PackedSequence)
+            if _cuda_dispatch.routes_to_torch(mode, dtype, self.hidden_size, self.backend,
+                                              packed):
                 if not torch.compiler.is_compiling():
                     self.__dict__["last_backend"] = "cudnn"
                     self.__dict__["last_dispatch"] = _cuda_dispatch.choose(
-                        mode, p.dtype, self.hidden_size)[1]
+                        mode, dtype, self.hidden_size, packed)[1]
                 return _TORCH_FORWARD[mode](self, input, hx)
             if not torch.compiler.is_compiling():
                 self.__dict__["last_dispatch"] = _cuda_dispatch.choose(
-                    mode, p.dtype, self.hidden_size)[1]
+                    mode, dtype, self.hidden_size, packed)[1]
         result = F_.rnn(mode, input, hx, self._weights(), self.bias, self.num_layers,
                         self.dropout, self.training, self.bidirectional, self.batch_first,
                         self.proj_size, self.backend)

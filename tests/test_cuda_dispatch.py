@@ -40,6 +40,38 @@ def test_rule_is_faster_side_of_every_nearest_row():
         side, _ = cd.choose(name, getattr(torch, dtype), H)
         if side == "fastrnn":
             assert fast_ms < cudnn_ms, (cell, dtype, H, mode)
+    for cell, dtype, T, N, I, H, mode, cudnn_ms, fast_ms in cd.MEASURED_PACKED:
+        name = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN_TANH"}[cell]
+        side, why = cd.choose(name, getattr(torch, dtype), H, packed=True)
+        assert "packed input" in why
+        if side == "fastrnn":
+            assert fast_ms < cudnn_ms, (cell, dtype, H, mode)
+
+
+@pytest.mark.parametrize("mode,dtype,H,side", [
+    ("LSTM", F32, 128, "fastrnn"), ("GRU", F32, 64, "fastrnn"), ("RNN_TANH", F32, 256, "fastrnn"),
+    ("RNN_RELU", BF16, 128, "fastrnn"),
+    ("LSTM", F32, 512, "cudnn"), ("GRU", F32, 1024, "cudnn"),  # no packed rows near: padded rule
+    ("LSTM", F16, 128, "cudnn"), ("GRU", F64, 128, "cudnn")])
+def test_packed_rule_follows_its_rows(mode, dtype, H, side):
+    """cuDNN has no persistent kernel for packed input: the packed rows (fastrnn faster at
+    H 128 and 256) decide near them, the padded rows elsewhere."""
+    got, why = cd.choose(mode, dtype, H, packed=True)
+    assert got == side, why
+
+
+def test_autocast_looks_up_the_dtype_the_call_computes_in(monkeypatch):
+    """Under CUDA autocast the dispatch looks up float16 while cuDNN is enabled (torch's
+    cuDNN autocast computes in float16 whatever the autocast dtype), the autocast dtype
+    otherwise; without autocast the parameters' dtype."""
+    assert cd.call_dtype(F32) == F32 and cd.call_dtype(BF16) == BF16
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda dev="cuda": dev == "cuda")
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda dev: BF16)
+    with torch.backends.cudnn.flags(enabled=True):
+        assert cd.call_dtype(F32) == F16 and cd.call_dtype(BF16) == F16
+    with torch.backends.cudnn.flags(enabled=False):
+        assert cd.call_dtype(F32) == BF16
+    assert cd.call_dtype(F64) == F64
 
 
 @pytest.mark.parametrize("value,side", [("fastrnn", "fastrnn"), ("cudnn", "cudnn"),
@@ -96,12 +128,21 @@ def test_pinned_module_never_routes(cpu_as_cuda):
     assert fast.last_backend == "reference"
 
 
-def test_packed_input_routes_too(cpu_as_cuda):
-    fast = fastrnn.GRU(3, 8)
+@pytest.mark.parametrize("H,side", [(8, "fastrnn"), (600, "cudnn")])
+def test_packed_input_routes_too(cpu_as_cuda, H, side):
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(3, H)
+    fast = fastrnn.GRU(3, H)
+    fast.load_state_dict(ref.state_dict())
     seq = torch.nn.utils.rnn.pack_sequence([torch.randn(4, 3), torch.randn(2, 3)])
-    out, _ = fast(seq)
-    assert fast.last_backend == "cudnn"
+    out, hn = fast(seq)
+    from fastrnn import backends
+    assert fast.last_backend == ("cudnn" if side == "cudnn" else backends.resolve("auto", "cpu"))
+    assert ("packed input" in fast.last_dispatch) == (side == "fastrnn")
     assert isinstance(out, torch.nn.utils.rnn.PackedSequence)
+    want, want_hn = ref(seq)
+    torch.testing.assert_close(out.data, want.data)
+    torch.testing.assert_close(hn, want_hn)
 
 
 def test_cpu_tensors_are_not_dispatched():
@@ -112,10 +153,12 @@ def test_cpu_tensors_are_not_dispatched():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("kind,H,dtype,side", [("LSTM", 128, F32, "cudnn"),
-                                               ("GRU", 256, F32, "cuda"),
-                                               ("RNN", 128, BF16, "cuda")])
-def test_auto_on_a_gpu_runs_the_side_of_the_table(kind, H, dtype, side):
+@pytest.mark.parametrize("kind,H,dtype,packed,side", [("LSTM", 128, F32, False, "cudnn"),
+                                                      ("GRU", 256, F32, False, "cuda"),
+                                                      ("RNN", 128, BF16, False, "cuda"),
+                                                      ("LSTM", 128, F32, True, "cuda"),
+                                                      ("GRU", 512, F32, True, "cudnn")])
+def test_auto_on_a_gpu_runs_the_side_of_the_table(kind, H, dtype, packed, side):
     """On a GPU: the auto backend runs cuDNN or fastrnn's kernels as the table says, with
     torch.nn's numbers either way (TF32 off)."""
     torch.manual_seed(0)
@@ -123,8 +166,34 @@ def test_auto_on_a_gpu_runs_the_side_of_the_table(kind, H, dtype, side):
     fast = getattr(fastrnn, kind)(16, H).to("cuda", dtype)
     fast.load_state_dict(ref.state_dict())
     x = torch.randn(20, 4, 16, device="cuda", dtype=dtype)
+    if packed:
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, [20, 7, 13, 1], enforce_sorted=False)
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False), torch.no_grad():
         want, got = ref(x)[0], fast(x)[0]
+    if packed:
+        want, got = want.data, got.data
     assert fast.last_backend == side, fast.last_dispatch
     tol = dict(atol=2e-2, rtol=2e-2) if dtype == BF16 else dict(atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got.float(), want.float(), **tol)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("packed", [False, True])
+def test_autocast_on_a_gpu_routes_by_float16(packed):
+    """Under bf16 autocast on a GPU, torch.nn's LSTM computes (and returns) float16; the
+    dispatch decides by float16's rows, and either side returns torch.nn's float16."""
+    side = {"fastrnn": "cuda", "cudnn": "cudnn"}[cd.choose("LSTM", F16, 128, packed)[0]]
+    torch.manual_seed(0)
+    ref, fast = torch.nn.LSTM(16, 128).cuda(), fastrnn.LSTM(16, 128).cuda()
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(20, 4, 16, device="cuda")
+    if packed:
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, [20, 7, 13, 1], enforce_sorted=False)
+    with torch.autocast("cuda", dtype=BF16), torch.no_grad():
+        want, got = ref(x)[0], fast(x)[0]
+    if packed:
+        want, got = want.data, got.data
+    assert fast.last_backend == side, fast.last_dispatch
+    assert got.dtype == want.dtype == F16
+    torch.testing.assert_close(got.float(), want.float(), atol=2e-3, rtol=2e-3)

@@ -11,6 +11,17 @@ LSTM/GRU at H <= 181 cuDNN (its persistent small-H kernel is faster), at H 182-3
 fastrnn, above cuDNN; RNN cuDNN everywhere; bfloat16 fastrnn everywhere (torch's bf16
 RNNs run far slower than its fp32 ones); float16 and float64 cuDNN (no rows).
 
+Packed input (a ``PackedSequence``) has rows of its own (``MEASURED_PACKED``, measured by
+``benchmarks/gpu_user.py``): torch cannot run cuDNN's persistent kernel on packed input, so
+there fastrnn's kernels (which skip the finished rows) were faster for every cell in float32
+and bfloat16 at H = 128 and 256. A packed call uses those rows when the measured H nearest
+to its own has packed rows, the rows above otherwise.
+
+Under ``torch.autocast("cuda")`` the dtype looked up is the one the call computes in, not
+the parameters': float16 while cuDNN is enabled (torch runs cuDNN's RNN in float16 under
+CUDA autocast, whatever the autocast dtype; ``fastrnn._precision``), so padded calls keep
+cuDNN (no float16 rows).
+
 ``FASTRNN_CUDA_DISPATCH`` = ``auto`` (this rule; the default), ``fastrnn`` (always fastrnn's
 kernels) or ``cudnn`` (always torch's). An explicit ``backend="cuda"`` (module argument,
 ``set_backend`` or ``$FASTRNN_BACKEND``) always runs fastrnn's kernels: benchmarks and the
@@ -27,7 +38,8 @@ import os
 
 import torch
 
-__all__ = ["ENV", "POLICIES", "MEASURED", "policy", "choose", "routes_to_torch", "applies"]
+__all__ = ["ENV", "POLICIES", "MEASURED", "MEASURED_PACKED", "policy", "choose", "call_dtype",
+           "routes_to_torch", "applies"]
 
 ENV = "FASTRNN_CUDA_DISPATCH"
 POLICIES = ("auto", "fastrnn", "cudnn")
@@ -79,6 +91,30 @@ MEASURED = [
     ("rnn", "bfloat16", 500, 1, 100, 128, "train", 18.645, 2.382),
 ]
 
+# The same columns for packed input: T=500, N=64, I=100, lengths uniform in [100, 500]
+# (IMDB-like), unsorted; H200, torch 2.11.0+cu130, 2026-12-04,
+# `python benchmarks/gpu_user.py` ("kernels" column: fastrnn's kernels, backend="cuda").
+MEASURED_PACKED = [
+    ("lstm", "float32", 500, 64, 100, 128, "infer", 11.250, 6.735),
+    ("lstm", "float32", 500, 64, 100, 128, "train", 44.236, 28.730),
+    ("gru", "float32", 500, 64, 100, 128, "infer", 13.308, 10.796),
+    ("gru", "float32", 500, 64, 100, 128, "train", 45.904, 25.763),
+    ("rnn", "float32", 500, 64, 100, 128, "infer", 10.778, 7.196),
+    ("rnn", "float32", 500, 64, 100, 128, "train", 42.969, 29.471),
+    ("lstm", "float32", 500, 64, 100, 256, "infer", 12.695, 10.024),
+    ("lstm", "float32", 500, 64, 100, 256, "train", 41.236, 32.803),
+    ("gru", "float32", 500, 64, 100, 256, "infer", 12.316, 8.378),
+    ("gru", "float32", 500, 64, 100, 256, "train", 38.488, 28.622),
+    ("rnn", "float32", 500, 64, 100, 256, "infer", 11.935, 10.286),
+    ("rnn", "float32", 500, 64, 100, 256, "train", 39.825, 25.447),
+    ("lstm", "bfloat16", 500, 64, 100, 128, "infer", 11.095, 4.732),
+    ("lstm", "bfloat16", 500, 64, 100, 128, "train", 48.525, 27.694),
+    ("gru", "bfloat16", 500, 64, 100, 128, "infer", 12.081, 7.263),
+    ("gru", "bfloat16", 500, 64, 100, 128, "train", 43.272, 28.567),
+    ("rnn", "bfloat16", 500, 64, 100, 128, "infer", 12.863, 4.634),
+    ("rnn", "bfloat16", 500, 64, 100, 128, "train", 42.876, 26.340),
+]
+
 _CELLS = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn", "RNN_RELU": "rnn"}
 
 
@@ -94,35 +130,50 @@ def policy():
 _choices = {}
 
 
-def choose(mode, dtype, hidden_size):
+def choose(mode, dtype, hidden_size, packed=False):
     """("fastrnn" or "cudnn", why) for a layer of ``mode`` (LSTM, GRU, RNN_TANH, RNN_RELU)
-    in ``dtype`` with ``hidden_size`` units, under the current policy."""
+    computing in ``dtype`` with ``hidden_size`` units (``packed``: on a PackedSequence),
+    under the current policy."""
     pol = policy()
     if pol != "auto":
         return ("fastrnn" if pol == "fastrnn" else "cudnn"), f"{ENV}={pol}"
-    key = (mode, dtype, hidden_size)
+    key = (mode, dtype, hidden_size, bool(packed))
     hit = _choices.get(key)
     if hit is None:
         hit = _choices[key] = _from_table(_CELLS[mode], str(dtype).replace("torch.", ""),
-                                          hidden_size)
+                                          hidden_size, bool(packed))
     return hit
 
 
-def _from_table(cell, dtype, H):
+def _from_table(cell, dtype, H, packed=False):
     rows = [r for r in MEASURED if r[0] == cell and r[1] == dtype]
-    if not rows:
+    prows = [r for r in MEASURED_PACKED if r[0] == cell and r[1] == dtype] if packed else []
+    if not rows and not prows:
         return "cudnn", f"{cell} {dtype} not measured: torch's own (cuDNN) by default"
-    nearest = min({r[5] for r in rows}, key=lambda h: abs(math.log(h / H)))
-    near = [r for r in rows if r[5] == nearest]
+    nearest = min({r[5] for r in rows + prows}, key=lambda h: abs(math.log(h / H)))
+    near = [r for r in prows if r[5] == nearest]
+    what = "packed input" if near else "padded input"
+    near = near or [r for r in rows if r[5] == nearest]
     ratios = [r[7] / r[8] for r in near]  # cuDNN / fastrnn: > 1 means fastrnn faster
     side = "fastrnn" if min(ratios) > 1.0 else "cudnn"
-    return side, (f"{cell} {dtype}, measured at H={nearest}: fastrnn at "
+    return side, (f"{cell} {dtype}, {what} measured at H={nearest}: fastrnn at "
                   f"{min(ratios):.2f}-{max(ratios):.2f}x of cuDNN's speed over "
                   f"{len(near)} cases")
 
 
+def call_dtype(dtype):
+    """The dtype a CUDA layer call with parameters in ``dtype`` computes in: under CUDA
+    autocast float16 while cuDNN is enabled (torch's cuDNN autocast casts to float16
+    whatever the autocast dtype), the autocast dtype otherwise; ``dtype`` outside it."""
+    if dtype in (torch.float32, torch.float16, torch.bfloat16) and \
+            torch.is_autocast_enabled("cuda"):
+        return torch.float16 if torch.backends.cudnn.enabled else \
+            torch.get_autocast_dtype("cuda")
+    return dtype
+
+
 @torch.compiler.assume_constant_result
-def routes_to_torch(mode, dtype, hidden_size, backend):
+def routes_to_torch(mode, dtype, hidden_size, backend, packed=False):
     """Whether a layer call on CUDA tensors runs torch's own implementation: only for the
     ``auto`` backend (an explicit one pins it), by ``choose``."""
     if backend is None:
@@ -130,7 +181,7 @@ def routes_to_torch(mode, dtype, hidden_size, backend):
         backend = get_default_backend()
     if backend != "auto":
         return False
-    return choose(mode, dtype, hidden_size)[0] == "cudnn"
+    return choose(mode, dtype, hidden_size, packed)[0] == "cudnn"
 
 
 def applies(x):
