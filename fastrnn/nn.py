@@ -7,7 +7,8 @@ Only ``forward`` differs: it runs ``fastrnn.functional``, i.e. the fastrnn ops a
 chosen backend; while traced (``torch.jit.trace``) or exported to ONNX it runs torch.nn's own
 forward on the same parameters (the graph then holds the standard recurrent ops). Under
 torch.func transforms the ops run as torch ops (grad, vjp, jvp, vmap work).
-``flatten_parameters()`` is a no-op (there is no cuDNN weight buffer).
+``flatten_parameters()`` is torch.nn's (on CUDA the cuDNN weight buffer, which the calls the
+CUDA dispatch routes to cuDNN use; a no-op for PeepholeLSTM and on the CPU).
 
 Extra, keyword-only: ``backend=None`` (None: the global default, see
 ``fastrnn.set_backend``; or "auto", "cpu", "cuda", "numba", "reference"). After each
@@ -259,7 +260,12 @@ class _RNNBase(_BackendMixin, nn.RNNBase):
     _reg_on = False  # (the regularisation options: _Regularized)
 
     def flatten_parameters(self):
-        """No-op: fastrnn reads the parameters directly (no cuDNN flat buffer)."""
+        """torch.nn's: on CUDA with cuDNN the parameters become views of one buffer in
+        cuDNN's layout (a no-op on the CPU). fastrnn's kernels read the parameters as they
+        are either way; the calls the CUDA dispatch routes to cuDNN need the buffer, or
+        cuDNN copies every weight on every call (and torch warns that the weights are not
+        one contiguous chunk)."""
+        nn.RNNBase.flatten_parameters(self)
 
     def _torch_kwargs(self):
         kw = dict(input_size=self.input_size, hidden_size=self.hidden_size,
@@ -437,6 +443,10 @@ class PeepholeLSTM(_LSTMBase):
                 self._all_weights[layer * D + d].append(name)
         self._flat_weights_names = [n for names in self._all_weights for n in names]
         self._init_flat_weights()
+
+    def flatten_parameters(self):
+        """No-op: cuDNN has no peephole LSTM (never routed there), and its flat buffer has
+        no place for the peephole weights."""
 
     def to_torch(self):
         raise TypeError("PeepholeLSTM has no torch.nn counterpart (torch.nn.LSTM has no "

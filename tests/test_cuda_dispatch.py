@@ -52,7 +52,7 @@ def test_rule_is_faster_side_of_every_nearest_row():
     ("LSTM", F32, 128, "fastrnn"), ("GRU", F32, 64, "fastrnn"), ("RNN_TANH", F32, 256, "fastrnn"),
     ("RNN_RELU", BF16, 128, "fastrnn"),
     ("LSTM", F32, 512, "cudnn"), ("GRU", F32, 1024, "cudnn"),  # no packed rows near: padded rule
-    ("LSTM", F16, 128, "cudnn"), ("GRU", F64, 128, "cudnn")])
+    ("LSTM", F16, 128, "fastrnn"), ("GRU", F64, 128, "cudnn")])
 def test_packed_rule_follows_its_rows(mode, dtype, H, side):
     """cuDNN has no persistent kernel for packed input: the packed rows (fastrnn faster at
     H 128 and 256) decide near them, the padded rows elsewhere."""
@@ -197,3 +197,27 @@ def test_autocast_on_a_gpu_routes_by_float16(packed):
     assert fast.last_backend == side, fast.last_dispatch
     assert got.dtype == want.dtype == F16
     torch.testing.assert_close(got.float(), want.float(), atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_routed_calls_use_the_flat_cudnn_buffer(kind):
+    """A module moved to the GPU keeps its weights in one cuDNN buffer, as torch.nn's does:
+    the calls routed to cuDNN neither copy the weights nor warn about their layout, and a
+    state_dict loaded afterwards lands in that buffer."""
+    import warnings
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, kind)(16, 128, num_layers=2).cuda()
+    fast = getattr(fastrnn, kind)(16, 128, num_layers=2).cuda()
+    fast.load_state_dict(ref.state_dict())
+    ptrs = {p.untyped_storage().data_ptr() for p in fast.parameters()}
+    assert len(ptrs) == 1, "weights are not one buffer"
+    x = torch.randn(20, 4, 16, device="cuda")
+    with warnings.catch_warnings(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        warnings.simplefilter("error")
+        got, want = fast(x)[0], ref(x)[0]
+    assert fast.last_backend == "cudnn", fast.last_dispatch
+    torch.testing.assert_close(got, want)
+    peep = fastrnn.PeepholeLSTM(16, 32).cuda()  # no cuDNN buffer; its kernels run
+    assert peep(x)[0].shape == (20, 4, 32)

@@ -9,18 +9,19 @@ those rows (inference and training, every batch measured), cuDNN otherwise. A dt
 rows runs cuDNN (torch's default). What the table (H200, fp32, TF32 off) gives:
 LSTM/GRU at H <= 181 cuDNN (its persistent small-H kernel is faster), at H 182-362
 fastrnn, above cuDNN; RNN cuDNN everywhere; bfloat16 fastrnn everywhere (torch's bf16
-RNNs run far slower than its fp32 ones); float16 and float64 cuDNN (no rows).
+RNNs run far slower than its fp32 ones); float16 cuDNN (measured at H=128), float64 cuDNN
+(no rows).
 
 Packed input (a ``PackedSequence``) has rows of its own (``MEASURED_PACKED``, measured by
 ``benchmarks/gpu_user.py``): torch cannot run cuDNN's persistent kernel on packed input, so
 there fastrnn's kernels (which skip the finished rows) were faster for every cell in float32
-and bfloat16 at H = 128 and 256. A packed call uses those rows when the measured H nearest
+(H = 128 and 256), bfloat16 and float16 (H = 128): 1.2-2.4x. A packed call uses those rows when the measured H nearest
 to its own has packed rows, the rows above otherwise.
 
 Under ``torch.autocast("cuda")`` the dtype looked up is the one the call computes in, not
 the parameters': float16 while cuDNN is enabled (torch runs cuDNN's RNN in float16 under
-CUDA autocast, whatever the autocast dtype; ``fastrnn._precision``), so padded calls keep
-cuDNN (no float16 rows).
+CUDA autocast, whatever the autocast dtype; ``fastrnn._precision``): padded calls keep
+cuDNN, packed ones run fastrnn's kernels in float16.
 
 ``FASTRNN_CUDA_DISPATCH`` = ``auto`` (this rule; the default), ``fastrnn`` (always fastrnn's
 kernels) or ``cudnn`` (always torch's). An explicit ``backend="cuda"`` (module argument,
@@ -89,6 +90,20 @@ MEASURED = [
     ("gru", "bfloat16", 500, 1, 100, 128, "train", 19.519, 3.544),
     ("rnn", "bfloat16", 500, 1, 100, 128, "infer", 8.980, 1.178),
     ("rnn", "bfloat16", 500, 1, 100, 128, "train", 18.645, 2.382),
+    # float16: H200, torch 2.11.0+cu130, 2026-12-04, `python benchmarks/gpu_user.py`
+    # ("kernels" column); also what bf16 autocast runs on CUDA (cuDNN computes in float16)
+    ("lstm", "float16", 500, 64, 100, 128, "infer", 0.986, 2.513),
+    ("lstm", "float16", 500, 64, 100, 128, "train", 2.688, 6.859),
+    ("gru", "float16", 500, 64, 100, 128, "infer", 1.058, 2.662),
+    ("gru", "float16", 500, 64, 100, 128, "train", 2.884, 6.164),
+    ("rnn", "float16", 500, 64, 100, 128, "infer", 0.588, 1.659),
+    ("rnn", "float16", 500, 64, 100, 128, "train", 1.201, 3.545),
+    ("lstm", "float16", 500, 1, 100, 128, "infer", 1.120, 1.857),
+    ("lstm", "float16", 500, 1, 100, 128, "train", 2.381, 4.101),
+    ("gru", "float16", 500, 1, 100, 128, "infer", 0.619, 1.727),
+    ("gru", "float16", 500, 1, 100, 128, "train", 1.515, 3.671),
+    ("rnn", "float16", 500, 1, 100, 128, "infer", 0.470, 1.234),
+    ("rnn", "float16", 500, 1, 100, 128, "train", 1.357, 2.523),
 ]
 
 # The same columns for packed input: T=500, N=64, I=100, lengths uniform in [100, 500]
@@ -113,6 +128,12 @@ MEASURED_PACKED = [
     ("gru", "bfloat16", 500, 64, 100, 128, "train", 43.272, 28.567),
     ("rnn", "bfloat16", 500, 64, 100, 128, "infer", 12.863, 4.634),
     ("rnn", "bfloat16", 500, 64, 100, 128, "train", 42.876, 26.340),
+    ("lstm", "float16", 500, 64, 100, 128, "infer", 10.134, 5.138),
+    ("lstm", "float16", 500, 64, 100, 128, "train", 33.366, 22.263),
+    ("gru", "float16", 500, 64, 100, 128, "infer", 11.203, 5.415),
+    ("gru", "float16", 500, 64, 100, 128, "train", 38.414, 21.640),
+    ("rnn", "float16", 500, 64, 100, 128, "infer", 9.057, 3.920),
+    ("rnn", "float16", 500, 64, 100, 128, "train", 36.598, 23.123),
 ]
 
 _CELLS = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn", "RNN_RELU": "rnn"}
