@@ -5,7 +5,8 @@ Modes (``precision`` in the group name):
 * ``autocast-bf16``: float32 modules under ``torch.autocast("cpu", dtype=torch.bfloat16)``,
   inference and a training step (forward under autocast, ``output.float().sum()``
   backward outside it, as a mixed-precision training loop does);
-* ``bf16``: modules cast to bfloat16 (``module.bfloat16()``), inference;
+* ``bf16``: modules cast to bfloat16 (``module.bfloat16()``), inference and a training
+  step (``output.float().sum()`` backward; the gradients bfloat16, the parameters' dtype);
 * ``autocast-fp16`` and ``fp16``: the same with float16, inference, at the n1 shape only
   (torch.nn's float16 layers run ATen's step loop, seconds per call at N=64; its LSTM under
   float16 autocast raises on CPUs without oneDNN's fp16 LSTM). fastrnn computes float16
@@ -33,7 +34,8 @@ import benchutil
 I, H = 100, 128
 CELL_STEPS = 50
 LOW = torch.bfloat16
-PRECISIONS = [("autocast-bf16", "infer"), ("autocast-bf16", "train"), ("bf16", "infer")]
+PRECISIONS = [("autocast-bf16", "infer"), ("autocast-bf16", "train"), ("bf16", "infer"),
+              ("bf16", "train")]
 FP16_PRECISIONS = [("autocast-fp16", "infer"), ("fp16", "infer")]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

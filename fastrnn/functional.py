@@ -217,11 +217,14 @@ def _bf16_route(plan, mode, input, hx, weights, proj_size, backend):
 
 
 def _bf16_projections(plan, backend):
-    """Whether a planned (float32) training call under CPU autocast to bfloat16 runs its
-    input projections' GEMMs in bfloat16 (``_memory.Bf16Linear``): plain eager mode, the
-    compiled kernels, and a CPU whose bf16 GEMMs are fast (the 'avx512bf16' or 'amxbf16' build in use:
-    without bf16 instructions torch's bf16 GEMM is slower than its float32 one)."""
-    if plan.round_to != torch.bfloat16 or plan.device_type != "cpu" or not fastpath.eager():
+    """Whether a planned training call (float32 under CPU autocast to bfloat16, or a
+    bfloat16 module's: both round their operands to bfloat16) runs its input projections'
+    GEMMs in bfloat16 (``_memory.Bf16Linear``): plain eager mode, the compiled kernels, and
+    a CPU whose bf16 GEMMs are fast (the 'avx512bf16' or 'amxbf16' build in use: without
+    bf16 instructions torch's bf16 GEMM is slower than its float32 one)."""
+    bf16_module = plan.round_to is None and plan.out_h == torch.bfloat16
+    if (plan.round_to != torch.bfloat16 and not bf16_module) or plan.device_type != "cpu" \
+            or not fastpath.eager():
         return False
     if not _precision._cpu_kernels_run(backend) or backends.resolve_cached(backend, "cpu") != "cpu":
         return False

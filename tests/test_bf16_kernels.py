@@ -251,12 +251,15 @@ def test_kernel_arguments_are_checked():
                                      ("GRU", {}), ("RNN", {}), ("PeepholeLSTM", {})],
                          ids=str)
 @pytest.mark.parametrize("N", [5, 37])
-def test_autocast_training_runs_its_gemms_in_bf16(name, kw, N, monkeypatch):
-    """Under autocast to bf16, a training call's input projections (forward and both
-    backward products), its recurrence forward (the bf16 kernels, writing the backward's
-    float32 records), its recurrence backward (bf16 GEMMs, fp32 gate gradients) and W_hh's
-    gradient GEMM run in bfloat16 where the CPU has bf16 instructions; every gradient within the bf16 tolerance of the same call in float32
-    (the 'avx512' build), scaled by the gradient's size (a sum over T*N products)."""
+@pytest.mark.parametrize("how", ["autocast", "bf16 module"])
+def test_autocast_training_runs_its_gemms_in_bf16(name, kw, N, how, monkeypatch):
+    """Under autocast to bf16 (and in a module cast to bfloat16, whose operands are bf16
+    already), a training call's input projections (forward and both backward products), its
+    recurrence forward (the bf16 kernels, writing the backward's float32 records), its
+    recurrence backward (bf16 GEMMs, fp32 gate gradients) and W_hh's gradient GEMM run in
+    bfloat16 where the CPU has bf16 instructions; every gradient within the bf16 tolerance
+    of the same call in float32 (the 'avx512' build), scaled by the gradient's size (a sum
+    over T*N products). The bf16 module's gradients are bfloat16 (its parameters' dtype)."""
     from fastrnn import _memory
     applied, recurrences = [], []
     real = _memory.Bf16Linear.apply
@@ -279,12 +282,14 @@ def test_autocast_training_runs_its_gemms_in_bf16(name, kw, N, monkeypatch):
     torch.manual_seed(0)
     m = getattr(fastrnn, name)(12, 24, **kw)
     x = torch.randn(30, N, 12)
+    if how == "bf16 module":
+        m, x = m.bfloat16(), x.bfloat16()
     weights = torch.linspace(-1, 1, 30 * N * 24 * (2 if kw.get("bidirectional") else 1))
 
     def grads():
         xr = x.clone().requires_grad_()
         m.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=how == "autocast"):
             y = _flat(m(xr))[0]
         (y.float().flatten() * weights).sum().backward()
         return [xr.grad] + [p.grad.clone() for p in m.parameters()]
@@ -304,8 +309,9 @@ def test_autocast_training_runs_its_gemms_in_bf16(name, kw, N, monkeypatch):
     # not on the 'avx512' build
     assert len(applied) == len(recurrences) == len(backwards) == layers_dirs
     for g, w in zip(got, want):
-        assert g.dtype == torch.float32
-        torch.testing.assert_close(g, w, rtol=0, atol=TOL_U * U * float(w.abs().max()))
+        assert g.dtype == (torch.float32 if how == "autocast" else torch.bfloat16)
+        torch.testing.assert_close(g.float(), w.float(), rtol=0,
+                                   atol=TOL_U * U * float(w.float().abs().max()))
 
 
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "PeepholeLSTM"])
