@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
 import sys
 
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+# (run as a script, this folder is on sys.path)
+from gpu_timing import _import_fastrnn, make_modules
 
 SHAPES = {"imdb": (500, 64, 100, 128), "n1": (500, 1, 100, 128), "h256": (500, 64, 100, 256)}
 # (shape, precisions, inputs): bf16/autocast and packed input at the IMDB shape.
@@ -34,25 +36,6 @@ PLAN = [("imdb", ("fp32", "bf16", "fp16", "autocast"), ("padded", "packed")),
         ("h256", ("fp32",), ("padded", "packed"))]
 CELLS = ("lstm", "gru", "rnn")
 TOL = {"fp32": 2e-3, "bf16": 6e-2, "fp16": 1e-2, "autocast": 6e-2}
-
-
-def _fastrnn():
-    try:
-        import fastrnn
-    except ImportError:
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        import fastrnn
-    return fastrnn
-
-
-def _pair(fastrnn, cell, I, H, dtype, device, backend):
-    torch.manual_seed(0)
-    ref = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](
-        I, H, device=device, dtype=dtype)
-    fast = {"lstm": fastrnn.LSTM, "gru": fastrnn.GRU, "rnn": fastrnn.RNN}[cell](
-        I, H, device=device, dtype=dtype, backend=backend)
-    fast.load_state_dict(ref.state_dict(), strict=True)
-    return ref, fast
 
 
 def _input(T, N, I, dtype, device, packed):
@@ -120,7 +103,7 @@ def _time(fns, warmup, reps, cuda):
 
 
 def run(args):
-    fastrnn = _fastrnn()
+    fastrnn = _import_fastrnn()
     cuda = args.device.startswith("cuda")
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -135,8 +118,8 @@ def run(args):
                 continue
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec, torch.float32)
             for cell in args.cells.split(","):
-                ref, fast = _pair(fastrnn, cell, I, H, dtype, args.device, None)
-                _, kern = _pair(fastrnn, cell, I, H, dtype, args.device,
+                ref, fast = make_modules(fastrnn, cell, I, H, dtype, args.device, None)
+                _, kern = make_modules(fastrnn, cell, I, H, dtype, args.device,
                                 "cuda" if cuda else None)
                 for kind in inputs:
                     inp = _input(T, N, I, dtype, args.device, kind == "packed")
